@@ -87,7 +87,13 @@ def _create_model(timm_name: str, display_name: str, weights: str | Path | None,
             ) from None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        try:
+            model = timm.create_model(timm_name, pretrained=False, **kwargs)
+        except TypeError as exc:  # CNNs and other families do not take dynamic_img_size
+            if "dynamic_img_size" not in str(exc):
+                raise
+            raise BackboneError(f"backbone {display_name!r} is not a timm ViT: use a VisionTransformer "
+                                "or Eva (DINOv3) model") from None
     if str(weights) != "random":
         load_weights_file(model, weights)
     return model

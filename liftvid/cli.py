@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Annotated, Optional
+
 import typer
 
 app = typer.Typer(
@@ -25,6 +28,149 @@ def fail(message: str, code: int = 1) -> None:
 
 
 # ---- extract / info (issue 2) -------------------------------------------------------------------
+
+
+def _progress_columns():
+    from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Items per second of a task (frames/s)."""
+
+        def render(self, task):
+            return Text(f"{task.speed:,.1f} {task.fields.get('unit', 'it')}/s" if task.speed else "", style="cyan")
+
+    return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+            TimeRemainingColumn())
+
+
+class _RichExtractProgress:
+    """Renders :class:`liftvid.extract.ExtractProgress` events as two rich progress bars."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.videos = None
+        self.frames = None
+
+    def start(self, n_videos: int) -> None:
+        self.videos = self.progress.add_task("videos", total=n_videos, unit="video")
+
+    def video_started(self, video_id: str, n_frames: int) -> None:
+        if self.frames is not None:
+            self.progress.remove_task(self.frames)
+        self.frames = self.progress.add_task(f"  {video_id}", total=n_frames, unit="frames")
+
+    def frames_done(self, n: int) -> None:
+        self.progress.advance(self.frames, n)
+
+    def video_finished(self, result) -> None:
+        self.progress.advance(self.videos, 1)
+        if result.status == "failed":
+            self.progress.console.print(f"[red]failed[/] {result.source}: {result.error}")
+
+
+@app.command()
+def extract(
+    inputs: Annotated[list[Path], typer.Argument(help="Video files, folders of videos, or folders of JPEG/PNG frames (e.g. DAVIS JPEGImages/480p).", show_default=False)],
+    store: Annotated[str, typer.Argument(help="Output Zarr store: a path or an fsspec URL (memory://, s3://…).", show_default=False)],
+    backbone: Annotated[str, typer.Option(help="Alias (dino_vits16, dino_vits8, dino_vitb16, dino_vitb8) or any timm ViT name.")] = "dino_vits16",
+    weights: Annotated[Optional[str], typer.Option(help="Backbone weights: a local file (timm, safetensors, DINO .pth) or 'random' (features mean nothing). Default: timm's pretrained download.")] = None,
+    lift: Annotated[Optional[Path], typer.Option(help="LiFT checkpoint (the paper's release or `liftvid train`). Without it the backbone's own grid is stored.", exists=False)] = None,
+    lift_iterations: Annotated[int, typer.Option(help="Apply LiFT k times (each doubles the grid).", min=1)] = 1,
+    layer: Annotated[int, typer.Option(help="Block to read features from (-1 = last).")] = -1,
+    facet: Annotated[str, typer.Option(help="key, query, value or token.")] = "key",
+    resize: Annotated[str, typer.Option(help="square:S (the paper's DAVIS protocol), short:S (keep aspect) or native; sides are multiples of the patch size.")] = "square:224",
+    stride: Annotated[int, typer.Option(help="Keep every N-th frame.", min=1)] = 1,
+    max_frames: Annotated[Optional[int], typer.Option(help="Keep at most N frames per video.", min=1)] = None,
+    batch_size: Annotated[int, typer.Option(help="Frames per model batch.", min=1)] = 32,
+    device: Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu.")] = "auto",
+    fps: Annotated[float, typer.Option(help="Frame rate assumed for folders of frames.")] = 24.0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store written with another configuration.")] = False,
+    seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
+) -> None:
+    """Decode videos, run the ViT (+ LiFT) in batches and write dense features to a Zarr store.
+
+    Rerunning skips complete videos and redoes incomplete or failed ones.
+    """
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from .extract import ExtractOptions, extract_videos
+
+    console = Console(stderr=True)
+    if weights == "random":
+        console.print("[yellow]warning:[/] --weights random: the backbone is randomly initialised; "
+                      "its features mean nothing (smoke runs and benchmarks only)")
+    options = ExtractOptions(backbone=backbone, weights=weights, layer=layer, facet=facet,
+                             lift=str(lift) if lift else None, lift_iterations=lift_iterations,
+                             resize=resize, stride=stride, max_frames=max_frames, batch_size=batch_size,
+                             device=device, fps=fps, overwrite=overwrite, seed=seed)
+    try:
+        with Progress(*_progress_columns(), console=console, transient=False) as bars:
+            summary = extract_videos(inputs, store, options, progress=_RichExtractProgress(bars))
+    except ValueError as exc:  # every input/configuration error of the library is a ValueError
+        fail(str(exc))
+    done = sum(r.status == "complete" for r in summary.results)
+    skipped = sum(r.status == "skipped" for r in summary.results)
+    rate = summary.frames / summary.seconds if summary.seconds else 0.0
+    console.print(f"{store}: {done} extracted, {skipped} already complete, {len(summary.failed)} failed; "
+                  f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s)")
+    for r in summary.failed:
+        console.print(f"[red]failed[/] {r.source}: {r.error}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n} B"
+
+
+@app.command()
+def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path or URL).", show_default=False)]) -> None:
+    """Show a store's configuration and, per video, shape, frames, size on disk and status."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from . import store as st
+
+    try:
+        root = st.open_root(store)
+    except ValueError as exc:
+        fail(str(exc))
+    config = st.read_config(root)
+    console = Console(highlight=False)
+    bb, lift_cfg, pre = config["backbone"], config.get("lift"), config["preprocessing"]
+    console.print(f"[bold]{store}[/]  liftvid store v{config['schema_version']} (written by liftvid {config.get('liftvid_version')})")
+    console.print(f"  backbone  {bb['name']} ({bb['timm_name']}), block {bb['layer']}, facet {bb['facet']}, "
+                  f"patch {bb['patch_size']}, {bb['channels']} channels, weights {bb['weights']}")
+    console.print("  LiFT      " + (f"{lift_cfg['checkpoint']} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
+                                  if lift_cfg else "none (backbone grid)"))
+    console.print(f"  resize    {pre['resize']}, features {config['feature_dtype']}, "
+                  f"{config['feature_stride']:g} input px per cell")
+    table = Table(show_edge=False)
+    for col in ("video", "frames", "features (T, h, w, C)", "source H×W", "on disk", "status"):
+        table.add_column(col, justify="right" if col in ("frames", "on disk") else "left")
+    videos = st.list_videos(root, status=None)
+    for vid in videos:
+        meta = st.video_info(root, vid)
+        group = root[vid]
+        status = meta.get("status", "?")
+        if "features" in group:
+            shape = tuple(group["features"].shape)
+            frames, shape_text, size = str(shape[0]), str(shape), _human_bytes(st.stored_bytes(group))
+        else:
+            frames, shape_text, size = "-", "-", "-"
+        src = "×".join(map(str, meta.get("source_size", []))) or "-"
+        style = {"complete": "green", "failed": "red"}.get(status, "yellow")
+        label = f"[{style}]{status}[/]" + (f": {meta['error']}" if meta.get("error") else "")
+        table.add_row(vid, frames, shape_text, src, size, label)
+    console.print(table)
+    n_complete = sum(st.video_info(root, v).get("status") == "complete" for v in videos)
+    console.print(f"{len(videos)} videos, {n_complete} complete")
 
 
 # ---- propagate / eval davis (issue 7) -----------------------------------------------------------

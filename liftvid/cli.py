@@ -173,6 +173,22 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
     console.print(f"{len(videos)} videos, {n_complete} complete")
 
 
+@app.command()
+def sample(
+    out: Annotated[Path, typer.Argument(help="Video file to write (.mp4).", show_default=False)],
+    frames: Annotated[int, typer.Option(help="Number of frames.", min=1)] = 48,
+    height: Annotated[int, typer.Option(help="Frame height in pixels.", min=8)] = 240,
+    width: Annotated[int, typer.Option(help="Frame width in pixels.", min=8)] = 320,
+    fps: Annotated[float, typer.Option(help="Frame rate.")] = 24.0,
+    seed: Annotated[int, typer.Option(help="Texture seed.")] = 0,
+) -> None:
+    """Write a synthetic sample video (a moving texture) to try liftvid without data."""
+    from .encode import write_synthetic_video
+
+    write_synthetic_video(out, n_frames=frames, height=height, width=width, fps=fps, seed=seed)
+    typer.echo(f"{out}: {frames} frames, {height}×{width}, {fps:g} fps")
+
+
 # ---- propagate / eval davis (issue 7) -----------------------------------------------------------
 
 

@@ -195,6 +195,115 @@ def sample(
 # ---- track / eval tapvid (issue 8) --------------------------------------------------------------
 
 
+@app.command()
+def track(
+    store: Annotated[str, typer.Argument(help="A liftvid store (path or URL) written by `liftvid extract`.", show_default=False)],
+    queries: Annotated[Path, typer.Option(help="CSV video_id,t,x,y: x, y in source-frame pixels (0 = top/left edge), t = index of a stored frame.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Output CSV video_id,query,t,x,y,visible,score (source pixels).", show_default=False)],
+    scheduler: Annotated[str, typer.Option(help="threads, processes, sync or tcp://host:port (a Dask cluster).")] = "threads",
+    workers: Annotated[Optional[int], typer.Option(help="Local worker threads/processes (default: one per core).", min=1)] = None,
+    chain: Annotated[bool, typer.Option("--chain", help="Update each template from its confident recent matches (frames in order).")] = False,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write <out>_<video>.mp4: the source frames with track trails.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu.")] = "auto",
+    min_similarity: Annotated[Optional[float], typer.Option(help="Cosine similarity a visible match needs (default 0.5).")] = None,
+    cycle_radius: Annotated[Optional[float], typer.Option(help="Cells a match may land from the query when matched back (default 2).")] = None,
+    frame_chunk: Annotated[Optional[int], typer.Option(help="Frames per task (default: from a 512 MB similarity budget).", min=1)] = None,
+    write_store: Annotated[bool, typer.Option("--write-store/--no-write-store", help="Also write <video>/tracks into the store.")] = True,
+) -> None:
+    """Follow query points through each video by dense feature matching, as Dask jobs."""
+    from rich.console import Console
+
+    from .track import TrackOptions, track_store
+
+    console = Console(stderr=True, highlight=False, soft_wrap=True)
+    given = {"min_similarity": min_similarity, "cycle_radius": cycle_radius, "frame_chunk": frame_chunk}
+    try:
+        options = TrackOptions(chain=chain, **{k: v for k, v in given.items() if v is not None})
+        summary = track_store(store, queries, out, options=options, scheduler=scheduler, workers=workers,
+                              overlay=overlay, device=None if device == "auto" else device, write_store=write_store)
+    except ValueError as exc:
+        fail(str(exc))
+    shown = 20
+    for skipped in summary.skipped[:shown]:
+        console.print(f"[yellow]skipped[/] {queries}: {skipped}")
+    if len(summary.skipped) > shown:
+        console.print(f"[yellow]skipped[/] … and {len(summary.skipped) - shown} more")
+    rate = summary.point_frames / summary.seconds if summary.seconds else 0.0
+    console.print(f"{out}: {sum(summary.queries.values())} queries in {len(summary.queries)} video(s), "
+                  f"{summary.point_frames:,} point-frames in {summary.seconds:.1f} s ({rate:,.0f} point-frames/s); "
+                  f"{len(summary.skipped)} skipped")
+    for path in summary.overlays:
+        console.print(f"overlay {path}")
+    for vid, error in summary.failed.items():
+        console.print(f"[red]failed[/] {vid}: {error}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@eval_app.command("tapvid")
+def eval_tapvid(
+    tracks: Annotated[Path, typer.Argument(help="Tracks CSV from `liftvid track` (queries from `liftvid eval tapvid-queries`).", show_default=False)],
+    gt: Annotated[Path, typer.Option(help="TAP-Vid pickle (e.g. tapvid_davis.pkl).", show_default=False)],
+    query_mode: Annotated[str, typer.Option(help="first or strided: how the queries were sampled.")] = "first",
+    store: Annotated[Optional[str], typer.Option(help="Store the tracks came from: its source sizes scale the pixels (default: the pickle's frame size).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write per-video and mean metrics as JSON.")] = None,
+) -> None:
+    """TAP-Vid metrics: average Jaccard, <δ^x_avg (1-16 px at 256×256) and occlusion accuracy."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .metrics import evaluate_tapvid
+
+    console = Console(highlight=False, soft_wrap=True)
+    try:
+        sizes = None
+        if store is not None:
+            from . import store as st
+
+            root = st.open_root(store)
+            sizes = {v: tuple(st.video_info(root, v)["source_size"]) for v in st.list_videos(root)}
+        report = evaluate_tapvid(tracks, gt, query_mode=query_mode, source_sizes=sizes)
+    except ValueError as exc:
+        fail(str(exc))
+    columns = (("AJ", "average_jaccard"), ("<δx avg", "average_pts_within_thresh"), ("OA", "occlusion_accuracy"))
+    table = Table(title=f"TAP-Vid ({query_mode}), ×100", show_edge=False)
+    table.add_column("video")
+    for label, _ in columns:
+        table.add_column(label, justify="right")
+    for name, m in report.per_video.items():
+        table.add_row(name, *(f"{100 * m[key]:.1f}" for _, key in columns))
+    table.add_row(f"[bold]mean of {len(report.per_video)}[/]", *(f"[bold]{100 * report.mean[key]:.1f}[/]" for _, key in columns))
+    console.print(table)
+    for note in report.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    if report.missing_videos:
+        console.print(f"[yellow]note:[/] {len(report.missing_videos)} ground-truth video(s) not in {tracks}, "
+                      f"not evaluated: {', '.join(report.missing_videos[:8])}")
+    if json_out:
+        json_out.write_text(json.dumps({"query_mode": query_mode, "mean": report.mean, "per_video": report.per_video,
+                                        "missing_videos": report.missing_videos}, indent=2))
+
+
+@eval_app.command("tapvid-queries")
+def eval_tapvid_queries(
+    gt: Annotated[Path, typer.Argument(help="TAP-Vid pickle.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Queries CSV to write (video_id,t,x,y) for `liftvid track`.", show_default=False)],
+    query_mode: Annotated[str, typer.Option(help="first or strided (TAP-Vid's sampling).")] = "first",
+    frames: Annotated[Optional[Path], typer.Option(help="Also write each video's frames as PNGs into FRAMES/<video>/ for `liftvid extract`.")] = None,
+) -> None:
+    """Write TAP-Vid's queries, in its order, as a queries CSV (and optionally its frames)."""
+    from .metrics import write_tapvid_queries
+
+    try:
+        counts = write_tapvid_queries(gt, out, query_mode=query_mode, frames_dir=frames)
+    except ValueError as exc:
+        fail(str(exc))
+    typer.echo(f"{out}: {sum(counts.values())} queries in {len(counts)} videos ({query_mode})"
+               + (f"; frames in {frames}/<video>/" if frames else ""))
+
+
 # ---- train (issue 3) ----------------------------------------------------------------------------
 
 

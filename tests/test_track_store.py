@@ -204,3 +204,59 @@ def test_overlay_video(video_dir, tmp_path):
     with av.open(str(summary.overlays[0])) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(frames) == 12 and frames[0].shape == (64, 96, 3)
+
+
+# ---- CLI ------------------------------------------------------------------------------------------
+
+
+def test_cli_track_and_eval(two_videos, tmp_path):
+    import pickle
+
+    from typer.testing import CliRunner
+
+    from liftvid.cli import app
+
+    store, queries, _ = two_videos
+    runner = CliRunner()
+    out = tmp_path / "t.csv"
+    result = runner.invoke(app, ["track", str(store), "--queries", str(queries), "--out", str(out),
+                                 "--scheduler", "sync", "--no-write-store", "--min-similarity", "0.4"])
+    assert result.exit_code == 0, result.output
+    assert "8 queries in 2 video(s)" in result.output and "point-frames/s" in result.output
+    assert len(read_rows(out)) == 8 * N_FRAMES
+    # TAP-Vid evaluation of video "a" against ground truth made from the true warp
+    pts = np.array([[float(r["x"]), float(r["y"])] for r in read_rows(queries) if r["video_id"] == "a"])
+    truth = np.stack([warp(pts, t) for t in range(N_FRAMES)], axis=1) / np.array([SOURCE[1], SOURCE[0]])
+    gt = tmp_path / "gt.pkl"
+    gt.write_bytes(pickle.dumps({"a": {"video": np.zeros((N_FRAMES, *SOURCE, 3), np.uint8), "points": truth,
+                                       "occluded": np.zeros(truth.shape[:2], bool)}}))
+    result = runner.invoke(app, ["eval", "tapvid", str(out), "--gt", str(gt), "--store", str(store),
+                                 "--json", str(tmp_path / "m.json")])
+    assert result.exit_code == 0, result.output
+    assert "mean of 1" in result.output
+    import json
+
+    mean = json.loads((tmp_path / "m.json").read_text())["mean"]
+    assert mean["occlusion_accuracy"] == 1.0 and mean["pts_within_4"] == 1.0  # < 2 px at 256×256
+    result = runner.invoke(app, ["eval", "tapvid-queries", str(gt), "--out", str(tmp_path / "q2.csv")])
+    assert result.exit_code == 0 and "5 queries in 1 videos" in result.output
+
+
+def test_cli_errors_are_one_line(two_videos, tmp_path):
+    from typer.testing import CliRunner
+
+    from liftvid.cli import app
+
+    store, _, _ = two_videos
+    (tmp_path / "empty.csv").write_text("video_id,t,x,y\n")
+    runner = CliRunner()
+    for args, message in (
+        (["track", str(store), "--queries", str(tmp_path / "empty.csv"), "--out", str(tmp_path / "o.csv")], "no queries"),
+        (["track", str(tmp_path / "none.zarr"), "--queries", str(tmp_path / "empty.csv"), "--out", "o.csv"], "no liftvid store"),
+        (["track", str(store), "--queries", str(tmp_path / "empty.csv"), "--out", "o.csv", "--scheduler", "x"], "unknown scheduler"),
+        (["eval", "tapvid", str(tmp_path / "none.csv"), "--gt", str(tmp_path / "none.pkl")], "no such"),
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 1, result.output
+        lines = [line for line in result.output.splitlines() if line.strip()]
+        assert len(lines) == 1 and "error:" in lines[0] and message in lines[0], result.output

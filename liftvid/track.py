@@ -191,10 +191,10 @@ def prepare_queries(features: Any, queries: np.ndarray) -> QuerySet:
     t = q[:, 0].astype(np.int64)
     frames, frame_of = np.unique(t, return_inverse=True)
     grids = torch.stack([F.normalize(_as_tensor(features[int(f)]).float(), dim=-1) for f in frames])
-    templates = torch.empty((len(q), grids.shape[-1]), dtype=torch.float32)
-    xy = torch.from_numpy(q[:, 1:])
+    templates = torch.empty((len(q), grids.shape[-1]), dtype=torch.float32, device=grids.device)
+    xy = torch.from_numpy(q[:, 1:]).to(grids.device)
     for u in range(len(frames)):
-        sel = torch.from_numpy(np.flatnonzero(frame_of == u))
+        sel = torch.from_numpy(np.flatnonzero(frame_of == u)).to(grids.device)
         templates[sel] = sample_bilinear(grids[u], xy[sel])
     templates = F.normalize(templates, dim=-1)
     return QuerySet(t=t, xy=q[:, 1:].copy(), templates=templates, frames=frames.astype(np.int64),
@@ -563,20 +563,31 @@ def _unpack(block: np.ndarray) -> Tracks:
     return Tracks(block[..., :2].astype(np.float32), block[..., 3] > 0.5, block[..., 2].astype(np.float32))
 
 
+def _csv_field(text: str) -> str:
+    """``text`` as one CSV field (quoted only when it needs to be)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    csv.writer(buf).writerow([text])
+    return buf.getvalue().rstrip("\r\n")
+
+
 def write_tracks_csv(path: Path, results: Sequence[tuple[_VideoJob, Tracks]]) -> None:
     """``video_id,query,t,x,y,visible,score``: source pixels, one row per query and frame."""
-    import csv
-
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(TRACK_COLUMNS)
+        f.write(",".join(TRACK_COLUMNS) + "\n")
         for job, tracks in results:
+            vid = _csv_field(job.video_id)
+            frames = range(job.n_frames)
             for i, row in enumerate(job.rows):
-                for t in range(job.n_frames):
-                    x, y = tracks.positions[i, t]
-                    writer.writerow((job.video_id, row.query, t, f"{x:.3f}", f"{y:.3f}",
-                                     int(tracks.visible[i, t]), f"{tracks.score[i, t]:.4f}"))
+                # one formatted string per row from plain Python lists: ~4x faster than csv.writer
+                xs, ys = tracks.positions[i, :, 0].tolist(), tracks.positions[i, :, 1].tolist()
+                vis, score = tracks.visible[i].astype(np.int8).tolist(), tracks.score[i].tolist()
+                head = f"{vid},{row.query},"
+                f.write("".join([f"{head}{t},{x:.3f},{y:.3f},{v},{s:.4f}\n"
+                                 for t, x, y, v, s in zip(frames, xs, ys, vis, score)]))
 
 
 def write_tracks_group(root, job: _VideoJob, tracks: Tracks, meta: dict) -> None:

@@ -139,6 +139,12 @@ def _as_tensor(x: Any) -> torch.Tensor:
     return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
 
 
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    """Unit-norm float32 feature vectors along the last axis; NaN/inf (a corrupt frame) become zero
+    vectors, which match nothing (similarity 0) instead of poisoning argmax and soft-argmax."""
+    return F.normalize(torch.nan_to_num(x.float(), nan=0.0, posinf=0.0, neginf=0.0), dim=-1)
+
+
 def check_queries(queries: np.ndarray, n_frames: int, grid_size: tuple[int, int]) -> np.ndarray:
     """Validate ``queries (N, 3) [t, x, y]`` in grid coordinates; return them as float64.
 
@@ -190,7 +196,7 @@ def prepare_queries(features: Any, queries: np.ndarray) -> QuerySet:
     q = check_queries(queries, T, (h, w))
     t = q[:, 0].astype(np.int64)
     frames, frame_of = np.unique(t, return_inverse=True)
-    grids = torch.stack([F.normalize(_as_tensor(features[int(f)]).float(), dim=-1) for f in frames])
+    grids = torch.stack([_unit(_as_tensor(features[int(f)])) for f in frames])
     templates = torch.empty((len(q), grids.shape[-1]), dtype=torch.float32, device=grids.device)
     xy = torch.from_numpy(q[:, 1:]).to(grids.device)
     for u in range(len(frames)):
@@ -285,7 +291,7 @@ def track_chunk(chunk: Any, start: int, qs: QuerySet, options: TrackOptions | No
     dtype = compute_dtype(device)
     x = _as_tensor(chunk).to(device)
     Tc = x.shape[0]
-    feats = F.normalize(x.reshape(Tc, -1, x.shape[-1]).float(), dim=-1).to(dtype)
+    feats = _unit(x.reshape(Tc, -1, x.shape[-1])).to(dtype)
     positions, cell, score = _match(feats, qs.templates.to(device=device, dtype=dtype), qs.grid_size, options)
     visible = (score >= options.min_similarity) & _cycle_ok(feats, cell, qs, dtype, options)
     out = Tracks(positions.transpose(0, 1).cpu().numpy(), visible.T.cpu().numpy(), score.T.cpu().numpy())
@@ -325,7 +331,7 @@ def _track_chain(features: Any, qs: QuerySet, options: TrackOptions, device: tor
             continue
         for a, b in _chunks(first, last, chunk, reverse=not forward):
             x = _as_tensor(features[a:b]).to(device)
-            feats = F.normalize(x.reshape(b - a, -1, x.shape[-1]).float(), dim=-1).to(dtype)
+            feats = _unit(x.reshape(b - a, -1, x.shape[-1])).to(dtype)
             order = range(b - a) if forward else range(b - a - 1, -1, -1)
             for i in order:
                 t = a + i
@@ -540,7 +546,7 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
         info = st.video_info(root, vid)
         n_frames, h, w, _ = root[vid]["features"].shape
         source_size = tuple(int(v) for v in info["source_size"])
-        grid_size = tuple(int(v) for v in info.get("grid_size", (h, w)))
+        grid_size = (int(h), int(w))
         good = []
         for r in vrows:
             why = _check_row(r, n_frames, source_size)

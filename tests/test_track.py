@@ -186,3 +186,15 @@ def test_bad_shapes():
         track_points(np.zeros((8, 16, 24)), np.zeros((1, 3)), device="cpu")
     with pytest.raises(ValueError, match="refine_temperature"):
         TrackOptions(refine_temperature=0)
+
+
+def test_nan_features_match_nothing(oracle):
+    feats, points = oracle
+    feats = feats.copy()
+    feats[3] = np.nan  # a corrupt frame
+    feats[5, 4:8, 4:8] = np.inf
+    tracks = track_points(feats, queries_at_frame0(points), device="cpu")
+    assert np.isfinite(tracks.positions).all() and np.isfinite(tracks.score).all()
+    assert not tracks.visible[:, 3].any() and (tracks.score[:, 3] == 0).all()
+    keep = [t for t in range(8) if t not in (3, 5)]  # frame 5's zeroed cells may hold a true match
+    assert errors_in_cells(tracks, points, 8)[:, keep].max() < 0.5

@@ -112,7 +112,7 @@ def test_chain_mode_through_the_store(two_videos, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_local_cluster_equals_sync(two_videos, tmp_path):
+def test_every_scheduler_gives_the_sync_csv(two_videos, tmp_path):
     from distributed import LocalCluster
 
     store, queries, _ = two_videos
@@ -122,6 +122,10 @@ def test_two_process_local_cluster_equals_sync(two_videos, tmp_path):
         track_store(store, queries, tmp_path / "dist.csv", options=opts, scheduler=cluster.scheduler_address,
                     write_store=False)
     assert (tmp_path / "sync.csv").read_text() == (tmp_path / "dist.csv").read_text()
+    for scheduler in ("threads", "processes"):
+        track_store(store, queries, tmp_path / f"{scheduler}.csv", options=opts, scheduler=scheduler, workers=2,
+                    write_store=False)
+        assert (tmp_path / "sync.csv").read_text() == (tmp_path / f"{scheduler}.csv").read_text(), scheduler
 
 
 # ---- bad input ------------------------------------------------------------------------------------

@@ -185,6 +185,21 @@ def sample_bilinear(grid: torch.Tensor, xy: torch.Tensor) -> torch.Tensor:
             + fy * ((1 - fx) * g[y1, x0] + fx * g[y1, x1]))
 
 
+def _read_frames(features: Any, frames: np.ndarray):
+    """Yield ``features[f]`` for sorted ``frames``, reading each storage chunk once (Zarr arrays
+    have ``.chunks``; a chunk holds several frames and decompresses as a whole)."""
+    chunks = None if isinstance(features, torch.Tensor) else getattr(features, "chunks", None)
+    per_chunk = chunks[0] if isinstance(chunks, tuple) and chunks and isinstance(chunks[0], int) else 1
+    if per_chunk <= 1:
+        for f in frames:
+            yield features[int(f)]
+        return
+    for k in np.unique(frames // per_chunk):
+        block = features[k * per_chunk:(k + 1) * per_chunk]
+        for f in frames[frames // per_chunk == k]:
+            yield block[int(f) - k * per_chunk]
+
+
 def prepare_queries(features: Any, queries: np.ndarray) -> QuerySet:
     """Templates and query-frame grids for ``queries``, reading only the query frames.
 
@@ -196,7 +211,7 @@ def prepare_queries(features: Any, queries: np.ndarray) -> QuerySet:
     q = check_queries(queries, T, (h, w))
     t = q[:, 0].astype(np.int64)
     frames, frame_of = np.unique(t, return_inverse=True)
-    grids = torch.stack([_unit(_as_tensor(features[int(f)])) for f in frames])
+    grids = torch.stack([_unit(_as_tensor(g)) for g in _read_frames(features, frames)])
     templates = torch.empty((len(q), grids.shape[-1]), dtype=torch.float32, device=grids.device)
     xy = torch.from_numpy(q[:, 1:]).to(grids.device)
     for u in range(len(frames)):

@@ -198,3 +198,18 @@ def test_nan_features_match_nothing(oracle):
     assert not tracks.visible[:, 3].any() and (tracks.score[:, 3] == 0).all()
     keep = [t for t in range(8) if t not in (3, 5)]  # frame 5's zeroed cells may hold a true match
     assert errors_in_cells(tracks, points, 8)[:, keep].max() < 0.5
+
+
+def test_zarr_features_read_chunk_by_chunk_give_the_same_tracks(oracle, tmp_path):
+    import zarr
+
+    feats, points = oracle
+    arr = zarr.create_array(tmp_path / "f.zarr", shape=feats.shape, chunks=(3, *feats.shape[1:]), dtype="float16")
+    arr[...] = feats
+    t_query = np.array([0, 2, 3, 7] * 6)
+    start = np.stack([warp(p[None], t)[0] for p, t in zip(points, t_query)])
+    queries = np.column_stack([t_query, source_to_grid(start, GRID, SOURCE)])
+    a = track_points(arr, queries, TrackOptions(frame_chunk=4), device="cpu")
+    b = track_points(feats, queries, TrackOptions(frame_chunk=4), device="cpu")
+    np.testing.assert_array_equal(a.positions, b.positions)
+    np.testing.assert_array_equal(a.visible, b.visible)

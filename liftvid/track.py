@@ -330,7 +330,7 @@ def _chunks(start: int, stop: int, size: int, reverse: bool = False) -> list[tup
 
 
 def _track_chain(features: Any, qs: QuerySet, options: TrackOptions, device: torch.device,
-                 chunk: int) -> Tracks:
+                 chunk: int, progress: Callable[[int], None] | None = None) -> Tracks:
     """Chain mode: frames in order away from each query frame, templates updated on the way."""
     T = features.shape[0]
     n = len(qs.t)
@@ -380,6 +380,8 @@ def _track_chain(features: Any, qs: QuerySet, options: TrackOptions, device: tor
                 recent.append(full)
                 counts.append(cf)
                 del recent[:-options.chain_window], counts[:-options.chain_window]
+            if progress is not None:
+                progress(b - a)
     # the query frames themselves: score of the template against its own frame
     for u, f in enumerate(qs.frames):
         rows = np.flatnonzero(qs.frame_of == u)
@@ -401,7 +403,8 @@ def track_points(features: Any, queries: np.ndarray, options: TrackOptions | Non
         queries: ``(N, 3) [t, x, y]`` in grid coordinates (grid coordinate c = centre of cell c).
         options: :class:`TrackOptions` (thresholds, window, chain mode, chunking).
         device: ``"cuda"``, ``"cpu"``…; default CUDA when available.
-        progress: called with the number of frames done after each chunk.
+        progress: called with the number of frames done after each chunk (chain mode: frames
+            processed in each direction, so the total can exceed T).
 
     Returns:
         :class:`Tracks`: ``positions (N, T, 2) float32 [x, y]`` grid coordinates,
@@ -415,7 +418,7 @@ def track_points(features: Any, queries: np.ndarray, options: TrackOptions | Non
     qs = prepare_queries(features, queries).to(device)
     chunk = frames_per_chunk(len(qs.t), (h, w), options, device)
     if options.chain:
-        return _track_chain(features, qs, options, device, chunk)
+        return _track_chain(features, qs, options, device, chunk, progress)
     out = Tracks.empty(len(qs.t), T)
     for a, b in _chunks(0, T, chunk):
         out.put(a, track_chunk(features[a:b], a, qs, options, device))
@@ -755,6 +758,7 @@ def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | 
         tracks = _unpack(np.asarray(value))
         tracks.positions = grid_to_source(tracks.positions, job.grid_size, job.source_size).astype(np.float32)
         results.append((job, tracks))
+        log.info("%s: %d queries × %d frames tracked", job.video_id, len(job.rows), job.n_frames)
         summary.queries[job.video_id] = len(job.rows)
         summary.frames[job.video_id] = job.n_frames
     write_tracks_csv(out_csv, results)

@@ -1,0 +1,699 @@
+"""LiFT training on frames of the user's videos, with the paper's self-supervised objective.
+
+For a batch ``x`` at S×S, ``x/2`` and ``x/4`` taken by striding (``x[..., ::2, ::2]``) and the frozen
+backbone ``f``: LiFT(x/2, f(x/2)) learns to reproduce f(x) and LiFT(x/4, f(x/4)) to reproduce
+f(x/2) (Suri et al., ECCV 2024, §3; the released ``train_lift.py``). No labels.
+
+Everything random in a run is a function of ``(seed, epoch)``: which frames an epoch samples, their
+order and their colour jitter. Resuming from an epoch checkpoint therefore reproduces the
+uninterrupted run bit for bit (same device and thread count).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .backbone import Backbone, file_sha256
+from .extract import FeatureExtractor, resolve_device
+from .lift import LiFT, LiftCheckpointError, load_lift_checkpoint, save_lift_checkpoint
+from .video import Resize, VideoDecodeError, VideoSource, find_sources, open_video
+
+LOSSES = ("cosine", "l1", "l2")
+JITTER = (0.2, 0.2, 0.2, 0.2)  # brightness, contrast, saturation, hue: the paper's ColorJitter
+SHUFFLE_BATCHES = 8  # frames of this many batches are mixed before one is drawn
+DECODE_AHEAD = 2  # videos queued per decode worker
+# independent random streams derived from the seed
+_PLAN_STREAM, _JITTER_STREAM, _HELD_OUT_STREAM = 1, 2, 3
+
+
+@dataclass
+class TrainOptions:
+    """Everything that decides what ``train`` computes and how."""
+
+    backbone: str = "dino_vits16"
+    weights: str | None = None
+    layer: int = -1
+    facet: str = "key"
+    size: int = 448
+    epochs: int = 5
+    batch_size: int = 32
+    frames_per_video: int = 16
+    lr: float = 1e-3
+    loss: str = "cosine"
+    augment: bool = True
+    workers: int = 4  # decode threads (decord releases the GIL)
+    device: str = "auto"
+    resume: bool = False
+    overwrite: bool = False
+    init: str | None = None
+    seed: int = 0
+    held_out: int = 32  # frames kept out of training for the per-epoch check
+    fps: float = 24.0  # frame rate assumed for folders of frames (bookkeeping only)
+
+    def settings(self) -> dict:
+        """The training settings recorded in checkpoints."""
+        keys = ("size", "epochs", "batch_size", "frames_per_video", "lr", "loss", "augment", "seed", "held_out")
+        return {k: getattr(self, k) for k in keys}
+
+
+@dataclass
+class EpochStats:
+    epoch: int  # 1-based
+    steps: int  # optimizer steps so far, all epochs
+    loss: float  # mean training loss of the epoch
+    images: int  # training images of the epoch
+    seconds: float  # training time of the epoch (without held-out check and checkpoint)
+    held_out_lift: float | None  # mean cosine of LiFT(x/2, f(x/2)) to f(x) on held-out frames
+    held_out_bilinear: float | None  # same for bilinear upsampling of f(x/2)
+    checkpoint: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds else 0.0
+
+
+@dataclass
+class TrainSummary:
+    checkpoint: str
+    epochs: list[EpochStats] = field(default_factory=list)  # the epochs this call ran
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, error)
+    frames_available: int = 0
+    held_out_frames: int = 0
+    seconds: float = 0.0
+
+
+class TrainProgress(Protocol):
+    """What training reports; the CLI renders it with rich, tests may record it."""
+
+    def start(self, first_epoch: int, epochs: int, steps_per_epoch: int) -> None: ...
+    def message(self, text: str) -> None: ...
+    def skipped(self, source: str, error: str) -> None: ...
+    def epoch_started(self, epoch: int, steps: int) -> None: ...
+    def step_done(self, loss: float, images: int) -> None: ...
+    def epoch_finished(self, stats: EpochStats) -> None: ...
+
+
+class _NoProgress:
+    def start(self, first_epoch, epochs, steps_per_epoch): pass
+    def message(self, text): pass
+    def skipped(self, source, error): pass
+    def epoch_started(self, epoch, steps): pass
+    def step_done(self, loss, images): pass
+    def epoch_finished(self, stats): pass
+
+
+# ---- the objective -------------------------------------------------------------------------------
+
+
+def feature_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
+    """Reconstruction loss between ``(B, C, h, w)`` feature grids, in float32.
+
+    ``cosine``: mean over positions of 1 − cos (the paper's default, ``CosineEmbeddingLoss`` with
+    target 1); ``l1`` / ``l2``: mean absolute / squared error.
+    """
+    prediction, target = prediction.float(), target.float()
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(prediction, target, dim=1)).mean()
+    if kind == "l1":
+        return F.l1_loss(prediction, target)
+    if kind == "l2":
+        return F.mse_loss(prediction, target)
+    raise ValueError(f"unknown loss {kind!r}: choose one of {', '.join(LOSSES)}")
+
+
+def lift_objective(backbone: Backbone, lift: LiFT, images: torch.Tensor, loss: str = "cosine") -> torch.Tensor:
+    """The paper's training loss on one batch.
+
+    Args:
+        images: ``(B, 3, S, S)`` normalised, S a multiple of 4 × the patch size.
+
+    Returns:
+        ``loss(LiFT(x/2, f(x/2)), f(x)) + loss(LiFT(x/4, f(x/4)), f(x/2))``, a float32 scalar; the
+        backbone runs without gradients.
+    """
+    half, quarter = images[..., ::2, ::2], images[..., ::4, ::4]
+    with torch.no_grad():
+        full_feats, half_feats, quarter_feats = backbone(images), backbone(half), backbone(quarter)
+    return (feature_loss(lift(half, half_feats), full_feats, loss)
+            + feature_loss(lift(quarter, quarter_feats), half_feats, loss))
+
+
+@torch.no_grad()
+def upsampling_similarity(backbone: Backbone, lift: LiFT, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image mean cosine similarity to f(x) of LiFT(x/2, f(x/2)) and of bilinear f(x/2).
+
+    Args:
+        images: ``(B, 3, S, S)`` normalised.
+
+    Returns:
+        ``(lift_cos (B,), bilinear_cos (B,))`` float32: each averaged over the f(x) grid.
+    """
+    half = images[..., ::2, ::2]
+    target, coarse = backbone(images).float(), backbone(half)
+    lifted = lift(half, coarse).float()
+    bilinear = F.interpolate(coarse.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
+    return (F.cosine_similarity(lifted, target, dim=1).mean(dim=(1, 2)),
+            F.cosine_similarity(bilinear, target, dim=1).mean(dim=(1, 2)))
+
+
+# ---- colour jitter -------------------------------------------------------------------------------
+
+
+def _grey(images: torch.Tensor) -> torch.Tensor:
+    # ITU-R 601-2 luma, the weights torchvision and PIL use
+    r, g, b = images.unbind(dim=1)
+    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
+
+
+def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    return (factor * images + (1 - factor) * other).clamp_(0, 1)
+
+
+def _rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
+    r, g, b = images.unbind(dim=1)
+    maxc, minc = images.amax(dim=1), images.amin(dim=1)
+    delta = maxc - minc
+    flat = delta == 0
+    s = delta / torch.where(flat, torch.ones_like(maxc), maxc)
+    d = torch.where(flat, torch.ones_like(delta), delta)
+    h = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2 + (b - r) / d, 4 + (r - g) / d))
+    h = torch.where(flat, torch.zeros_like(h), h)
+    return torch.stack(((h / 6).remainder(1), s, maxc), dim=1)
+
+
+def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
+    h, s, v = hsv.unbind(dim=1)
+    h6 = h * 6
+    sector = torch.floor(h6)
+    f = h6 - sector
+    sector = sector.long().remainder(6)
+    p = (v * (1 - s)).clamp(0, 1)
+    q = (v * (1 - s * f)).clamp(0, 1)
+    t = (v * (1 - s * (1 - f))).clamp(0, 1)
+    # per sector, which of (v, p, q, t) is r, g, b
+    table = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=hsv.device)
+    choices = torch.stack((v, p, q, t), dim=1)  # (B, 4, H, W)
+    pick = table[:, sector].permute(1, 0, 2, 3)  # (B, 3, H, W)
+    return choices.gather(1, pick)
+
+
+def _shift_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    hsv = _rgb_to_hsv(images)
+    hue = (hsv[:, :1] + shift).remainder(1.0)
+    return _hsv_to_rgb(torch.cat((hue, hsv[:, 1:]), dim=1))
+
+
+def jitter_params(n: int, generator: torch.Generator, strength: tuple[float, float, float, float] = JITTER
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image colour-jitter draws, as ``torchvision.transforms.ColorJitter.get_params`` makes them.
+
+    Returns:
+        ``factors (n, 4)`` float32 — brightness, contrast, saturation in ``[1-s, 1+s]``, hue in
+        ``[-s, s]`` — and ``order (n, 4)`` int64, a random permutation of the four operations per image.
+    """
+    u = torch.rand(n, 4, generator=generator)
+    lo = torch.tensor([max(0.0, 1 - s) for s in strength[:3]] + [-strength[3]])
+    hi = torch.tensor([1 + s for s in strength[:3]] + [strength[3]])
+    order = torch.rand(n, 4, generator=generator).argsort(dim=1)
+    return lo + u * (hi - lo), order
+
+
+def colour_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """torchvision's ColorJitter with a different draw per image, on a whole batch at once.
+
+    Args:
+        images: ``(B, 3, H, W)`` float in [0, 1] (any device).
+        factors, order: from :func:`jitter_params`.
+
+    Returns:
+        ``(B, 3, H, W)``: per image, brightness, contrast, saturation and hue adjusted in that
+        image's order with the formulas of ``torchvision.transforms.v2.functional.adjust_*``.
+    """
+    factors = factors.to(images.device)
+    order = order.to(images.device)
+    out = images
+    for position in range(4):
+        op_here = order[:, position]
+        for op in range(4):
+            sel = (op_here == op).nonzero().squeeze(1)
+            if sel.numel() == 0:
+                continue
+            x = out[sel]
+            f = factors[sel, op].view(-1, 1, 1, 1)
+            if op == 0:
+                x = (x * f).clamp_(0, 1)
+            elif op == 1:
+                x = _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), f)
+            elif op == 2:
+                x = _blend(x, _grey(x), f)
+            else:
+                x = _shift_hue(x, f)
+            out = out.index_copy(0, sel, x)
+    return out
+
+
+# ---- data -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Clip:
+    """A source that opened, with its frame count and its held-out frame indices."""
+
+    source: VideoSource
+    n_frames: int
+    held_out: tuple[int, ...] = ()
+
+    def train_indices(self) -> np.ndarray:
+        return np.setdiff1d(np.arange(self.n_frames), np.asarray(self.held_out, dtype=np.int64))
+
+
+def _stream(seed: int, *keys: int) -> np.random.Generator:
+    return np.random.default_rng([seed, *keys])
+
+
+def _torch_generator(seed: int, *keys: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)
+    return torch.Generator().manual_seed(int(state[0] & ((1 << 63) - 1)))
+
+
+def choose_held_out(n_frames: Sequence[int], count: int, seed: int) -> list[tuple[int, ...]]:
+    """Fixed held-out frame indices per source: ``count`` in all, spread round-robin over the sources.
+
+    Each source keeps at least one frame for training; the choice depends only on the seed and the
+    frame counts.
+    """
+    rng = _stream(seed, _HELD_OUT_STREAM)
+    quota = [0] * len(n_frames)
+    spare = [max(0, n - 1) for n in n_frames]
+    order = rng.permutation(len(n_frames))
+    left = count
+    while left > 0 and any(spare[i] > quota[i] for i in order):
+        for i in order:
+            if left and spare[i] > quota[i]:
+                quota[i] += 1
+                left -= 1
+    return [tuple(sorted(int(j) for j in rng.choice(n, size=q, replace=False))) if q else ()
+            for n, q in zip(n_frames, quota)]
+
+
+def epoch_plan(clips: Sequence[_Clip], frames_per_video: int, seed: int, epoch: int
+               ) -> tuple[list[tuple[int, np.ndarray]], np.random.Generator]:
+    """Which frames epoch ``epoch`` trains on: ``[(clip index, sorted frame indices)]`` in decode order.
+
+    Returns the plan and the epoch's generator, which then draws the batches (same stream, so the
+    whole epoch is a function of ``(seed, epoch)``).
+    """
+    rng = _stream(seed, _PLAN_STREAM, epoch)
+    plan = []
+    for i in rng.permutation(len(clips)):
+        candidates = clips[i].train_indices()
+        k = min(frames_per_video, len(candidates))
+        if k:
+            plan.append((int(i), np.sort(rng.choice(candidates, size=k, replace=False))))
+    return plan, rng
+
+
+def _decode(source: VideoSource, indices: np.ndarray, resize: Resize, patch: int, fps: float) -> np.ndarray:
+    """``(len(indices), S, S, 3) uint8`` frames of one source (runs in a worker thread)."""
+    reader = open_video(source, resize, patch, fps=fps)
+    try:
+        parts = [frames for _, frames in reader.batches(indices, len(indices))]
+    finally:
+        reader.close()
+    frames = np.concatenate(parts) if parts else np.empty((0,), np.uint8)
+    if len(frames) != len(indices):
+        raise VideoDecodeError(f"{source.path}: decoded {len(frames)} of {len(indices)} frames")
+    return frames
+
+
+def _count_frames(source: VideoSource, resize: Resize, patch: int, fps: float) -> int:
+    reader = open_video(source, resize, patch, fps=fps)
+    try:
+        return int(reader.n_frames)
+    finally:
+        reader.close()
+
+
+class _EpochFeed:
+    """``(B, S, S, 3) uint8`` batches of one epoch, its videos decoding ahead in a thread pool.
+
+    Decoding starts when the feed is made (so the next epoch's videos decode during the held-out
+    check and checkpoint write of this one). Frames of several videos are mixed in a buffer of
+    SHUFFLE_BATCHES batches and drawn at random with the epoch's generator; decoded videos are taken
+    in plan order, so the batches never depend on thread timing.
+    """
+
+    def __init__(self, clips: Sequence[_Clip], plan: list[tuple[int, np.ndarray]], rng: np.random.Generator,
+                 batch_size: int, pool: ThreadPoolExecutor, ahead: int, decode, on_error):
+        self.clips, self.rng, self.batch_size = clips, rng, batch_size
+        self.pool, self.decode, self.on_error = pool, decode, on_error
+        self.todo = iter(plan)
+        self.pending: deque[tuple[int, Future]] = deque()
+        for _ in range(ahead):
+            self._submit()
+
+    def _submit(self) -> None:
+        nxt = next(self.todo, None)
+        if nxt is not None:
+            self.pending.append((nxt[0], self.pool.submit(self.decode, self.clips[nxt[0]].source, nxt[1])))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        buffer: list[np.ndarray] = []
+        capacity = SHUFFLE_BATCHES * self.batch_size
+        try:
+            while self.pending:
+                i, future = self.pending.popleft()
+                self._submit()
+                try:
+                    frames = future.result()
+                except VideoDecodeError as exc:
+                    self.on_error(self.clips[i].source, str(exc))
+                    continue
+                buffer.extend(frames)
+                while len(buffer) >= capacity:
+                    yield _draw(buffer, self.rng, self.batch_size)
+            while buffer:
+                yield _draw(buffer, self.rng, min(self.batch_size, len(buffer)))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for _, future in self.pending:
+            future.cancel()
+        self.pending.clear()
+
+
+def _draw(buffer: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:
+    picks = []
+    for _ in range(n):
+        j = int(rng.integers(len(buffer)))
+        buffer[j], buffer[-1] = buffer[-1], buffer[j]
+        picks.append(buffer.pop())
+    return np.stack(picks)
+
+
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+
+def _check_size(size: int, patch: int) -> None:
+    step = 4 * patch
+    if size < step or size % step:
+        lower, upper = max(step, size // step * step), max(step, -(-size // step) * step)
+        hint = f"{lower}" if lower == upper else f"{lower} or {upper}"
+        raise ValueError(f"--size {size} is not a multiple of 4 × the patch size {patch} = {step} "
+                         f"(x/4 must still tile into patches): use e.g. --size {hint}")
+
+
+def _check_options(options: TrainOptions) -> None:
+    if options.loss not in LOSSES:
+        raise ValueError(f"--loss {options.loss!r}: choose one of {', '.join(LOSSES)}")
+    for name in ("epochs", "batch_size", "frames_per_video"):
+        if getattr(options, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be at least 1")
+    if options.held_out < 0:
+        raise ValueError(f"--held-out {options.held_out}: must be 0 or more")
+    if options.workers < 0:
+        raise ValueError(f"--workers {options.workers}: must be 0 or more")
+    if not options.lr > 0:
+        raise ValueError(f"--lr {options.lr}: must be positive")
+
+
+def _same_weights(recorded: dict, backbone: Backbone) -> bool:
+    if recorded.get("weights_sha256") or backbone.weights_sha256:
+        return recorded.get("weights_sha256") == backbone.weights_sha256
+    return recorded.get("weights", backbone.weights_id) == backbone.weights_id
+
+
+def _load_resume(path: Path, backbone: Backbone) -> tuple[LiFT, dict]:
+    """The LiFT and training state of ``path``, refused when it belongs to another backbone."""
+    lift, meta = load_lift_checkpoint(path, backbone)  # channels, patch, timm name, layer, facet
+    recorded = meta.get("backbone") or {}
+    if not _same_weights(recorded, backbone):
+        raise LiftCheckpointError(
+            f"{path}: training was started with backbone weights {recorded.get('weights')!r} but this run "
+            f"uses {backbone.weights_id!r}; resume with the same --weights (and --seed for random)")
+    if not isinstance(meta.get("state"), dict):
+        raise LiftCheckpointError(f"{path}: has no training state to resume (a final or released "
+                                  "LiFT?); start a new training with --init " f"{path}")
+    return lift, meta
+
+
+def _cpu(obj):
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+# ---- the loop -------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """The models and counters of one training run."""
+
+    backbone: Backbone
+    lift: LiFT
+    norm: FeatureExtractor  # the backbone's mean/std buffers
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    epochs_done: int = 0
+    step: int = 0
+    history: list[dict] = field(default_factory=list)
+    init: dict | None = None
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda")
+
+    def to_device(self, frames: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(frames)
+        return (t.pin_memory() if self.device.type == "cuda" else t).to(self.device, non_blocking=True)
+
+
+def _start(options: TrainOptions, backbone: Backbone, out: Path, device: torch.device,
+           progress: TrainProgress) -> _Run:
+    """A fresh, ``init``-ed or resumed run; a checkpoint that does not fit ``backbone`` is refused here."""
+    init_lift = load_lift_checkpoint(options.init, backbone)[0] if options.init else None
+    init = {"path": str(options.init), "sha256": file_sha256(options.init)} if options.init else None
+    state, history = {}, []
+    if options.resume and out.exists():
+        lift, meta = _load_resume(out, backbone)
+        state, history, init = meta["state"], list(meta.get("history") or []), meta.get("init")
+        saved = meta.get("training") or {}
+        changed = [f"{k} {saved[k]!r} → {v!r}" for k, v in options.settings().items()
+                   if k != "epochs" and saved.get(k, v) != v]
+        if changed:
+            progress.message("resuming with changed settings (the result will differ from an uninterrupted "
+                             "run): " + ", ".join(changed))
+    elif init_lift is not None:
+        lift = init_lift
+    else:
+        if options.resume:
+            progress.message(f"{out}: no checkpoint yet, starting a new training")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed)
+            lift = LiFT(backbone.channels, backbone.patch_size)
+    lift = lift.to(device).train()
+    optimizer = torch.optim.Adam(lift.parameters(), lr=options.lr)
+    if state:
+        optimizer.load_state_dict(state["optimizer"])
+        for group in optimizer.param_groups:
+            group["lr"] = options.lr
+        if isinstance(state.get("rng", {}).get("torch"), torch.Tensor):
+            torch.set_rng_state(state["rng"]["torch"])
+    return _Run(backbone.to(device), lift, FeatureExtractor(backbone).to(device), optimizer, device,
+                int(state.get("epoch", 0)), int(state.get("step", 0)), history, init)
+
+
+def _open_clips(sources: Sequence[VideoSource], options: TrainOptions, pool: ThreadPoolExecutor, count, skip,
+                inputs) -> list[_Clip]:
+    """The sources that open, with their held-out frames; corrupt ones reported through ``skip``."""
+    futures = [(s, pool.submit(count, s)) for s in sources]
+    usable: list[tuple[VideoSource, int]] = []
+    failed = 0
+    for source, future in futures:
+        try:
+            n = future.result()
+        except VideoDecodeError as exc:
+            skip(source, str(exc))
+            failed += 1
+            continue
+        if n > 0:
+            usable.append((source, n))
+    if not usable:
+        raise ValueError("no frames found in " + ", ".join(map(str, inputs))
+                         + (f": all {failed} videos failed to decode" if failed else ""))
+    held = choose_held_out([n for _, n in usable], options.held_out, options.seed)
+    return [_Clip(s, n, h) for (s, n), h in zip(usable, held)]
+
+
+def _decode_held_out(clips: Sequence[_Clip], pool: ThreadPoolExecutor, decode, skip) -> np.ndarray | None:
+    """``(N, S, S, 3) uint8``: the held-out frames of every clip, decoded once; None when there are none."""
+    futures = [(c, pool.submit(decode, c.source, np.asarray(c.held_out))) for c in clips if c.held_out]
+    frames = []
+    for clip, future in futures:
+        try:
+            frames.append(future.result())
+        except VideoDecodeError as exc:
+            skip(clip.source, str(exc))
+    return np.concatenate(frames) if frames else None
+
+
+def train_lift(inputs: Sequence[str | Path], out: str | Path, options: TrainOptions,
+               progress: TrainProgress | None = None) -> TrainSummary:
+    """Train a LiFT module for one backbone on frames of ``inputs`` and write it to ``out``.
+
+    ``out`` is rewritten at the end of every epoch with the LiFT weights, the optimizer state, the
+    step count, the settings and the held-out check (``save_lift_checkpoint``'s metadata), so it is
+    both the resume point and the final file for ``liftvid extract --lift``.
+
+    Raises:
+        VideoInputError: a missing input or no videos found.
+        BackboneError, LiftCheckpointError: backbone that cannot be built; an ``init`` or resumed
+            checkpoint that belongs to another backbone, layer, facet or weights (before any work).
+        ValueError: bad options (size not a multiple of 4 × patch, unknown loss …), ``out`` present
+            without ``resume``/``overwrite``, or no frames that decode.
+    """
+    progress = progress or _NoProgress()
+    t0 = time.perf_counter()
+    _check_options(options)
+    out = Path(out)
+    if out.exists() and not (options.resume or options.overwrite):
+        raise ValueError(f"{out} exists: pass --resume to continue its training or --overwrite to replace it")
+    sources = find_sources(inputs)
+    device = resolve_device(options.device)
+    backbone = Backbone(options.backbone, weights=options.weights, layer=options.layer,
+                        facet=options.facet, seed=options.seed)
+    _check_size(options.size, backbone.patch_size)
+    run = _start(options, backbone, out, device, progress)
+    resize = Resize.parse(f"square:{options.size}")
+    summary = TrainSummary(str(out))
+
+    def skip(source: VideoSource, error: str) -> None:
+        if all(s != str(source.path) for s, _ in summary.skipped):
+            summary.skipped.append((str(source.path), error))
+            progress.skipped(str(source.path), error)
+
+    def count(source: VideoSource) -> int:
+        return _count_frames(source, resize, backbone.patch_size, options.fps)
+
+    def decode(source: VideoSource, indices: np.ndarray) -> np.ndarray:
+        return _decode(source, indices, resize, backbone.patch_size, options.fps)
+
+    pool = ThreadPoolExecutor(max_workers=options.workers or 1, thread_name_prefix="liftvid-train")
+    try:
+        clips = _open_clips(sources, options, pool, count, skip, inputs)
+        summary.frames_available = sum(c.n_frames for c in clips)
+        held = _decode_held_out(clips, pool, decode, skip)
+        summary.held_out_frames = 0 if held is None else len(held)
+        frames_per_epoch = sum(len(idx) for _, idx in epoch_plan(clips, options.frames_per_video, options.seed, 1)[0])
+        if frames_per_epoch == 0:
+            raise ValueError(f"no frames left for training in {', '.join(map(str, inputs))} after holding out "
+                             f"{summary.held_out_frames}; lower --held-out")
+        steps = math.ceil(frames_per_epoch / options.batch_size)
+        progress.start(run.epochs_done + 1, options.epochs, steps)
+        if run.epochs_done >= options.epochs:
+            progress.message(f"{out}: already trained for {run.epochs_done} epochs (--epochs {options.epochs})")
+
+        def feed(epoch: int) -> _EpochFeed | None:
+            if epoch > options.epochs:
+                return None
+            plan, rng = epoch_plan(clips, options.frames_per_video, options.seed, epoch)
+            return _EpochFeed(clips, plan, rng, options.batch_size, pool, max(1, options.workers) * DECODE_AHEAD,
+                              decode, skip)
+
+        batches = feed(run.epochs_done + 1)
+        for epoch in range(run.epochs_done + 1, options.epochs + 1):
+            progress.epoch_started(epoch, steps)
+            loss, images, seconds = _train_epoch(run, batches, options, epoch, progress)
+            batches = feed(epoch + 1)  # decodes while the held-out check runs and the file is written
+            lift_cos, bilinear_cos = _held_out_check(run, held, options.batch_size) if held is not None else (None, None)
+            stats = EpochStats(epoch, run.step, loss, images, seconds, lift_cos, bilinear_cos, str(out))
+            run.epochs_done = epoch
+            run.history.append({k: v for k, v in asdict(stats).items() if k != "checkpoint"})
+            _save(out, run, options, summary, len(clips), stats)
+            summary.epochs.append(stats)
+            progress.epoch_finished(stats)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _train_epoch(run: _Run, batches: _EpochFeed, options: TrainOptions, epoch: int,
+                 progress: TrainProgress) -> tuple[float, int, float]:
+    """One pass over ``batches``: ``(mean loss, images, seconds)``."""
+    jitter_rng = _torch_generator(options.seed, _JITTER_STREAM, epoch)
+    run.lift.train()
+    t0 = time.perf_counter()
+    loss_sum, images = torch.zeros((), device=run.device), 0
+    reported = None  # the previous step's loss: reading it does not stall the device queue
+    for frames in batches:
+        unit = run.to_device(frames).permute(0, 3, 1, 2).float().div_(255)
+        if options.augment:
+            unit = colour_jitter(unit, *jitter_params(len(frames), jitter_rng))
+        x = (unit - run.norm.mean) / run.norm.std  # FeatureExtractor.normalise, after the jitter
+        with run.autocast():
+            loss = lift_objective(run.backbone, run.lift, x, options.loss)
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        run.optimizer.step()
+        run.step += 1
+        images += len(frames)
+        loss_sum += loss.detach() * len(frames)
+        if reported is not None:
+            progress.step_done(float(reported[0]), reported[1])
+        reported = (loss.detach(), len(frames))
+    if reported is not None:
+        progress.step_done(float(reported[0]), reported[1])
+    mean = float(loss_sum) / max(images, 1)  # waits for the device
+    return mean, images, time.perf_counter() - t0
+
+
+def _held_out_check(run: _Run, frames: np.ndarray, batch_size: int) -> tuple[float, float]:
+    """Mean over held-out frames of :func:`upsampling_similarity` (LiFT in eval mode)."""
+    run.lift.eval()
+    sums = torch.zeros(2, dtype=torch.float64)
+    try:
+        for start in range(0, len(frames), batch_size):
+            x = run.norm.normalise(run.to_device(frames[start:start + batch_size]))
+            with run.autocast():
+                lifted, bilinear = upsampling_similarity(run.backbone, run.lift, x)
+            sums += torch.stack((lifted.sum(), bilinear.sum())).double().cpu()
+    finally:
+        run.lift.train()
+    mean = sums / len(frames)
+    return float(mean[0]), float(mean[1])
+
+
+def _save(out: Path, run: _Run, options: TrainOptions, summary: TrainSummary, n_sources: int,
+          stats: EpochStats) -> None:
+    """Rewrite ``out`` (atomically) with the weights and everything a resume or a reader needs."""
+    extra = {
+        "training": options.settings(),
+        "init": run.init,
+        "state": {"epoch": run.epochs_done, "step": run.step, "optimizer": _cpu(run.optimizer.state_dict()),
+                  "rng": {"seed": options.seed, "next_epoch": run.epochs_done + 1, "torch": torch.get_rng_state()}},
+        "held_out": {"frames": summary.held_out_frames, "lift_cosine": stats.held_out_lift,
+                     "bilinear_cosine": stats.held_out_bilinear},
+        "history": run.history,
+        "data": {"sources": n_sources, "frames": summary.frames_available,
+                 "skipped": [s for s, _ in summary.skipped]},
+    }
+    lift = run.lift if run.device.type == "cpu" else copy.deepcopy(run.lift).cpu()
+    save_lift_checkpoint(out, lift, run.backbone, extra)

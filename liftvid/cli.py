@@ -307,10 +307,161 @@ def eval_tapvid_queries(
 # ---- train (issue 3) ----------------------------------------------------------------------------
 
 
+class _RichTrainProgress:
+    """Renders :class:`liftvid.train.TrainProgress` events: a bar per epoch with loss and images/s,
+    then one line per epoch with the held-out check."""
+
+    def __init__(self, progress):
+        self.progress = progress
+        self.console = progress.console
+        self.epochs = 0
+        self.task = None
+        self.t0 = 0.0
+        self.images = 0
+
+    def start(self, first_epoch: int, epochs: int, steps_per_epoch: int) -> None:
+        self.epochs = epochs
+
+    def message(self, text: str) -> None:
+        self.console.print(f"[yellow]note:[/] {text}")
+
+    def skipped(self, source: str, error: str) -> None:
+        self.console.print(f"[red]skipped[/] {source}: {error}")
+
+    def epoch_started(self, epoch: int, steps: int) -> None:
+        import time
+
+        if self.task is not None:
+            self.progress.remove_task(self.task)
+        self.task = self.progress.add_task(f"epoch {epoch}/{self.epochs}", total=steps, loss=float("nan"), rate=0.0)
+        self.t0, self.images = time.perf_counter(), 0
+
+    def step_done(self, loss: float, images: int) -> None:
+        import time
+
+        self.images += images
+        rate = self.images / max(time.perf_counter() - self.t0, 1e-9)
+        self.progress.update(self.task, advance=1, loss=loss, rate=rate)
+
+    def epoch_finished(self, stats) -> None:
+        check = (f"held-out cosine to f(x): LiFT {stats.held_out_lift:.4f} vs bilinear {stats.held_out_bilinear:.4f}"
+                 if stats.held_out_lift is not None else "no held-out frames")
+        self.console.print(f"epoch {stats.epoch}/{self.epochs}: loss {stats.loss:.4f}, "
+                           f"{stats.images_per_second:,.1f} images/s; {check}; saved {stats.checkpoint}")
+
+
+@app.command()
+def train(
+    inputs: Annotated[list[Path], typer.Argument(help="Video files, folders of videos, folders of frames or of images.", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="LiFT checkpoint to write (rewritten every epoch; loads with `extract --lift`).", show_default=False)],
+    backbone: Annotated[str, typer.Option(help="Alias (dino_vits16, dino_vits8, dino_vitb16, dino_vitb8) or any timm ViT name.")] = "dino_vits16",
+    weights: Annotated[Optional[str], typer.Option(help="Backbone weights: a local file (timm, safetensors, DINO .pth) or 'random'. Default: timm's pretrained download.")] = None,
+    layer: Annotated[int, typer.Option(help="Block to read features from (-1 = last).")] = -1,
+    facet: Annotated[str, typer.Option(help="key, query, value or token.")] = "key",
+    size: Annotated[int, typer.Option(help="Training size S (frames resized to S×S); a multiple of 4 × the patch size.")] = 448,
+    epochs: Annotated[int, typer.Option(help="Epochs (each re-samples frames of every video).", min=1)] = 5,
+    batch_size: Annotated[int, typer.Option(help="Frames per optimizer step.", min=1)] = 32,
+    frames_per_video: Annotated[int, typer.Option(help="Frames sampled per video (or frame folder) each epoch.", min=1)] = 16,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    loss: Annotated[str, typer.Option(help="cosine (the paper's), l1 or l2.")] = "cosine",
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Colour jitter 0.2/0.2/0.2/0.2 (the paper's).")] = True,
+    workers: Annotated[int, typer.Option(help="Decode threads feeding the model.", min=1)] = 4,
+    device: Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the training saved in OUT from its last epoch.")] = False,
+    init: Annotated[Optional[Path], typer.Option(help="Start from this LiFT checkpoint (e.g. a released one, to fine-tune).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of frame sampling, order, augmentation, LiFT init and --weights random.")] = 0,
+    held_out: Annotated[int, typer.Option(help="Frames kept out of training for the per-epoch check (0 = none).", min=0)] = 32,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (instead of --resume).")] = False,
+) -> None:
+    """Train a LiFT module for one backbone, layer and facet on frames of your videos (self-supervised).
+
+    Every epoch rewrites OUT with the weights, optimizer state and a held-out check: on frames kept
+    out of training, the cosine similarity to the full-resolution features f(x) of LiFT(x/2, f(x/2))
+    next to that of bilinear upsampling. LiFT above bilinear means training worked.
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from .train import TrainOptions, train_lift
+
+    console = Console(stderr=True, highlight=False)
+    if weights == "random":
+        console.print("[yellow]warning:[/] --weights random: the backbone is randomly initialised; "
+                      "its features mean nothing (smoke runs and benchmarks only)")
+    options = TrainOptions(backbone=backbone, weights=weights, layer=layer, facet=facet, size=size, epochs=epochs,
+                           batch_size=batch_size, frames_per_video=frames_per_video, lr=lr, loss=loss,
+                           augment=augment, workers=workers, device=device, resume=resume, overwrite=overwrite,
+                           init=str(init) if init else None, seed=seed, held_out=held_out)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:,.1f} images/s", style="cyan"),
+               TimeRemainingColumn())
+    try:
+        with Progress(*columns, console=console) as bars:
+            summary = train_lift(inputs, out, options, progress=_RichTrainProgress(bars))
+    except ValueError as exc:  # every input/configuration error of the library is a ValueError
+        fail(str(exc))
+    except KeyboardInterrupt:
+        fail(f"interrupted: {out} holds the last finished epoch (if any); rerun with --resume to continue", code=130)
+    steps = summary.epochs[-1].steps if summary.epochs else 0
+    console.print(f"{out}: {len(summary.epochs)} epochs trained ({steps} steps) in {summary.seconds:.1f} s on "
+                  f"{summary.frames_available} frames ({summary.held_out_frames} held out); use it with "
+                  f"`liftvid extract … --backbone {backbone} --lift {out}`")
+    for source, error in summary.skipped:
+        console.print(f"[red]skipped[/] {source}: {error}")
+    if summary.skipped:
+        raise typer.Exit(1)
+
+
 # ---- viz (issue 5) ------------------------------------------------------------------------------
 
 
 # ---- bench (issue 4) ----------------------------------------------------------------------------
+
+
+@app.command()
+def bench(
+    inputs: Annotated[list[Path], typer.Argument(help="Videos or folders to benchmark on.", show_default=False)],
+    backbone: Annotated[str, typer.Option(help="Backbone alias or timm ViT name.")] = "dino_vits16",
+    weights: Annotated[str, typer.Option(help="Backbone weights ('random': speed does not depend on them).")] = "random",
+    lift: Annotated[bool, typer.Option("--lift/--no-lift", help="Include a (random) LiFT module.")] = True,
+    resize: Annotated[str, typer.Option(help="square:S, short:S or native.")] = "square:224",
+    batch_size: Annotated[int, typer.Option(help="Frames per model batch.", min=1)] = 64,
+    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
+    min_frames: Annotated[int, typer.Option(help="Repeat the inputs to at least this many frames.", min=1)] = 2000,
+    decode_workers: Annotated[int, typer.Option(help="Videos decoding at once.", min=1)] = 4,
+    naive_frames: Annotated[int, typer.Option(help="Frames for the naive per-frame reference.", min=1)] = 50,
+    model_batches: Annotated[int, typer.Option(help="Batches timed for model-only.", min=1)] = 20,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers as JSON.")] = None,
+) -> None:
+    """Measure decode, model, write, end-to-end and a naive reference side by side, in frames/s."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from .bench import BenchOptions, run_benchmark
+
+    console = Console(highlight=False)
+    options = BenchOptions(backbone=backbone, weights=weights, lift=lift, resize=resize, batch_size=batch_size,
+                           device=device, min_frames=min_frames, decode_workers=decode_workers,
+                           naive_frames=naive_frames, model_batches=model_batches)
+    try:
+        result = run_benchmark(inputs, options, report=lambda stage, fps: console.print(f"  {stage:<11} {fps:12,.1f} frames/s"))
+    except ValueError as exc:
+        fail(str(exc))
+    table = Table(title=f"liftvid bench: {backbone} {'+ LiFT ' if lift else ''}{resize}, batch {batch_size}, "
+                        f"{result.device}, {result.frames} frames")
+    table.add_column("stage")
+    table.add_column("frames/s", justify="right")
+    for name, value in [("(a) decode only", result.decode_fps), ("(b) model only", result.model_fps),
+                        ("(c) write only", result.write_fps), ("(d) end-to-end extract", result.end_to_end_fps),
+                        ("(e) naive reference", result.naive_fps)]:
+        table.add_row(name, f"{value:,.1f}")
+    console.print(table)
+    console.print(f"(d)/(e) = {result.speedup_vs_naive:,.1f}×   (d)/min(a,b,c) = {result.fraction_of_bottleneck:.2f}"
+                  f"   slowest stage: {result.bottleneck}")
+    if json_out:
+        json_out.write_text(json.dumps(result.to_dict(), indent=2))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,17 @@ eval_app = typer.Typer(help="Evaluate results: DAVIS J&F for masks, TAP-Vid metr
 app.add_typer(eval_app, name="eval")
 
 
+def console(stderr: bool = False):
+    """A rich console; when output is not a terminal (pipes, files, tests) lines are not wrapped."""
+    import sys
+
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    tty = stream.isatty()
+    return Console(stderr=stderr, highlight=False, soft_wrap=not tty, width=None if tty else 200)
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one red error line to stderr and exit non-zero."""
     from rich.console import Console
@@ -92,31 +103,30 @@ def extract(
 
     Rerunning skips complete videos and redoes incomplete or failed ones.
     """
-    from rich.console import Console
     from rich.progress import Progress
 
     from .extract import ExtractOptions, extract_videos
 
-    console = Console(stderr=True)
+    err = console(stderr=True)
     if weights == "random":
-        console.print("[yellow]warning:[/] --weights random: the backbone is randomly initialised; "
+        err.print("[yellow]warning:[/] --weights random: the backbone is randomly initialised; "
                       "its features mean nothing (smoke runs and benchmarks only)")
     options = ExtractOptions(backbone=backbone, weights=weights, layer=layer, facet=facet,
                              lift=str(lift) if lift else None, lift_iterations=lift_iterations,
                              resize=resize, stride=stride, max_frames=max_frames, batch_size=batch_size,
                              device=device, fps=fps, overwrite=overwrite, seed=seed)
     try:
-        with Progress(*_progress_columns(), console=console, transient=False) as bars:
+        with Progress(*_progress_columns(), console=err, transient=False) as bars:
             summary = extract_videos(inputs, store, options, progress=_RichExtractProgress(bars))
     except ValueError as exc:  # every input/configuration error of the library is a ValueError
         fail(str(exc))
     done = sum(r.status == "complete" for r in summary.results)
     skipped = sum(r.status == "skipped" for r in summary.results)
     rate = summary.frames / summary.seconds if summary.seconds else 0.0
-    console.print(f"{store}: {done} extracted, {skipped} already complete, {len(summary.failed)} failed; "
+    err.print(f"{store}: {done} extracted, {skipped} already complete, {len(summary.failed)} failed; "
                   f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s)")
     for r in summary.failed:
-        console.print(f"[red]failed[/] {r.source}: {r.error}")
+        err.print(f"[red]failed[/] {r.source}: {r.error}")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -132,7 +142,6 @@ def _human_bytes(n: float) -> str:
 @app.command()
 def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path or URL).", show_default=False)]) -> None:
     """Show a store's configuration and, per video, shape, frames, size on disk and status."""
-    from rich.console import Console
     from rich.table import Table
 
     from . import store as st
@@ -142,14 +151,14 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
     except ValueError as exc:
         fail(str(exc))
     config = st.read_config(root)
-    console = Console(highlight=False)
+    out = console()
     bb, lift_cfg, pre = config["backbone"], config.get("lift"), config["preprocessing"]
-    console.print(f"[bold]{store}[/]  liftvid store v{config['schema_version']} (written by liftvid {config.get('liftvid_version')})")
-    console.print(f"  backbone  {bb['name']} ({bb['timm_name']}), block {bb['layer']}, facet {bb['facet']}, "
+    out.print(f"[bold]{store}[/]  liftvid store v{config['schema_version']} (written by liftvid {config.get('liftvid_version')})")
+    out.print(f"  backbone  {bb['name']} ({bb['timm_name']}), block {bb['layer']}, facet {bb['facet']}, "
                   f"patch {bb['patch_size']}, {bb['channels']} channels, weights {bb['weights']}")
-    console.print("  LiFT      " + (f"{lift_cfg['checkpoint']} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
+    out.print("  LiFT      " + (f"{lift_cfg['checkpoint']} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
                                   if lift_cfg else "none (backbone grid)"))
-    console.print(f"  resize    {pre['resize']}, features {config['feature_dtype']}, "
+    out.print(f"  resize    {pre['resize']}, features {config['feature_dtype']}, "
                   f"{config['feature_stride']:g} input px per cell")
     table = Table(show_edge=False)
     for col in ("video", "frames", "features (T, h, w, C)", "source H×W", "on disk", "status"):
@@ -168,9 +177,9 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
         style = {"complete": "green", "failed": "red"}.get(status, "yellow")
         label = f"[{style}]{status}[/]" + (f": {meta['error']}" if meta.get("error") else "")
         table.add_row(vid, frames, shape_text, src, size, label)
-    console.print(table)
+    out.print(table)
     n_complete = sum(st.video_info(root, v).get("status") == "complete" for v in videos)
-    console.print(f"{len(videos)} videos, {n_complete} complete")
+    out.print(f"{len(videos)} videos, {n_complete} complete")
 
 
 @app.command()
@@ -190,6 +199,104 @@ def sample(
 
 
 # ---- propagate / eval davis (issue 7) -----------------------------------------------------------
+
+
+@app.command()
+def propagate(
+    store: Annotated[str, typer.Argument(help="A liftvid store (path or URL) written by `liftvid extract`.", show_default=False)],
+    masks: Annotated[Path, typer.Option(help="First-frame masks: a DAVIS Annotations/480p tree (or the DAVIS root), a folder of <video_id>.png, or one file for one video.", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Results folder: <out>/<video_id>/<frame>.png, DAVIS palette.", show_default=False)],
+    video: Annotated[Optional[list[str]], typer.Option(help="Only this video (repeatable). Default: every complete video.")] = None,
+    start_frame: Annotated[int, typer.Option(help="Source frame number of the annotated frame; propagates from it to the end.", min=0)] = 0,
+    n_last: Annotated[int, typer.Option(help="Previous frames in the context, besides the annotated frame.", min=0)] = 7,
+    topk: Annotated[int, typer.Option(help="Sources kept per target cell.", min=1)] = 5,
+    radius: Annotated[int, typer.Option(help="Neighbourhood half-size in feature cells (square); 0 = unrestricted.", min=0)] = 12,
+    temperature: Annotated[float, typer.Option(help="Affinity temperature: exp(cos / T).", min=1e-6)] = 0.1,
+    overlay: Annotated[bool, typer.Option("--overlay", help="Also write <out>/<video_id>.mp4 with the masks drawn on the frames.")] = False,
+    store_masks: Annotated[bool, typer.Option("--store-masks/--no-store-masks", help="Also write each video's masks array into the store.")] = True,
+    scheduler: Annotated[str, typer.Option(help="threads, processes, sync or tcp://host:port (a dask.distributed scheduler).")] = "threads",
+    workers: Annotated[Optional[int], typer.Option(help="Local worker threads/processes (default: one per core).", min=1)] = None,
+    device: Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu.")] = "auto",
+) -> None:
+    """Propagate first-frame object masks through each video by feature affinity (the DINO/LiFT
+    DAVIS protocol), one Dask task per video; DAVIS-format PNGs out."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .propagate import PropagateOptions, propagate_store
+
+    console = Console(highlight=False)
+    if not masks.exists():
+        fail(f"{masks}: no such mask file or folder")
+    options = PropagateOptions(n_last=n_last, topk=topk, radius=radius, temperature=temperature,
+                               start_frame=start_frame, overlay=overlay, write_store=store_masks, device=device)
+    try:
+        with console.status(f"propagating masks through {store} …"):
+            summary = propagate_store(store, masks, out, options, videos=video, scheduler=scheduler, workers=workers)
+    except ValueError as exc:
+        fail(str(exc))
+    table = Table(show_edge=False)
+    for col in ("video", "frames", "objects", "seconds", "status"):
+        table.add_column(col, justify="right" if col in ("frames", "objects", "seconds") else "left")
+    for r in summary.results:
+        ok = r.status == "complete"
+        table.add_row(r.video_id, str(r.frames) if ok else "-", str(r.objects) if ok else "-",
+                      f"{r.seconds:.2f}" if ok else "-", "[green]complete[/]" if ok else f"[red]failed[/]: {r.error}")
+    console.print(table)
+    done = len(summary.results) - len(summary.failed)
+    rate = summary.frames / summary.seconds if summary.seconds else 0.0
+    console.print(f"{out}: {done} videos, {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s); "
+                  f"{len(summary.failed)} failed")
+    if summary.unmatched_masks:
+        names = ", ".join(summary.unmatched_masks[:8]) + (" …" if len(summary.unmatched_masks) > 8 else "")
+        console.print(f"[yellow]note:[/] masks for {len(summary.unmatched_masks)} video(s) not in the store: {names}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@eval_app.command("davis")
+def eval_davis(
+    results: Annotated[Path, typer.Argument(help="Results folder: <seq>/<frame>.png (e.g. the --out of `liftvid propagate`).", show_default=False)],
+    davis: Annotated[Path, typer.Option(help="DAVIS root (holds Annotations/480p and ImageSets/2017).", show_default=False)],
+    subset: Annotated[str, typer.Option("--set", help="ImageSets/2017 subset listing the sequences.")] = "val",
+    sequence: Annotated[Optional[list[str]], typer.Option(help="Only this sequence (repeatable).")] = None,
+    resolution: Annotated[str, typer.Option(help="Annotation resolution folder.")] = "480p",
+    csv_dir: Annotated[Optional[Path], typer.Option(help="Where to write the toolkit's two CSVs (default: the results folder).")] = None,
+) -> None:
+    """DAVIS-2017 semi-supervised J&F (the official toolkit's definitions): per sequence and overall."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from .metrics import evaluate_davis
+
+    console = Console(highlight=False)
+    if not results.is_dir():
+        fail(f"{results}: results folder not found")
+    if not davis.is_dir():
+        fail(f"{davis}: DAVIS folder not found")
+    try:
+        with console.status("evaluating …"):
+            report = evaluate_davis(results, davis, subset=subset, sequences=sequence, resolution=resolution)
+    except ValueError as exc:
+        fail(str(exc))
+    table = Table(title=f"DAVIS-2017 {subset} ({resolution})", show_edge=False)
+    for col in ("sequence", "objects", "J&F", "J-Mean", "F-Mean"):
+        table.add_column(col, justify="left" if col == "sequence" else "right")
+    for seq, row in report.sequences().items():
+        table.add_row(seq, str(row["objects"]), f"{row['J&F-Mean']:.3f}", f"{row['J-Mean']:.3f}", f"{row['F-Mean']:.3f}")
+    overall = report.overall()
+    table.add_section()
+    table.add_row("[bold]all objects[/]", str(len(report.objects)), f"[bold]{overall['J&F-Mean']:.3f}[/]",
+                  f"{overall['J-Mean']:.3f}", f"{overall['F-Mean']:.3f}")
+    console.print(table)
+    console.print("  ".join(f"{m} {overall[m]:.3f}" for m in ("J-Recall", "J-Decay", "F-Recall", "F-Decay")))
+    if report.objects:
+        g_path, s_path = report.write_csv(csv_dir or results)
+        console.print(f"wrote {g_path} and {s_path}")
+    for seq, why in report.missing.items():
+        console.print(f"[red]not evaluated[/] {seq}: {why}")
+    if report.missing or not report.objects:
+        raise typer.Exit(1)
 
 
 # ---- track / eval tapvid (issue 8) --------------------------------------------------------------
@@ -436,17 +543,16 @@ def bench(
     """Measure decode, model, write, end-to-end and a naive reference side by side, in frames/s."""
     import json
 
-    from rich.console import Console
     from rich.table import Table
 
     from .bench import BenchOptions, run_benchmark
 
-    console = Console(highlight=False)
+    out = console()
     options = BenchOptions(backbone=backbone, weights=weights, lift=lift, resize=resize, batch_size=batch_size,
                            device=device, min_frames=min_frames, decode_workers=decode_workers,
                            naive_frames=naive_frames, model_batches=model_batches)
     try:
-        result = run_benchmark(inputs, options, report=lambda stage, fps: console.print(f"  {stage:<11} {fps:12,.1f} frames/s"))
+        result = run_benchmark(inputs, options, report=lambda stage, fps: out.print(f"  {stage:<11} {fps:12,.1f} frames/s"))
     except ValueError as exc:
         fail(str(exc))
     table = Table(title=f"liftvid bench: {backbone} {'+ LiFT ' if lift else ''}{resize}, batch {batch_size}, "
@@ -457,8 +563,8 @@ def bench(
                         ("(c) write only", result.write_fps), ("(d) end-to-end extract", result.end_to_end_fps),
                         ("(e) naive reference", result.naive_fps)]:
         table.add_row(name, f"{value:,.1f}")
-    console.print(table)
-    console.print(f"(d)/(e) = {result.speedup_vs_naive:,.1f}×   (d)/min(a,b,c) = {result.fraction_of_bottleneck:.2f}"
+    out.print(table)
+    out.print(f"(d)/(e) = {result.speedup_vs_naive:,.1f}×   (d)/min(a,b,c) = {result.fraction_of_bottleneck:.2f}"
                   f"   slowest stage: {result.bottleneck}")
     if json_out:
         json_out.write_text(json.dumps(result.to_dict(), indent=2))

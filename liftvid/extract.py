@@ -1,14 +1,18 @@
 """The extraction pipeline: decode → device → normalise → backbone → LiFT → float16 → Zarr writer.
 
-Decoding runs in the video reader's background thread, the model on the compute thread, and
-Zarr writes (with compression) on a writer thread, so the three overlap.
+Videos decode in a pool of threads ahead of the model (decord releases the GIL), the model runs on
+the calling thread, and chunk-aligned Zarr writes (with compression) run on writer threads, so the
+three stages overlap; queues between them keep memory bounded whatever the video length.
 """
 
 from __future__ import annotations
 
+import errno
+import queue
+import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -41,7 +45,9 @@ class ExtractOptions:
     device: str = "auto"
     fps: float = 24.0  # frame rate assumed for folders of frames
     overwrite: bool = False
-    decode_threads: int = 0
+    decode_threads: int = 0  # decord's threads per video (0 = its default)
+    decode_workers: int = 2  # videos decoding at once, ahead of the model
+    write_workers: int = 2  # threads compressing and writing chunks
     seed: int = 0
 
 
@@ -135,6 +141,13 @@ class FeatureExtractor(torch.nn.Module):
         return feats.permute(0, 2, 3, 1).to(torch.float16)
 
 
+def _lift_info(options: ExtractOptions) -> dict | None:
+    if options.lift is None:
+        return None
+    return {"checkpoint": str(options.lift), "sha256": file_sha256(options.lift),
+            "iterations": options.lift_iterations}
+
+
 def build_extractor(options: ExtractOptions, device: torch.device) -> tuple[FeatureExtractor, dict | None]:
     """The models of a run and the LiFT provenance; a LiFT that does not fit is refused here,
     before anything is decoded."""
@@ -145,8 +158,7 @@ def build_extractor(options: ExtractOptions, device: torch.device) -> tuple[Feat
         if options.lift_iterations < 1:
             raise ValueError(f"--lift-iterations {options.lift_iterations}: must be at least 1")
         lift, _ = load_lift_checkpoint(options.lift, backbone)
-        lift_info = {"checkpoint": str(options.lift), "sha256": file_sha256(options.lift),
-                     "iterations": options.lift_iterations}
+        lift_info = _lift_info(options)
     extractor = FeatureExtractor(backbone, lift, options.lift_iterations).to(device).eval()
     if device.type == "cuda":
         extractor = extractor.to(memory_format=torch.channels_last)
@@ -158,62 +170,231 @@ def _check_resize(resize: Resize, patch_size: int) -> None:
     resize.target_size((max(patch_size, 64), max(patch_size, 64)), patch_size)
 
 
-def extract_video(extractor: FeatureExtractor, root, source: VideoSource, video_id: str,
-                  resize: Resize, options: ExtractOptions, writer: ThreadPoolExecutor,
-                  progress: ExtractProgress) -> VideoResult:
-    """Extract one video into ``root[video_id]``; the group is marked complete last.
+_END = object()
+
+
+class _VideoFeed:
+    """One video decoding in a pool thread into a bounded queue, ahead of the compute loop.
+
+    The first item is the opened reader and its sampled indices, then ``(indices, frames)``
+    batches, then ``_END``; an exception is passed through the queue and re-raised by the consumer.
+    """
+
+    def __init__(self, source: VideoSource, resize: Resize, patch: int, options: ExtractOptions,
+                 depth: int = 2):
+        self.source = source
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        self._args = (resize, patch, options)
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        resize, patch, options = self._args
+        reader = None
+        if self.stop.is_set():
+            return
+        try:
+            reader = open_video(self.source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
+            indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
+            if not self._put((reader, indices)):
+                return
+            batches = reader.batches(indices, options.batch_size)
+            try:
+                for batch in batches:
+                    if not self._put(batch):
+                        return
+            finally:
+                batches.close()
+            self._put(_END)
+        except BaseException as exc:  # handed to the consumer, which decides
+            self._put(exc)
+        finally:
+            if reader is not None:
+                reader.close()
+
+    def get(self):
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def cancel(self) -> None:
+        self.stop.set()
+
+
+class _PinnedPool:
+    """Page-locked host buffers for non-blocking device→host copies, reused across batches."""
+
+    def __init__(self, size: int):
+        self.free: queue.Queue = queue.Queue()
+        self.size = size
+        self.made = 0
+
+    def get(self, shape: tuple[int, ...]) -> torch.Tensor:
+        while True:
+            try:
+                buf = self.free.get_nowait()
+            except queue.Empty:
+                if self.made < self.size:
+                    self.made += 1
+                    return torch.empty(shape, dtype=torch.float16).pin_memory()
+                buf = self.free.get()
+            if tuple(buf.shape) == tuple(shape):
+                return buf
+            self.made -= 1  # a batch of another shape: drop it, make a new one
+
+    def put(self, buf: torch.Tensor) -> None:
+        self.free.put(buf)
+
+
+@dataclass
+class _VideoInFlight:
+    """A video whose features are computed and being written; marked complete when all land."""
+
+    group: object
+    result: VideoResult
+    futures: list[Future]
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+    def finish(self) -> VideoResult:
+        for f in self.futures:
+            f.result()  # re-raises a failed write (a full disk, a lost object store)
+        st.mark_complete(self.group)
+        return self.result
+
+
+def _write_batch(array, start: int, feats, event=None, pool: _PinnedPool | None = None) -> None:
+    if event is not None:
+        event.synchronize()  # the non-blocking device→host copy has landed
+    array[start:start + len(feats)] = feats.numpy() if isinstance(feats, torch.Tensor) else feats
+    if pool is not None:
+        pool.put(feats)
+
+
+def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id: str,
+                  options: ExtractOptions, writer: ThreadPoolExecutor, progress: ExtractProgress,
+                  pinned: _PinnedPool | None = None) -> _VideoInFlight:
+    """Compute one video's features into ``root[video_id]`` and hand the writes to ``writer``.
+
+    Every batch write covers whole chunks (the chunk length divides the batch size), so writes of
+    one video run in parallel without touching a chunk twice. The caller marks the group complete
+    once all writes have landed (:meth:`_VideoInFlight.finish`).
 
     Raises:
         VideoDecodeError: the video cannot be opened or decoded (the caller records it).
     """
     t0 = time.perf_counter()
+    source = feed.source
     patch = extractor.backbone.patch_size
-    reader = open_video(source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
+    reader, indices = feed.get()
+    scale = 2 ** extractor.lift_iterations
+    fh, fw = reader.frame_size
+    grid = (fh // patch * scale, fw // patch * scale)
+    info = {
+        "source": str(source.path), "source_kind": source.kind,
+        "source_size": list(reader.source_size), "frame_size": [fh, fw], "grid_size": list(grid),
+        "fps": float(reader.fps), "source_frames": int(reader.n_frames),
+        "sampling": {"stride": options.stride, "max_frames": options.max_frames},
+    }
+    channels = extractor.backbone.channels
+    t_chunk = st.chunk_frames(grid, channels, batch_size=options.batch_size)
+    group = st.begin_video(root, video_id, info, len(indices), grid, channels, indices,
+                           reader.timestamps(indices), t_chunk=t_chunk)
+    progress.video_started(video_id, len(indices))
+    features = group["features"]
+    futures: list[Future] = []
+    written = 0
     try:
-        indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
-        scale = 2 ** extractor.lift_iterations
-        fh, fw = reader.frame_size
-        grid = (fh // patch * scale, fw // patch * scale)
-        info = {
-            "source": str(source.path), "source_kind": source.kind,
-            "source_size": list(reader.source_size), "frame_size": [fh, fw], "grid_size": list(grid),
-            "fps": float(reader.fps), "source_frames": int(reader.n_frames),
-            "sampling": {"stride": options.stride, "max_frames": options.max_frames},
-        }
-        group = st.begin_video(root, video_id, info, len(indices), grid, extractor.backbone.channels,
-                               indices, reader.timestamps(indices))
-        progress.video_started(video_id, len(indices))
-        features = group["features"]
-        pending: deque[Future] = deque()
-        written = 0
-        device = extractor.mean.device
-        pin = device.type == "cuda"
-        for batch_indices, frames in reader.batches(indices, options.batch_size):
+        while (item := feed.get()) is not _END:
+            _, frames = item
             tensor = torch.from_numpy(frames)
-            if pin:
-                tensor = tensor.pin_memory()
-            feats = extractor(tensor).cpu().numpy()
-            while len(pending) >= MAX_PENDING_WRITES:
-                pending.popleft().result()
-            pending.append(writer.submit(features.__setitem__, slice(written, written + len(feats)), feats))
-            written += len(feats)
-            progress.frames_done(len(feats))
-        while pending:
-            pending.popleft().result()
+            if pinned is not None:
+                feats = extractor(tensor.pin_memory())
+                host = pinned.get(tuple(feats.shape))
+                host.copy_(feats, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record()
+                futures.append(writer.submit(_write_batch, features, written, host, event, pinned))
+            else:
+                feats = extractor(tensor).contiguous().numpy()
+                futures.append(writer.submit(_write_batch, features, written, feats))
+            written += len(frames)
+            progress.frames_done(len(frames))
+            # bound host memory: never more than a few batches queued for writing
+            while sum(not f.done() for f in futures) > MAX_PENDING_WRITES:
+                next(f for f in futures if not f.done()).result()
         if written != len(indices):
             raise VideoDecodeError(f"{source.path}: decoded {written} of {len(indices)} frames")
-        st.mark_complete(group)
-    finally:
-        reader.close()
-    return VideoResult(video_id, str(source.path), st.COMPLETE, written, time.perf_counter() - t0)
+    except BaseException:
+        wait(futures)  # nothing may still write into a group the caller is about to replace
+        raise
+    return _VideoInFlight(group, VideoResult(video_id, str(source.path), st.COMPLETE, written,
+                                             time.perf_counter() - t0), futures)
+
+
+_WORKER_EXTRACTORS: dict[tuple, FeatureExtractor] = {}
+_WORKER_LOCK = threading.Lock()
+
+
+def _worker_extractor(options: ExtractOptions) -> FeatureExtractor:
+    """The models of ``options``, built once per worker process and reused by its tasks."""
+    key = (options.backbone, options.weights, options.layer, options.facet, options.lift,
+           options.lift_iterations, options.device, options.seed)
+    with _WORKER_LOCK:
+        if key not in _WORKER_EXTRACTORS:
+            _WORKER_EXTRACTORS.clear()
+            _WORKER_EXTRACTORS[key] = build_extractor(options, resolve_device(options.device))[0]
+        return _WORKER_EXTRACTORS[key]
+
+
+def extract_one(source: VideoSource, video_id: str, store_path: str, options: ExtractOptions) -> VideoResult:
+    """Extract one video into an existing store: the task a Dask worker runs.
+
+    The store's configuration must already be written (:func:`extract_videos` does it once). A video
+    that cannot be decoded is recorded as failed and returned as such, not raised.
+    """
+    extractor = _worker_extractor(options)
+    root = st.open_root(store_path, mode="a")
+    resize = Resize.parse(options.resize)
+    pinned = _PinnedPool(MAX_PENDING_WRITES + 2) if extractor.mean.device.type == "cuda" else None
+    feed = _VideoFeed(source, resize, extractor.backbone.patch_size, options)
+    with ThreadPoolExecutor(max_workers=1) as decoder, \
+            ThreadPoolExecutor(max_workers=max(1, options.write_workers)) as writer:
+        decoder.submit(feed.run)
+        try:
+            return extract_video(extractor, root, feed, video_id, options, writer, _NoProgress(), pinned).finish()
+        except VideoDecodeError as exc:
+            st.mark_failed(root, video_id, {"source": str(source.path), "source_kind": source.kind}, str(exc))
+            return VideoResult(video_id, str(source.path), st.FAILED, error=str(exc))
+        finally:
+            feed.cancel()
 
 
 def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options: ExtractOptions,
-                   progress: ExtractProgress | None = None) -> ExtractSummary:
+                   progress: ExtractProgress | None = None,
+                   extractor: FeatureExtractor | None = None,
+                   scheduler: str | None = None, workers: int | None = None) -> ExtractSummary:
     """Extract features of every video under ``inputs`` into the store at ``store_path``.
 
     Videos already complete in the store are skipped; incomplete or failed ones are redone. A video
     that cannot be decoded is recorded as failed (its error on its group) and the run goes on.
+
+    ``extractor`` reuses models already built from the same ``options`` (benchmarks, notebooks).
+
+    ``scheduler`` (``"processes"`` or ``"tcp://host:port"``) runs one Dask task per video instead of
+    the in-process pipeline: each worker builds the models once and writes its videos' groups into
+    the shared store (a path all workers see, or a URL); this process writes the configuration
+    once and holds the store's lock. On CUDA each task asks for the worker resource ``GPU=1``.
 
     Raises:
         VideoInputError: a missing input path or no videos found.
@@ -228,30 +409,117 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
         raise ValueError(f"--stride {options.stride}: must be at least 1")
     if options.max_frames is not None and options.max_frames < 1:
         raise ValueError(f"--max-frames {options.max_frames}: must be at least 1")
-    device = resolve_device(options.device)
-    extractor, lift_info = build_extractor(options, device)
+    if extractor is None:
+        # distributed: check the configuration here, on the CPU; the workers build their own
+        device = resolve_device(options.device) if scheduler is None else torch.device("cpu")
+        extractor, lift_info = build_extractor(options, device)
+    else:
+        lift_info = _lift_info(options)
     _check_resize(resize, extractor.backbone.patch_size)
     backbone = extractor.backbone
     config = st.make_config(backbone.describe(), lift_info, str(resize), backbone.mean, backbone.std,
                             extractor.stride)
+    with st.StoreLock(store_path):
+        try:
+            if scheduler is not None:
+                return _extract_distributed(sources, store_path, config, options, progress, t0, scheduler, workers)
+            return _extract_sources(extractor, sources, resize, store_path, config, options, progress, t0)
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            raise st.StoreError(f"{store_path}: disk full ({exc.strerror}); the videos marked complete are "
+                                "intact: free space and rerun the same command to finish") from None
+
+
+def _pending_sources(root, sources: list[VideoSource], summary: ExtractSummary,
+                     progress: ExtractProgress) -> list[tuple[VideoSource, str]]:
+    """Sources still to extract, with their group names; complete ones are reported as skipped."""
+    todo = []
+    for source in sources:
+        source_key = str(source.path)
+        video_id = st.resolve_video_id(root, source.video_id, source_key)
+        if video_id in root and st.video_info(root, video_id).get("status") == st.COMPLETE:
+            result = VideoResult(video_id, source_key, "skipped", int(root[video_id]["features"].shape[0]))
+            summary.results.append(result)
+            progress.video_finished(result)
+        else:
+            todo.append((source, video_id))
+    # two sources may resolve to one free name in the same run: give the later one the next name
+    taken: set[str] = set()
+    for i, (source, video_id) in enumerate(todo):
+        n, name = 1, video_id
+        while name in taken:
+            n += 1
+            name = f"{video_id}-{n}"
+        taken.add(name)
+        todo[i] = (source, name)
+    return todo
+
+
+def _extract_distributed(sources, store_path, config, options, progress, t0, scheduler, workers) -> ExtractSummary:
+    from . import jobs
+
     root = st.init_store(store_path, config, overwrite=options.overwrite)
     summary = ExtractSummary(str(store_path))
     progress.start(len(sources))
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="liftvid-writer") as writer:
-        for source in sources:
-            source_key = str(source.path)
-            video_id = st.resolve_video_id(root, source.video_id, source_key)
-            if video_id in root and st.video_info(root, video_id).get("status") == st.COMPLETE:
-                result = VideoResult(video_id, source_key, "skipped",
-                                     int(root[video_id]["features"].shape[0]))
-            else:
-                try:
-                    result = extract_video(extractor, root, source, video_id, resize, options, writer, progress)
-                except VideoDecodeError as exc:
-                    message = str(exc)
-                    st.mark_failed(root, video_id, {"source": source_key, "source_kind": source.kind}, message)
-                    result = VideoResult(video_id, source_key, st.FAILED, error=message)
+    todo = _pending_sources(root, sources, summary, progress)
+    outcomes = jobs.run_extraction(todo, str(store_path), options, scheduler, workers,
+                                   gpu=options.device != "cpu" and (options.device != "auto" or torch.cuda.is_available()))
+    for source, video_id in todo:
+        outcome = outcomes[video_id]
+        if isinstance(outcome, BaseException):
+            message = f"{source.path}: {type(outcome).__name__}: {outcome}"
+            st.mark_failed(root, video_id, {"source": str(source.path), "source_kind": source.kind}, message)
+            outcome = VideoResult(video_id, str(source.path), st.FAILED, error=message)
+        summary.results.append(outcome)
+        progress.video_finished(outcome)
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], resize: Resize, store_path,
+                     config: dict, options: ExtractOptions, progress: ExtractProgress, t0: float) -> ExtractSummary:
+    root = st.init_store(store_path, config, overwrite=options.overwrite)
+    backbone = extractor.backbone
+    summary = ExtractSummary(str(store_path))
+    progress.start(len(sources))
+    patch = backbone.patch_size
+    pinned = _PinnedPool(MAX_PENDING_WRITES + 2) if extractor.mean.device.type == "cuda" else None
+    feeds: list[_VideoFeed] = []
+    in_flight: deque[_VideoInFlight] = deque()
+
+    def settle(block: bool) -> None:
+        while in_flight and (block or in_flight[0].done()):
+            result = in_flight.popleft().finish()
             summary.results.append(result)
             progress.video_finished(result)
+
+    with ThreadPoolExecutor(max_workers=max(1, options.decode_workers), thread_name_prefix="liftvid-decode") as decoders, \
+            ThreadPoolExecutor(max_workers=max(1, options.write_workers), thread_name_prefix="liftvid-write") as writer:
+        try:
+            todo = _pending_sources(root, sources, summary, progress)
+            # decoders pick videos in order; at most decode_workers are open at once
+            for source, _ in todo:
+                feed = _VideoFeed(source, resize, patch, options)
+                feeds.append(feed)
+                decoders.submit(feed.run)
+            for feed, (source, video_id) in zip(feeds, todo):
+                try:
+                    in_flight.append(extract_video(extractor, root, feed, video_id, options, writer,
+                                                   progress, pinned))
+                except VideoDecodeError as exc:
+                    settle(block=True)  # keep the results in input order
+                    message = str(exc)
+                    st.mark_failed(root, video_id, {"source": str(source.path), "source_kind": source.kind}, message)
+                    result = VideoResult(video_id, str(source.path), st.FAILED, error=message)
+                    summary.results.append(result)
+                    progress.video_finished(result)
+                finally:
+                    feed.cancel()
+                settle(block=False)
+            settle(block=True)
+        finally:
+            for feed in feeds:
+                feed.cancel()
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -139,6 +139,51 @@ def init_store(path: str | os.PathLike, config: dict, overwrite: bool = False):
     return root
 
 
+class StoreLock:
+    """An exclusive lock on a local store, held by one writing run at a time.
+
+    The lock is an ``flock`` on a hidden file beside the store (``.out.zarr.lock``; inside the
+    store Zarr would list it as a stray node). The kernel drops it when the process dies, even by
+    SIGKILL, so a killed run never leaves a stale lock. URL stores are not locked.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        local = local_path(path)
+        self.path = None if local is None else local.parent / f".{local.name}.lock"
+        self._fd = None
+
+    def acquire(self) -> "StoreLock":
+        if self.path is None:
+            return self
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise StoreError(f"{self.path.with_name(self.path.name[1:-5])}: being written by {holder} "
+                             f"(lock {self.path}); wait for that run to finish") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"liftvid extract pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "StoreLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 def video_info(root, video_id: str) -> dict:
     """A video group's ``attrs["liftvid"]``."""
     return dict(root[video_id].attrs.get(ATTRS_KEY, {}))
@@ -172,15 +217,22 @@ def resolve_video_id(root, video_id: str, source: str) -> str:
 
 
 def chunk_frames(grid_size: tuple[int, int], channels: int, itemsize: int = 2,
-                 target_bytes: int = TARGET_CHUNK_BYTES) -> int:
-    """Frames per chunk so that one chunk holds about ``target_bytes``."""
+                 target_bytes: int = TARGET_CHUNK_BYTES, batch_size: int | None = None) -> int:
+    """Frames per chunk: at most ``target_bytes`` a chunk (at least one frame).
+
+    With ``batch_size``, the largest such length that divides it, so that every batch write
+    covers whole chunks and batches can be written in parallel.
+    """
     per_frame = grid_size[0] * grid_size[1] * channels * itemsize
-    return max(1, target_bytes // per_frame)
+    limit = max(1, target_bytes // per_frame)
+    if batch_size is None:
+        return limit
+    return max(d for d in range(1, min(limit, batch_size) + 1) if batch_size % d == 0)
 
 
 def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple[int, int],
                 channels: int, frame_index: np.ndarray, timestamps: np.ndarray,
-                dtype: str = "float16", compressors: Any = "auto"):
+                dtype: str = "float16", compressors: Any = "auto", t_chunk: int | None = None):
     """(Re)create a video's group with status ``incomplete`` and its arrays, ready for features.
 
     Any previous group of that name is deleted first. ``frame_index`` and ``timestamps`` are
@@ -194,7 +246,7 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
     group = root.create_group(video_id)
     group.attrs[ATTRS_KEY] = {**info, "status": INCOMPLETE, "error": None}
     h, w = grid_size
-    t_chunk = min(max(n_frames, 1), chunk_frames(grid_size, channels, np.dtype(dtype).itemsize))
+    t_chunk = min(max(n_frames, 1), t_chunk or chunk_frames(grid_size, channels, np.dtype(dtype).itemsize))
     group.create_array("features", shape=(n_frames, h, w, channels), chunks=(t_chunk, h, w, channels),
                        dtype=dtype, dimension_names=FEATURE_DIMS, compressors=compressors, fill_value=0)
     fi = group.create_array("frame_index", shape=(n_frames,), chunks=(max(n_frames, 1),), dtype="int64",

@@ -1,0 +1,619 @@
+"""Video sources: finding videos and frame folders, resizing rules, sampling and batched decoding.
+
+Files decode with decord straight at the model's input size. Frames are always read forward from
+the start of the file, never by seeking: decord's seeks land on the wrong frame in some containers
+(MPEG-PS, some AVI/WebM files; dmlc/decord#54, #91, #195), so with forward reads a batched pass
+gives exactly the frames of one decode of the whole video. MPEG transport and program streams go
+through PyAV instead, because decord drops their first group of pictures and pads the end with
+copies of the last frame (seen with decord 0.6.0 on ``.ts`` files). Folders of JPEG/PNG frames
+(DAVIS ``JPEGImages/480p/<seq>/``) are read with PIL.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+RESIZE_MODES = ("square", "short", "native")
+
+PREFETCH_BATCHES = 1  # decoded batches waiting for the consumer (plus one being decoded)
+READ_SPAN = 64  # most frames decoded in one call: bounds memory when a stride skips frames
+# containers whose streams decord misreads (see the module docstring); PyAV decodes them
+PYAV_FORMATS = frozenset({"mpegts", "mpeg", "mpegvideo"})
+
+
+class VideoInputError(ValueError):
+    """A bad input path: missing, or a folder without videos."""
+
+
+class VideoDecodeError(RuntimeError):
+    """A video that cannot be opened or decoded; the message names the file (one line)."""
+
+
+# ---------------------------------------------------------------- resizing
+
+
+@dataclass(frozen=True)
+class Resize:
+    """The ``--resize`` rule: ``square:S``, ``short:S`` (keep aspect, short side S) or ``native``."""
+
+    mode: str
+    size: int | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> "Resize":
+        """``"square:224"``, ``"short:448"`` or ``"native"``; ``ValueError`` with a fix otherwise."""
+        spec = str(text).strip().lower()
+        if spec == "native":
+            return cls("native", None)
+        mode, _, size = spec.partition(":")
+        if mode in ("square", "short") and size.strip().isdigit() and int(size) > 0:
+            return cls(mode, int(size))
+        raise ValueError(f"--resize {text!r}: expected square:S, short:S or native with S a positive "
+                         f"multiple of the patch size, e.g. square:224")
+
+    def __post_init__(self):
+        if self.mode not in RESIZE_MODES:
+            raise ValueError(f"resize mode {self.mode!r}: expected one of {', '.join(RESIZE_MODES)}")
+        if (self.mode == "native") != (self.size is None):
+            raise ValueError(f"resize {self.mode}: size must be {'None' if self.mode == 'native' else 'given'}")
+
+    def __str__(self) -> str:
+        return self.mode if self.size is None else f"{self.mode}:{self.size}"
+
+    def target_size(self, source_size: tuple[int, int], patch_size: int) -> tuple[int, int]:
+        """The model input ``(H', W')`` for a source of ``(H, W)``; both sides multiples of ``patch_size``.
+
+        Raises:
+            ValueError: S is not a multiple of the patch size, or the result would be smaller than
+                one patch.
+        """
+        if patch_size < 1:
+            raise ValueError(f"patch size must be positive, got {patch_size}")
+        p = patch_size
+        if self.size is not None and self.size % p:
+            example = max(p, round(self.size / p) * p)
+            raise ValueError(f"--resize {self}: {self.size} is not a multiple of the patch size {p}, "
+                             f"e.g. {self.mode}:{example}")
+        height, width = int(source_size[0]), int(source_size[1])
+        if height < 1 or width < 1:
+            raise ValueError(f"source size {height}x{width} is empty")
+        if self.mode == "square":
+            return self.size, self.size
+        if self.mode == "short":
+            short, long = min(height, width), max(height, width)
+            long_side = max(p, int(round(self.size * long / short)) // p * p)
+            return (self.size, long_side) if height <= width else (long_side, self.size)
+        out = (height // p * p, width // p * p)
+        if min(out) < p:
+            raise ValueError(f"--resize native: the source ({height}x{width}) is smaller than the patch "
+                             f"size {p}; use --resize square:{max(p, 224 // p * p)}")
+        return out
+
+
+# ---------------------------------------------------------------- finding sources
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    """One video: a file, or a folder of JPEG/PNG frames (``kind`` ``"file"`` or ``"frames"``)."""
+
+    path: Path
+    video_id: str
+    kind: str
+
+
+def _natural_key(name: str) -> list:
+    # "frame_2.jpg" before "frame_10.jpg"; zero-padded names sort as plain text does
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _search_folder(root: Path) -> list[tuple[Path, str]]:
+    """``(path, kind)`` of every video file and frame folder under ``root`` (symlinks followed once)."""
+    found: list[tuple[Path, str]] = []
+    visited: set[str] = set()
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in visited:  # a symlink loop, or two links to one folder
+            dirs[:] = []
+            continue
+        visited.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        names = [f for f in files if not f.startswith(".")]
+        videos = [Path(folder) / f for f in names if Path(f).suffix.lower() in VIDEO_EXTENSIONS]
+        # images beside videos are masks or thumbnails (../shared/data/apple_mask.png), not frames
+        if not videos and any(_is_image(Path(f)) for f in names):
+            found.append((Path(folder), "frames"))
+        found.extend((v, "file") for v in videos)
+    return found
+
+
+def find_sources(paths: Sequence[str | Path]) -> list[VideoSource]:
+    """Every video named by ``paths``, sorted by path, with unique ids.
+
+    A file is taken as a video whatever its extension. A folder is searched recursively for files
+    with a :data:`VIDEO_EXTENSIONS` extension; a folder whose direct children include images
+    (:data:`IMAGE_EXTENSIONS`) is one video of frames, so ``JPEGImages/480p`` gives one source per
+    DAVIS sequence. Ids are file stems or folder names; a repeated id gets ``-2``, ``-3``… in path
+    order.
+
+    Raises:
+        VideoInputError: a path does not exist, or a folder holds no videos.
+    """
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    found: dict[str, tuple[Path, str]] = {}
+    for given in paths:
+        path = Path(given)
+        if path.is_file():
+            entries = [(path, "file")]
+        elif path.is_dir():
+            entries = _search_folder(path)
+            if not entries:
+                shown = ", ".join(VIDEO_EXTENSIONS[:2])
+                raise VideoInputError(f"{str(given).rstrip('/')}/: no video files ({shown}, ...) or frame "
+                                      f"folders found")
+        else:
+            raise VideoInputError(f"{given}: no such file or folder")
+        for entry_path, kind in entries:
+            found.setdefault(os.path.realpath(entry_path), (entry_path, kind))
+    if not paths:
+        raise VideoInputError("no input paths given")
+
+    entries = sorted(found.values(), key=lambda e: (str(e[0]), e[1]))
+    bases = [path.stem if kind == "file" else path.resolve().name for path, kind in entries]
+    # a name a video really has wins over a made-up "-2": first occurrences are placed first
+    ids: list[str | None] = [None] * len(entries)
+    taken: set[str] = set()
+    for i, base in enumerate(bases):
+        if base not in taken:
+            ids[i] = base
+            taken.add(base)
+    for i, base in enumerate(bases):
+        n = 1
+        while ids[i] is None:
+            n += 1
+            if f"{base}-{n}" not in taken:
+                ids[i] = f"{base}-{n}"
+                taken.add(ids[i])
+    sources = [VideoSource(path, vid, kind) for (path, kind), vid in zip(entries, ids)]
+    return sources
+
+
+def sample_indices(n_frames: int, stride: int = 1, max_frames: int | None = None) -> np.ndarray:
+    """Frame numbers to process: every ``stride``-th frame from 0, at most ``max_frames`` of them.
+
+    Returns:
+        ``(T,) int64``.
+    """
+    if stride < 1:
+        raise ValueError(f"--stride {stride}: must be at least 1, e.g. --stride 2 for every other frame")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"--max-frames {max_frames}: must be at least 1 (or left out for all frames)")
+    return np.arange(0, max(0, int(n_frames)), stride, dtype=np.int64)[:max_frames]
+
+
+# ---------------------------------------------------------------- decoders
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one line, without decord's ``[time] file.cc:123:`` prefix or stack text."""
+    text = str(getattr(exc, "strerror", None) or exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    line = re.sub(r"^\[[\d:]+\]\s*\S+:\d+:\s*", "", line)
+    return line or type(exc).__name__
+
+
+def _probe(path: Path) -> tuple[str, tuple[int, int]]:
+    """The container format name and coded ``(H, W)`` (PyAV), or ``VideoDecodeError`` saying why
+    the file is no video."""
+    import av
+
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(f"{path}: cannot decode: empty file (0 bytes)")
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise VideoDecodeError(f"{path}: cannot decode: no video stream")
+            codec = container.streams.video[0].codec_context
+            return container.format.name, (codec.height, codec.width)
+    except VideoDecodeError:
+        raise
+    except Exception as exc:  # PyAV's errors: invalid data, unknown format, I/O
+        raise VideoDecodeError(f"{path}: cannot decode: {_one_line(exc)}") from None
+
+
+def _decord_width_ok(width: int) -> bool:
+    # decord 0.6.0 misreads frames whose RGB rows FFmpeg pads to an alignment when the padded row
+    # length happens to divide by the width (here widths 8, 12, 16, 24, 48, 72 fail with "size must
+    # exactly match"; the alignment depends on the CPU); False means "may fail", so try it first
+    for align in (16, 32, 64):
+        padded = -(-width // align) * align
+        if padded != width and (3 * padded) % width == 0:
+            return False
+    return True
+
+
+class _DecordFrames:
+    """Forward-only reads of consecutive frames with decord, at ``size`` ``(H, W)`` or native."""
+
+    def __init__(self, path: Path, size: tuple[int, int] | None, num_threads: int):
+        import decord
+
+        decord.logging.set_level(decord.logging.QUIET)  # errors reach the caller as exceptions
+        self.path, self.size, self.num_threads = path, size, num_threads
+        self.decode_width = None if size is None else size[1]
+        self._open()
+        if size is not None and not _decord_width_ok(size[1]):
+            try:  # a width that may hit decord's row-padding bug: try it, else decode wider and shrink
+                self._vr.get_batch([0])
+            except Exception:
+                self.decode_width = -(-size[1] // 64) * 64
+            self._open()
+        self.n_frames = len(self._vr)
+        self.fps = float(self._vr.get_avg_fps())
+        starts = self._vr.get_frame_timestamp(np.arange(self.n_frames))[:, 0]
+        self.timestamps = np.asarray(starts, dtype=np.float64)
+
+    def _open(self) -> None:
+        import decord
+
+        kwargs = {} if self.size is None else {"height": self.size[0], "width": self.decode_width}
+        try:
+            self._vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=self.num_threads, **kwargs)
+        except (Exception, AssertionError) as exc:  # decord asserts a frame count above 0
+            raise VideoDecodeError(f"{self.path}: cannot decode: {_one_line(exc)}") from None
+        self.pos = 0
+
+    def _get(self, start: int, stop: int) -> np.ndarray:
+        frames = self._vr.get_batch(list(range(start, stop))).asnumpy()
+        self.pos = stop
+        if frames.shape[0] != stop - start or frames.ndim != 4 or frames.shape[3] != 3:
+            raise VideoDecodeError(f"{self.path}: cannot decode frames {start}-{stop - 1}: got an array of "
+                                   f"shape {frames.shape}")
+        if self.size is not None and frames.shape[2] != self.size[1]:
+            frames = _resize_width(frames, self.size[1])
+        return frames
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        """Frames ``start..stop-1`` as ``(stop-start, H, W, 3) uint8``, decoding forward from ``pos``."""
+        if start < self.pos:  # no backward seeks: start again from the first frame
+            self._open()
+        try:
+            while self.pos < start:
+                self._get(self.pos, min(start, self.pos + READ_SPAN))
+            return self._get(start, stop)
+        except VideoDecodeError:
+            raise
+        except Exception as exc:
+            raise VideoDecodeError(self._pin_failure(start, stop, exc)) from None
+
+    def _pin_failure(self, start: int, stop: int, exc: BaseException) -> str:
+        # decode again from a fresh reader, frame by frame over the failed range, to name the frame
+        where = f"frames {start}-{stop - 1}"
+        try:
+            self._open()
+            while self.pos < start:
+                where = f"frames {self.pos}-{min(start, self.pos + READ_SPAN) - 1}"
+                self._get(self.pos, min(start, self.pos + READ_SPAN))
+            for frame in range(start, stop):
+                where = f"frame {frame}"
+                self._get(frame, frame + 1)
+            where = f"frames {start}-{stop - 1}"  # each decodes alone: report the range
+        except Exception as again:
+            exc = again
+        self.pos = self.n_frames  # the reader's state is unknown: the next read reopens
+        return f"{self.path}: cannot decode {where} of {self.n_frames}: {_one_line(exc)}"
+
+    def close(self) -> None:
+        self._vr = None
+
+
+def _resize_width(frames: np.ndarray, width: int) -> np.ndarray:
+    from PIL import Image
+
+    height = frames.shape[1]
+    return np.stack([np.asarray(Image.fromarray(f).resize((width, height), Image.BILINEAR)) for f in frames])
+
+
+class _PyAVFrames:
+    """Forward-only reads with PyAV, for the containers decord misreads (:data:`PYAV_FORMATS`)."""
+
+    def __init__(self, path: Path, size: tuple[int, int] | None, num_threads: int):
+        import av
+
+        self.path, self.size, self.num_threads = path, size, num_threads
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                tb = float(stream.time_base or 0)
+                start_pts = stream.start_time or 0
+                pts = [p.pts for p in container.demux(stream) if p.size > 0]
+                self.fps = float(stream.average_rate or 0)
+        except Exception as exc:
+            raise VideoDecodeError(f"{path}: cannot decode: {_one_line(exc)}") from None
+        self.n_frames = len(pts)
+        if any(p is None for p in pts) or tb <= 0:
+            self.timestamps = np.full(self.n_frames, np.nan)
+        else:
+            self.timestamps = (np.sort(np.asarray(pts, dtype=np.float64)) - start_pts) * tb
+        self._container = None
+        self.pos = 0
+
+    def _open(self) -> None:
+        import av
+
+        self.close()
+        self._container = av.open(str(self.path))
+        stream = self._container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if self.num_threads:
+            stream.codec_context.thread_count = self.num_threads
+        self._frames = self._container.decode(stream)
+        self.pos = 0
+
+    def _next(self, convert: bool) -> np.ndarray | None:
+        try:
+            frame = next(self._frames)
+        except StopIteration:
+            raise VideoDecodeError(f"{self.path}: cannot decode frame {self.pos} of {self.n_frames}: "
+                                   f"the stream ends after {self.pos} frames") from None
+        self.pos += 1
+        if not convert:
+            return None
+        height, width = self.size or (frame.height, frame.width)
+        return frame.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC").to_ndarray()
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        if self._container is None or start < self.pos:
+            self._open()
+        try:
+            while self.pos < start:
+                self._next(convert=False)
+            return np.stack([self._next(convert=True) for _ in range(start, stop)])
+        except VideoDecodeError:
+            raise
+        except Exception as exc:
+            raise VideoDecodeError(f"{self.path}: cannot decode frame {self.pos} of {self.n_frames}: "
+                                   f"{_one_line(exc)}") from None
+
+    def close(self) -> None:
+        if self._container is not None:
+            self._container.close()
+            self._container = None
+
+
+class _FolderFrames:
+    """A folder of JPEG/PNG frames, sorted by name, resized (bilinear) with PIL."""
+
+    def __init__(self, path: Path, size: tuple[int, int] | None):
+        from PIL import Image
+
+        self.path, self.size = path, size
+        self.files = sorted((p for p in path.iterdir() if _is_image(p) and not p.name.startswith(".")),
+                            key=lambda p: _natural_key(p.name))
+        self.n_frames = len(self.files)
+        if not self.files:
+            raise VideoDecodeError(f"{path}: cannot decode: no image files ({', '.join(IMAGE_EXTENSIONS)})")
+        try:
+            with Image.open(self.files[0]) as first:
+                self.native = (first.height, first.width)
+        except Exception as exc:
+            raise VideoDecodeError(f"{self.files[0]}: cannot decode: {_one_line(exc)}") from None
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        from PIL import Image
+
+        out = []
+        for file in self.files[start:stop]:
+            try:
+                with Image.open(file) as image:
+                    image = image.convert("RGB")
+                    if self.size is not None and image.size != (self.size[1], self.size[0]):
+                        image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
+                    out.append(np.asarray(image))
+            except Exception as exc:
+                raise VideoDecodeError(f"{file}: cannot decode frame {self.files.index(file)} of "
+                                       f"{self.path}: {_one_line(exc)}") from None
+        return np.stack(out)
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- the reader
+
+
+_END = object()
+
+
+class VideoReader:
+    """An opened video: its facts, timestamps and a prefetching batch iterator.
+
+    Attributes:
+        source: the :class:`VideoSource`.
+        n_frames: frames in the source.
+        fps: frames per second (a frame folder's is the ``fps`` given to :func:`open_video`).
+        source_size: ``(H, W)`` of the source frames.
+        frame_size: ``(H', W')`` the frames are decoded at (model input).
+    """
+
+    def __init__(self, source: VideoSource, decoder, fps: float, source_size: tuple[int, int],
+                 frame_size: tuple[int, int], timestamps: np.ndarray):
+        self.source = source
+        self.n_frames = int(decoder.n_frames)
+        self.fps = float(fps)
+        self.source_size = (int(source_size[0]), int(source_size[1]))
+        self.frame_size = (int(frame_size[0]), int(frame_size[1]))
+        self._timestamps = timestamps
+        self._decoder = decoder
+        self._lock = threading.Lock()  # one decode at a time: decoders are stateful
+
+    def __repr__(self) -> str:
+        return (f"VideoReader({str(self.source.path)!r}, n_frames={self.n_frames}, fps={self.fps:g}, "
+                f"source_size={self.source_size}, frame_size={self.frame_size})")
+
+    def __enter__(self) -> "VideoReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def timestamps(self, indices: np.ndarray) -> np.ndarray:
+        """Start times in seconds of frames ``indices``: ``(T,) float64``."""
+        return self._timestamps[self._check(indices)].astype(np.float64)
+
+    def _check(self, indices) -> np.ndarray:
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.n_frames):
+            bad = int(indices[(indices < 0) | (indices >= self.n_frames)][0])
+            raise IndexError(f"{self.source.path}: frame {bad} is out of range (the video has "
+                             f"{self.n_frames} frames)")
+        return indices
+
+    def _decode(self, indices: np.ndarray) -> np.ndarray:
+        """``(B, H', W', 3) uint8`` frames ``indices`` (any order, repeats allowed)."""
+        wanted = np.unique(indices)
+        frames: dict[int, np.ndarray] = {}
+        with self._lock:
+            i = 0
+            while i < len(wanted):
+                start = int(wanted[i])
+                stop = min(start + READ_SPAN, int(wanted[-1]) + 1)
+                block = self._decoder.read(start, stop)
+                for k in wanted[(wanted >= start) & (wanted < stop)]:
+                    frames[int(k)] = block[k - start]
+                    i += 1
+        return np.stack([frames[int(k)] for k in indices])
+
+    def batches(self, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(frame indices (B,) int64, frames (B, H', W', 3) uint8 RGB)`` batches in order.
+
+        The next batch decodes in a background thread while the caller works on the current one;
+        at most ``PREFETCH_BATCHES + 2`` batches exist at once, whatever the video length. Closing
+        the generator early stops and joins the thread.
+
+        Raises:
+            VideoDecodeError: a frame cannot be decoded (raised in the caller, naming the file).
+        """
+        if batch_size < 1:
+            raise ValueError(f"--batch-size {batch_size}: must be at least 1")
+        indices = self._check(indices)
+        chunks = [indices[i:i + batch_size] for i in range(0, len(indices), batch_size)]
+        if not chunks:
+            return
+        out: queue.Queue = queue.Queue(maxsize=PREFETCH_BATCHES)
+        stop = threading.Event()
+
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def work() -> None:
+            try:
+                for chunk in chunks:
+                    if stop.is_set() or not put((chunk, self._decode(chunk))):
+                        return
+                put(_END)
+            except BaseException as exc:  # handed to the consumer
+                put(exc)
+
+        thread = threading.Thread(target=work, name=f"liftvid-decode-{self.source.video_id}", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = out.get()
+                if item is _END:
+                    return
+                if isinstance(item, VideoDecodeError):
+                    raise item
+                if isinstance(item, BaseException):
+                    raise VideoDecodeError(f"{self.source.path}: cannot decode: {_one_line(item)}") from item
+                yield item
+        finally:
+            stop.set()
+            thread.join()
+
+    def close(self) -> None:
+        with self._lock:
+            self._decoder.close()
+
+
+def _valid_timestamps(ts: np.ndarray) -> bool:
+    return bool(ts.size == 0 or (np.all(np.isfinite(ts)) and ts.min() >= 0 and np.all(np.diff(ts) >= 0)))
+
+
+def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float = 24.0,
+               num_threads: int = 0) -> VideoReader:
+    """Open ``source`` for decoding at the size ``resize`` gives for ``patch_size``.
+
+    ``fps`` is the frame rate of a frame folder, and of a file whose container gives none.
+    ``num_threads`` are the decoder's threads (0: its default).
+
+    Raises:
+        VideoDecodeError: the file is missing, empty, not a video, truncated, has no frames, or is
+            smaller than one patch (one line naming the file).
+    """
+    path = Path(source.path)
+    if not path.exists():
+        raise VideoDecodeError(f"{path}: cannot decode: no such file or folder")
+    if source.kind == "frames":
+        probe = _FolderFrames(path, None)
+        native, rate = probe.native, float(fps)
+        make = lambda size: _FolderFrames(path, size)  # noqa: E731
+    else:
+        container_format, coded = _probe(path)
+        backend = _PyAVFrames if container_format in PYAV_FORMATS else _DecordFrames
+        probe = backend(path, None, num_threads)
+        if probe.n_frames < 1:
+            raise VideoDecodeError(f"{path}: cannot decode: the video has no frames")
+        native = coded
+        if backend is _DecordFrames:
+            # the decoded size, after any rotation decord applies; a width decord cannot give
+            # natively (see _decord_width_ok) keeps the coded size
+            try:
+                native = tuple(probe.read(0, 1).shape[1:3])
+            except VideoDecodeError:
+                pass
+        probe.close()
+        rate = probe.fps if np.isfinite(probe.fps) and probe.fps > 0 else float(fps)
+        make = lambda size: backend(path, size, num_threads)  # noqa: E731
+    try:
+        frame_size = resize.target_size(native, patch_size)
+    except ValueError as exc:
+        raise VideoDecodeError(f"{path}: {exc}") from None
+    decoder = make(frame_size)
+    if decoder.n_frames != probe.n_frames:
+        raise VideoDecodeError(f"{path}: cannot decode: {probe.n_frames} frames at native size but "
+                               f"{decoder.n_frames} at {frame_size[0]}x{frame_size[1]}")
+    ts = getattr(probe, "timestamps", None)
+    if ts is None or not _valid_timestamps(ts):
+        ts = np.arange(probe.n_frames, dtype=np.float64) / rate
+    return VideoReader(source, decoder, rate, native, frame_size, ts)
+
+
+def read_frames(reader: VideoReader, indices: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:
+    """All frames ``indices`` (default: every frame) as ``(T, H', W', 3) uint8`` (tests, notebooks)."""
+    if indices is None:
+        indices = np.arange(reader.n_frames)
+    parts = [frames for _, frames in reader.batches(np.asarray(indices), batch_size)]
+    h, w = reader.frame_size
+    return np.concatenate(parts) if parts else np.empty((0, h, w, 3), np.uint8)

@@ -8,7 +8,8 @@ reachable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import pickle
+from collections.abc import Callable, Mapping
 from typing import Any
 
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
@@ -68,6 +69,71 @@ def compute_each(collections: Mapping[str, Any], scheduler: str = "threads",
             except Exception as exc:
                 out[name] = exc
         return out
+
+
+class TaskError(Exception):
+    """A task's exception that could not travel back from a worker process as itself."""
+
+
+def _guarded(func: Callable[..., Any], *args: Any) -> Any:
+    """Run one task; its exception becomes its result, so one video cannot abort the graph."""
+    try:
+        return func(*args)
+    except Exception as exc:
+        try:  # process and distributed schedulers pickle results
+            pickle.loads(pickle.dumps(exc))
+        except Exception:
+            return TaskError(f"{type(exc).__name__}: {exc}")
+        return exc
+
+
+def run_per_video(func: Callable[..., Any], tasks: Mapping[str, tuple], scheduler: str = "threads",
+                  workers: int | None = None) -> dict[str, Any]:
+    """Run ``func(*args)`` for every ``video_id → args`` of ``tasks``, one Dask task per video.
+
+    Args:
+        func: a module-level function (worker processes import it by name); it should open the
+            store itself from a path in ``args`` rather than receive open handles.
+        tasks: video id → argument tuple.
+        scheduler: ``"threads"`` (default), ``"processes"``, ``"sync"`` or ``"tcp://host:port"``.
+        workers: local threads/processes (``None``: one per core); a cluster has its own.
+
+    Returns:
+        video id → ``func``'s result, or the exception it raised (the other videos still run).
+        The results do not depend on the scheduler.
+    """
+    import dask
+
+    check_scheduler(scheduler)
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be ≥ 1, got {workers}")
+    if not tasks:
+        return {}
+    graph = {vid: dask.delayed(_guarded, pure=False)(func, *args, dask_key_name=f"{_key_prefix(func)}-{vid}")
+             for vid, args in tasks.items()}
+    if scheduler.startswith("tcp://"):
+        from distributed import Client
+
+        with Client(scheduler, set_as_default=False) as client:
+            futures = client.compute(list(graph.values()))
+            return {vid: _result(future) for vid, future in zip(graph, futures)}
+    kwargs: dict[str, Any] = {"scheduler": scheduler}
+    if workers is not None and scheduler != "sync":
+        kwargs["num_workers"] = workers
+    values = dask.compute(*graph.values(), **kwargs)
+    return dict(zip(graph, values))
+
+
+def _key_prefix(func: Callable[..., Any]) -> str:
+    return getattr(func, "__name__", "task").strip("_") or "task"
+
+
+def _result(future) -> Any:
+    """A distributed future's value; a lost worker or similar becomes that video's exception."""
+    try:
+        return future.result()
+    except Exception as exc:
+        return exc
 
 
 # ---- tracking graphs ----------------------------------------------------------------------------
@@ -143,3 +209,41 @@ def track_graph(store_path: str, video_id: str, queries, options, n_frames: int,
         task = dask.delayed(_chunk_task, pure=True)(store_path, video_id, start, stop, query_set, options, device)
         blocks.append(da.from_delayed(task, shape=(n, stop - start, 4), dtype=np.float32))
     return da.concatenate(blocks, axis=1)
+
+
+# ---- extraction graphs --------------------------------------------------------------------------
+# One task per video; each worker process builds the models once (liftvid.extract caches them) and
+# writes its video's group into the shared store, whose configuration the client wrote already.
+
+
+def _extract_task(source, video_id: str, store_path: str, options):
+    from .extract import extract_one
+
+    return extract_one(source, video_id, store_path, options)
+
+
+def run_extraction(todo, store_path: str, options, scheduler: str, workers: int | None = None,
+                   gpu: bool = False) -> dict[str, Any]:
+    """Extract ``todo`` = [(VideoSource, video_id), …] with one Dask task per video.
+
+    Args:
+        scheduler: ``"processes"``, ``"threads"``, ``"sync"`` or ``"tcp://host:port"``.
+        gpu: ask each task for the worker resource ``GPU=1`` (distributed schedulers only), so
+            that a worker started with ``--resources GPU=1`` runs one video at a time on its GPU.
+
+    Returns:
+        video_id → :class:`liftvid.extract.VideoResult`, or the exception its task raised.
+    """
+    import contextlib
+
+    import dask
+
+    check_scheduler(scheduler)
+    if not todo:
+        return {}
+    wants_gpu = gpu and scheduler.startswith("tcp://")
+    with dask.annotate(resources={"GPU": 1}) if wants_gpu else contextlib.nullcontext():
+        tasks = {video_id: dask.delayed(_extract_task, pure=False)(source, video_id, store_path, options,
+                                                                    dask_key_name=f"extract-{video_id}")
+                 for source, video_id in todo}
+    return compute_each(tasks, scheduler, workers)

@@ -89,6 +89,24 @@ def _repeat_inputs(inputs: Sequence[str | Path], resize: Resize, patch: int, min
     return sources * reps, counts * reps
 
 
+def _distinct_copies(sources, folder: Path) -> list[Path]:
+    """Each repeat of a source under its own real path (hard link, else copy), so that
+    ``find_sources`` — which merges paths that resolve to one file — extracts every repeat."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i, source in enumerate(sources):
+        target = folder / f"r{i:04d}_{source.path.name}"
+        try:
+            os.link(source.path.resolve(), target)
+        except OSError:  # another file system, or a frame folder
+            copy = shutil.copytree if source.path.is_dir() else shutil.copy
+            copy(source.path.resolve(), target)
+        paths.append(target)
+    return paths
+
+
 def measure_decode(sources, resize: Resize, patch: int, batch_size: int, workers: int) -> tuple[int, float]:
     """Frames/s of decoding every source at the model size, ``workers`` videos at once."""
     def decode(source) -> int:
@@ -156,7 +174,7 @@ def measure_naive(source, resize: Resize, extractor, n_frames: int, path: str, d
     t0 = time.perf_counter()
     for i in range(n):
         image = Image.fromarray(vr[i].asnumpy()).resize((tw, th), Image.BILINEAR)
-        x = torch.from_numpy(np.asarray(image)).permute(2, 0, 1)[None].float().div(255).to(device)
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(255).to(device)
         with torch.no_grad():
             feats = extractor.features((x - mean) / std)[0].permute(1, 2, 0).cpu().numpy()
         if out is None:
@@ -205,13 +223,7 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
         result.write_fps = measure_write(str(tmp / "write.zarr"), result.frames, grid,
                                          extractor.backbone.channels, options.batch_size)
         report("write", result.write_fps)
-        # the same files repeated: give each repeat its own path so each is extracted again
-        e2e_inputs = []
-        for i, source in enumerate(sources):
-            link = tmp / "inputs" / f"r{i:04d}_{source.path.name}"
-            link.parent.mkdir(exist_ok=True)
-            link.symlink_to(source.path.resolve())
-            e2e_inputs.append(link)
+        e2e_inputs = _distinct_copies(sources, tmp / "inputs")
         t0 = time.perf_counter()
         summary = extract_videos(e2e_inputs, tmp / "e2e.zarr", extract_options, extractor=extractor)
         result.end_to_end_fps = summary.frames / (time.perf_counter() - t0)

@@ -63,24 +63,44 @@ def is_url(path: str | os.PathLike) -> bool:
     return "://" in str(path)
 
 
+def zarr_target(path: str | os.PathLike) -> str:
+    """What to hand to ``zarr.open_group``: a ``file://`` URL becomes its local path (zarr's local
+    store creates folders and writes atomically; fsspec's local filesystem does neither)."""
+    local = local_path(path)
+    return str(path) if local is None else str(local)
+
+
+def _missing_backend(path, exc: ImportError) -> StoreError:
+    scheme = str(path).split("://", 1)[0]
+    extra = {"s3": " (pip install 'liftvid[s3]')", "gs": " (pip install gcsfs)", "gcs": " (pip install gcsfs)"}
+    return StoreError(f"{path}: {scheme}:// stores need an fsspec backend that is not installed: "
+                      f"{str(exc).splitlines()[0]}{extra.get(scheme, '')}")
+
+
 def open_root(path: str | os.PathLike, mode: str = "r"):
     """Open the store's root group (a local path or an fsspec URL such as ``memory://x``).
 
     Raises:
-        StoreError: ``mode="r"`` and there is no liftvid store at ``path``.
+        StoreError: ``mode="r"`` and there is no liftvid store at ``path``, or the URL's fsspec
+            backend (s3fs for ``s3://``) is not installed.
     """
     import zarr
 
-    target = str(path)
+    target = zarr_target(path)
     if mode == "r":
         try:
             root = zarr.open_group(target, mode="r")
+        except ImportError as exc:
+            raise _missing_backend(path, exc) from None
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             raise StoreError(f"{path}: no liftvid store here (run `liftvid extract … {path}` first)") from None
         if ATTRS_KEY not in root.attrs:
             raise StoreError(f"{path}: a Zarr group, but not a liftvid store (no attrs['liftvid'])")
         return root
-    return zarr.open_group(target, mode=mode, zarr_format=3)
+    try:
+        return zarr.open_group(target, mode=mode, zarr_format=3)
+    except ImportError as exc:
+        raise _missing_backend(path, exc) from None
 
 
 def read_config(root) -> dict:
@@ -117,9 +137,11 @@ def init_store(path: str | os.PathLike, config: dict, overwrite: bool = False):
     """
     import zarr
 
-    target = str(path)
+    target = zarr_target(path)
     try:
         root = zarr.open_group(target, mode="a", zarr_format=3)
+    except ImportError as exc:
+        raise _missing_backend(path, exc) from None
     except Exception as exc:
         raise StoreError(f"{path}: cannot open or create a Zarr store: {str(exc).splitlines()[0][:160]}") from None
     existing = root.attrs.get(ATTRS_KEY)
@@ -208,8 +230,9 @@ def resolve_video_id(root, video_id: str, source: str) -> str:
     """
     candidate, n = video_id, 1
     while candidate in root:
-        info = root[candidate].attrs.get(ATTRS_KEY, {})
-        if info.get("source") == source:
+        info = root[candidate].attrs.get(ATTRS_KEY)
+        # no attrs: a group a killed run created but never described; it is ours to redo
+        if info is None or info.get("source") == source:
             break
         n += 1
         candidate = f"{video_id}-{n}"
@@ -241,10 +264,10 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
     Returns:
         The video's ``zarr.Group``.
     """
-    if video_id in root:
-        del root[video_id]
-    group = root.create_group(video_id)
-    group.attrs[ATTRS_KEY] = {**info, "status": INCOMPLETE, "error": None}
+    # overwrite: also clears what a killed run left of the group (even without its zarr.json); the
+    # attrs go in with the group's one metadata write, so no group ever exists without a status
+    group = root.create_group(video_id, overwrite=True,
+                              attributes={ATTRS_KEY: {**info, "status": INCOMPLETE, "error": None}})
     h, w = grid_size
     t_chunk = min(max(n_frames, 1), t_chunk or chunk_frames(grid_size, channels, np.dtype(dtype).itemsize))
     group.create_array("features", shape=(n_frames, h, w, channels), chunks=(t_chunk, h, w, channels),
@@ -259,19 +282,54 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
     return group
 
 
+def _local_dir(group) -> Path | None:
+    """The folder of a group in a local store, or None (memory, object stores)."""
+    from zarr.storage import LocalStore
+
+    store = getattr(group, "store", None)
+    if not isinstance(store, LocalStore):
+        return None
+    return Path(store.root) / group.path
+
+
+def _fsync(path: Path, directory: bool = False) -> None:
+    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sync_group(group) -> None:
+    """Flush a local group's files and folders to the disk (``fsync``), so that what is written
+    survives a machine crash, not only a killed process. Object stores are durable once a write
+    returns; memory stores have nothing to flush."""
+    folder = _local_dir(group)
+    if folder is None or not folder.is_dir():
+        return
+    for here, _, files in os.walk(folder):
+        for name in files:
+            _fsync(Path(here) / name)
+        _fsync(Path(here), directory=True)
+
+
 def mark_complete(group) -> None:
-    """Set status ``complete``: the last write of a video."""
+    """Set status ``complete``: the last write of a video, made only once its data is durable
+    (:func:`sync_group` before the status is written, and again after)."""
+    sync_group(group)
     info = dict(group.attrs[ATTRS_KEY])
     info.update(status=COMPLETE, error=None)
     group.attrs[ATTRS_KEY] = info
+    folder = _local_dir(group)
+    if folder is not None:
+        _fsync(folder / "zarr.json")
+        _fsync(folder, directory=True)
 
 
 def mark_failed(root, video_id: str, info: dict, error: str) -> None:
     """Record a video that could not be extracted: a group with no arrays, status ``failed``."""
-    if video_id in root:
-        del root[video_id]
-    group = root.create_group(video_id)
-    group.attrs[ATTRS_KEY] = {**info, "status": FAILED, "error": error}
+    root.create_group(video_id, overwrite=True,
+                      attributes={ATTRS_KEY: {**info, "status": FAILED, "error": error}})
 
 
 def stored_bytes(group) -> int:
@@ -291,3 +349,180 @@ def local_path(path: str | os.PathLike) -> Path | None:
     if text.startswith("file://"):
         return Path(text[len("file://"):])
     return None if is_url(text) else Path(text)
+
+
+# ---- analysis (open_store) ----------------------------------------------------------------------
+
+# arrays every video group has; anything else in the group (masks, tracks…) joins the Dataset as found
+_CORE_ARRAYS = ("features", "frame_index", "timestamps")
+# labels of small trailing dimensions that other writers use (track.py: positions (…, xy), queries (…, txy))
+_LABELLED_DIMS = {"xy": ["x", "y"], "txy": ["t", "x", "y"]}
+
+
+class VideoNotFoundError(StoreError, KeyError):
+    """``store[video_id]`` for a video the store does not hold as complete."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+def _lazy(array):
+    """A Zarr array as a Dask array with the Zarr chunks (reading one frame reads one chunk)."""
+    import dask.array as da
+
+    return da.from_zarr(array, chunks=array.chunks)
+
+
+def _dims(array, prefix: str) -> tuple[str, ...]:
+    names = getattr(array.metadata, "dimension_names", None)
+    if names and all(names):
+        return tuple(names)
+    return tuple(f"{prefix}_dim_{i}" for i in range(array.ndim))
+
+
+def _extra_variables(group) -> dict:
+    """``masks``, ``tracks/…`` and whatever else a writer added to a video group, as lazy variables.
+
+    Arrays of a subgroup are named ``<subgroup>_<array>`` (``tracks_positions``). An array or group
+    whose ``attrs["liftvid"]["status"]`` says it is not complete (a run killed while writing it) is
+    left out.
+    """
+    import xarray as xr
+
+    def finished(node) -> bool:
+        return (node.attrs.get(ATTRS_KEY) or {}).get("status", COMPLETE) == COMPLETE
+
+    out = {}
+    for name, arr in sorted(group.arrays()):
+        if name not in _CORE_ARRAYS and finished(arr):
+            out[name] = xr.Variable(_dims(arr, name), _lazy(arr), attrs=dict(arr.attrs.get(ATTRS_KEY) or {}))
+    for sub_name, sub in sorted(group.groups()):
+        if not finished(sub):
+            continue
+        meta = dict(sub.attrs.get(ATTRS_KEY) or {})
+        for name, arr in sorted(sub.arrays()):
+            key = f"{sub_name}_{name}"
+            out[key] = xr.Variable(_dims(arr, key), _lazy(arr), attrs=meta)
+    return out
+
+
+class FeatureStore:
+    """A liftvid store opened for analysis: a read-only mapping ``video_id → xarray.Dataset``.
+
+    Holds the complete videos only (``.failed`` lists those whose extraction failed). Nothing but
+    the attributes is read until a Dataset's arrays are computed.
+
+    Example::
+
+        store = liftvid.open_store("out.zarr")
+        ds = store["bear"]                       # lazy Dataset: features (frame, y, x, channel)
+        frame = ds.features.isel(frame=3).values  # reads one chunk
+    """
+
+    def __init__(self, path, root):
+        self.path = str(path)
+        self.root = root
+        self.config = read_config(root)
+        self._all = {vid: video_info(root, vid) for vid in list_videos(root, status=None)}
+        self.videos = [vid for vid, info in self._all.items() if info.get("status") == COMPLETE]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """``{video_id: error}`` of the videos whose extraction failed or never finished."""
+        return {vid: info.get("error") or info.get("status", "?")
+                for vid, info in self._all.items() if info.get("status") != COMPLETE}
+
+    def info(self, video_id: str) -> dict:
+        """A video's recorded attributes (source, sizes, fps, sampling, status)."""
+        self._check(video_id)
+        return dict(self._all[video_id])
+
+    def _check(self, video_id: str) -> None:
+        if video_id in self.videos:
+            return
+        if video_id in self._all:
+            info = self._all[video_id]
+            reason = f": {info['error']}" if info.get("error") else ""
+            raise VideoNotFoundError(f"video {video_id!r} in {self.path} is {info.get('status', 'not complete')}"
+                                     f"{reason}; rerun `liftvid extract` to finish it")
+        known = ", ".join(self.videos[:8]) + (", …" if len(self.videos) > 8 else "")
+        raise VideoNotFoundError(f"video {video_id!r} is not in {self.path}; it holds: {known or 'no complete videos'}")
+
+    def __getitem__(self, video_id: str):
+        """The video as an ``xarray.Dataset`` (see :func:`open_store`)."""
+        import xarray as xr
+
+        from .geometry import cell_centres
+
+        self._check(video_id)
+        group = self.root[video_id]
+        info = self._all[video_id]
+        features = group["features"]
+        T, h, w, _ = features.shape
+        ys, xs = cell_centres((h, w), tuple(info["source_size"]))
+        coords = {
+            "frame_index": ("frame", np.asarray(group["frame_index"][:]), {"long_name": "source frame number"}),
+            "time": ("frame", np.asarray(group["timestamps"][:]), {"units": "s"}),
+            "y": ("y", ys, {"units": "source px", "long_name": "row of the cell centre in the source frame"}),
+            "x": ("x", xs, {"units": "source px", "long_name": "column of the cell centre in the source frame"}),
+        }
+        variables = {"features": xr.Variable(FEATURE_DIMS, _lazy(features))}
+        variables.update(_extra_variables(group))
+        for dim, labels in _LABELLED_DIMS.items():
+            if any(dim in v.dims for v in variables.values()):
+                coords[dim] = (dim, labels)
+        attrs = {"video_id": video_id, "store": self.path, **info, "store_config": self.config}
+        return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+    def __iter__(self):
+        return iter(self.videos)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __contains__(self, video_id) -> bool:
+        return video_id in self.videos
+
+    def items(self):
+        """``(video_id, Dataset)`` pairs, opened lazily one by one."""
+        return ((vid, self[vid]) for vid in self.videos)
+
+    def __repr__(self) -> str:
+        bb, lift, pre = self.config.get("backbone", {}), self.config.get("lift"), self.config.get("preprocessing", {})
+        lift_text = f"LiFT ×{lift.get('iterations', 1)} ({Path(str(lift.get('checkpoint'))).name})" if lift else "no LiFT"
+        lines = [f"FeatureStore({self.path!r})",
+                 f"  features  {bb.get('name')} block {bb.get('layer')} {bb.get('facet')}, "
+                 f"{bb.get('channels')} channels, {lift_text}",
+                 f"  resize    {pre.get('resize')}, {self.config.get('feature_stride', 0):g} input px per cell, "
+                 f"{self.config.get('feature_dtype')}"]
+        shown = 6
+        for vid in self.videos[:shown]:
+            info = self._all[vid]
+            grid = "×".join(map(str, info.get("grid_size", [])))
+            src = "×".join(map(str, info.get("source_size", [])))
+            lines.append(f"  {vid}: {self.root[vid]['features'].shape[0]} frames, grid {grid}, source {src}")
+        if len(self.videos) > shown:
+            lines.append(f"  … and {len(self.videos) - shown} more")
+        if self.failed:
+            lines.append(f"  not complete: {', '.join(self.failed)}")
+        lines.append(f"  {len(self.videos)} videos")
+        return "\n".join(lines)
+
+
+def open_store(path_or_url: str | os.PathLike) -> FeatureStore:
+    """Open a liftvid store for analysis.
+
+    ``store[video_id]`` is an ``xarray.Dataset`` with:
+
+    - ``features (frame, y, x, channel)`` float16, Dask-backed with the store's chunks (nothing is
+      read until computed; one frame reads the one chunk holding it);
+    - coordinates ``frame_index`` (source frame numbers), ``time`` (seconds), and ``y``/``x``: the
+      source-pixel centres of the grid cells (:func:`liftvid.geometry.cell_centres`; continuous
+      coordinates, 0 = the frame's top/left edge), right for every resize mode;
+    - ``masks (frame, height, width)`` and ``tracks_*`` when ``liftvid propagate``/``track`` wrote them;
+    - ``attrs``: the video's provenance (source, sizes, fps, sampling) and ``store_config``.
+
+    Raises:
+        StoreError: no liftvid store at ``path_or_url``.
+    """
+    return FeatureStore(path_or_url, open_root(path_or_url, mode="r"))

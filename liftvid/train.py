@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .backbone import Backbone, file_sha256
 from .extract import FeatureExtractor, resolve_device
 from .lift import LiFT, LiftCheckpointError, load_lift_checkpoint, save_lift_checkpoint
-from .video import Resize, VideoDecodeError, VideoSource, find_sources, open_video
+from .video import Resize, VideoDecodeError, VideoSource, find_sources, open_video, read_frames
 
 LOSSES = ("cosine", "l1", "l2")
 JITTER = (0.2, 0.2, 0.2, 0.2)  # brightness, contrast, saturation, hue: the paper's ColorJitter
@@ -327,23 +327,16 @@ def epoch_plan(clips: Sequence[_Clip], frames_per_video: int, seed: int, epoch: 
 
 def _decode(source: VideoSource, indices: np.ndarray, resize: Resize, patch: int, fps: float) -> np.ndarray:
     """``(len(indices), S, S, 3) uint8`` frames of one source (runs in a worker thread)."""
-    reader = open_video(source, resize, patch, fps=fps)
-    try:
-        parts = [frames for _, frames in reader.batches(indices, len(indices))]
-    finally:
-        reader.close()
-    frames = np.concatenate(parts) if parts else np.empty((0,), np.uint8)
+    with open_video(source, resize, patch, fps=fps) as reader:
+        frames = read_frames(reader, indices)
     if len(frames) != len(indices):
         raise VideoDecodeError(f"{source.path}: decoded {len(frames)} of {len(indices)} frames")
     return frames
 
 
 def _count_frames(source: VideoSource, resize: Resize, patch: int, fps: float) -> int:
-    reader = open_video(source, resize, patch, fps=fps)
-    try:
-        return int(reader.n_frames)
-    finally:
-        reader.close()
+    with open_video(source, resize, patch, fps=fps) as reader:
+        return reader.n_frames
 
 
 class _EpochFeed:

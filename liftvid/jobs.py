@@ -247,3 +247,58 @@ def run_extraction(todo, store_path: str, options, scheduler: str, workers: int 
                                                                     dask_key_name=f"extract-{video_id}")
                  for source, video_id in todo}
     return compute_each(tasks, scheduler, workers)
+
+
+# ---- local clusters (issue 6) -------------------------------------------------------------------
+# `liftvid cluster`: a dask.distributed scheduler with one worker process per visible GPU (each
+# pinned to its GPU through CUDA_VISIBLE_DEVICES and offering the resource GPU=1, which extraction
+# tasks ask for), or N single-threaded CPU workers.
+
+
+def visible_gpus() -> int:
+    """CUDA devices this process can see (0 without CUDA)."""
+    try:
+        import torch
+
+        return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    except Exception:
+        return 0
+
+
+def start_local_cluster(workers: int | None = None, gpus: int | None = None, host: str = "127.0.0.1",
+                        port: int = 8786, dashboard: str | None = ":8787", threads: int | None = None):
+    """Start a ``dask.distributed`` cluster on this machine for ``--scheduler tcp://…``.
+
+    Args:
+        workers: CPU workers to start when there is no GPU (default 1); with ``gpus`` it is ignored.
+        gpus: GPU workers, one per device 0..gpus-1 (default: every visible GPU; 0 forces CPU workers).
+        host, port: where the scheduler listens (port 0: any free port).
+        dashboard: the dashboard's address (``None``: no dashboard).
+        threads: torch threads of each CPU worker (default: the cores shared out among the workers).
+
+    Returns:
+        The running cluster (a context manager); ``cluster.scheduler_address`` is ``tcp://host:port``.
+        GPU workers offer the resource ``GPU=1``; every worker runs one task at a time.
+    """
+    import os
+
+    from distributed import LocalCluster, Nanny, Scheduler, SpecCluster
+
+    n_gpus = visible_gpus() if gpus is None else gpus
+    if n_gpus < 0 or (workers is not None and workers < 1):
+        raise ValueError("the number of workers and of GPUs must be positive")
+    scheduler_options = {"host": host, "port": port, "dashboard": dashboard is not None}
+    if dashboard is not None:
+        scheduler_options["dashboard_address"] = dashboard
+    if n_gpus:
+        specs = {f"gpu-{i}": {"cls": Nanny, "options": {
+                     "nthreads": 1, "resources": {"GPU": 1}, "name": f"gpu-{i}",
+                     "env": {"CUDA_VISIBLE_DEVICES": str(i), "OMP_NUM_THREADS": "1"}}}
+                 for i in range(n_gpus)}
+        return SpecCluster(workers=specs, scheduler={"cls": Scheduler, "options": scheduler_options},
+                           name="liftvid")
+    n = workers or 1
+    per_worker = threads or max(1, (os.cpu_count() or 1) // n)
+    return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, scheduler_port=port,
+                        dashboard_address=dashboard, name="liftvid",
+                        env={"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)})

@@ -2,6 +2,285 @@
 
 from __future__ import annotations
 
+# ---- DAVIS ---------------------------------------------------------------------------------------
+# J (region similarity) and F (boundary accuracy) with the definitions of the DAVIS-2017 toolkit
+# (davisvideochallenge/davis2017-evaluation, semi-supervised task): per object, over every frame but
+# the first and the last; J = IoU (1 when both masks are empty); F = boundary F-measure of the
+# one-pixel boundary maps (seg2bmap) with a match tolerance of a disk of ceil(0.008 × image diagonal)
+# pixels; mean, recall (fraction of frames > 0.5) and decay (mean of the first quarter of the frames
+# minus the last quarter); the benchmark numbers are means over all objects of all sequences.
+
+import csv
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+DAVIS_BOUND_TH = 0.008  # boundary tolerance as a fraction of the image diagonal
+DAVIS_RECALL_THRESHOLD = 0.5
+DAVIS_DECAY_BINS = 4
+DAVIS_MEASURES = ("J&F-Mean", "J-Mean", "J-Recall", "J-Decay", "F-Mean", "F-Recall", "F-Decay")
+
+
+def db_eval_iou(annotation: np.ndarray, segmentation: np.ndarray) -> np.ndarray:
+    """J: intersection over union of binary masks ``(..., H, W)``, per leading index; 1 when both
+    are empty."""
+    a, s = np.asarray(annotation, bool), np.asarray(segmentation, bool)
+    if a.shape != s.shape:
+        raise ValueError(f"annotation {a.shape} and segmentation {s.shape} differ in shape")
+    inter = np.sum(a & s, axis=(-2, -1))
+    union = np.sum(a | s, axis=(-2, -1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        j = inter / union
+    return np.where(union == 0, 1.0, j)
+
+
+def seg2bmap(seg: np.ndarray) -> np.ndarray:
+    """One-pixel-wide boundary map of a binary mask ``(H, W)`` (DAVIS toolkit / D. Martin's
+    ``seg2bmap``): a pixel is boundary where it differs from its east, south or south-east
+    neighbour; boundaries sit half a pixel towards the origin."""
+    seg = np.asarray(seg, bool)
+    e = np.zeros_like(seg)
+    s = np.zeros_like(seg)
+    se = np.zeros_like(seg)
+    e[:, :-1] = seg[:, 1:]
+    s[:-1, :] = seg[1:, :]
+    se[:-1, :-1] = seg[1:, 1:]
+    b = (seg ^ e) | (seg ^ s) | (seg ^ se)
+    b[-1, :] = seg[-1, :] ^ e[-1, :]
+    b[:, -1] = seg[:, -1] ^ s[:, -1]
+    b[-1, -1] = False
+    return b
+
+
+def _disk_radius(shape: tuple[int, int], bound_th: float) -> int:
+    return int(bound_th if bound_th >= 1 else math.ceil(bound_th * math.hypot(*shape)))
+
+
+def dilate_disk(masks: np.ndarray, radius: int) -> np.ndarray:
+    """Binary dilation of ``(T, H, W)`` masks by a disk ``{(dy, dx): dy² + dx² ≤ radius²}``
+    (skimage's ``disk``, as the toolkit's ``cv2.dilate``); pixels outside the image count as 0.
+
+    The disk is the union of its rows, so the dilation is the OR over dy of the row-shifted
+    horizontal dilations (max-pooling) by that row's half-width.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    m = torch.from_numpy(np.ascontiguousarray(masks, dtype=bool)).to(torch.float32).unsqueeze(1)
+    H = m.shape[2]
+    out = torch.zeros_like(m)
+    rows: dict[int, torch.Tensor] = {}
+    for dy in range(-radius, radius + 1):
+        half = int(math.isqrt(radius * radius - dy * dy))
+        if half not in rows:
+            rows[half] = F.max_pool2d(m, kernel_size=(1, 2 * half + 1), stride=1, padding=(0, half)) if half else m
+        row = rows[half]
+        if abs(dy) >= H:
+            continue
+        # out[y] |= row[y - dy]
+        if dy >= 0:
+            out[:, :, dy:] = torch.maximum(out[:, :, dy:], row[:, :, :H - dy])
+        else:
+            out[:, :, :H + dy] = torch.maximum(out[:, :, :H + dy], row[:, :, -dy:])
+    return out.squeeze(1).numpy() > 0
+
+
+def db_eval_boundary(annotation: np.ndarray, segmentation: np.ndarray,
+                     bound_th: float = DAVIS_BOUND_TH) -> np.ndarray:
+    """F: boundary F-measure per frame of binary masks ``(T, H, W)`` (or one ``(H, W)`` → scalar).
+
+    Precision = fraction of predicted boundary pixels within the tolerance disk of a true boundary
+    pixel, recall the converse; an empty boundary counts as precision (prediction) or recall
+    (annotation) 1, as in the toolkit.
+    """
+    a, s = np.asarray(annotation, bool), np.asarray(segmentation, bool)
+    if a.shape != s.shape:
+        raise ValueError(f"annotation {a.shape} and segmentation {s.shape} differ in shape")
+    single = a.ndim == 2
+    if single:
+        a, s = a[None], s[None]
+    radius = _disk_radius(a.shape[-2:], bound_th)
+    gt_b = np.stack([seg2bmap(x) for x in a])
+    fg_b = np.stack([seg2bmap(x) for x in s])
+    gt_dil, fg_dil = dilate_disk(gt_b, radius), dilate_disk(fg_b, radius)
+    n_fg = fg_b.sum(axis=(1, 2)).astype(np.float64)
+    n_gt = gt_b.sum(axis=(1, 2)).astype(np.float64)
+    fg_match = (fg_b & gt_dil).sum(axis=(1, 2))
+    gt_match = (gt_b & fg_dil).sum(axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # an empty boundary: nothing predicted is precise (P=1), nothing to find is recalled (R=1)
+        precision = np.where(n_fg == 0, 1.0, np.where(n_gt == 0, 0.0, fg_match / n_fg))
+        recall = np.where(n_gt == 0, 1.0, np.where(n_fg == 0, 0.0, gt_match / n_gt))
+        f = np.where(precision + recall == 0, 0.0, 2 * precision * recall / (precision + recall))
+    return f[0] if single else f
+
+
+def db_statistics(per_frame: np.ndarray) -> tuple[float, float, float]:
+    """(mean, recall, decay) of per-frame values, NaN-aware, as the toolkit's ``db_statistics``."""
+    v = np.asarray(per_frame, np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan"), float("nan")
+    mean = float(np.nanmean(v)) if not np.all(np.isnan(v)) else float("nan")
+    recall = float(np.nanmean(v > DAVIS_RECALL_THRESHOLD))
+    ids = (np.round(np.linspace(1, len(v), DAVIS_DECAY_BINS + 1) + 1e-10) - 1).astype(int)
+    bins = [v[ids[i]:ids[i + 1] + 1] for i in range(DAVIS_DECAY_BINS)]
+    with np.errstate(invalid="ignore"):
+        first = np.nanmean(bins[0]) if np.any(~np.isnan(bins[0])) else np.nan
+        last = np.nanmean(bins[-1]) if np.any(~np.isnan(bins[-1])) else np.nan
+    return mean, recall, float(first - last)
+
+
+@dataclass
+class DavisObjectScore:
+    """One object of one sequence: per-frame J and F and their statistics."""
+
+    sequence: str
+    object_id: int
+    j: np.ndarray
+    f: np.ndarray
+
+    @property
+    def name(self) -> str:
+        return f"{self.sequence}_{self.object_id}"
+
+    def stats(self) -> dict[str, float]:
+        jm, jr, jd = db_statistics(self.j)
+        fm, fr, fd = db_statistics(self.f)
+        return {"J&F-Mean": (jm + fm) / 2, "J-Mean": jm, "J-Recall": jr, "J-Decay": jd,
+                "F-Mean": fm, "F-Recall": fr, "F-Decay": fd}
+
+
+@dataclass
+class DavisReport:
+    """Scores of every evaluated object, and the sequences that could not be evaluated."""
+
+    objects: list[DavisObjectScore]
+    missing: dict[str, str]  # sequence → why it was not evaluated
+    subset: str = "val"
+
+    def overall(self) -> dict[str, float]:
+        """The benchmark row: each measure averaged over all objects (the toolkit's global row)."""
+        if not self.objects:
+            return {m: float("nan") for m in DAVIS_MEASURES}
+        rows = [o.stats() for o in self.objects]
+        out = {m: float(np.mean([r[m] for r in rows])) for m in DAVIS_MEASURES[1:]}
+        return {"J&F-Mean": (out["J-Mean"] + out["F-Mean"]) / 2, **out}
+
+    def sequences(self) -> dict[str, dict[str, float]]:
+        """Per sequence: every measure averaged over its objects, plus ``objects`` (count)."""
+        out: dict[str, dict[str, float]] = {}
+        for seq in dict.fromkeys(o.sequence for o in self.objects):
+            rows = [o.stats() for o in self.objects if o.sequence == seq]
+            out[seq] = {m: float(np.mean([r[m] for r in rows])) for m in DAVIS_MEASURES}
+            out[seq]["objects"] = len(rows)
+        return out
+
+    def write_csv(self, folder: str | Path) -> tuple[Path, Path]:
+        """The toolkit's two CSVs: ``global_results-<subset>.csv`` (the benchmark row) and
+        ``per-sequence_results-<subset>.csv`` (``Sequence,J-Mean,F-Mean`` per object)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        g_path = folder / f"global_results-{self.subset}.csv"
+        s_path = folder / f"per-sequence_results-{self.subset}.csv"
+        overall = self.overall()
+        with g_path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(DAVIS_MEASURES)
+            w.writerow([f"{overall[m]:.6f}" for m in DAVIS_MEASURES])
+        with s_path.open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["Sequence", "J-Mean", "F-Mean"])
+            for o in self.objects:
+                st = o.stats()
+                w.writerow([o.name, f"{st['J-Mean']:.6f}", f"{st['F-Mean']:.6f}"])
+        return g_path, s_path
+
+
+def evaluate_sequence(sequence: str, gt: np.ndarray, pred: np.ndarray, n_objects: int | None = None,
+                      bound_th: float = DAVIS_BOUND_TH) -> list[DavisObjectScore]:
+    """J and F of every object of one sequence.
+
+    Args:
+        gt, pred: ``(T, H, W)`` object ids of the frames to evaluate (the toolkit leaves out the
+            first and the last frame of a sequence: pass ``[1:-1]``).
+        n_objects: objects 1 … n (default: the largest id in ``gt``).
+    """
+    gt, pred = np.asarray(gt), np.asarray(pred)
+    n = int(gt.max()) if n_objects is None else int(n_objects)
+    out = []
+    for obj in range(1, n + 1):
+        a, s = gt == obj, pred == obj
+        out.append(DavisObjectScore(sequence, obj, db_eval_iou(a, s).astype(np.float64),
+                                    np.asarray(db_eval_boundary(a, s, bound_th), np.float64)))
+    return out
+
+
+def davis_sequences(davis_root: str | Path, subset: str = "val", resolution: str = "480p") -> list[str]:
+    """Sequences of a DAVIS subset: ``ImageSets/2017/<subset>.txt``, else every annotation folder."""
+    root = Path(davis_root)
+    listing = root / "ImageSets" / "2017" / f"{subset}.txt"
+    if listing.is_file():
+        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    ann = root / "Annotations" / resolution
+    if not ann.is_dir():
+        raise ValueError(f"{root}: not a DAVIS folder (no {ann.relative_to(root)} and no "
+                         f"ImageSets/2017/{subset}.txt); pass the folder that holds Annotations/")
+    return sorted(p.name for p in ann.iterdir() if p.is_dir())
+
+
+def evaluate_davis(results_dir: str | Path, davis_root: str | Path, subset: str = "val",
+                   sequences: list[str] | None = None, resolution: str = "480p",
+                   bound_th: float = DAVIS_BOUND_TH,
+                   progress: Callable[[str], None] | None = None) -> DavisReport:
+    """Semi-supervised DAVIS-2017 evaluation of a results folder (``<seq>/<frame>.png``).
+
+    Ground truth is ``<davis_root>/Annotations/<resolution>/<seq>/*.png``; every frame but the first
+    and last is scored. Result PNGs are read as object ids (see :func:`liftvid.masks.read_mask`),
+    resized to the annotation size (nearest) when they differ. A sequence whose results are
+    missing or hold more objects than its annotation is recorded in ``report.missing`` and the
+    others go on.
+
+    Raises:
+        ValueError: ``davis_root`` is not a DAVIS folder, or ``results_dir`` does not exist.
+    """
+    from PIL import Image
+
+    from .masks import MaskError, read_mask
+
+    results, root = Path(results_dir), Path(davis_root)
+    if not results.is_dir():
+        raise ValueError(f"{results}: results folder not found")
+    names = list(sequences) if sequences else davis_sequences(root, subset, resolution)
+    ann_root = root / "Annotations" / resolution
+    objects: list[DavisObjectScore] = []
+    missing: dict[str, str] = {}
+    for seq in names:
+        gt_files = sorted((ann_root / seq).glob("*.png"))
+        if not gt_files:
+            missing[seq] = f"no annotations in {ann_root / seq}"
+            continue
+        try:
+            gt = np.stack([np.array(Image.open(p)) for p in gt_files]).astype(np.int64)
+            gt[gt == 255] = 0  # void, as the toolkit reads it
+            n_objects = int(gt[0].max())
+            files = gt_files[1:-1]
+            pred = np.stack([read_mask(results / seq / p.name, size=gt.shape[1:]) for p in files]) \
+                if files else np.zeros((0, *gt.shape[1:]), np.uint8)
+            if pred.size and int(pred.max()) > n_objects:
+                raise MaskError(f"{results / seq}: object id {int(pred.max())} but the annotation has "
+                                f"{n_objects} object(s)")
+            objects.extend(evaluate_sequence(seq, gt[1:-1], pred, n_objects, bound_th))
+        except MaskError as exc:
+            missing[seq] = str(exc)
+            continue
+        if progress is not None:
+            progress(seq)
+    return DavisReport(objects, missing, subset)
+
+
 # ---- TAP-Vid ------------------------------------------------------------------------------------
 # The TAP-Vid benchmark's metrics (Doersch et al., NeurIPS 2022; `compute_tapvid_metrics` in
 # google-deepmind/tapnet), with the same definitions: positions are compared in a 256×256 raster,

@@ -33,8 +33,10 @@ def console(stderr: bool = False):
 def fail(message: str, code: int = 1) -> None:
     """Print one red error line to stderr and exit non-zero."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}")
+    # escaped: paths and hints may hold brackets ("clip[1].mp4", "pip install 'liftvid[s3]'")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(message))}")
     raise typer.Exit(code)
 
 
@@ -77,7 +79,9 @@ class _RichExtractProgress:
     def video_finished(self, result) -> None:
         self.progress.advance(self.videos, 1)
         if result.status == "failed":
-            self.progress.console.print(f"[red]failed[/] {result.source}: {result.error}")
+            from rich.markup import escape
+
+            self.progress.console.print(f"[red]failed[/] {escape(f'{result.source}: {result.error}')}")
 
 
 @app.command()
@@ -98,6 +102,8 @@ def extract(
     fps: Annotated[float, typer.Option(help="Frame rate assumed for folders of frames.")] = 24.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store written with another configuration.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
+    scheduler: Annotated[Optional[str], typer.Option(help="Run one Dask task per video: 'processes' or tcp://host:port of a dask.distributed cluster (`liftvid cluster`); the store must be reachable from every worker. Default: in-process pipeline.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local processes for --scheduler processes.", min=1)] = None,
 ) -> None:
     """Decode videos, run the ViT (+ LiFT) in batches and write dense features to a Zarr store.
 
@@ -105,7 +111,10 @@ def extract(
     """
     from rich.progress import Progress
 
+    from rich.markup import escape
+
     from .extract import ExtractOptions, extract_videos
+    from .jobs import check_scheduler
 
     err = console(stderr=True)
     if weights == "random":
@@ -117,16 +126,17 @@ def extract(
                              device=device, fps=fps, overwrite=overwrite, seed=seed)
     try:
         with Progress(*_progress_columns(), console=err, transient=False) as bars:
-            summary = extract_videos(inputs, store, options, progress=_RichExtractProgress(bars))
+            summary = extract_videos(inputs, store, options, progress=_RichExtractProgress(bars),
+                                     scheduler=check_scheduler(scheduler) if scheduler else None, workers=workers)
     except ValueError as exc:  # every input/configuration error of the library is a ValueError
         fail(str(exc))
     done = sum(r.status == "complete" for r in summary.results)
     skipped = sum(r.status == "skipped" for r in summary.results)
     rate = summary.frames / summary.seconds if summary.seconds else 0.0
-    err.print(f"{store}: {done} extracted, {skipped} already complete, {len(summary.failed)} failed; "
+    err.print(f"{escape(store)}: {done} extracted, {skipped} already complete, {len(summary.failed)} failed; "
                   f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s)")
     for r in summary.failed:
-        err.print(f"[red]failed[/] {r.source}: {r.error}")
+        err.print(f"[red]failed[/] {escape(f'{r.source}: {r.error}')}")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -520,6 +530,50 @@ def train(
 
 
 # ---- viz (issue 5) ------------------------------------------------------------------------------
+
+
+# ---- cluster (issue 6) --------------------------------------------------------------------------
+
+
+@app.command()
+def cluster(
+    workers: Annotated[Optional[int], typer.Option(help="CPU workers to start when there is no GPU (or with --cpu).", min=1)] = None,
+    cpu: Annotated[bool, typer.Option("--cpu", help="CPU workers even when GPUs are visible.")] = False,
+    host: Annotated[str, typer.Option(help="Address the scheduler listens on (0.0.0.0 for other machines).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Scheduler port (0: any free port).", min=0)] = 8786,
+    dashboard: Annotated[str, typer.Option(help="Dashboard address ('' for none).")] = ":8787",
+) -> None:
+    """Start a local Dask cluster for `extract --scheduler`: one worker per visible GPU (resource
+    GPU=1 each), or N CPU workers. Prints the scheduler address and runs until Ctrl-C."""
+    import signal
+    import time
+
+    from .jobs import start_local_cluster, visible_gpus
+
+    out = console()
+    gpus = 0 if cpu else visible_gpus()
+    # worker processes start with SIGINT ignored (kept across exec): Ctrl-C reaches the whole process
+    # group, and only this process should act on it, closing the workers in order
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        local = start_local_cluster(workers=workers, gpus=gpus, host=host, port=port,
+                                    dashboard=dashboard or None)
+    except (OSError, ValueError) as exc:
+        fail(f"cannot start the cluster on {host}:{port}: {exc}")
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    address = local.scheduler_address
+    kind = f"{gpus} GPU worker(s) (GPU=1 each)" if gpus else f"{workers or 1} CPU worker(s)"
+    out.print(f"scheduler {address}")
+    out.print(f"{kind}; dashboard {local.dashboard_link if dashboard else 'off'}")
+    out.print(f"use: liftvid extract VIDEOS STORE --scheduler {address}   (Ctrl-C stops the cluster)")
+    try:
+        while True:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        out.print("stopping the cluster")
+    finally:
+        local.close()
 
 
 # ---- bench (issue 4) ----------------------------------------------------------------------------

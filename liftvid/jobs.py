@@ -301,4 +301,5 @@ def start_local_cluster(workers: int | None = None, gpus: int | None = None, hos
     per_worker = threads or max(1, (os.cpu_count() or 1) // n)
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, scheduler_port=port,
                         dashboard_address=dashboard, name="liftvid",
+                        scheduler_kwargs={} if dashboard is not None else {"dashboard": False},
                         env={"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)})

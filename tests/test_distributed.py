@@ -1,0 +1,257 @@
+"""Issue 6, parts 1-2: extraction on a dask.distributed cluster, `liftvid cluster`, URL stores."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+import liftvid.store as st
+from liftvid import jobs
+from liftvid.cli import app
+from liftvid.encode import synthetic_frames, write_video
+from liftvid.extract import ExtractOptions, extract_videos
+from liftvid.video import find_sources
+
+from .conftest import TINY_VIT
+from .test_extract import _assert_stores_equal, _read_store
+
+runner = CliRunner()
+BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "4", "--device", "cpu",
+        "--resize", "square:32"]
+OPTIONS = ExtractOptions(backbone=TINY_VIT, weights="random", batch_size=4, device="cpu", resize="square:32")
+
+
+@pytest.fixture(scope="module")
+def four_videos(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("four")
+    for i, (n, h, w) in enumerate([(6, 32, 48), (5, 40, 32), (7, 33, 47), (4, 32, 32)]):
+        write_video(d / f"v{i}.mp4", synthetic_frames(n, h, w, seed=40 + i), fps=24)
+    return d
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """Two single-threaded worker processes, each offering GPU=1 (for the annotation test)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      scheduler_kwargs={"dashboard": False}, resources={"GPU": 1}, env={"OMP_NUM_THREADS": "1"}) as local, \
+            Client(local) as client:
+        yield local, client
+
+
+def _extract(inputs, store, *extra):
+    return runner.invoke(app, ["extract", *map(str, inputs), str(store), *BASE, *extra])
+
+
+# ---- distributed extraction -----------------------------------------------------------------------
+
+
+def test_two_worker_cluster_equals_single_process(tmp_path, four_videos, cluster):
+    local, client = cluster
+    single = tmp_path / "single.zarr"
+    # CPU float sums depend on how many threads split them: the reference uses one thread, as the
+    # workers do (OMP_NUM_THREADS=1), so that the stores can be compared bit for bit
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _extract([four_videos], single).exit_code == 0
+    finally:
+        torch.set_num_threads(threads)
+
+    from distributed import get_task_stream
+
+    dist = tmp_path / "dist.zarr"
+    with get_task_stream(client) as task_stream:  # the scheduler records every client's tasks
+        result = _extract([four_videos], dist, "--scheduler", local.scheduler_address)
+    assert result.exit_code == 0, result.output
+    assert "4 extracted, 0 already complete, 0 failed" in result.output
+    _assert_stores_equal(single, dist)  # features bitwise, attrs, config
+
+    # each video group written by exactly one task, and the work was spread over both workers
+    stream = [t for t in task_stream.data if str(t["key"]).startswith("extract-")]
+    keys = sorted(str(t["key"]) for t in stream)
+    assert keys == [f"extract-v{i}" for i in range(4)], keys
+    assert len({t["worker"] for t in stream}) == 2
+
+
+def test_workers_never_rewrite_the_configuration(tmp_path, four_videos, cluster):
+    local, _ = cluster
+    store = tmp_path / "out.zarr"
+    assert _extract([four_videos / "v0.mp4"], store).exit_code == 0
+    meta = store / "zarr.json"
+    before = (meta.stat().st_ino, meta.stat().st_mtime_ns, meta.read_bytes())
+    result = _extract([four_videos], store, "--scheduler", local.scheduler_address)
+    assert result.exit_code == 0 and "3 extracted, 1 already complete" in result.output, result.output
+    assert (meta.stat().st_ino, meta.stat().st_mtime_ns, meta.read_bytes()) == before
+    assert st.list_videos(st.open_root(store)) == ["v0", "v1", "v2", "v3"]
+
+
+def test_gpu_tasks_ask_for_the_gpu_resource(tmp_path, four_videos, cluster, monkeypatch):
+    local, _ = cluster
+    store = str(tmp_path / "gpu.zarr")
+    extract_videos([four_videos / "v3.mp4"], store, OPTIONS)  # writes the configuration
+    annotations = {}
+    compute_each = jobs.compute_each
+
+    def spy(collections, scheduler, workers=None):
+        for vid, c in collections.items():
+            annotations[vid] = [layer.annotations for layer in c.__dask_graph__().layers.values()]
+        return compute_each(collections, scheduler, workers)
+
+    monkeypatch.setattr(jobs, "compute_each", spy)
+    todo = [(s, "v1") for s in find_sources([four_videos / "v1.mp4"])]
+    # runs on this cluster because its workers offer GPU=1 (elsewhere such a task waits for one)
+    out = jobs.run_extraction(todo, store, OPTIONS, local.scheduler_address, gpu=True)
+    assert out["v1"].status == "complete"
+    assert annotations == {"v1": [{"resources": {"GPU": 1}}]}
+    jobs.run_extraction([(todo[0][0], "v1-cpu")], store, OPTIONS, local.scheduler_address, gpu=False)
+    assert annotations["v1-cpu"] == [None] or annotations["v1-cpu"] == [{}]
+
+
+def test_failed_video_on_a_worker_is_recorded(tmp_path, four_videos, cluster):
+    local, _ = cluster
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "good.mp4").write_bytes((four_videos / "v3.mp4").read_bytes())
+    (inputs / "junk.mp4").write_bytes(b"not a video at all\n" * 10)
+    store = tmp_path / "out.zarr"
+    result = _extract([inputs], store, "--scheduler", local.scheduler_address)
+    assert result.exit_code == 1 and "1 extracted, 0 already complete, 1 failed" in result.output
+    assert "junk.mp4" in result.output
+    root = st.open_root(store)
+    assert st.video_info(root, "good")["status"] == "complete"
+    assert st.video_info(root, "junk")["status"] == "failed"
+
+
+def test_bad_scheduler_is_one_line(tmp_path, four_videos):
+    result = _extract([four_videos], tmp_path / "o.zarr", "--scheduler", "mpi://x")
+    assert result.exit_code == 1 and "unknown scheduler 'mpi://x'" in result.output
+    assert not (tmp_path / "o.zarr").exists()
+
+
+# ---- liftvid cluster --------------------------------------------------------------------------------
+
+
+def test_cluster_command_prints_address_and_stops_on_ctrl_c(tmp_path):
+    from distributed import Client
+
+    proc = subprocess.Popen([sys.executable, "-m", "liftvid.cli", "cluster", "--cpu", "--workers", "2",
+                             "--port", "0", "--dashboard", ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    try:
+        lines = []
+        address = None
+        deadline = time.time() + 90
+        while address is None and time.time() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if line.startswith("scheduler tcp://"):
+                address = line.split()[1]
+        assert address, "".join(lines)
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+            assert len(client.scheduler_info()["workers"]) == 2
+        os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
+        rest, _ = proc.communicate(timeout=60)
+        assert proc.returncode == 0, "".join(lines) + rest
+        text = "".join(lines) + rest
+        assert "2 CPU worker(s)" in text and "stopping the cluster" in text
+        assert "--scheduler " + address in text
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text  # workers ignore Ctrl-C
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_start_local_cluster_one_worker_per_gpu():
+    """GPU workers are spec'd one per device, pinned by CUDA_VISIBLE_DEVICES, offering GPU=1 (they
+    start on a CPU-only machine too: the variable is only read by CUDA)."""
+    from distributed import Client
+
+    with jobs.start_local_cluster(gpus=2, port=0, dashboard=None) as local, Client(local) as client:
+        client.wait_for_workers(2, timeout=60)
+        seen = client.run(lambda: os.environ.get("CUDA_VISIBLE_DEVICES"))
+        assert sorted(seen.values()) == ["0", "1"]
+        workers = client.scheduler_info()["workers"].values()
+        assert [w["resources"] for w in workers] == [{"GPU": 1}, {"GPU": 1}]
+        assert all(w["nthreads"] == 1 for w in workers)
+
+
+# ---- URL stores ------------------------------------------------------------------------------------
+
+
+def _memory_url(name: str) -> str:
+    return f"memory://liftvid-test-{name}-{uuid.uuid4().hex[:8]}.zarr"
+
+
+def test_memory_store_extract_read_back_and_info(tmp_path, four_videos):
+    url = _memory_url("info")
+    local = tmp_path / "local.zarr"
+    result = _extract([four_videos / "v0.mp4", four_videos / "v1.mp4"], url)
+    assert result.exit_code == 0, result.output
+    assert _extract([four_videos / "v0.mp4", four_videos / "v1.mp4"], local).exit_code == 0
+    _assert_stores_equal(url, local)
+    info = runner.invoke(app, ["info", url])
+    assert info.exit_code == 0 and "2 videos, 2 complete" in info.output, info.output
+    again = _extract([four_videos / "v0.mp4"], url)
+    assert "0 extracted, 1 already complete" in again.output
+
+
+def test_memory_store_round_trip_extract_propagate_open_store(tmp_path, four_videos):
+    """extract → propagate → open_store on a memory:// store (open_store comes with issue 5)."""
+    from PIL import Image
+
+    if not hasattr(st, "open_store"):
+        pytest.skip("liftvid.store.open_store has not landed yet")
+    url = _memory_url("round")
+    assert _extract([four_videos / "v0.mp4"], url).exit_code == 0
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    first = np.zeros((32, 48), np.uint8)
+    first[8:24, 10:30] = 1
+    Image.fromarray(first).save(masks / "v0.png")
+    out = tmp_path / "pred"
+    result = runner.invoke(app, ["propagate", url, "--masks", str(masks), "--out", str(out), "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "v0").glob("*.png"))) == 6
+    ds = st.open_store(url)
+    text = repr(ds)
+    assert "v0" in text
+    stored = zarr.open_group(url, mode="r")["v0"]["features"][:]
+    opened = ds["v0"]["features"] if not hasattr(ds, "features") else ds.features
+    np.testing.assert_array_equal(np.asarray(opened[:] if hasattr(opened, "__getitem__") else opened), stored)
+
+
+def test_file_url_store(tmp_path, four_videos):
+    url = f"file://{tmp_path}/via url.zarr"
+    result = _extract([four_videos / "v3.mp4"], url)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "via url.zarr" / "v3" / "features" / "zarr.json").exists()
+    assert (tmp_path / ".via url.zarr.lock").exists()  # a file:// store is locked like a path
+    for name in (url, str(tmp_path / "via url.zarr")):
+        info = runner.invoke(app, ["info", name])
+        assert info.exit_code == 0 and "1 videos, 1 complete" in info.output, info.output
+    assert _read_store(tmp_path / "via url.zarr")["v3"]["features"].shape == (4, 2, 2, 192)
+
+
+def test_s3_without_s3fs_says_how_to_install(tmp_path, four_videos, monkeypatch):
+    monkeypatch.setitem(sys.modules, "s3fs", None)  # as if the extra were not installed
+    result = _extract([four_videos / "v3.mp4"], "s3://some-bucket/out.zarr")
+    assert result.exit_code == 1
+    assert "s3://some-bucket/out.zarr" in result.output and "pip install 'liftvid[s3]'" in result.output
+    assert "Traceback" not in result.output
+    info = runner.invoke(app, ["info", "s3://some-bucket/out.zarr"])
+    assert info.exit_code == 1 and "liftvid[s3]" in info.output

@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -628,6 +628,50 @@ def train_lift(inputs: Sequence[str | Path], out: str | Path, options: TrainOpti
     return summary
 
 
+def _train_step(run: _Run, frames: np.ndarray, options: TrainOptions, jitter_rng: torch.Generator) -> torch.Tensor:
+    """One optimizer step on ``(B, S, S, 3) uint8`` frames; returns the loss (still on the device)."""
+    unit = run.to_device(frames).permute(0, 3, 1, 2).float().div_(255)
+    if options.augment:
+        unit = colour_jitter(unit, *jitter_params(len(frames), jitter_rng))
+    x = (unit - run.norm.mean) / run.norm.std  # FeatureExtractor.normalise, after the jitter
+    with run.autocast():
+        loss = lift_objective(run.backbone, run.lift, x, options.loss)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    run.optimizer.step()
+    run.step += 1
+    return loss
+
+
+def step_throughput(options: TrainOptions, steps: int = 10, warmup: int = 2) -> float:
+    """Training images/s of the model alone: ``steps`` optimizer steps (after ``warmup``) on random
+    ``batch_size × S × S`` frames already in memory, so no decoding; compare with an epoch's rate to
+    see whether the decode workers keep up."""
+    _check_options(options)
+    device = resolve_device(options.device)
+    backbone = Backbone(options.backbone, weights=options.weights, layer=options.layer,
+                        facet=options.facet, seed=options.seed)
+    _check_size(options.size, backbone.patch_size)
+    run = _start(replace(options, resume=False, init=None), backbone, Path("-"), device, _NoProgress())
+    frames = np.random.default_rng(options.seed).integers(
+        0, 256, (options.batch_size, options.size, options.size, 3), dtype=np.uint8)
+    jitter_rng = _torch_generator(options.seed, _JITTER_STREAM, 0)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for _ in range(warmup):
+        _train_step(run, frames, options, jitter_rng)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        loss = _train_step(run, frames, options, jitter_rng)
+    float(loss.detach())
+    sync()
+    return steps * options.batch_size / (time.perf_counter() - t0)
+
+
 def _train_epoch(run: _Run, batches: _EpochFeed, options: TrainOptions, epoch: int,
                  progress: TrainProgress) -> tuple[float, int, float]:
     """One pass over ``batches``: ``(mean loss, images, seconds)``."""
@@ -637,16 +681,7 @@ def _train_epoch(run: _Run, batches: _EpochFeed, options: TrainOptions, epoch: i
     loss_sum, images = torch.zeros((), device=run.device), 0
     reported = None  # the previous step's loss: reading it does not stall the device queue
     for frames in batches:
-        unit = run.to_device(frames).permute(0, 3, 1, 2).float().div_(255)
-        if options.augment:
-            unit = colour_jitter(unit, *jitter_params(len(frames), jitter_rng))
-        x = (unit - run.norm.mean) / run.norm.std  # FeatureExtractor.normalise, after the jitter
-        with run.autocast():
-            loss = lift_objective(run.backbone, run.lift, x, options.loss)
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        run.optimizer.step()
-        run.step += 1
+        loss = _train_step(run, frames, options, jitter_rng)
         images += len(frames)
         loss_sum += loss.detach() * len(frames)
         if reported is not None:

@@ -367,10 +367,18 @@ class VideoNotFoundError(StoreError, KeyError):
 
 
 def _lazy(array):
-    """A Zarr array as a Dask array with the Zarr chunks (reading one frame reads one chunk)."""
-    import dask.array as da
+    """A Zarr array as a Dask array with the Zarr chunks (reading one frame reads one chunk).
 
-    return da.from_zarr(array, chunks=array.chunks)
+    Like ``dask.array.from_zarr``, with the name and ``meta`` given, so that building it reads
+    nothing (``from_zarr`` slices the array once to learn its type).
+    """
+    import dask.array as da
+    from dask.base import tokenize
+
+    name = f"liftvid-{array.basename}-" + tokenize(str(array.store), array.path, array.shape, array.chunks,
+                                                   str(array.dtype))
+    return da.from_array(array, chunks=array.chunks, name=name, asarray=True, fancy=False,
+                         meta=np.empty((0,) * array.ndim, dtype=array.dtype))
 
 
 def _dims(array, prefix: str) -> tuple[str, ...]:

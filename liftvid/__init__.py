@@ -23,6 +23,8 @@ _EXPORTS = {
     "propagate_labels": "propagate",
     "labels_to_masks": "propagate",
     "track_points": "track",
+    "track_store": "track",
+    "TrackOptions": "track",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,562 @@
+"""Pictures of features: PCA colouring, similarity heat-maps, mask and track overlays, image writers.
+
+Pure functions on arrays. Feature inputs may be NumPy, Dask or xarray (``(T, h, w, C)``, or
+``(h, w, C)`` for one frame); the PCA is fitted over a whole video in one Dask pass, so the colours
+of every frame come from one basis and a feature means the same colour throughout the video.
+Frames are ``(H, W, 3) uint8`` RGB. Point coordinates are continuous source pixels ``(x, y)``
+(0 = the frame's top/left edge), the convention of :mod:`liftvid.geometry`.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PCA_SIGMAS = 2.5  # a component's ±2.5 standard deviations span its colour channel's 0…255
+MASK_ALPHA = 0.55  # weight of an object's colour over the frame
+HEAT_ALPHA = 0.6  # weight of the heat-map over the frame
+TRAIL_FRAMES = 12  # track overlays: how many past frames a trail shows
+GIF_MAX_COLOURS = 256
+GIF_PALETTE_FRAMES = 16  # frames sampled to choose a GIF's palette
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov")
+
+
+def _data(features: Any):
+    """The NumPy or Dask array under an xarray object, or the array itself (NumPy's own ``.data``
+    is a buffer, so only xarray objects are unwrapped)."""
+    import xarray as xr
+
+    return features.data if isinstance(features, (xr.DataArray, xr.Variable)) else features
+
+
+def _as_video(features: Any):
+    data = _data(features)
+    if data.ndim == 3:
+        data = data[None]
+    if data.ndim != 4:
+        raise ValueError(f"features must be (T, h, w, C) or (h, w, C), got shape {tuple(data.shape)}")
+    return data
+
+
+# ---------------------------------------------------------------- PCA
+
+
+@dataclass(frozen=True)
+class PCAFit:
+    """A PCA basis of feature vectors and the scale that maps it to colours.
+
+    ``mean (C,)``, ``components (k, C)`` (unit rows, largest variance first), ``std (k,)`` the
+    standard deviation of the features along each component.
+    """
+
+    mean: np.ndarray
+    components: np.ndarray
+    std: np.ndarray
+
+    def transform(self, features: Any) -> np.ndarray:
+        """``(…, C)`` features → ``(…, k)`` float32 component scores (computes a Dask input)."""
+        x = np.asarray(_data(features), dtype=np.float32)
+        return (x - self.mean) @ self.components.T
+
+    def to_rgb(self, features: Any, sigmas: float = PCA_SIGMAS) -> np.ndarray:
+        """``(…, C)`` features → ``(…, 3) uint8``: the first three components as red, green, blue."""
+        if self.components.shape[0] < 3:
+            raise ValueError(f"to_rgb needs 3 components, the fit has {self.components.shape[0]}")
+        scores = self.transform(features)[..., :3] / (2 * sigmas * self.std[:3]) + 0.5
+        return (np.clip(scores, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def fit_pca(features: Any, n_components: int = 3, frame_step: int = 1) -> PCAFit:
+    """Fit a PCA to every feature vector of a video, in one streaming Dask pass.
+
+    The mean and the ``C × C`` scatter matrix are summed chunk by chunk (float64), so memory does
+    not grow with the video's length. Signs are fixed (each component's largest-magnitude loading is
+    positive), so the same features always give the same colours.
+
+    Args:
+        features: ``(T, h, w, C)`` or ``(h, w, C)``; NumPy, Dask or xarray.
+        n_components: components kept (3 for RGB).
+        frame_step: fit on every n-th frame only (long videos).
+
+    Returns:
+        :class:`PCAFit`.
+    """
+    import dask.array as da
+
+    data = _as_video(features)[::frame_step]
+    C = data.shape[-1]
+    if not 1 <= n_components <= C:
+        raise ValueError(f"n_components {n_components}: must be between 1 and the {C} channels")
+    x = da.asarray(data).reshape(-1, C).astype(np.float64)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("fit_pca needs at least two feature vectors")
+    total, scatter = da.compute(x.sum(axis=0), x.T @ x)
+    mean = total / n
+    cov = (scatter - n * np.outer(mean, mean)) / (n - 1)
+    values, vectors = np.linalg.eigh(cov)
+    order = np.argsort(values)[::-1][:n_components]
+    comps = vectors[:, order].T
+    rows = np.arange(len(comps))
+    comps *= np.sign(comps[rows, np.abs(comps).argmax(axis=1)])[:, None]
+    std = np.sqrt(np.maximum(values[order], 0)) + 1e-12
+    return PCAFit(mean.astype(np.float32), comps.astype(np.float32), std.astype(np.float32))
+
+
+def resize_image(image: np.ndarray, size: tuple[int, int], smooth: bool = False) -> np.ndarray:
+    """``(h, w, 3)`` or ``(h, w)`` uint8 → ``size (H, W)``; nearest by default, so grid cells stay sharp."""
+    from PIL import Image
+
+    H, W = size
+    if image.shape[:2] == (H, W):
+        return image
+    resample = Image.BILINEAR if smooth else Image.NEAREST
+    return np.asarray(Image.fromarray(image).resize((W, H), resample))
+
+
+def _frame_list(n: int, frames: Sequence[int] | slice | None) -> np.ndarray:
+    if frames is None:
+        return np.arange(n)
+    if isinstance(frames, slice):
+        return np.arange(n)[frames]
+    out = np.asarray(frames, dtype=np.int64).reshape(-1)
+    bad = out[(out < -n) | (out >= n)]
+    if len(bad):
+        raise ValueError(f"frame {int(bad[0])} is outside the video's {n} frames")
+    return out % n if n else out
+
+
+def iter_pca_frames(features: Any, frames: Sequence[int] | slice | None = None,
+                    size: tuple[int, int] | None = None, fit: PCAFit | None = None,
+                    smooth: bool = False) -> Iterator[np.ndarray]:
+    """PCA colour images of a video's frames, one at a time (for writing long videos).
+
+    Args:
+        features: ``(T, h, w, C)``; NumPy, Dask or xarray.
+        frames: which frames (default all).
+        size: output ``(H, W)`` (e.g. the source size); default the grid size.
+        fit: a basis from :func:`fit_pca`; default fitted over the whole video here.
+
+    Yields:
+        ``(H, W, 3) uint8`` per frame.
+    """
+    data = _as_video(features)
+    fit = fit or fit_pca(data)
+    for t in _frame_list(data.shape[0], frames):
+        image = fit.to_rgb(data[int(t)])
+        yield image if size is None else resize_image(image, size, smooth)
+
+
+def pca_frames(features: Any, frames: Sequence[int] | slice | None = None,
+               size: tuple[int, int] | None = None, fit: PCAFit | None = None,
+               smooth: bool = False) -> np.ndarray:
+    """:func:`iter_pca_frames` stacked: ``(N, H, W, 3) uint8``."""
+    out = list(iter_pca_frames(features, frames, size, fit, smooth))
+    if not out:
+        h, w = size or _as_video(features).shape[1:3]
+        return np.empty((0, h, w, 3), np.uint8)
+    return np.stack(out)
+
+
+# ---------------------------------------------------------------- similarity
+
+
+def _grid_and_source(ds: Any) -> tuple[tuple[int, int], tuple[int, int]]:
+    h, w = ds.sizes["y"], ds.sizes["x"]
+    return (h, w), tuple(int(s) for s in ds.attrs["source_size"])
+
+
+def query_feature(ds: Any, x: float, y: float, t: int) -> np.ndarray:
+    """The feature at source pixel ``(x, y)`` of frame ``t`` of an :func:`~liftvid.open_store`
+    Dataset, bilinear between cell centres: ``(C,) float32``.
+
+    Raises:
+        ValueError: the point or the frame lies outside the video.
+    """
+    from .geometry import source_to_grid
+
+    grid, (H, W) = _grid_and_source(ds)
+    T = ds.sizes["frame"]
+    if not 0 <= t < T:
+        raise ValueError(f"query frame {t} is outside the video's {T} frames (0…{T - 1})")
+    if not (0 <= x <= W and 0 <= y <= H):
+        raise ValueError(f"query point x={x:g}, y={y:g} is outside the {W}×{H} (W×H) source frame")
+    gx, gy = np.clip(source_to_grid(np.array([x, y]), grid, (H, W)), 0, [grid[1] - 1, grid[0] - 1])
+    x0, y0 = int(np.floor(gx)), int(np.floor(gy))
+    x1, y1 = min(x0 + 1, grid[1] - 1), min(y0 + 1, grid[0] - 1)
+    fx, fy = gx - x0, gy - y0
+    patch = np.asarray(_data(ds["features"])[int(t), y0:y1 + 1, x0:x1 + 1], dtype=np.float32)
+    patch = patch.reshape(y1 - y0 + 1, x1 - x0 + 1, -1)
+    top = patch[0, 0] * (1 - fx) + patch[0, -1] * fx
+    bottom = patch[-1, 0] * (1 - fx) + patch[-1, -1] * fx
+    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+
+
+def cosine_map(features: Any, query: np.ndarray) -> np.ndarray:
+    """Cosine similarity of every cell to ``query (C,)``: ``(…, h, w)`` float32 in [-1, 1]."""
+    x = np.asarray(_data(features), dtype=np.float32)
+    q = np.asarray(query, dtype=np.float32)
+    q = q / (np.linalg.norm(q) + 1e-8)
+    return (x @ q) / (np.linalg.norm(x, axis=-1) + 1e-8)
+
+
+def turbo(values: np.ndarray) -> np.ndarray:
+    """Google's Turbo colour map (its published polynomial fit): ``values`` in [0, 1] → ``(…, 3) uint8``."""
+    v = np.clip(np.asarray(values, dtype=np.float64), 0, 1)[..., None]
+    coeffs = np.array([
+        [0.13572138, 4.61539260, -42.66032258, 132.13108234, -152.94239396, 59.28637943],
+        [0.09140261, 2.19418839, 4.84296658, -14.18503333, 4.27729857, 2.82956604],
+        [0.10667330, 12.64194608, -60.58204836, 110.36276771, -89.90310912, 27.34824973],
+    ])
+    powers = v ** np.arange(6)
+    rgb = np.einsum("...k,ck->...c", powers, coeffs)
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def heatmap(similarity: np.ndarray, size: tuple[int, int] | None = None, low: float | None = None,
+            high: float | None = None, smooth: bool = True) -> np.ndarray:
+    """A similarity map ``(h, w)`` as a Turbo-coloured image ``(H, W, 3) uint8``.
+
+    ``low…high`` spans the colour map; default the map's own minimum and maximum. Pass the same
+    bounds for every frame of a video (e.g. :func:`similarity_range`) so their colours compare.
+    """
+    sim = np.asarray(similarity, dtype=np.float32)
+    low = float(sim.min()) if low is None else low
+    high = float(sim.max()) if high is None else high
+    image = turbo((sim - low) / max(high - low, 1e-8))
+    return image if size is None else resize_image(image, size, smooth)
+
+
+def similarity_range(maps: Any, percentiles: tuple[float, float] = (1.0, 99.9)) -> tuple[float, float]:
+    """Colour bounds shared by several similarity maps: robust low/high percentiles of all values."""
+    low, high = np.percentile(np.asarray(maps, dtype=np.float32), percentiles)
+    return float(low), float(max(high, low + 1e-6))
+
+
+def blend(frame: np.ndarray, overlay: np.ndarray, alpha: float) -> np.ndarray:
+    """``(1 - alpha)·frame + alpha·overlay``, both ``(H, W, 3) uint8``."""
+    if frame.shape != overlay.shape:
+        raise ValueError(f"cannot blend a {overlay.shape} overlay onto a {frame.shape} frame")
+    return ((1 - alpha) * frame.astype(np.float32) + alpha * overlay.astype(np.float32) + 0.5).astype(np.uint8)
+
+
+def draw_point(frame: np.ndarray, x: float, y: float, colour=(255, 255, 255), radius: int | None = None) -> np.ndarray:
+    """A ringed dot at source pixel ``(x, y)`` (visible on any background)."""
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    r = radius or max(3, min(frame.shape[:2]) // 60)
+    draw.ellipse((x - r - 1, y - r - 1, x + r + 1, y + r + 1), fill=(0, 0, 0))
+    draw.ellipse((x - r, y - r, x + r, y + r), fill=tuple(colour))
+    return np.asarray(image)
+
+
+def similarity_overlay(frame: np.ndarray, similarity: np.ndarray, alpha: float = HEAT_ALPHA,
+                       point: tuple[float, float] | None = None, low: float | None = None,
+                       high: float | None = None) -> np.ndarray:
+    """The heat-map of ``similarity (h, w)`` over ``frame (H, W, 3)``, with the query ``point`` (x, y) marked."""
+    out = blend(frame, heatmap(similarity, frame.shape[:2], low, high), alpha)
+    return out if point is None else draw_point(out, *point)
+
+
+# ---------------------------------------------------------------- masks and tracks
+
+
+def davis_palette() -> np.ndarray:
+    """The DAVIS (PASCAL VOC) palette ``(256, 3) uint8``: object id → colour (1 = dark red, 2 = green…)."""
+    ids = np.arange(256)
+    cmap = np.zeros((256, 3), np.int64)
+    for j in range(8):
+        for ch in range(3):
+            cmap[:, ch] |= ((ids >> (3 * j + ch)) & 1) << (7 - j)
+    return cmap.astype(np.uint8)
+
+
+_PALETTE = davis_palette()
+
+
+def mask_overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = MASK_ALPHA, outline: bool = True) -> np.ndarray:
+    """Each object of ``mask (H, W)`` (ids, 0 = background) tinted in its DAVIS colour over
+    ``frame (H, W, 3) uint8``, with a white outline; a mask of another size is resized (nearest)."""
+    mask = np.asarray(mask)
+    if mask.shape != frame.shape[:2]:
+        mask = resize_image(mask.astype(np.uint8), frame.shape[:2])
+    mask = mask.astype(np.uint8)
+    out = np.where((mask > 0)[..., None], blend(frame, _PALETTE[mask], alpha), frame)
+    if outline:
+        edge = np.zeros(mask.shape, bool)
+        edge[1:] |= mask[1:] != mask[:-1]
+        edge[:-1] |= mask[1:] != mask[:-1]
+        edge[:, 1:] |= mask[:, 1:] != mask[:, :-1]
+        edge[:, :-1] |= mask[:, 1:] != mask[:, :-1]
+        out[edge] = 255
+    return out.astype(np.uint8)
+
+
+def track_overlay(frame: np.ndarray, positions: np.ndarray, visible: np.ndarray, t: int,
+                  trail: int = TRAIL_FRAMES) -> np.ndarray:
+    """Each query's trail over frames ``t - trail … t`` and its current position on ``frame``.
+
+    Args:
+        frame: ``(H, W, 3) uint8``.
+        positions: ``(N, T, 2)`` source pixels ``(x, y)``; ``visible``: ``(N, T)`` bool.
+        t: the frame drawn. An occluded point is an open circle; trails join visible positions.
+    """
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    radius = max(2, min(frame.shape[:2]) // 100)
+    n = positions.shape[0]
+    for q in range(n):
+        colour = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(q / max(n, 1), 0.85, 1.0))
+        seen = [tuple(map(float, positions[q, s])) for s in range(max(0, t - trail), t + 1) if visible[q, s]]
+        if len(seen) > 1:
+            draw.line(seen, fill=colour, width=max(1, radius // 2 + 1))
+        x, y = map(float, positions[q, t])
+        box = (x - radius, y - radius, x + radius, y + radius)
+        draw.ellipse(box, fill=colour if visible[q, t] else None, outline=colour)
+    return np.asarray(image)
+
+
+# ---------------------------------------------------------------- layout and writers
+
+
+def side_by_side(images: Sequence[np.ndarray], gap: int = 4, background: int = 255) -> np.ndarray:
+    """Images in a row, each scaled (bilinear) to the first one's height, ``gap`` pixels apart."""
+    H = images[0].shape[0]
+    scaled = [im if im.shape[0] == H else resize_image(im, (H, max(1, round(im.shape[1] * H / im.shape[0]))), True)
+              for im in images]
+    parts = []
+    for i, im in enumerate(scaled):
+        if i and gap:
+            parts.append(np.full((H, gap, 3), background, np.uint8))
+        parts.append(im)
+    return np.concatenate(parts, axis=1)
+
+
+def montage(frames: Sequence[np.ndarray], columns: int | None = None, gap: int = 4, background: int = 255) -> np.ndarray:
+    """Frames of one size on a grid (``columns`` per row; default about square)."""
+    n = len(frames)
+    if not n:
+        raise ValueError("montage of no frames")
+    columns = columns or int(np.ceil(np.sqrt(n)))
+    rows = -(-n // columns)
+    H, W = frames[0].shape[:2]
+    out = np.full((rows * H + (rows - 1) * gap, columns * W + (columns - 1) * gap, 3), background, np.uint8)
+    for i, f in enumerate(frames):
+        r, c = divmod(i, columns)
+        out[r * (H + gap):r * (H + gap) + H, c * (W + gap):c * (W + gap) + W] = f
+    return out
+
+
+def write_png(path: str | Path, image: np.ndarray, colours: int | None = None) -> Path:
+    """One ``(H, W, 3) uint8`` image to a PNG (or JPEG by suffix); parent folders are created.
+
+    ``colours`` (≤ 256) stores a palette PNG of that many colours: several times smaller, for
+    pictures committed to a repository.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
+    if colours:
+        image = image.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    image.save(path, optimize=path.suffix.lower() == ".png")
+    return path
+
+
+def write_gif(path: str | Path, frames: Iterable[np.ndarray], fps: float = 12.0) -> Path:
+    """An animated GIF (looping) of ``(H, W, 3) uint8`` frames, one shared palette for stable colours."""
+    from PIL import Image
+
+    images = [Image.fromarray(np.ascontiguousarray(f, dtype=np.uint8)) for f in frames]
+    if not images:
+        raise ValueError(f"{path}: no frames to write")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # one palette for all frames, from a sample of them, so a colour stays put from frame to frame
+    step = max(1, len(images) // GIF_PALETTE_FRAMES)
+    sample = np.concatenate([np.asarray(im) for im in images[::step]], axis=0)
+    palette = Image.fromarray(sample).quantize(GIF_MAX_COLOURS, method=Image.Quantize.MEDIANCUT)
+    converted = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
+    converted[0].save(path, save_all=True, append_images=converted[1:], duration=max(20, round(1000 / fps)),
+                      loop=0, optimize=False)
+    return path
+
+
+def write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: float = 12.0) -> Path:
+    """Write frames by the suffix of ``path``: ``.mp4``/``.mkv``/``.avi``/``.mov`` (PyAV), ``.gif``,
+    or ``.png``/``.jpg`` (one frame as is, several as a :func:`montage`).
+
+    The first frame is made before the file is opened, so an error in making it (a missing source,
+    say) leaves no broken file behind.
+    """
+    check_output(path)
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        raise ValueError(f"{path}: no frames to write")
+    frames = itertools.chain([first], frames)
+    suffix = Path(path).suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        from .encode import write_video
+
+        return write_video(path, frames, fps=fps)
+    if suffix == ".gif":
+        return write_gif(path, frames, fps)
+    frames = list(frames)
+    return write_png(path, frames[0] if len(frames) == 1 else montage(frames))
+
+
+def check_output(path: str | Path) -> Path:
+    """``path`` if :func:`write_frames` can write it (checked before any work), else ValueError."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in VIDEO_SUFFIXES + IMAGE_SUFFIXES + (".gif",):
+        raise ValueError(f"{path}: unknown output type {suffix or '(none)'}; use .mp4, .gif or .png")
+    return Path(path)
+
+
+# ---------------------------------------------------------------- from a store's Dataset
+
+
+def parse_frames(text: str | None, n_frames: int) -> np.ndarray:
+    """Frame positions from ``"3"``, ``"0,5,9"``, ``"10:20"`` or ``"::2"`` (Python slices; None = all).
+
+    Raises:
+        ValueError: not of those forms, or a frame outside ``0 … n_frames - 1``.
+    """
+    if text is None or not str(text).strip():
+        return np.arange(n_frames)
+    spec = str(text).strip()
+    try:
+        if ":" in spec:
+            parts = [int(p) if p.strip() else None for p in spec.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            picked = np.arange(n_frames)[slice(*parts)]
+        else:
+            picked = _frame_list(n_frames, [int(p) for p in spec.split(",")])
+    except ValueError as exc:
+        if "outside" in str(exc):
+            raise ValueError(f"--frames {spec!r}: {exc}") from None
+        raise ValueError(f"--frames {spec!r}: expected N, N,M,… or START:STOP[:STEP] "
+                         f"(the video has {n_frames} frames)") from None
+    if not len(picked):
+        raise ValueError(f"--frames {spec!r} selects no frame of the video's {n_frames}")
+    return picked
+
+
+def _sizes(ds: Any) -> tuple[int, int]:
+    return tuple(int(s) for s in ds.attrs["source_size"])
+
+
+def iter_source_frames(ds: Any, frames: Sequence[int] | None = None, batch: int = 16) -> Iterator[np.ndarray]:
+    """The source images of a Dataset's frames (``frames``: positions along ``frame``), decoded from
+    the source recorded at extraction at its native size, one ``(H, W, 3) uint8`` at a time.
+
+    Raises:
+        ValueError: the source is gone or has changed since extraction (on the first frame).
+    """
+    from .video import Resize, VideoDecodeError, VideoSource, open_video
+
+    info = ds.attrs
+    positions = _frame_list(ds.sizes["frame"], frames)
+    index = np.asarray(ds["frame_index"].values)[positions]
+    source = VideoSource(Path(info["source"]), info.get("video_id", ""), info.get("source_kind", "file"))
+    try:
+        # native size with a 1-pixel patch: exactly the source's size
+        with open_video(source, Resize("native"), 1, fps=float(info.get("fps") or 24.0)) as reader:
+            if tuple(reader.source_size) != _sizes(ds):
+                raise ValueError(f"{source.path}: frames are {reader.source_size[0]}×{reader.source_size[1]}, "
+                                 f"the store recorded {_sizes(ds)[0]}×{_sizes(ds)[1]}; the source changed "
+                                 "since extraction")
+            if len(index) and int(index.max()) >= reader.n_frames:
+                raise ValueError(f"{source.path}: {reader.n_frames} frames, the store refers to frame "
+                                 f"{int(index.max())}; the source changed since extraction")
+            unique = np.unique(index)
+            if np.array_equal(unique, index):  # increasing: stream batch by batch
+                for _, chunk in reader.batches(index, batch):
+                    yield from chunk
+                return
+            decoded: dict[int, np.ndarray] = {}  # any other order: decode forward once, then pick
+            for idx, chunk in reader.batches(unique, batch):
+                decoded.update(zip(map(int, idx), chunk))
+            for i in index:
+                yield decoded[int(i)]
+    except VideoDecodeError as exc:
+        raise ValueError(f"{exc} (overlays draw on the source frames)") from None
+
+
+def source_frames(ds: Any, frames: Sequence[int] | None = None) -> np.ndarray:
+    """:func:`iter_source_frames` stacked: ``(N, H, W, 3) uint8``."""
+    out = list(iter_source_frames(ds, frames))
+    return np.stack(out) if out else np.empty((0, *_sizes(ds), 3), np.uint8)
+
+
+def video_fps(ds: Any) -> float:
+    """The frame rate of a Dataset's stored frames (the source's, divided by the sampling stride)."""
+    stride = int((ds.attrs.get("sampling") or {}).get("stride") or 1)
+    return float(ds.attrs.get("fps") or 24.0) / stride
+
+
+def render_pca(ds: Any, frames: Sequence[int] | None = None, with_source: bool = False,
+               fit: PCAFit | None = None) -> Iterator[np.ndarray]:
+    """PCA colour frames of a Dataset at the source size (fitted over the whole video), optionally
+    beside the source frame."""
+    fit = fit or fit_pca(ds["features"])
+    pcas = iter_pca_frames(ds["features"], frames, _sizes(ds), fit)
+    if not with_source:
+        yield from pcas
+        return
+    for src, pca in zip(iter_source_frames(ds, frames), pcas):
+        yield side_by_side([src, pca])
+
+
+def render_similarity(ds: Any, x: float, y: float, t: int, frames: Sequence[int] | None = None,
+                      on_source: bool = True) -> Iterator[np.ndarray]:
+    """Heat-maps of the cosine similarity to the feature at source pixel ``(x, y)`` of frame ``t``,
+    one colour range for the whole video, over the source frames (or alone)."""
+    query = query_feature(ds, x, y, t)
+    positions = _frame_list(ds.sizes["frame"], frames)
+    # maps are small (T, h, w); the features behind them are read a few frames at a time
+    maps = np.concatenate([cosine_map(ds["features"].isel(frame=positions[a:a + 16]), query)
+                           for a in range(0, len(positions), 16)]) if len(positions) else np.empty((0, 1, 1))
+    low, high = similarity_range(maps)
+    if not on_source:
+        for m in maps:
+            yield heatmap(m, _sizes(ds), low, high)
+        return
+    for pos, m, src in zip(positions, maps, iter_source_frames(ds, positions)):
+        yield similarity_overlay(src, m, point=(x, y) if pos == t else None, low=low, high=high)
+
+
+def render_masks(ds: Any, frames: Sequence[int] | None = None) -> Iterator[np.ndarray]:
+    """The store's propagated masks (``liftvid propagate``) over the source frames."""
+    if "masks" not in ds:
+        raise ValueError(f"video {ds.attrs.get('video_id')!r} has no masks in the store; "
+                         "run `liftvid propagate` on it first")
+    positions = _frame_list(ds.sizes["frame"], frames)
+    for pos, src in zip(positions, iter_source_frames(ds, positions)):
+        yield mask_overlay(src, np.asarray(ds["masks"].isel(frame=int(pos)).values))
+
+
+def render_tracks(ds: Any, frames: Sequence[int] | None = None, trail: int = TRAIL_FRAMES) -> Iterator[np.ndarray]:
+    """The store's tracks (``liftvid track``) with trails over the source frames."""
+    if "tracks_positions" not in ds:
+        raise ValueError(f"video {ds.attrs.get('video_id')!r} has no tracks in the store; "
+                         "run `liftvid track` on it first")
+    positions = np.asarray(ds["tracks_positions"].values)
+    visible = np.asarray(ds["tracks_visible"].values).astype(bool)
+    picked = _frame_list(ds.sizes["frame"], frames)
+    for pos, src in zip(picked, iter_source_frames(ds, picked)):
+        yield track_overlay(src, positions, visible, int(pos), trail)

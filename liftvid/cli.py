@@ -531,6 +531,83 @@ def train(
 
 # ---- viz (issue 5) ------------------------------------------------------------------------------
 
+viz_app = typer.Typer(help="Pictures of a store's features: PCA colours, similarity to a point, masks, tracks.\n\n"
+                           "Each writes an .mp4, a .gif, or a .png (several frames make a contact sheet).",
+                      no_args_is_help=True)
+app.add_typer(viz_app, name="viz")
+
+_VizStore = Annotated[str, typer.Argument(help="A liftvid Zarr store (path or URL).", show_default=False)]
+_VizVideo = Annotated[str, typer.Option("--video", help="Video id in the store (see `liftvid info`).", show_default=False)]
+_VizOut = Annotated[Path, typer.Option("--out", help="Output file: .mp4, .gif or .png.", show_default=False)]
+_VizFrames = Annotated[Optional[str], typer.Option(help="Stored frames to draw: N, N,M,… or START:STOP[:STEP] (positions, not source numbers). Default: all.")]
+_VizFps = Annotated[Optional[float], typer.Option(help="Frame rate of an .mp4/.gif. Default: the stored frames' rate.")]
+
+
+def _viz_write(store: str, video: str, out: Path, frames: Optional[str], fps: Optional[float], render) -> None:
+    """Open the video, pick the frames, render and write; every bad input is one error line."""
+    from . import viz
+    from .store import open_store
+
+    try:
+        viz.check_output(out)
+        ds = open_store(store)[video]
+        picked = viz.parse_frames(frames, ds.sizes["frame"])
+        path = viz.write_frames(out, render(ds, picked), fps or viz.video_fps(ds))
+    except ValueError as exc:
+        fail(str(exc))
+    console(stderr=True).print(f"{path}: {len(picked)} frames of {video}")
+
+
+@viz_app.command("pca")
+def viz_pca(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames = None, fps: _VizFps = None,
+            with_source: Annotated[bool, typer.Option("--with-source", help="Put the source frame beside each PCA frame.")] = False) -> None:
+    """Colour features by their first three principal components, at the source size.
+
+    The components are fitted over the whole video, so a colour means the same feature in every frame.
+
+    Example: liftvid viz pca out.zarr --video bear --out pca.mp4
+    """
+    from . import viz
+
+    _viz_write(store, video, out, frames, fps, lambda ds, picked: viz.render_pca(ds, picked, with_source))
+
+
+@viz_app.command("similarity")
+def viz_similarity(store: _VizStore, video: _VizVideo, out: _VizOut,
+                   point: Annotated[str, typer.Option(help="Query point X,Y,T: source pixels (0,0 = top-left corner) in stored frame T.", show_default=False)],
+                   frames: _VizFrames = None, fps: _VizFps = None,
+                   on_source: Annotated[bool, typer.Option("--on-source/--no-source", help="Draw the heat-map over the source frames, or alone.")] = True) -> None:
+    """Heat-map of the cosine similarity of every cell to the feature at one point.
+
+    Example: liftvid viz similarity out.zarr --video bear --point 320,200,0 --out sim.mp4
+    """
+    from . import viz
+
+    try:
+        x, y, t = (float(v) for v in point.split(","))
+        if t != int(t):
+            raise ValueError
+    except ValueError:
+        fail(f"--point {point!r}: expected X,Y,T, e.g. --point 320,200,0 (T a stored frame)")
+    _viz_write(store, video, out, frames, fps, lambda ds, picked: viz.render_similarity(ds, x, y, int(t), picked, on_source))
+
+
+@viz_app.command("masks")
+def viz_masks(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames = None, fps: _VizFps = None) -> None:
+    """Overlay the masks `liftvid propagate` stored for the video on its source frames (DAVIS colours)."""
+    from . import viz
+
+    _viz_write(store, video, out, frames, fps, viz.render_masks)
+
+
+@viz_app.command("tracks")
+def viz_tracks(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames = None, fps: _VizFps = None,
+               trail: Annotated[int, typer.Option(help="Frames of trail behind each point.", min=0)] = 12) -> None:
+    """Draw the tracks `liftvid track` stored for the video, with trails, on its source frames."""
+    from . import viz
+
+    _viz_write(store, video, out, frames, fps, lambda ds, picked: viz.render_tracks(ds, picked, trail))
+
 
 # ---- cluster (issue 6) --------------------------------------------------------------------------
 

@@ -307,3 +307,22 @@ def test_corrupt_video_among_inputs_is_skipped_and_named(video_dir, tmp_path):
     result = _train_cli([inputs], tmp_path / "cli.pt")
     assert result.exit_code == 1 and "skipped" in result.output and "corrupt.mp4" in result.output
     assert (tmp_path / "cli.pt").is_file()  # training went on
+
+
+def test_train_bench_workflow_runs(video_dir, tmp_path, capsys):
+    """workflows/train_bench.py (the closing-note benchmark) on a tiny run: all three numbers come out."""
+    import importlib.util
+    import json
+
+    path = Path(__file__).resolve().parents[1] / "workflows" / "train_bench.py"
+    spec = importlib.util.spec_from_file_location("train_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main([str(video_dir), "--backbone", TINY_VIT, "--size", "64", "--device", "cpu", "--epochs", "1",
+                         "--batch-size", "4", "--frames-per-video", "4", "--held-out", "2", "--workers", "1",
+                         "--model-steps", "1", "--json", str(tmp_path / "r.json")])
+    assert result["model_images_per_s"] > 0 and result["train_images_per_s"] > 0
+    assert result["held_out_frames"] == 2 and result["held_out_lift_cosine"] is not None
+    assert json.loads((tmp_path / "r.json").read_text())["epochs"][0]["steps"] == 2
+    out = capsys.readouterr().out
+    assert "(a) model only" in out and "(b) training, end to end" in out and "(c) held-out cosine" in out

@@ -224,8 +224,9 @@ def test_init_from_a_released_style_checkpoint(train_videos, tmp_path):
     assert recorder.epochs[0].steps == 2
 
 
-def test_patch14_trains_and_extracts(video_dir, tmp_path):
-    name = "vit_small_patch14_dinov2"
+@pytest.mark.parametrize("name", ["vit_small_patch14_dinov2", "vit_small_patch14_reg4_dinov2"])
+def test_patch14_trains_and_extracts(video_dir, tmp_path, name):
+    """DINOv2's patch 14 (the adapter resamples LiFT's image branch), with and without register tokens."""
     options = replace(TINY, backbone=name, size=56, epochs=1, frames_per_video=2, held_out=2)
     summary = train_lift([video_dir], tmp_path / "lift14.pt", options)
     assert summary.epochs[0].held_out_lift is not None

@@ -424,6 +424,11 @@ def eval_tapvid_queries(
 # ---- train (issue 3) ----------------------------------------------------------------------------
 
 
+def _naming(source: str, error: str) -> str:
+    """One line naming the file once (decode errors usually start with the path already)."""
+    return error if error.startswith(source) else f"{source}: {error}"
+
+
 class _RichTrainProgress:
     """Renders :class:`liftvid.train.TrainProgress` events: a bar per epoch with loss and images/s,
     then one line per epoch with the held-out check."""
@@ -443,7 +448,7 @@ class _RichTrainProgress:
         self.console.print(f"[yellow]note:[/] {text}")
 
     def skipped(self, source: str, error: str) -> None:
-        self.console.print(f"[red]skipped[/] {source}: {error}")
+        self.console.print(f"[red]skipped[/] {_naming(source, error)}")
 
     def epoch_started(self, epoch: int, steps: int) -> None:
         import time
@@ -524,7 +529,7 @@ def train(
                   f"{summary.frames_available} frames ({summary.held_out_frames} held out); use it with "
                   f"`liftvid extract … --backbone {backbone} --lift {out}`")
     for source, error in summary.skipped:
-        console.print(f"[red]skipped[/] {source}: {error}")
+        console.print(f"[red]skipped[/] {_naming(source, error)}")
     if summary.skipped:
         raise typer.Exit(1)
 

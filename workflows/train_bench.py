@@ -72,7 +72,7 @@ class _Printer:
         print(f"note: {text}", flush=True)
 
     def skipped(self, source, error):
-        print(f"skipped {source}: {error}", flush=True)
+        print(f"skipped {error if error.startswith(source) else f'{source}: {error}'}", flush=True)
 
     def epoch_started(self, epoch, steps):
         pass

@@ -424,9 +424,17 @@ def eval_tapvid_queries(
 # ---- train (issue 3) ----------------------------------------------------------------------------
 
 
+def _esc(value) -> str:
+    """``value`` as literal text in rich markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def _naming(source: str, error: str) -> str:
-    """One line naming the file once (decode errors usually start with the path already)."""
-    return error if error.startswith(source) else f"{source}: {error}"
+    """One line naming the file once (decode errors usually start with the path already), escaped
+    for rich markup (a path may hold brackets: "clip[1].mp4")."""
+    return _esc(error if error.startswith(source) else f"{source}: {error}")
 
 
 class _RichTrainProgress:
@@ -445,7 +453,7 @@ class _RichTrainProgress:
         self.epochs = epochs
 
     def message(self, text: str) -> None:
-        self.console.print(f"[yellow]note:[/] {text}")
+        self.console.print(f"[yellow]note:[/] {_esc(text)}")
 
     def skipped(self, source: str, error: str) -> None:
         self.console.print(f"[red]skipped[/] {_naming(source, error)}")
@@ -469,7 +477,7 @@ class _RichTrainProgress:
         check = (f"held-out cosine to f(x): LiFT {stats.held_out_lift:.4f} vs bilinear {stats.held_out_bilinear:.4f}"
                  if stats.held_out_lift is not None else "no held-out frames")
         self.console.print(f"epoch {stats.epoch}/{self.epochs}: loss {stats.loss:.4f}, "
-                           f"{stats.images_per_second:,.1f} images/s; {check}; saved {stats.checkpoint}")
+                           f"{stats.images_per_second:,.1f} images/s; {check}; saved {_esc(stats.checkpoint)}")
 
 
 @app.command()
@@ -506,7 +514,7 @@ def train(
 
     from .train import TrainOptions, train_lift
 
-    console = Console(stderr=True, highlight=False)
+    console = Console(stderr=True, highlight=False, soft_wrap=True)  # one unbroken line per message
     if weights == "random":
         console.print("[yellow]warning:[/] --weights random: the backbone is randomly initialised; "
                       "its features mean nothing (smoke runs and benchmarks only)")
@@ -525,9 +533,9 @@ def train(
     except KeyboardInterrupt:
         fail(f"interrupted: {out} holds the last finished epoch (if any); rerun with --resume to continue", code=130)
     steps = summary.epochs[-1].steps if summary.epochs else 0
-    console.print(f"{out}: {len(summary.epochs)} epochs trained ({steps} steps) in {summary.seconds:.1f} s on "
+    console.print(f"{_esc(out)}: {len(summary.epochs)} epochs trained ({steps} steps) in {summary.seconds:.1f} s on "
                   f"{summary.frames_available} frames ({summary.held_out_frames} held out); use it with "
-                  f"`liftvid extract … --backbone {backbone} --lift {out}`")
+                  f"`liftvid extract … --backbone {_esc(backbone)} --lift {_esc(out)}`")
     for source, error in summary.skipped:
         console.print(f"[red]skipped[/] {_naming(source, error)}")
     if summary.skipped:

@@ -298,15 +298,15 @@ def test_corrupt_video_among_inputs_is_skipped_and_named(video_dir, tmp_path):
     inputs = tmp_path / "mixed"
     inputs.mkdir()
     shutil.copy(video_dir / "clip_a.mp4", inputs / "good.mp4")
-    (inputs / "corrupt.mp4").write_bytes((video_dir / "clip_b.mp4").read_bytes()[:300])
+    (inputs / "corrupt[1].mp4").write_bytes((video_dir / "clip_b.mp4").read_bytes()[:300])
     recorder = Recorder()
     summary = train_lift([inputs], tmp_path / "lift.pt", replace(TINY, epochs=1), recorder)
-    assert [Path(s).name for s, _ in recorder.skips] == ["corrupt.mp4"]
+    assert [Path(s).name for s, _ in recorder.skips] == ["corrupt[1].mp4"]
     assert summary.epochs[0].images > 0 and (tmp_path / "lift.pt").is_file()
     _, meta = read_lift_file(tmp_path / "lift.pt")
-    assert [Path(s).name for s in meta["data"]["skipped"]] == ["corrupt.mp4"]
+    assert [Path(s).name for s in meta["data"]["skipped"]] == ["corrupt[1].mp4"]
     result = _train_cli([inputs], tmp_path / "cli.pt")
-    assert result.exit_code == 1 and "skipped" in result.output and "corrupt.mp4" in result.output
+    assert result.exit_code == 1 and "skipped" in result.output and "corrupt[1].mp4" in result.output
     assert (tmp_path / "cli.pt").is_file()  # training went on
 
 

@@ -417,8 +417,9 @@ def _extra_variables(group) -> dict:
 class FeatureStore:
     """A liftvid store opened for analysis: a read-only mapping ``video_id → xarray.Dataset``.
 
-    Holds the complete videos only (``.failed`` lists those whose extraction failed). Nothing but
-    the attributes is read until a Dataset's arrays are computed.
+    Holds the complete videos only (``.failed`` lists those whose extraction failed). Opening a
+    video reads its attributes and its small ``frame_index``/``timestamps`` arrays (the coordinates);
+    features, masks and tracks are read only when computed.
 
     Example::
 

@@ -153,3 +153,11 @@ def test_failed_video_is_listed_apart(video_dir, extractor, tmp_path):
     assert store.videos == ["clip_a"] and "broken" in store.failed
     with pytest.raises(st.StoreError, match="broken.*failed"):
         store["broken"]
+
+
+def test_url_store(video_dir, extractor):
+    url = "memory://liftvid-open-store-test"
+    options = ExtractOptions(backbone=TINY_VIT, weights="random", device="cpu", batch_size=4, resize="square:32")
+    extract_videos([video_dir / "clip_b.mp4"], url, options, extractor=extractor)
+    ds = liftvid.open_store(url)["clip_b"]
+    assert ds.sizes["frame"] == 9 and ds.features.isel(frame=8).values.shape == (2, 2, 192)

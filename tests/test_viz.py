@@ -172,3 +172,27 @@ def test_cli_bad_inputs_are_one_line(store_path, tmp_path, args, message):
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and message in lines[0], result.output
     assert not out.exists()
+
+
+def test_cli_masks_and_tracks_draw_what_the_store_holds(video_dir, tmp_path):
+    import zarr
+
+    path = tmp_path / "s.zarr"
+    options = ExtractOptions(backbone=TINY_VIT, weights="random", device="cpu", batch_size=4, resize="square:32")
+    extract_videos([video_dir / "clip_b.mp4"], path, options)
+    group = zarr.open_group(str(path), mode="r+")["clip_b"]  # as propagate and track write them
+    masks = group.create_array("masks", shape=(9, 80, 64), dtype="uint8", dimension_names=("frame", "height", "width"))
+    masks[:, 10:30, 10:30] = 1
+    tracks = group.create_group("tracks", attributes={"liftvid": {"status": "complete"}})
+    tracks.create_array("positions", shape=(1, 9, 2), dtype="float32", dimension_names=("query", "frame", "xy"))[:] = 40
+    tracks.create_array("visible", shape=(1, 9), dtype="bool", dimension_names=("query", "frame"))[:] = True
+    for command in ("masks", "tracks"):
+        out = tmp_path / f"{command}.png"
+        result = runner.invoke(app, ["viz", command, str(path), "--video", "clip_b", "--out", str(out), "--frames", "2"])
+        assert result.exit_code == 0, result.output
+        image = np.asarray(Image.open(out))
+        assert image.shape == (80, 64, 3)
+        if command == "masks":
+            assert image[20, 20, 0] > image[20, 20, 1]  # object 1: DAVIS red
+        else:
+            assert (image[40, 40] != image[75, 5]).any()

@@ -17,9 +17,12 @@ keeps every source tied with the k-th value; here exactly k are kept (ties in re
 vanishingly rare).
 
 Speed: the affinities and their top-k depend on features alone, so they are computed for a whole
-chunk of target frames at once (batched matmuls over row bands of the grid, each band against
-only the source rows its neighbourhood can reach); only the label mixing (a gather of k rows per
-cell) runs frame by frame. Features stream in chunks, so memory is bounded whatever the length.
+chunk of target frames at once; only the label mixing (a gather of k rows per cell) runs frame by
+frame. The grid is cut into square tiles of targets, each matched only against the window of
+sources its neighbourhood reaches; each previous frame's window is multiplied with the targets of
+the ``n_last`` frames that follow it in one tall matmul; the top-k is exact but never sorts more
+than a few dozen values per cell (:class:`_ChunkAffinity`). Features stream in chunks, so memory is
+bounded whatever the length of the video.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ N_LAST = 7
 TOPK = 5
 RADIUS = 12
 TEMPERATURE = 0.1
-CHUNK_BYTES = 256 << 20  # bound on the feature buffer + per-chunk affinity state
+CHUNK_BYTES = 512 << 20  # bound on the feature buffers of one chunk of frames
+SIMS_BYTES = 64 << 20  # bound on one tile's similarities for a sub-batch of a chunk's frames
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -53,106 +57,215 @@ def _compute_dtype(features: Any) -> torch.dtype:
     return torch.float64 if dtype in (torch.float64, np.float64, np.dtype("float64")) else torch.float32
 
 
-def _bands(h: int, w: int, radius: int | None) -> list[tuple[int, int, int, int, torch.Tensor | None]]:
-    """Row bands ``(y0, y1, s0, s1, valid)``: target rows [y0, y1) see source rows [s0, s1).
-
-    ``valid`` is the ``(band cells, source cells)`` neighbourhood mask (None: all valid).
-    """
+def _windows(n: int, step: int, radius: int | None) -> list[tuple[int, int, int, int]]:
+    """Bands ``(t0, t1, s0, s1)`` of one grid axis: targets [t0, t1) see sources [s0, s1)."""
     if not radius or radius <= 0:
-        return [(0, h, 0, h, None)]
-    # short bands skip more unreachable source rows; long bands make bigger matmuls
-    band = max(2, radius // 2)
-    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    ys, xs = ys.reshape(-1), xs.reshape(-1)
-    out = []
-    for y0 in range(0, h, band):
-        y1 = min(h, y0 + band)
-        s0, s1 = max(0, y0 - radius), min(h, y1 + radius)
-        ty, tx = ys[y0 * w:y1 * w], xs[y0 * w:y1 * w]
-        sy, sx = ys[s0 * w:s1 * w], xs[s0 * w:s1 * w]
-        valid = ((ty[:, None] - sy[None, :]).abs() <= radius) & ((tx[:, None] - sx[None, :]).abs() <= radius)
-        out.append((y0, y1, s0, s1, None if bool(valid.all()) else valid))
-    return out
+        return [(0, n, 0, n)]
+    return [(t0, min(n, t0 + step), max(0, t0 - radius), min(n, t0 + step + radius))
+            for t0 in range(0, n, step)]
+
+
+@dataclass
+class _Tile:
+    """Targets rows [y0, y1) × columns of column band ``band``; sources rows [s0, s1) of that
+    band's source window (``nc`` columns). ``bias`` is 0 inside the neighbourhood, -inf outside
+    (None: every source is a neighbour)."""
+
+    band: int
+    y0: int
+    y1: int
+    s0: int
+    s1: int
+    nc: int
+    targets: torch.Tensor  # (M,) grid cell of each target
+    sources: torch.Tensor  # (nr * nc,) grid cell of each source
+    bias: torch.Tensor | None
+
+
+class _Tiling:
+    """The grid cut into tiles of targets, each with the window of sources its neighbourhood
+    reaches. The features of every column band are copied once per chunk, so that each frame's
+    source window of a tile is a plain strided view (no gather per tile and frame)."""
+
+    def __init__(self, h: int, w: int, radius: int | None, tile: int):
+        self.h, self.w = h, w
+        self.cols = _windows(w, tile, radius)  # (x0, x1, c0, c1)
+        self.tiles: list[_Tile] = []
+        cell = torch.arange(h * w).view(h, w)
+        for band, (x0, x1, c0, c1) in enumerate(self.cols):
+            for y0, y1, s0, s1 in _windows(h, tile, radius):
+                ty, tx = torch.meshgrid(torch.arange(y0, y1), torch.arange(x0, x1), indexing="ij")
+                sy, sx = torch.meshgrid(torch.arange(s0, s1), torch.arange(c0, c1), indexing="ij")
+                ty, tx, sy, sx = ty.reshape(-1), tx.reshape(-1), sy.reshape(-1), sx.reshape(-1)
+                bias = None
+                if radius and radius > 0:
+                    valid = ((ty[:, None] - sy[None]).abs() <= radius) & ((tx[:, None] - sx[None]).abs() <= radius)
+                    if not bool(valid.all()):
+                        bias = torch.zeros(valid.shape).masked_fill_(~valid, float("-inf"))
+                self.tiles.append(_Tile(band, y0, y1, s0, s1, c1 - c0, cell[y0:y1, x0:x1].reshape(-1),
+                                        cell[s0:s1, c0:c1].reshape(-1), bias))
+        self._cache: dict[tuple, list[_Tile]] = {}
+
+    def on(self, dtype: torch.dtype, device: torch.device) -> list[_Tile]:
+        key = (dtype, device)
+        if key not in self._cache:
+            self._cache[key] = [_Tile(t.band, t.y0, t.y1, t.s0, t.s1, t.nc, t.targets.to(device), t.sources.to(device),
+                                      None if t.bias is None else t.bias.to(device=device, dtype=dtype))
+                                for t in self.tiles]
+        return self._cache[key]
+
+    def source_bands(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """``(n, h, w, C)`` → per column band its source window columns, contiguous."""
+        return [x if (c0, c1) == (0, self.w) else x[:, :, c0:c1].contiguous() for _, _, c0, c1 in self.cols]
+
+
+def default_tile(device: torch.device) -> int:
+    """Tile side in cells: small tiles skip more sources outside the neighbourhood, big ones make
+    bigger matmuls; 7 suits a CPU, the GPU prefers fewer, bigger products."""
+    return 7 if device.type == "cpu" else 14
 
 
 def chunk_length(grid_size: tuple[int, int], channels: int, n_last: int = N_LAST, topk: int = TOPK,
                  budget_bytes: int = CHUNK_BYTES) -> int:
-    """Target frames per chunk so that one chunk's buffers stay within ``budget_bytes``."""
+    """Target frames per chunk so that one chunk's buffers stay within ``budget_bytes``: features
+    (read, column-band copies and the carried context) and the top-k state."""
     n = grid_size[0] * grid_size[1]
-    per_frame = n * channels * 4 + n * (n_last + 1) * topk * 12 + n * topk * 24
+    # read + normalised + carried context + column-band copies (≤ 4× for radius-12 windows) + tiles
+    per_frame = n * channels * 4 * 8 + n * topk * 24
     return int(max(1, min(256, budget_bytes // per_frame)))
 
 
 def _read(features: Any, a: int, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Frames [a, b) as ``(b - a, N, C)`` L2-normalised ``dtype`` on ``device``."""
+    """Frames [a, b) as ``(b - a, h, w, C)`` L2-normalised ``dtype`` on ``device`` (NaN and
+    infinities, which a damaged store can hold, become 0: such a cell matches nothing well)."""
     x = _as_tensor(features[a:b]).to(device=device, dtype=dtype)
-    return F.normalize(x.reshape(x.shape[0], -1, x.shape[-1]), dim=-1)
+    return F.normalize(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), dim=-1)
 
 
 class _ChunkAffinity:
-    """Top-k sources of every target cell of a chunk of frames: values, context slot and cell."""
+    """Top-k sources of every target cell of a chunk of frames: values, context slot and cell.
 
-    def __init__(self, bands, n_cells: int, w: int, n_slots: int, topk: int):
-        self.bands, self.n, self.w, self.slots, self.k = bands, n_cells, w, n_slots, topk
-        self._bias: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+    Matmuls, per tile: frame 0's window against every target of the chunk at once; and each
+    previous frame's window against the targets of the ``n_last`` frames that follow it, stacked
+    into one tall product (the frames share that source), batched over source frames.
 
-    def _band_bias(self, i: int, valid: torch.Tensor, dtype, device) -> torch.Tensor:
-        key = (i, dtype, device)
-        if key not in self._bias:
-            zero = torch.zeros((), dtype=dtype, device=device)
-            self._bias[key] = torch.where(valid.to(device), zero, torch.tensor(float("-inf"), dtype=dtype, device=device))
-        return self._bias[key]
+    Top-k, exact, in three small steps instead of one over all context × window sources. The k
+    largest values of a set lie in the k groups of a partition with the largest maxima (any other
+    value is below k group maxima, k distinct values), so: the maximum over the context slots per
+    source cell (elementwise; the neighbourhood is one -inf bias, the same for every slot, added
+    to it), its maximum per window column, the top-k columns → their cells → the top-k cells →
+    their per-slot values → the top-k. Nothing loops over cells.
+    """
+
+    def __init__(self, h: int, w: int, radius: int | None, n_slots: int, topk: int, tile: int,
+                 sims_bytes: int | None = None):
+        self.tiling = _Tiling(h, w, radius, tile)
+        self.n, self.slots, self.k = h * w, n_slots, topk
+        self.sims_bytes = SIMS_BYTES if sims_bytes is None else sims_bytes
 
     def __call__(self, targets: torch.Tensor, first: torch.Tensor, previous: torch.Tensor,
                  start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Top-k over all context of each target cell.
 
         Args:
-            targets: ``(B, N, C)`` normalised features of the target frames t = a … a+B-1.
-            first: ``(N, C)`` frame 0. previous: ``(n_last + B, N, C)``: frames a-n_last … a+B-1
-                (rows of frames < 1 are never read as sources).
+            targets: ``(B, h, w, C)`` normalised features of the target frames t = a … a+B-1.
+            first: ``(1, h, w, C)`` frame 0. previous: ``(n_last + B, h, w, C)``: frames
+                a-n_last … a+B-1 (frames < 1 are never read as sources).
             start: a, the first target frame (≥ 1).
 
         Returns:
             values ``(B, N, k)`` cosines (-inf where fewer than k sources exist), slot ``(B, N, k)``
             (0 = frame 0, d = frame t-d), cell ``(B, N, k)`` source cell index.
         """
-        B, N, _ = targets.shape
-        n_last = self.slots - 1
+        B, C = targets.shape[0], targets.shape[-1]
+        L, k = self.slots - 1, self.k  # L = n_last
         dev, dt = targets.device, targets.dtype
-        k = self.k
-        vals = torch.full((B, N, self.slots, k), float("-inf"), dtype=dt, device=dev)
-        cells = torch.zeros((B, N, self.slots, k), dtype=torch.long, device=dev)
-        for i, (y0, y1, s0, s1, valid) in enumerate(self.bands):
-            t0, t1, c0, c1 = y0 * self.w, y1 * self.w, s0 * self.w, s1 * self.w
-            tgt = targets[:, t0:t1]
-            kk = min(k, c1 - c0)
-            bias = None if valid is None else self._band_bias(i, valid, dt, dev)
-            for slot in range(self.slots):
-                if slot == 0:
-                    src = first[c0:c1].T.unsqueeze(0).expand(B, -1, -1)
-                    rows = slice(0, B)
-                else:
-                    j0 = min(B, max(0, slot + 1 - start))  # targets whose frame t-slot is ≥ 1
-                    if j0 == B:
-                        continue
-                    rows = slice(j0, B)
-                    src = previous[n_last - slot + j0:n_last - slot + B, c0:c1].transpose(1, 2)
-                t = tgt[rows]
-                sim = torch.bmm(t, src) if bias is None else torch.baddbmm(bias, t, src)
-                v, c = sim.topk(kk, dim=-1)
-                vals[rows, t0:t1, slot, :kk] = v
-                cells[rows, t0:t1, slot, :kk] = c + c0
-        vals = vals.reshape(B, N, self.slots * k)
-        best, pos = vals.topk(k, dim=-1)
-        cell = cells.reshape(B, N, self.slots * k).gather(-1, pos)
-        return best, pos // k, cell
+        vals = torch.full((B, self.n, k), float("-inf"), dtype=dt, device=dev)
+        slots = torch.zeros((B, self.n, k), dtype=torch.long, device=dev)
+        cells = torch.zeros((B, self.n, k), dtype=torch.long, device=dev)
+        tiling = self.tiling
+        src_bands = tiling.source_bands(previous) if L else None
+        first_bands = tiling.source_bands(first)
+        first_valid = max(0, L + 1 - start)  # previous[i] is frame start - L + i: a source once ≥ 1
+        for tile in tiling.on(dt, dev):
+            x0, x1 = tiling.cols[tile.band][:2]
+            tgt = targets[:, tile.y0:tile.y1, x0:x1].reshape(B, -1, C).contiguous()
+            M, win, nr, nc = tgt.shape[1], tile.sources.numel(), tile.s1 - tile.s0, tile.nc
+            src0 = first_bands[tile.band][0, tile.s0:tile.s1].reshape(win, C).T
+            srcs = src_bands[tile.band][:, tile.s0:tile.s1].reshape(L + B, win, C) if L else None
+            per_frame = (1 + L) * M * win * tgt.element_size()
+            # sub-batches of ≥ 4·n_last frames: sources at their edges make shorter products
+            step = max(4 * L, 1, self.sims_bytes // per_frame)
+            kc = min(k, nc)
+            for b0 in range(0, B, step):
+                b1 = min(B, b0 + step)
+                sb = b1 - b0
+                # slot 0: frame 0 against every target of the sub-batch
+                sims0 = torch.mm(tgt[b0:b1].view(sb * M, C), src0).view(sb, M, win)
+                slot_views = [sims0]
+                if L:
+                    # by source: prev[i] (i in [b0, b1 + L - 1)) against targets j = i - L + 1 + e,
+                    # e = slot - 1 in [0, L): bysrc[i - b0, e] is slot e + 1 of target j
+                    bysrc = torch.empty((sb + L - 1, L, M, win), dtype=dt, device=dev)
+                    full_lo, full_hi = max(b0 + L - 1, first_valid), b1  # sources with all L targets in range
+                    if full_hi > full_lo:
+                        n = full_hi - full_lo
+                        tall = tgt.as_strided((n, L * M, C), (M * C, C, 1),
+                                              tgt.storage_offset() + (full_lo - L + 1) * M * C)
+                        torch.bmm(tall, srcs[full_lo:full_hi].transpose(1, 2),
+                                  out=bysrc[full_lo - b0:full_hi - b0].view(n, L * M, win))
+                    for i in range(b0, b1 + L - 1):
+                        if full_lo <= i < full_hi:
+                            continue
+                        j_lo, j_hi = max(b0, i - L + 1), min(b1, i + 1)  # its targets in the sub-batch
+                        e_lo, e_hi = j_lo - (i - L + 1), j_hi - (i - L + 1)
+                        block = bysrc[i - b0, e_lo:e_hi].view(-1, win)
+                        if i < first_valid:
+                            block.fill_(float("-inf"))
+                        else:
+                            torch.mm(tgt[j_lo:j_hi].view(-1, C), srcs[i].T, out=block)
+                    # slot d of targets b0 … b1-1: sources b0 + L - d … b1 - 1 + L - d
+                    slot_views += [bysrc[L - d:L - d + sb, d - 1] for d in range(1, L + 1)]
+                cell_max = sims0.clone()  # (sb, M, win): best over the slots per source cell
+                for view in slot_views[1:]:
+                    torch.maximum(cell_max, view, out=cell_max)
+                if tile.bias is not None:
+                    cell_max += tile.bias
+                grid_max = cell_max.view(sb, M, nr, nc)
+                col = _max_dim(grid_max, 2).topk(kc, dim=-1).indices  # (sb, M, kc) window columns
+                in_cols = grid_max.gather(-1, col.unsqueeze(2).expand(sb, M, nr, kc)).reshape(sb, M, nr * kc)
+                kcell = min(k, nr * kc)
+                p = in_cols.topk(kcell, dim=-1).indices
+                cell = (p // kc) * nc + col.gather(-1, p % kc)  # (sb, M, kcell) window cells
+                per_slot = torch.stack([view.gather(-1, cell) for view in slot_views], dim=-1)
+                if tile.bias is not None:
+                    per_slot += tile.bias.expand(sb, M, win).gather(-1, cell).unsqueeze(-1)
+                ke = min(k, kcell * (L + 1))
+                v, q = per_slot.view(sb, M, kcell * (L + 1)).topk(ke, dim=-1)
+                vals[b0:b1, tile.targets, :ke] = v
+                slots[b0:b1, tile.targets, :ke] = q % (L + 1)
+                cells[b0:b1, tile.targets, :ke] = tile.sources[cell.gather(-1, q // (L + 1))]
+        return vals, slots, cells
+
+
+def _max_dim(x: torch.Tensor, dim: int) -> torch.Tensor:
+    """``x.amax(dim)`` as a tree of elementwise maxima (several times faster on CPU for the short
+    reductions here; the same values)."""
+    n = x.shape[dim]
+    while n > 1:
+        half = n // 2
+        m = torch.maximum(x.narrow(dim, 0, half), x.narrow(dim, n - half, half))
+        if n % 2:  # the middle element is in neither half
+            middle = m.narrow(dim, 0, 1)
+            torch.maximum(middle, x.narrow(dim, half, 1), out=middle)
+        x, n = m, half
+    return x.squeeze(dim)
 
 
 def iter_propagate(features: Any, first_labels: Any, n_last: int = N_LAST, topk: int = TOPK,
                    radius: int | None = RADIUS, temperature: float = TEMPERATURE,
-                   device: str | torch.device | None = None,
-                   chunk_frames: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
+                   device: str | torch.device | None = None, chunk_frames: int | None = None,
+                   tile: int | None = None) -> Iterator[tuple[int, torch.Tensor]]:
     """Label propagation, streamed: yields ``(start, labels)`` chunks in frame order.
 
     Args:
@@ -163,6 +276,7 @@ def iter_propagate(features: Any, first_labels: Any, n_last: int = N_LAST, topk:
         n_last, topk, radius, temperature: the protocol (module docstring).
         device: where to compute (default: the features' device if a tensor, else CPU).
         chunk_frames: target frames per chunk (default: :func:`chunk_length`).
+        tile: side of the target tiles in cells (default: :func:`default_tile`); speed only.
 
     Yields:
         ``(start, labels)`` with labels ``(B, K, h, w)`` for frames start … start+B-1; frame 0's
@@ -182,18 +296,18 @@ def iter_propagate(features: Any, first_labels: Any, n_last: int = N_LAST, topk:
     dtype = _compute_dtype(features)
     N, K = h * w, labels0.shape[0]
     chunk = chunk_frames or chunk_length((h, w), C, n_last, topk)
-    affinity = _ChunkAffinity(_bands(h, w, radius), N, w, n_last + 1, topk)
+    affinity = _ChunkAffinity(h, w, radius, n_last + 1, topk, tile or default_tile(device))
 
     with torch.inference_mode():
         lab0 = labels0.to(device=device, dtype=dtype)
         yield 0, lab0.unsqueeze(0).clone()
         if T == 1:
             return
-        first = _read(features, 0, 1, dtype, device)[0]
+        first = _read(features, 0, 1, dtype, device)
         # label rows: 0 = frame 0, 1 … n_last = the n_last frames before the chunk, then the chunk
         labels = torch.zeros((1 + n_last + chunk, N, K), dtype=dtype, device=device)
         labels[0] = lab0.reshape(K, N).T
-        prev_feats = torch.zeros((n_last, N, C), dtype=dtype, device=device)
+        prev_feats = torch.zeros((n_last, h, w, C), dtype=dtype, device=device)
         for a in range(1, T, chunk):
             b = min(T, a + chunk)
             B = b - a
@@ -219,8 +333,8 @@ def iter_propagate(features: Any, first_labels: Any, n_last: int = N_LAST, topk:
 
 def propagate_labels(features: Any, first_labels: Any, n_last: int = N_LAST, topk: int = TOPK,
                      radius: int | None = RADIUS, temperature: float = TEMPERATURE,
-                     device: str | torch.device | None = None,
-                     chunk_frames: int | None = None) -> torch.Tensor:
+                     device: str | torch.device | None = None, chunk_frames: int | None = None,
+                     tile: int | None = None) -> torch.Tensor:
     """Propagate frame 0's labels through a video (the DINO / LiFT DAVIS protocol).
 
     Args:
@@ -233,13 +347,14 @@ def propagate_labels(features: Any, first_labels: Any, n_last: int = N_LAST, top
         temperature: of ``exp(cos / temperature)`` (0.1).
         device: compute device (default: the features' device, else CPU).
         chunk_frames: target frames per batched chunk (default bounds memory to ~256 MB).
+        tile: side of the target tiles in cells (speed only; default :func:`default_tile`).
 
     Returns:
         ``(T, K, h, w)`` soft labels, float32 (float64 when the features are float64), on
         ``device``; frame 0 is ``first_labels``.
     """
     parts = [chunk for _, chunk in iter_propagate(features, first_labels, n_last, topk, radius,
-                                                  temperature, device, chunk_frames)]
+                                                  temperature, device, chunk_frames, tile)]
     return torch.cat(parts)
 
 

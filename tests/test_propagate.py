@@ -65,6 +65,25 @@ def test_kernel_equals_loop_reference(T, h, w, C, K, n_last, topk, radius, chunk
     torch.testing.assert_close(got, expected, atol=1e-8, rtol=0)
 
 
+@pytest.fixture(scope="module")
+def long_case():
+    feats, labels = random_case(40, 7, 6, 5, 3, seed=7)
+    return feats, labels, reference_propagation(feats, labels, n_last=3, topk=4, radius=2)
+
+
+@pytest.mark.parametrize("tile,sims_bytes", [(1, None), (2, 1), (3, 1), (5, 1 << 12), (100, None)])
+def test_tiles_and_sub_batches_do_not_change_the_result(monkeypatch, long_case, tile, sims_bytes):
+    """Tiles of any side (1: one target cell each; 100: the whole grid) and sub-batches of any
+    length (sims_bytes 1: the shortest, 4·n_last frames) give the loop reference's labels."""
+    import liftvid.propagate as prop
+
+    if sims_bytes is not None:
+        monkeypatch.setattr(prop, "SIMS_BYTES", sims_bytes)
+    feats, labels, expected = long_case
+    got = propagate_labels(feats, labels, n_last=3, topk=4, radius=2, tile=tile, chunk_frames=17)
+    torch.testing.assert_close(got, expected, atol=1e-8, rtol=0)
+
+
 def test_frame0_is_first_labels_and_soft_labels_sum_to_one():
     feats, labels = random_case(6, 5, 5, 8, 3, seed=1)
     soft = labels * 0.5 + 0.1

@@ -9,7 +9,6 @@ Frames are ``(H, W, 3) uint8`` RGB. Point coordinates are continuous source pixe
 
 from __future__ import annotations
 
-import colorsys
 import itertools
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .masks import DAVIS_PALETTE, davis_palette  # noqa: F401  (davis_palette re-exported: the overlay colours)
 
 PCA_SIGMAS = 2.5  # a component's ±2.5 standard deviations span its colour channel's 0…255
 MASK_ALPHA = 0.55  # weight of an object's colour over the frame
@@ -270,17 +271,6 @@ def similarity_overlay(frame: np.ndarray, similarity: np.ndarray, alpha: float =
 # ---------------------------------------------------------------- masks and tracks
 
 
-def davis_palette() -> np.ndarray:
-    """The DAVIS (PASCAL VOC) palette ``(256, 3) uint8``: object id → colour (1 = dark red, 2 = green…)."""
-    ids = np.arange(256)
-    cmap = np.zeros((256, 3), np.int64)
-    for j in range(8):
-        for ch in range(3):
-            cmap[:, ch] |= ((ids >> (3 * j + ch)) & 1) << (7 - j)
-    return cmap.astype(np.uint8)
-
-
-_PALETTE = davis_palette()
 
 
 def mask_overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = MASK_ALPHA, outline: bool = True) -> np.ndarray:
@@ -290,7 +280,7 @@ def mask_overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = MASK_ALPHA,
     if mask.shape != frame.shape[:2]:
         mask = resize_image(mask.astype(np.uint8), frame.shape[:2])
     mask = mask.astype(np.uint8)
-    out = np.where((mask > 0)[..., None], blend(frame, _PALETTE[mask], alpha), frame)
+    out = np.where((mask > 0)[..., None], blend(frame, DAVIS_PALETTE[mask], alpha), frame)
     if outline:
         edge = np.zeros(mask.shape, bool)
         edge[1:] |= mask[1:] != mask[:-1]
@@ -303,28 +293,17 @@ def mask_overlay(frame: np.ndarray, mask: np.ndarray, alpha: float = MASK_ALPHA,
 
 def track_overlay(frame: np.ndarray, positions: np.ndarray, visible: np.ndarray, t: int,
                   trail: int = TRAIL_FRAMES) -> np.ndarray:
-    """Each query's trail over frames ``t - trail … t`` and its current position on ``frame``.
+    """Each query's trail over frames ``t - trail … t`` and its current position on ``frame``
+    (``liftvid track``'s own drawing: an occluded point is an open circle).
 
     Args:
         frame: ``(H, W, 3) uint8``.
         positions: ``(N, T, 2)`` source pixels ``(x, y)``; ``visible``: ``(N, T)`` bool.
-        t: the frame drawn. An occluded point is an open circle; trails join visible positions.
+        t: the frame drawn.
     """
-    from PIL import Image, ImageDraw
+    from .track import draw_tracks
 
-    image = Image.fromarray(frame)
-    draw = ImageDraw.Draw(image)
-    radius = max(2, min(frame.shape[:2]) // 100)
-    n = positions.shape[0]
-    for q in range(n):
-        colour = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(q / max(n, 1), 0.85, 1.0))
-        seen = [tuple(map(float, positions[q, s])) for s in range(max(0, t - trail), t + 1) if visible[q, s]]
-        if len(seen) > 1:
-            draw.line(seen, fill=colour, width=max(1, radius // 2 + 1))
-        x, y = map(float, positions[q, t])
-        box = (x - radius, y - radius, x + radius, y + radius)
-        draw.ellipse(box, fill=colour if visible[q, t] else None, outline=colour)
-    return np.asarray(image)
+    return draw_tracks(frame, positions, visible, t, trail)
 
 
 # ---------------------------------------------------------------- layout and writers

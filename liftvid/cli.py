@@ -57,6 +57,12 @@ def _progress_columns():
             TimeRemainingColumn())
 
 
+def _failure(result) -> str:
+    """``source: error``, without the source twice when the error already starts with it."""
+    error = str(result.error)
+    return error if error.startswith(str(result.source)) else f"{result.source}: {error}"
+
+
 class _RichExtractProgress:
     """Renders :class:`liftvid.extract.ExtractProgress` events as two rich progress bars."""
 
@@ -81,7 +87,7 @@ class _RichExtractProgress:
         if result.status == "failed":
             from rich.markup import escape
 
-            self.progress.console.print(f"[red]failed[/] {escape(f'{result.source}: {result.error}')}")
+            self.progress.console.print(f"[red]failed[/] {escape(_failure(result))}")
 
 
 @app.command()
@@ -136,7 +142,7 @@ def extract(
     err.print(f"{escape(store)}: {done} extracted, {skipped} already complete, {len(summary.failed)} failed; "
                   f"{summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s)")
     for r in summary.failed:
-        err.print(f"[red]failed[/] {escape(f'{r.source}: {r.error}')}")
+        err.print(f"[red]failed[/] {escape(_failure(r))}")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -152,6 +158,7 @@ def _human_bytes(n: float) -> str:
 @app.command()
 def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path or URL).", show_default=False)]) -> None:
     """Show a store's configuration and, per video, shape, frames, size on disk and status."""
+    from rich.markup import escape
     from rich.table import Table
 
     from . import store as st
@@ -163,7 +170,7 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
     config = st.read_config(root)
     out = console()
     bb, lift_cfg, pre = config["backbone"], config.get("lift"), config["preprocessing"]
-    out.print(f"[bold]{store}[/]  liftvid store v{config['schema_version']} (written by liftvid {config.get('liftvid_version')})")
+    out.print(f"[bold]{escape(store)}[/]  liftvid store v{config['schema_version']} (written by liftvid {config.get('liftvid_version')})")
     out.print(f"  backbone  {bb['name']} ({bb['timm_name']}), block {bb['layer']}, facet {bb['facet']}, "
                   f"patch {bb['patch_size']}, {bb['channels']} channels, weights {bb['weights']}")
     out.print("  LiFT      " + (f"{lift_cfg['checkpoint']} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
@@ -185,8 +192,8 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
             frames, shape_text, size = "-", "-", "-"
         src = "×".join(map(str, meta.get("source_size", []))) or "-"
         style = {"complete": "green", "failed": "red"}.get(status, "yellow")
-        label = f"[{style}]{status}[/]" + (f": {meta['error']}" if meta.get("error") else "")
-        table.add_row(vid, frames, shape_text, src, size, label)
+        label = f"[{style}]{escape(status)}[/]" + (f": {escape(meta['error'])}" if meta.get("error") else "")
+        table.add_row(escape(vid), frames, shape_text, src, size, label)
     out.print(table)
     n_complete = sum(st.video_info(root, v).get("status") == "complete" for v in videos)
     out.print(f"{len(videos)} videos, {n_complete} complete")

@@ -1,0 +1,316 @@
+"""Issue 6, part 3: crash safety. SIGKILL at random moments, two runs on one store, a full disk."""
+
+import errno
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from typer.testing import CliRunner
+
+import liftvid.extract as ex
+import liftvid.store as st
+from liftvid.cli import app
+from liftvid.encode import synthetic_frames, write_video
+
+from .conftest import TINY_VIT
+from .test_extract import _assert_stores_equal, _read_store
+
+runner = CliRunner()
+BASE = ["--backbone", TINY_VIT, "--weights", "random", "--device", "cpu"]
+N_KILLS = 10
+SEED = 6
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process runs on one thread: two spinning OpenMP threads on a loaded 2-core box are ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _cli(inputs, store, *args) -> list[str]:
+    return [sys.executable, "-m", "liftvid.cli", "extract", str(inputs), str(store), *BASE, *map(str, args)]
+
+
+def _env() -> dict:
+    # one torch thread: the features are then the same whatever the load, and two runs fit two cores
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+
+
+def _complete_groups_equal(store: Path, reference: dict) -> list[str]:
+    """Every group marked complete holds exactly the reference's data; returns the complete ids."""
+    root = zarr.open_group(str(store), mode="r")
+    done = []
+    for vid in sorted(root.group_keys()):
+        info = root[vid].attrs.get("liftvid") or {}
+        if info.get("status") != "complete":
+            continue
+        done.append(vid)
+        assert info == reference[vid]["attrs"], vid
+        for name, value in reference[vid].items():
+            if name != "attrs":
+                np.testing.assert_array_equal(root[vid][name][:], value, err_msg=f"{vid}/{name}")
+    return done
+
+
+@pytest.fixture(scope="module")
+def many_videos(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("many")
+    for i in range(5):
+        write_video(d / f"v{i}.mp4", synthetic_frames(24 + 4 * i, 48, 64, seed=60 + i), fps=24)
+    return d
+
+
+# A zygote: one Python process that imports liftvid, torch and timm once, then forks a fresh child
+# per `liftvid extract` run (the CLI's own entry point, in its own process, killable by pid). It
+# saves the ~3-10 s of imports per run, so ten kills fit in a test of about a minute; the children
+# are ordinary processes and SIGKILL hits them exactly as it hits `liftvid extract` in a shell.
+_ZYGOTE = r"""
+import json, os, sys
+import torch, timm, zarr, decord, av  # noqa: F401  (imported once, before any fork)
+import liftvid.cli, liftvid.extract  # noqa: F401
+for line in sys.stdin:
+    args = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        try:
+            liftvid.cli.app(args, prog_name="liftvid")
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        except BaseException:
+            code = 2
+        os._exit(code)
+    print(f"pid {pid}", flush=True)
+    order = sys.stdin.readline().strip()  # "kill" or "wait"; the child stays unreaped until then,
+    done, status = os.waitpid(pid, os.WNOHANG)  # so its pid cannot belong to anyone else
+    if not done and order == "kill":
+        os.kill(pid, 9)
+    if not done:
+        _, status = os.waitpid(pid, 0)
+    print(f"exit {os.waitstatus_to_exitcode(status)}", flush=True)
+"""
+
+
+class Zygote:
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, env=_env())
+
+    def start(self, args: list[str]) -> int:
+        self.proc.stdin.write(json.dumps(args) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line.startswith("pid "), line
+        return int(line.split()[1])
+
+    def wait(self, kill: bool = False) -> int:
+        """The run's exit code (``-9`` when SIGKILL ended it); with ``kill``, SIGKILL it first if
+        it is still running."""
+        self.proc.stdin.write("kill\n" if kill else "wait\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        assert line.startswith("exit "), line
+        return int(line.split()[1])
+
+    def close(self) -> None:
+        self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+
+
+def _statuses(store: Path) -> dict:
+    if not (store / "zarr.json").exists():
+        return {}
+    root = zarr.open_group(str(store), mode="r")
+    return {v: (root[v].attrs.get("liftvid") or {}).get("status") for v in root.group_keys()}
+
+
+def _files(store: Path) -> int:
+    return sum(len(files) for _, _, files in os.walk(store))
+
+
+def test_sigkill_at_ten_random_moments_then_rerun_equals_uninterrupted(tmp_path, many_videos):
+    zygote = Zygote()
+    try:
+        args = ["extract", str(many_videos), "", *BASE, "--resize", "square:64", "--batch-size", "2"]
+        clean = tmp_path / "clean.zarr"
+        zygote.start([*args[:2], str(clean), *args[3:]])
+        assert zygote.wait() == 0
+        reference = _read_store(clean)
+        total = _files(clean)  # metadata and chunks of five videos, 140 frames: the run's length
+
+        # Kill k lands at a random point of the k-th tenth of the run (fixed seed), the run's
+        # progress being the files in the store, so the moments spread over the whole run whatever
+        # the machine's load: store creation, first and last chunks of videos, status writes. Each
+        # rerun first redoes the video it was killed in.
+        rng = random.Random(SEED)
+        killed = tmp_path / "killed.zarr"
+        run = [*args[:2], str(killed), *args[3:]]
+        log = []
+        for k in range(N_KILLS):
+            target = int((k + rng.random()) / N_KILLS * total)
+            zygote.start(run)
+            t0 = time.monotonic()
+            while _files(killed) < target and time.monotonic() - t0 < 60:
+                time.sleep(0.002)
+            code = zygote.wait(kill=True)
+            statuses = _statuses(killed)
+            # whatever the moment, a video marked complete has all of its data
+            done = _complete_groups_equal(killed, reference) if statuses else []
+            log.append(f"kill {k}: at file {target}/{total}, {time.monotonic() - t0:.2f} s into the run: "
+                       f"{'killed' if code == -signal.SIGKILL else f'exit {code}'}, {len(done)} complete, "
+                       f"in flight {sorted(v for v, s in statuses.items() if s != 'complete')}")
+        print("\n" + "\n".join(log))
+
+        zygote.start(run)
+        assert zygote.wait() == 0
+    finally:
+        zygote.close()
+    _assert_stores_equal(clean, killed)
+    assert not list(killed.rglob("*.partial"))  # no half-written file left behind
+    assert sum(": killed" in line for line in log) >= N_KILLS - 1, log  # the runs were killed, not finished
+    assert any(" 0 complete" in line for line in log) and any("in flight ['v" in line for line in log), log
+
+
+def test_second_concurrent_run_refuses_naming_the_lock(tmp_path, many_videos):
+    store = tmp_path / "out.zarr"
+    lock = tmp_path / ".out.zarr.lock"
+    first = subprocess.Popen(_cli(many_videos, store, "--resize", "square:64", "--batch-size", "1"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env())
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not (lock.exists() and f"pid {first.pid}" in lock.read_text()):
+            assert first.poll() is None, "the first run ended early"
+            time.sleep(0.02)
+        # freeze the first run while it holds the lock, so the second surely meets it mid-run
+        os.kill(first.pid, signal.SIGSTOP)
+        second = runner.invoke(app, ["extract", str(many_videos / "v0.mp4"), str(store), *BASE,
+                                     "--resize", "square:64"])
+        assert second.exit_code == 1
+        assert f"being written by liftvid extract pid {first.pid}" in second.output
+        assert str(lock) in second.output and "wait for that run to finish" in second.output
+        assert "Traceback" not in second.output
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    # the flock died with the killed run: the next run takes the store over and finishes it
+    again = runner.invoke(app, ["extract", str(many_videos / "v0.mp4"), str(store), *BASE, "--resize", "square:64"])
+    assert again.exit_code == 0, again.output
+    assert "v0" in st.list_videos(st.open_root(store))
+
+
+def _options(**kw):
+    return ex.ExtractOptions(backbone=TINY_VIT, weights="random", device="cpu", resize="square:64",
+                             batch_size=2, **kw)
+
+
+def test_disk_full_stops_with_a_clear_message_and_keeps_complete_videos(tmp_path, many_videos, monkeypatch):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(3):
+        shutil.copy(many_videos / f"v{i}.mp4", inputs)
+    clean = tmp_path / "clean.zarr"
+    ex.extract_videos([inputs], clean, _options())
+
+    write = ex._write_batch
+    writes = {"n": 0}
+
+    def full_after_v0(array, start, feats, *rest):
+        if "v1" in array.path:  # v0 fits, the disk fills up during v1
+            writes["n"] += 1
+            if writes["n"] == 3:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return write(array, start, feats, *rest)
+
+    monkeypatch.setattr(ex, "_write_batch", full_after_v0)
+    store = tmp_path / "out.zarr"
+    result = runner.invoke(app, ["extract", str(inputs), str(store), *BASE, "--resize", "square:64",
+                                 "--batch-size", "2"])
+    assert result.exit_code == 1
+    line = [x for x in result.output.splitlines() if x.startswith("error:")]
+    assert line == [f"error: {store}: disk full (No space left on device); the videos marked complete are "
+                    "intact: free space and rerun the same command to finish"], result.output
+    root = st.open_root(store)
+    assert st.list_videos(root) == ["v0"]
+    assert st.list_videos(root, status=None) == ["v0", "v1"]  # v1 incomplete, v2 never begun
+    _complete_groups_equal(store, _read_store(clean))
+    monkeypatch.setattr(ex, "_write_batch", write)  # space freed
+    assert runner.invoke(app, ["extract", str(inputs), str(store), *BASE, "--resize", "square:64",
+                               "--batch-size", "2"]).exit_code == 0
+    _assert_stores_equal(clean, store)
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 160 KB filesystem (tmpfs), where the machine lets the tests mount one (root)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mnt)], capture_output=True)
+    if done.returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_real_full_disk(tmp_path, many_videos, tiny_disk):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    write_video(inputs / "a_small.mp4", synthetic_frames(2, 48, 64, seed=1), fps=24)
+    shutil.copy(many_videos / "v4.mp4", inputs / "b_big.mp4")  # 40 frames x 6 KB: does not fit
+    clean = tmp_path / "clean.zarr"
+    ex.extract_videos([inputs], clean, _options())
+    store = tiny_disk / "out.zarr"
+    result = runner.invoke(app, ["extract", str(inputs), str(store), *BASE, "--resize", "square:64",
+                                 "--batch-size", "2"])
+    assert result.exit_code == 1 and "disk full" in result.output and "Traceback" not in result.output
+    assert st.list_videos(st.open_root(store)) == ["a_small"]
+    _complete_groups_equal(store, _read_store(clean))
+    subprocess.run(["mount", "-o", "remount,size=4m", str(tiny_disk)], check=True)  # space freed
+    again = runner.invoke(app, ["extract", str(inputs), str(store), *BASE, "--resize", "square:64",
+                                "--batch-size", "2"])
+    assert again.exit_code == 0, again.output
+    _assert_stores_equal(clean, store)
+
+
+def test_complete_is_written_after_the_data_is_synced(tmp_path, many_videos, monkeypatch):
+    """A video's last writes, in order: its data flushed to the disk, then the status, then that
+    flushed too (a crash of the machine, not only of the process, never leaves a false complete)."""
+    store = tmp_path / "out.zarr"
+    meta = store / "v0" / "zarr.json"
+    events = []
+    syncfs, fsync = st._syncfs, st._fsync
+
+    def complete() -> bool:
+        return '"complete"' in meta.read_text()
+
+    monkeypatch.setattr(st, "_syncfs", lambda folder: (events.append(("syncfs", complete())), syncfs(folder))[1])
+    monkeypatch.setattr(st, "_fsync", lambda path, directory=False: (
+        events.append((Path(path).relative_to(store).as_posix(), complete())), fsync(path, directory))[1])
+    ex.extract_videos([many_videos / "v0.mp4"], store, _options())
+    assert st.video_info(st.open_root(store), "v0")["status"] == "complete"
+    assert events == [("syncfs", False), ("v0/zarr.json", True), ("v0", True)]
+
+    # without syncfs (other systems), every file and folder of the group is fsync'ed one by one
+    events.clear()
+    monkeypatch.setattr(st, "_syncfs", lambda folder: False)
+    st.sync_group(st.open_root(store, mode="a")["v0"])
+    files = {p.relative_to(store).as_posix() for p in (store / "v0").rglob("*")} | {"v0"}
+    assert {path for path, _ in events} == files
+    assert sum(p.startswith("v0/features/c/") and (store / p).is_file() for p in files) == 12  # 24 frames / 2

@@ -8,6 +8,7 @@ three stages overlap; queues between them keep memory bounded whatever the video
 from __future__ import annotations
 
 import errno
+import os
 import queue
 import threading
 import time
@@ -459,11 +460,20 @@ def _pending_sources(root, sources: list[VideoSource], summary: ExtractSummary,
 def _extract_distributed(sources, store_path, config, options, progress, t0, scheduler, workers) -> ExtractSummary:
     from . import jobs
 
+    if str(store_path).startswith("memory://") and scheduler not in ("threads", "sync"):
+        raise st.StoreError(f"{store_path}: a memory:// store lives in this process, where --scheduler "
+                            f"{scheduler} workers cannot write to it; use a path or an object store URL")
     root = st.init_store(store_path, config, overwrite=options.overwrite)
     summary = ExtractSummary(str(store_path))
     progress.start(len(sources))
     todo = _pending_sources(root, sources, summary, progress)
-    outcomes = jobs.run_extraction(todo, str(store_path), options, scheduler, workers,
+    worker_store = str(store_path)
+    if scheduler.startswith("tcp://"):
+        # cluster workers run in their own folder (or machine): give them absolute paths
+        local = st.local_path(store_path)
+        worker_store = str(local.absolute()) if local is not None else worker_store
+        todo = [(VideoSource(Path(os.path.abspath(s.path)), s.video_id, s.kind), vid) for s, vid in todo]
+    outcomes = jobs.run_extraction(todo, worker_store, options, scheduler, workers,
                                    gpu=options.device != "cpu" and (options.device != "auto" or torch.cuda.is_available()))
     for source, video_id in todo:
         outcome = outcomes[video_id]

@@ -287,9 +287,9 @@ def start_local_cluster(workers: int | None = None, gpus: int | None = None, hos
     n_gpus = visible_gpus() if gpus is None else gpus
     if n_gpus < 0 or (workers is not None and workers < 1):
         raise ValueError("the number of workers and of GPUs must be positive")
-    scheduler_options = {"host": host, "port": port, "dashboard": dashboard is not None}
-    if dashboard is not None:
-        scheduler_options["dashboard_address"] = dashboard
+    # the scheduler always serves HTTP (health, metrics); without a dashboard, on any free port
+    scheduler_options = {"host": host, "port": port, "dashboard": dashboard is not None,
+                         "dashboard_address": dashboard if dashboard is not None else ":0"}
     if n_gpus:
         specs = {f"gpu-{i}": {"cls": Nanny, "options": {
                      "nthreads": 1, "resources": {"GPU": 1}, "name": f"gpu-{i}",
@@ -300,6 +300,6 @@ def start_local_cluster(workers: int | None = None, gpus: int | None = None, hos
     n = workers or 1
     per_worker = threads or max(1, (os.cpu_count() or 1) // n)
     return LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host=host, scheduler_port=port,
-                        dashboard_address=dashboard, name="liftvid",
-                        scheduler_kwargs={} if dashboard is not None else {"dashboard": False},
+                        dashboard_address=scheduler_options["dashboard_address"], name="liftvid",
+                        scheduler_kwargs={"dashboard": dashboard is not None},
                         env={"OMP_NUM_THREADS": str(per_worker), "MKL_NUM_THREADS": str(per_worker)})

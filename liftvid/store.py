@@ -223,6 +223,14 @@ def list_videos(root, status: str | None = COMPLETE) -> list[str]:
     return out
 
 
+def _same_source(recorded: str | None, source: str) -> bool:
+    """One video, whether it was given as a relative or an absolute path (a cluster run records
+    absolute paths)."""
+    if recorded is None:
+        return False
+    return recorded == source or os.path.realpath(recorded) == os.path.realpath(source)
+
+
 def resolve_video_id(root, video_id: str, source: str) -> str:
     """The group name for ``source``: ``video_id``, or ``video_id-2``… when another source has it.
 
@@ -232,7 +240,7 @@ def resolve_video_id(root, video_id: str, source: str) -> str:
     while candidate in root:
         info = root[candidate].attrs.get(ATTRS_KEY)
         # no attrs: a group a killed run created but never described; it is ours to redo
-        if info is None or info.get("source") == source:
+        if info is None or _same_source(info.get("source"), source):
             break
         n += 1
         candidate = f"{video_id}-{n}"

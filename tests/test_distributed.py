@@ -1,6 +1,7 @@
 """Issue 6, parts 1-2: extraction on a dask.distributed cluster, `liftvid cluster`, URL stores."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,9 +44,9 @@ def cluster():
     """Two single-threaded worker processes, each offering GPU=1 (for the annotation test)."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       scheduler_kwargs={"dashboard": False}, resources={"GPU": 1}, env={"OMP_NUM_THREADS": "1"}) as local, \
-            Client(local) as client:
+            Client(local, set_as_default=False) as client:  # only the tests that name it use it
         yield local, client
 
 
@@ -133,6 +134,34 @@ def test_failed_video_on_a_worker_is_recorded(tmp_path, four_videos, cluster):
     assert st.video_info(root, "junk")["status"] == "failed"
 
 
+def test_relative_paths_reach_workers_running_elsewhere(tmp_path, four_videos, cluster, monkeypatch):
+    """Workers run in their own folder (here the one pytest started in): relative paths given on
+    the command line still mean this folder."""
+    local, _ = cluster
+    here = tmp_path / "here"
+    here.mkdir()
+    shutil.copy(four_videos / "v3.mp4", here / "v3.mp4")
+    monkeypatch.chdir(here)
+    stray = Path(os.environ.get("PYTEST_INVOCATION_DIR", str(Path(__file__).parents[1]))) / "rel.zarr"
+    try:
+        result = _extract([Path("v3.mp4")], "rel.zarr", "--scheduler", local.scheduler_address)
+        assert result.exit_code == 0, result.output
+        root = st.open_root(here / "rel.zarr")
+        assert st.list_videos(root) == ["v3"]
+        assert st.video_info(root, "v3")["source"] == str(here / "v3.mp4")
+        # a rerun, relative again and in-process, finds the same video complete
+        assert "0 extracted, 1 already complete" in _extract([Path("v3.mp4")], "rel.zarr").output
+    finally:
+        assert not stray.exists(), "the workers wrote into their own folder"
+
+
+def test_memory_store_with_worker_processes_is_refused(tmp_path, four_videos):
+    url = _memory_url("procs")
+    result = _extract([four_videos / "v3.mp4"], url, "--scheduler", "processes", "--workers", "2")
+    assert result.exit_code == 1
+    assert f"{url}: a memory:// store lives in this process" in result.output
+
+
 def test_bad_scheduler_is_one_line(tmp_path, four_videos):
     result = _extract([four_videos], tmp_path / "o.zarr", "--scheduler", "mpi://x")
     assert result.exit_code == 1 and "unknown scheduler 'mpi://x'" in result.output
@@ -164,12 +193,14 @@ def test_cluster_command_prints_address_and_stops_on_ctrl_c(tmp_path):
             client.wait_for_workers(2, timeout=60)
             assert len(client.scheduler_info()["workers"]) == 2
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
-        rest, _ = proc.communicate(timeout=60)
+        proc.wait(timeout=60)
+        rest = proc.stdout.read()  # (not communicate(): it would skip what readline buffered)
         assert proc.returncode == 0, "".join(lines) + rest
         text = "".join(lines) + rest
         assert "2 CPU worker(s)" in text and "stopping the cluster" in text
         assert "--scheduler " + address in text
         assert "Traceback" not in text and "KeyboardInterrupt" not in text  # workers ignore Ctrl-C
+        assert "Warning" not in text, text
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -162,6 +162,47 @@ def test_memory_store_with_worker_processes_is_refused(tmp_path, four_videos):
     assert f"{url}: a memory:// store lives in this process" in result.output
 
 
+def test_a_worker_killed_mid_video_is_survived(tmp_path, cluster):
+    """SIGKILL of the worker process writing a video: the scheduler reruns that task elsewhere, which
+    rewrites the group from scratch; the store ends equal to a single-process one."""
+    import threading
+
+    local, client = cluster
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for i in range(2):
+        write_video(inputs / f"long{i}.mp4", synthetic_frames(48, 32, 32, seed=70 + i), fps=24)
+    options = ExtractOptions(**{**OPTIONS.__dict__, "batch_size": 1})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers (see the first test)
+    try:
+        extract_videos([inputs], tmp_path / "single.zarr", options)
+    finally:
+        torch.set_num_threads(threads)
+    store = tmp_path / "dist.zarr"
+    pids = client.run(os.getpid)
+    outcome = []
+    run = threading.Thread(target=lambda: outcome.append(
+        extract_videos([inputs], store, options, scheduler=local.scheduler_address)))
+    run.start()
+    victim = None
+    deadline = time.time() + 60
+    while victim is None and time.time() < deadline and run.is_alive():
+        for address, keys in client.processing().items():
+            if keys and (store / "long0" / "features" / "c").exists():
+                victim = address
+        time.sleep(0.01)
+    assert victim, "no video was being written"
+    os.kill(pids[victim], signal.SIGKILL)  # that worker process dies with its video half-written
+    root = zarr.open_group(str(store), mode="r")
+    assert "incomplete" in [root[v].attrs["liftvid"]["status"] for v in root.group_keys()]
+    run.join(timeout=120)
+    assert not run.is_alive() and [r.status for r in outcome[0].results] == ["complete", "complete"]
+    _assert_stores_equal(tmp_path / "single.zarr", store)
+    client.wait_for_workers(2, timeout=60)  # the nanny restarted it, for the tests after this one
+    assert pids[victim] not in client.run(os.getpid).values()
+
+
 def test_bad_scheduler_is_one_line(tmp_path, four_videos):
     result = _extract([four_videos], tmp_path / "o.zarr", "--scheduler", "mpi://x")
     assert result.exit_code == 1 and "unknown scheduler 'mpi://x'" in result.output

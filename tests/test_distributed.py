@@ -283,11 +283,9 @@ def test_memory_store_extract_read_back_and_info(tmp_path, four_videos):
 
 
 def test_memory_store_round_trip_extract_propagate_open_store(tmp_path, four_videos):
-    """extract → propagate → open_store on a memory:// store (open_store comes with issue 5)."""
+    """extract → propagate → open_store on a memory:// store."""
     from PIL import Image
 
-    if not hasattr(st, "open_store"):
-        pytest.skip("liftvid.store.open_store has not landed yet")
     url = _memory_url("round")
     assert _extract([four_videos / "v0.mp4"], url).exit_code == 0
     masks = tmp_path / "masks"

@@ -31,6 +31,16 @@ BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "4", "--d
 OPTIONS = ExtractOptions(backbone=TINY_VIT, weights="random", batch_size=4, device="cpu", resize="square:32")
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process runs on one thread, as the workers (OMP_NUM_THREADS=1): CPU float sums depend on
+    the thread count, and spinning OpenMP threads on a loaded 2-core box are ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def four_videos(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("four")

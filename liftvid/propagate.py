@@ -104,7 +104,7 @@ class _Tiling:
                         bias = torch.zeros(valid.shape).masked_fill_(~valid, float("-inf"))
                 self.tiles.append(_Tile(band, y0, y1, s0, s1, c1 - c0, cell[y0:y1, x0:x1].reshape(-1),
                                         cell[s0:s1, c0:c1].reshape(-1), bias))
-        self._cache: dict[tuple, list[_Tile]] = {}
+        self._cache: dict[tuple, Any] = {}
 
     def on(self, dtype: torch.dtype, device: torch.device) -> list[_Tile]:
         key = (dtype, device)
@@ -114,6 +114,14 @@ class _Tiling:
                                 for t in self.tiles]
         return self._cache[key]
 
+    def grid_order(self, device: torch.device) -> torch.Tensor:
+        """Position in tile order of each grid cell (results are computed tile by tile)."""
+        key = ("order", device)
+        if key not in self._cache:
+            tile_order = torch.cat([t.targets for t in self.tiles])
+            self._cache[key] = torch.argsort(tile_order).to(device)
+        return self._cache[key]
+
     def source_bands(self, x: torch.Tensor) -> list[torch.Tensor]:
         """``(n, h, w, C)`` → per column band its source window columns, contiguous."""
         return [x if (c0, c1) == (0, self.w) else x[:, :, c0:c1].contiguous() for _, _, c0, c1 in self.cols]
@@ -121,8 +129,9 @@ class _Tiling:
 
 def default_tile(device: torch.device) -> int:
     """Tile side in cells: small tiles skip more sources outside the neighbourhood, big ones make
-    bigger matmuls; 7 suits a CPU, the GPU prefers fewer, bigger products."""
-    return 7 if device.type == "cpu" else 14
+    bigger matmuls; 4 suits a CPU (each previous frame's product is 7 frames × 16 targets tall), a
+    GPU prefers fewer, bigger products."""
+    return 4 if device.type == "cpu" else 14
 
 
 def chunk_length(grid_size: tuple[int, int], channels: int, n_last: int = N_LAST, topk: int = TOPK,
@@ -147,7 +156,7 @@ class _ChunkAffinity:
 
     Matmuls, per tile: frame 0's window against every target of the chunk at once; and each
     previous frame's window against the targets of the ``n_last`` frames that follow it, stacked
-    into one tall product (the frames share that source), batched over source frames.
+    into one tall product (the frames share that source), all source frames in one batched matmul.
 
     Top-k, exact, in three small steps instead of one over all context × window sources. The k
     largest values of a set lie in the k groups of a partition with the largest maxima (any other
@@ -180,50 +189,54 @@ class _ChunkAffinity:
         B, C = targets.shape[0], targets.shape[-1]
         L, k = self.slots - 1, self.k  # L = n_last
         dev, dt = targets.device, targets.dtype
+        tiling = self.tiling
+        tiles = tiling.on(dt, dev)
+        # results in tile order (each tile writes a contiguous slice), put in grid order at the end
         vals = torch.full((B, self.n, k), float("-inf"), dtype=dt, device=dev)
         slots = torch.zeros((B, self.n, k), dtype=torch.long, device=dev)
         cells = torch.zeros((B, self.n, k), dtype=torch.long, device=dev)
-        tiling = self.tiling
         src_bands = tiling.source_bands(previous) if L else None
         first_bands = tiling.source_bands(first)
         first_valid = max(0, L + 1 - start)  # previous[i] is frame start - L + i: a source once ≥ 1
-        for tile in tiling.on(dt, dev):
+        pad = max(0, L - 1)
+        m0 = 0
+        for tile in tiles:
             x0, x1 = tiling.cols[tile.band][:2]
-            tgt = targets[:, tile.y0:tile.y1, x0:x1].reshape(B, -1, C).contiguous()
-            M, win, nr, nc = tgt.shape[1], tile.sources.numel(), tile.s1 - tile.s0, tile.nc
+            M, win, nr, nc = tile.targets.numel(), tile.sources.numel(), tile.s1 - tile.s0, tile.nc
+            # the tile's targets, with pad = n_last - 1 unused frames either side: tgt[pad + j] is target j
+            tgt = torch.empty((pad + B + pad, M, C), dtype=dt, device=dev)
+            tgt[pad:pad + B].view(B, tile.y1 - tile.y0, x1 - x0, C).copy_(targets[:, tile.y0:tile.y1, x0:x1])
             src0 = first_bands[tile.band][0, tile.s0:tile.s1].reshape(win, C).T
             srcs = src_bands[tile.band][:, tile.s0:tile.s1].reshape(L + B, win, C) if L else None
             per_frame = (1 + L) * M * win * tgt.element_size()
-            # sub-batches of ≥ 4·n_last frames: sources at their edges make shorter products
-            step = max(4 * L, 1, self.sims_bytes // per_frame)
+            step = max(1, self.sims_bytes // per_frame)
             kc = min(k, nc)
             for b0 in range(0, B, step):
                 b1 = min(B, b0 + step)
                 sb = b1 - b0
                 # slot 0: frame 0 against every target of the sub-batch
-                sims0 = torch.mm(tgt[b0:b1].view(sb * M, C), src0).view(sb, M, win)
+                sims0 = torch.mm(tgt[pad + b0:pad + b1].view(sb * M, C), src0).view(sb, M, win)
                 slot_views = [sims0]
                 if L:
-                    # by source: prev[i] (i in [b0, b1 + L - 1)) against targets j = i - L + 1 + e,
-                    # e = slot - 1 in [0, L): bysrc[i - b0, e] is slot e + 1 of target j
-                    bysrc = torch.empty((sb + L - 1, L, M, win), dtype=dt, device=dev)
-                    full_lo, full_hi = max(b0 + L - 1, first_valid), b1  # sources with all L targets in range
-                    if full_hi > full_lo:
-                        n = full_hi - full_lo
-                        tall = tgt.as_strided((n, L * M, C), (M * C, C, 1),
-                                              tgt.storage_offset() + (full_lo - L + 1) * M * C)
-                        torch.bmm(tall, srcs[full_lo:full_hi].transpose(1, 2),
-                                  out=bysrc[full_lo - b0:full_hi - b0].view(n, L * M, win))
-                    for i in range(b0, b1 + L - 1):
-                        if full_lo <= i < full_hi:
-                            continue
-                        j_lo, j_hi = max(b0, i - L + 1), min(b1, i + 1)  # its targets in the sub-batch
-                        e_lo, e_hi = j_lo - (i - L + 1), j_hi - (i - L + 1)
-                        block = bysrc[i - b0, e_lo:e_hi].view(-1, win)
-                        if i < first_valid:
-                            block.fill_(float("-inf"))
-                        else:
-                            torch.mm(tgt[j_lo:j_hi].view(-1, C), srcs[i].T, out=block)
+                    # by source: previous[i], i in [b0, b1 + L - 1), against its L targets
+                    # j = i - L + 1 + e (e = slot - 1) in one tall product: bysrc[i - b0, e]
+                    # (rows of targets outside the sub-batch are never read)
+                    n = sb + L - 1
+                    src = srcs[b0:b0 + n].transpose(1, 2)
+                    if dev.type == "cpu":  # one mm per source (MKL threads those, not a bmm's batch),
+                        # against its targets in the sub-batch only
+                        bysrc = torch.empty((n, L * M, win), dtype=dt, device=dev)
+                        for i in range(max(b0, first_valid), b0 + n):
+                            j_lo, j_hi = max(b0, i - L + 1), min(b1, i + 1)
+                            e_lo, e_hi = j_lo - (i - L + 1), j_hi - (i - L + 1)
+                            torch.mm(tgt[pad + j_lo:pad + j_hi].view(-1, C), src[i - b0],
+                                     out=bysrc[i - b0, e_lo * M:e_hi * M])
+                    else:  # one bmm; the pad frames make every source's L targets a tall view
+                        tall = tgt.as_strided((n, L * M, C), (M * C, C, 1), tgt.storage_offset() + b0 * M * C)
+                        bysrc = torch.bmm(tall, src)
+                    bysrc = bysrc.view(n, L, M, win)
+                    if first_valid > b0:  # frames < 1 are no source
+                        bysrc[:first_valid - b0] = float("-inf")
                     # slot d of targets b0 … b1-1: sources b0 + L - d … b1 - 1 + L - d
                     slot_views += [bysrc[L - d:L - d + sb, d - 1] for d in range(1, L + 1)]
                 cell_max = sims0.clone()  # (sb, M, win): best over the slots per source cell
@@ -242,10 +255,12 @@ class _ChunkAffinity:
                     per_slot += tile.bias.expand(sb, M, win).gather(-1, cell).unsqueeze(-1)
                 ke = min(k, kcell * (L + 1))
                 v, q = per_slot.view(sb, M, kcell * (L + 1)).topk(ke, dim=-1)
-                vals[b0:b1, tile.targets, :ke] = v
-                slots[b0:b1, tile.targets, :ke] = q % (L + 1)
-                cells[b0:b1, tile.targets, :ke] = tile.sources[cell.gather(-1, q // (L + 1))]
-        return vals, slots, cells
+                vals[b0:b1, m0:m0 + M, :ke] = v
+                slots[b0:b1, m0:m0 + M, :ke] = q % (L + 1)
+                cells[b0:b1, m0:m0 + M, :ke] = tile.sources[cell.gather(-1, q // (L + 1))]
+            m0 += M
+        order = tiling.grid_order(dev)
+        return vals[:, order], slots[:, order], cells[:, order]
 
 
 def _max_dim(x: torch.Tensor, dim: int) -> torch.Tensor:

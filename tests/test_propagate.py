@@ -71,10 +71,10 @@ def long_case():
     return feats, labels, reference_propagation(feats, labels, n_last=3, topk=4, radius=2)
 
 
-@pytest.mark.parametrize("tile,sims_bytes", [(1, None), (2, 1), (3, 1), (5, 1 << 12), (100, None)])
+@pytest.mark.parametrize("tile,sims_bytes", [(2, None), (3, 1), (5, 1 << 12), (100, None)])
 def test_tiles_and_sub_batches_do_not_change_the_result(monkeypatch, long_case, tile, sims_bytes):
-    """Tiles of any side (1: one target cell each; 100: the whole grid) and sub-batches of any
-    length (sims_bytes 1: the shortest, 4·n_last frames) give the loop reference's labels."""
+    """Tiles of any side (100: the whole grid) and sub-batches of any
+    length (sims_bytes 1: one frame) give the loop reference's labels."""
     import liftvid.propagate as prop
 
     if sims_bytes is not None:
@@ -225,3 +225,171 @@ def test_labels_to_masks_upsamples_normalises_and_resizes():
     expected = [np.asarray(Image.fromarray(a.numpy().astype(np.uint8)).resize((33, 21), Image.NEAREST))
                 for a in up.argmax(1)]
     np.testing.assert_array_equal(labels_to_masks(soft, (21, 33), 4), np.stack(expected))
+
+
+# ---- store-level propagation: masks in, DAVIS PNGs + store array out, as Dask jobs ---------------
+
+from PIL import Image  # noqa: E402
+
+from liftvid import store as st  # noqa: E402
+from liftvid.masks import DAVIS_PALETTE, MaskError, read_mask, write_mask  # noqa: E402
+from liftvid.propagate import PropagateOptions, propagate_store  # noqa: E402
+
+
+def make_store(path, videos):
+    """A store written with the store helpers: id → (features (T, h, w, C), source size (H, W))."""
+    C = next(iter(videos.values()))[0].shape[-1]
+    config = st.make_config({"name": "oracle", "timm_name": "oracle", "weights": "none", "weights_sha256": None,
+                             "layer": 0, "facet": "key", "patch_size": CELL, "channels": C}, None,
+                            "native", [0.5] * 3, [0.5] * 3, feature_stride=float(CELL))
+    root = st.init_store(path, config)
+    for vid, (feats, size) in videos.items():
+        T, h, w, _ = feats.shape
+        info = {"source": f"/nowhere/{vid}.mp4", "source_kind": "file", "source_size": list(size),
+                "frame_size": [h * CELL, w * CELL], "grid_size": [h, w], "fps": 12.0, "source_frames": T,
+                "sampling": {"stride": 1, "max_frames": None}}
+        group = st.begin_video(root, vid, info, T, (h, w), C, np.arange(T), np.arange(T) / 12.0)
+        group["features"][...] = feats.astype(np.float16)
+        st.mark_complete(group)
+    return path
+
+
+@pytest.fixture(scope="module")
+def oracle_store(tmp_path_factory):
+    """Two oracle videos (moving right; moving down-right) with their first masks as <id>.png."""
+    d = tmp_path_factory.mktemp("propstore")
+    fa, ga = oracle_video(n_frames=8, grid=20, shift=(0, 1), obj=((6, 12), (6, 12)))
+    fb, gb = oracle_video(n_frames=6, grid=20, shift=(1, 1), obj=((5, 11), (4, 12)))
+    C = max(fa.shape[-1], fb.shape[-1])
+    fa = np.pad(fa, ((0, 0),) * 3 + ((0, C - fa.shape[-1]),))
+    fb = np.pad(fb, ((0, 0),) * 3 + ((0, C - fb.shape[-1]),))
+    store = make_store(d / "s.zarr", {"a": (fa, ga.shape[1:]), "b": (fb, gb.shape[1:])})
+    masks = d / "first"
+    write_mask(masks / "a.png", ga[0])
+    write_mask(masks / "b.png", gb[0] * 2)  # object id 2
+    return {"store": store, "masks": masks, "gt": {"a": ga, "b": gb * 2}, "dir": d}
+
+
+def read_pngs(folder, vid):
+    files = sorted((folder / vid).glob("*.png"))
+    return [f.name for f in files], np.stack([np.asarray(Image.open(f)) for f in files])
+
+
+def test_store_propagation_writes_davis_pngs_and_the_store_array(oracle_store, tmp_path):
+    out = tmp_path / "res"
+    summary = propagate_store(oracle_store["store"], oracle_store["masks"], out, scheduler="sync")
+    assert [r.status for r in summary.results] == ["complete", "complete"] and not summary.failed
+    root = st.open_root(oracle_store["store"])
+    for vid, gt in oracle_store["gt"].items():
+        names, pred = read_pngs(out, vid)
+        assert names == [f"{i:05d}.png" for i in range(len(gt))]
+        img = Image.open(out / vid / "00001.png")
+        assert img.mode == "P" and img.getpalette()[:9] == DAVIS_PALETTE[:3].ravel().tolist()
+        obj = int(gt.max())
+        assert db_eval_iou(gt[1:] == obj, pred[1:] == obj).min() > 0.95
+        np.testing.assert_array_equal(pred[0], gt[0])
+        arr = root[vid]["masks"]
+        np.testing.assert_array_equal(arr[:], pred)
+        assert arr.attrs["liftvid"]["status"] == "complete" and arr.metadata.dimension_names == ("frame", "height", "width")
+
+
+def test_local_cluster_of_two_processes_gives_the_same_pngs_as_sync(oracle_store, tmp_path):
+    from distributed import LocalCluster
+
+    propagate_store(oracle_store["store"], oracle_store["masks"], tmp_path / "sync", scheduler="sync")
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        summary = propagate_store(oracle_store["store"], oracle_store["masks"], tmp_path / "dist",
+                                  scheduler=cluster.scheduler_address)
+    assert not summary.failed
+    for vid in ("a", "b"):
+        names_s, sync = read_pngs(tmp_path / "sync", vid)
+        names_d, dist = read_pngs(tmp_path / "dist", vid)
+        assert names_s == names_d
+        np.testing.assert_array_equal(sync, dist)
+
+
+def test_bad_inputs_fail_their_video_only_with_a_named_reason(oracle_store, tmp_path):
+    store, gt = oracle_store["store"], oracle_store["gt"]
+    # masks missing for one video: that video fails, named; the other is done
+    only_a = tmp_path / "only_a"
+    write_mask(only_a / "a.png", gt["a"][0])
+    s = propagate_store(store, only_a, tmp_path / "o1", scheduler="sync")
+    by = {r.video_id: r for r in s.results}
+    assert by["a"].status == "complete" and by["b"].status == "failed"
+    assert "b: no mask" in by["b"].error
+    # an empty mask
+    empty = tmp_path / "empty"
+    write_mask(empty / "a.png", np.zeros_like(gt["a"][0]))
+    write_mask(empty / "b.png", gt["b"][0])
+    by = {r.video_id: r for r in propagate_store(store, empty, tmp_path / "o2", scheduler="threads").results}
+    assert by["a"].status == "failed" and "empty mask" in by["a"].error and "a.png" in by["a"].error
+    assert by["b"].status == "complete"
+    # more objects than the palette holds: a 16-bit id map with id 300
+    many = tmp_path / "many"
+    many.mkdir()
+    ids = gt["a"][0].astype(np.uint16) * 300
+    Image.fromarray(ids).save(many / "a.png")
+    write_mask(many / "b.png", gt["b"][0])
+    by = {r.video_id: r for r in propagate_store(store, many, tmp_path / "o3", scheduler="sync").results}
+    assert by["a"].status == "failed" and "at most 255 objects" in by["a"].error
+    assert by["b"].status == "complete"
+    # a video the store does not hold
+    s = propagate_store(store, oracle_store["masks"], tmp_path / "o4", videos=["a", "nope"], scheduler="sync")
+    by = {r.video_id: r for r in s.results}
+    assert by["nope"].status == "failed" and "nope: not in the store" in by["nope"].error
+    assert by["a"].status == "complete"
+    # a start frame that is not stored
+    s = propagate_store(store, oracle_store["masks"], tmp_path / "o5", PropagateOptions(start_frame=50),
+                        scheduler="sync")
+    assert all(r.status == "failed" and "start frame 50" in r.error for r in s.results)
+
+
+def test_features_of_another_length_than_the_frames_are_refused(tmp_path):
+    feats, gt = oracle_video(n_frames=5, grid=12, shift=(0, 1), obj=((3, 8), (3, 8)))
+    store = make_store(tmp_path / "s.zarr", {"v": (feats, gt.shape[1:]), "w": (feats, gt.shape[1:])})
+    root = st.open_root(store, mode="r+")
+    del root["v"]["frame_index"]  # a group whose frame index is shorter than its features
+    root["v"].create_array("frame_index", shape=(3,), dtype="int64", fill_value=0)[:] = np.arange(3)
+    info = dict(root["w"].attrs["liftvid"])
+    root["w"].attrs["liftvid"] = {**info, "source_frames": 3}  # the source has fewer frames than stored
+    write_mask(tmp_path / "m" / "v.png", gt[0])
+    write_mask(tmp_path / "m" / "w.png", gt[0])
+    by = {r.video_id: r for r in propagate_store(store, tmp_path / "m", tmp_path / "o", scheduler="sync").results}
+    assert "v: features have 5 frames but frame_index has 3" in by["v"].error
+    assert "w: features refer to frame 4 but the source has 3 frames" in by["w"].error
+
+
+def test_start_frame_propagates_from_the_annotated_frame_of_a_davis_tree(oracle_store, tmp_path):
+    gt = oracle_store["gt"]["a"]
+    tree = tmp_path / "DAVIS" / "Annotations" / "480p"
+    write_mask(tree / "a" / "00003.png", gt[3])
+    out = tmp_path / "res"
+    s = propagate_store(oracle_store["store"], tmp_path / "DAVIS", out, PropagateOptions(start_frame=3),
+                        videos=["a"], scheduler="sync")
+    assert s.results[0].status == "complete" and s.results[0].frames == len(gt) - 3
+    names, pred = read_pngs(out, "a")
+    assert names == [f"{i:05d}.png" for i in range(3, len(gt))]
+    assert db_eval_iou(gt[4:] == 1, pred[1:] == 1).min() > 0.95
+    stored = st.open_root(oracle_store["store"])["a"]["masks"][:]
+    assert not stored[:3].any() and np.array_equal(stored[3:], pred)
+
+
+def test_davis_palette_png_round_trip_and_mask_kinds(tmp_path):
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 7, (13, 17), dtype=np.uint8)
+    path = write_mask(tmp_path / "m.png", ids)
+    img = Image.open(path)
+    assert img.mode == "P" and np.array_equal(np.asarray(img), ids)
+    assert np.array_equal(read_mask(path), ids)
+    assert np.array_equal(read_mask(path, size=(26, 34)), np.kron(ids, np.ones((2, 2), np.uint8)))
+    assert tuple(DAVIS_PALETTE[1]) == (128, 0, 0) and tuple(DAVIS_PALETTE[2]) == (0, 128, 0)
+    soft = (ids > 3).astype(np.uint8) * 200 + 20  # a soft greyscale mask: thresholded at 128
+    Image.fromarray(soft).save(tmp_path / "soft.png")
+    assert np.array_equal(read_mask(tmp_path / "soft.png"), (ids > 3).astype(np.uint8))
+    Image.fromarray(DAVIS_PALETTE[ids]).save(tmp_path / "rgb.png")  # drawn in palette colours
+    assert np.array_equal(read_mask(tmp_path / "rgb.png"), ids)
+    void = ids.copy()
+    void[0, 0] = 255
+    assert read_mask(write_mask(tmp_path / "void.png", void))[0, 0] == 0  # DAVIS void reads as background
+    with pytest.raises(MaskError, match="mask file not found"):
+        read_mask(tmp_path / "none.png")

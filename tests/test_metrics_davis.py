@@ -1,0 +1,98 @@
+"""DAVIS J&F against values worked out by hand on small masks (the DAVIS-2017 toolkit's
+definitions), and the evaluation of a results folder against a DAVIS tree."""
+
+import csv
+
+import numpy as np
+import pytest
+
+from liftvid.masks import write_mask
+from liftvid.metrics import (db_eval_boundary, db_eval_iou, db_statistics, evaluate_davis, evaluate_sequence,
+                             seg2bmap)
+
+
+def block(shape, rows, cols):
+    m = np.zeros(shape, bool)
+    m[rows[0]:rows[1], cols[0]:cols[1]] = True
+    return m
+
+
+def test_j_is_iou_and_one_for_two_empty_masks():
+    gt = block((4, 4), (0, 2), (0, 2))
+    pred = block((4, 4), (0, 2), (1, 3))
+    assert db_eval_iou(gt, pred) == pytest.approx(2 / 6)  # 2 shared pixels, 6 in the union
+    assert db_eval_iou(gt, np.zeros_like(gt)) == 0.0
+    assert db_eval_iou(np.zeros_like(gt), np.zeros_like(gt)) == 1.0
+    np.testing.assert_allclose(db_eval_iou(np.stack([gt, gt]), np.stack([pred, gt])), [1 / 3, 1.0])
+
+
+def test_boundary_map_is_the_toolkits_seg2bmap():
+    # a 2×2 block at (1, 1): a pixel is boundary where it differs from its E, S or SE neighbour
+    b = seg2bmap(block((6, 6), (1, 3), (1, 3)))
+    expected = {(0, 0), (0, 1), (0, 2), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)}
+    assert set(zip(*np.nonzero(b))) == expected
+
+
+def test_f_by_hand_on_a_shifted_block():
+    # 6×6 image: tolerance ceil(0.008 · 8.49) = 1 pixel, a cross. The prediction is the block moved
+    # two columns right; its boundary is the ring above moved two columns. Within one pixel of
+    # the other ring: prediction (0,2) (0,3) (1,2) (2,2) (2,3) → precision 5/8; annotation
+    # (0,1) (0,2) (1,2) (2,1) (2,2) → recall 5/8; F = 5/8.
+    gt = block((6, 6), (1, 3), (1, 3))
+    pred = block((6, 6), (1, 3), (3, 5))
+    assert db_eval_boundary(gt, pred) == pytest.approx(5 / 8)
+    # moved one column only: every boundary pixel is within one pixel of the other ring
+    assert db_eval_boundary(gt, block((6, 6), (1, 3), (2, 4))) == pytest.approx(1.0)
+    # nothing predicted: precision 1 by convention, recall 0 → F = 0; both empty: F = 1
+    assert db_eval_boundary(gt, np.zeros_like(gt)) == 0.0
+    assert db_eval_boundary(np.zeros_like(gt), np.zeros_like(gt)) == 1.0
+    # a tolerance of 2 pixels (bound_th ≥ 1 is in pixels) matches the two-column shift fully
+    assert db_eval_boundary(gt, pred, bound_th=2) == pytest.approx(1.0)
+
+
+def test_statistics_mean_recall_decay_by_hand():
+    v = np.array([1.0, 0.8, 0.4, 0.2, 0.6, 0.0, 1.0, 0.3])
+    mean, recall, decay = db_statistics(v)
+    assert mean == pytest.approx(4.3 / 8)
+    assert recall == pytest.approx(4 / 8)  # 1, 0.8, 0.6, 1 are above 0.5
+    # bins of the toolkit for 8 frames: [0:3], [2:5], [4:6], [5:8]; decay = first − last
+    assert decay == pytest.approx(np.mean([1.0, 0.8, 0.4]) - np.mean([0.0, 1.0, 0.3]))
+
+
+def test_evaluate_sequence_per_object():
+    gt = np.zeros((2, 6, 6), np.uint8)
+    gt[:, 1:3, 1:3] = 1
+    gt[:, 4:6, 4:6] = 2
+    pred = gt.copy()
+    pred[1][pred[1] == 1] = 0
+    pred[1, 1:3, 3:5] = 1  # frame 1: object 1 moved two columns
+    scores = evaluate_sequence("s", gt, pred)
+    assert [o.object_id for o in scores] == [1, 2]
+    np.testing.assert_allclose(scores[0].j, [1.0, 0.0])
+    np.testing.assert_allclose(scores[0].f, [1.0, 5 / 8])
+    np.testing.assert_allclose(scores[1].j, [1.0, 1.0])
+
+
+def test_evaluate_davis_folder_csv_and_missing_sequence(tmp_path):
+    davis, results = tmp_path / "DAVIS", tmp_path / "res"
+    gt = np.zeros((4, 6, 6), np.uint8)
+    gt[:, 1:3, 1:3] = 1
+    for seq in ("s1", "s2"):
+        for t, m in enumerate(gt):
+            write_mask(davis / "Annotations" / "480p" / seq / f"{t:05d}.png", m)
+    (davis / "ImageSets" / "2017").mkdir(parents=True)
+    (davis / "ImageSets" / "2017" / "val.txt").write_text("s1\ns2\n")
+    pred = gt.copy()
+    pred[2] = block((6, 6), (1, 3), (3, 5))  # frame 2 wrong: J 0, F 5/8
+    for t, m in enumerate(pred):
+        write_mask(results / "s1" / f"{t:05d}.png", np.kron(m, np.ones((2, 2), np.uint8)))  # other size: resized
+    report = evaluate_davis(results, davis)
+    assert report.missing.keys() == {"s2"} and "s2" in report.missing["s2"]
+    overall = report.overall()
+    # frames 1 and 2 are scored (not the first, not the last)
+    assert overall["J-Mean"] == pytest.approx(0.5) and overall["F-Mean"] == pytest.approx((1 + 5 / 8) / 2)
+    assert overall["J&F-Mean"] == pytest.approx((0.5 + 13 / 16) / 2)
+    g_path, s_path = report.write_csv(tmp_path / "csv")
+    rows = list(csv.DictReader(g_path.open()))
+    assert float(rows[0]["J-Mean"]) == pytest.approx(0.5)
+    assert [r["Sequence"] for r in csv.DictReader(s_path.open())] == ["s1_1"]

@@ -124,6 +124,18 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
     return None if a == b else f"{prefix[:-1]}: store has {a!r}, this run {b!r}"
 
 
+def _remove_stray_temporaries(path) -> None:
+    """Delete the ``zarr.<hex>.partial`` files a killed writer left in a local store's root or its
+    video groups' folders (Zarr writes metadata to such a file, then links it into place; creating
+    a group writes one beside the root's ``zarr.json`` even though that already exists). Left
+    there, every listing of the store warns about them. Called by the run holding the lock."""
+    local = local_path(path)
+    if local is None or not local.is_dir():
+        return
+    for stray in [*local.glob("zarr.*.partial"), *local.glob("*/zarr.*.partial")]:
+        stray.unlink(missing_ok=True)
+
+
 def init_store(path: str | os.PathLike, config: dict, overwrite: bool = False):
     """Create the store, or open it for appending when its configuration matches ``config``.
 
@@ -144,6 +156,7 @@ def init_store(path: str | os.PathLike, config: dict, overwrite: bool = False):
         raise _missing_backend(path, exc) from None
     except Exception as exc:
         raise StoreError(f"{path}: cannot open or create a Zarr store: {str(exc).splitlines()[0][:160]}") from None
+    _remove_stray_temporaries(path)
     existing = root.attrs.get(ATTRS_KEY)
     if existing is not None:
         diff = _first_difference(_identity(existing), _identity(config))

@@ -237,18 +237,17 @@ def propagate(
 ) -> None:
     """Propagate first-frame object masks through each video by feature affinity (the DINO/LiFT
     DAVIS protocol), one Dask task per video; DAVIS-format PNGs out."""
-    from rich.console import Console
     from rich.table import Table
 
     from .propagate import PropagateOptions, propagate_store
 
-    console = Console(highlight=False)
+    con = console()  # lines are not wrapped when not a terminal
     if not masks.exists():
         fail(f"{masks}: no such mask file or folder")
     options = PropagateOptions(n_last=n_last, topk=topk, radius=radius, temperature=temperature,
                                start_frame=start_frame, overlay=overlay, write_store=store_masks, device=device)
     try:
-        with console.status(f"propagating masks through {store} …"):
+        with con.status(f"propagating masks through {store} …"):
             summary = propagate_store(store, masks, out, options, videos=video, scheduler=scheduler, workers=workers)
     except ValueError as exc:
         fail(str(exc))
@@ -259,14 +258,14 @@ def propagate(
         ok = r.status == "complete"
         table.add_row(r.video_id, str(r.frames) if ok else "-", str(r.objects) if ok else "-",
                       f"{r.seconds:.2f}" if ok else "-", "[green]complete[/]" if ok else f"[red]failed[/]: {r.error}")
-    console.print(table)
+    con.print(table)
     done = len(summary.results) - len(summary.failed)
     rate = summary.frames / summary.seconds if summary.seconds else 0.0
-    console.print(f"{out}: {done} videos, {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s); "
-                  f"{len(summary.failed)} failed")
+    con.print(f"{out}: {done} videos, {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s); "
+              f"{len(summary.failed)} failed")
     if summary.unmatched_masks:
         names = ", ".join(summary.unmatched_masks[:8]) + (" …" if len(summary.unmatched_masks) > 8 else "")
-        console.print(f"[yellow]note:[/] masks for {len(summary.unmatched_masks)} video(s) not in the store: {names}")
+        con.print(f"[yellow]note:[/] masks for {len(summary.unmatched_masks)} video(s) not in the store: {names}")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -281,18 +280,17 @@ def eval_davis(
     csv_dir: Annotated[Optional[Path], typer.Option(help="Where to write the toolkit's two CSVs (default: the results folder).")] = None,
 ) -> None:
     """DAVIS-2017 semi-supervised J&F (the official toolkit's definitions): per sequence and overall."""
-    from rich.console import Console
     from rich.table import Table
 
     from .metrics import evaluate_davis
 
-    console = Console(highlight=False)
+    con = console()  # lines are not wrapped when not a terminal
     if not results.is_dir():
         fail(f"{results}: results folder not found")
     if not davis.is_dir():
         fail(f"{davis}: DAVIS folder not found")
     try:
-        with console.status("evaluating …"):
+        with con.status("evaluating …"):
             report = evaluate_davis(results, davis, subset=subset, sequences=sequence, resolution=resolution)
     except ValueError as exc:
         fail(str(exc))
@@ -305,13 +303,13 @@ def eval_davis(
     table.add_section()
     table.add_row("[bold]all objects[/]", str(len(report.objects)), f"[bold]{overall['J&F-Mean']:.3f}[/]",
                   f"{overall['J-Mean']:.3f}", f"{overall['F-Mean']:.3f}")
-    console.print(table)
-    console.print("  ".join(f"{m} {overall[m]:.3f}" for m in ("J-Recall", "J-Decay", "F-Recall", "F-Decay")))
+    con.print(table)
+    con.print("  ".join(f"{m} {overall[m]:.3f}" for m in ("J-Recall", "J-Decay", "F-Recall", "F-Decay")))
     if report.objects:
         g_path, s_path = report.write_csv(csv_dir or results)
-        console.print(f"wrote {g_path} and {s_path}")
+        con.print(f"wrote {g_path} and {s_path}")
     for seq, why in report.missing.items():
-        console.print(f"[red]not evaluated[/] {seq}: {why}")
+        con.print(f"[red]not evaluated[/] {seq}: {why}")
     if report.missing or not report.objects:
         raise typer.Exit(1)
 

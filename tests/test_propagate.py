@@ -393,3 +393,78 @@ def test_davis_palette_png_round_trip_and_mask_kinds(tmp_path):
     assert read_mask(write_mask(tmp_path / "void.png", void))[0, 0] == 0  # DAVIS void reads as background
     with pytest.raises(MaskError, match="mask file not found"):
         read_mask(tmp_path / "none.png")
+
+
+# ---- the DAVIS workflow and the CLI on a tiny DAVIS-layout tree ----------------------------------
+
+
+@pytest.fixture(scope="module")
+def davis_run(tmp_path_factory):
+    """A tiny DAVIS tree (2 sequences of JPEG frames, annotations of every frame, ImageSets) run
+    through workflows/davis.py with a random tiny ViT: extract → propagate → evaluate."""
+    import importlib.util
+    from pathlib import Path
+
+    from liftvid.encode import synthetic_frames
+
+    from .conftest import TINY_VIT
+
+    root = tmp_path_factory.mktemp("davis_wf")
+    davis = root / "DAVIS"
+    for s, seq in enumerate(("bear", "car")):
+        frames = synthetic_frames(5, 48, 64, seed=10 + s)
+        (davis / "JPEGImages" / "480p" / seq).mkdir(parents=True)
+        for t, frame in enumerate(frames):
+            Image.fromarray(frame).save(davis / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", quality=95)
+            mask = np.zeros((48, 64), np.uint8)
+            mask[10 + t:30 + t, 8 + 2 * t:30 + 2 * t] = 1
+            mask[32:44, 40:60] = 2 if s else 0
+            write_mask(davis / "Annotations" / "480p" / seq / f"{t:05d}.png", mask)
+    (davis / "ImageSets" / "2017").mkdir(parents=True)
+    (davis / "ImageSets" / "2017" / "val.txt").write_text("bear\ncar\n")
+    path = Path(__file__).resolve().parents[1] / "workflows" / "davis.py"
+    spec = importlib.util.spec_from_file_location("davis_workflow", path)
+    workflow = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(workflow)
+    out = root / "run"
+    argv = [str(davis), "--out", str(out), "--backbone", TINY_VIT, "--weights", "random", "--resize", "square:64",
+            "--batch-size", "4", "--device", "cpu", "--scheduler", "sync"]
+    summary = workflow.run(workflow.parse_args(argv))
+    return {"davis": davis, "out": out, "summary": summary, "code": workflow.main}
+
+
+def test_davis_workflow_runs_every_stage_on_a_tiny_tree(davis_run):
+    summary, out = davis_run["summary"], davis_run["out"]
+    assert summary["sequences"] == ["bear", "car"] and not summary["failed"] and not summary["not_evaluated"]
+    assert set(summary["seconds"]) == {"extract", "propagate", "evaluate"}
+    assert set(summary["per_sequence"]) == {"bear", "car"} and summary["per_sequence"]["car"]["objects"] == 2
+    assert 0.0 <= summary["scores"]["J&F-Mean"] <= 1.0
+    for seq in ("bear", "car"):
+        assert sorted(p.name for p in (out / "results" / seq).glob("*.png")) == [f"{t:05d}.png" for t in range(5)]
+    assert (out / "results" / "global_results-val.csv").is_file() and (out / "summary.json").is_file()
+    assert st.list_videos(st.open_root(out / "features.zarr")) == ["bear", "car"]
+
+
+def test_cli_propagate_with_overlay_and_eval_davis(davis_run, tmp_path):
+    from typer.testing import CliRunner
+
+    from liftvid.cli import app
+
+    store, davis = davis_run["out"] / "features.zarr", davis_run["davis"]
+    runner = CliRunner()
+    res = runner.invoke(app, ["propagate", str(store), "--masks", str(davis / "Annotations" / "480p"),
+                              "--out", str(tmp_path / "res"), "--overlay", "--scheduler", "sync", "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "2 videos, 10 frames" in res.output
+    assert (tmp_path / "res" / "bear.mp4").stat().st_size > 0
+    res = runner.invoke(app, ["eval", "davis", str(tmp_path / "res"), "--davis", str(davis)])
+    assert res.exit_code == 0, res.output
+    assert "all objects" in res.output and (tmp_path / "res" / "per-sequence_results-val.csv").is_file()
+    # a video without masks: named, the other goes on, exit 1
+    one = tmp_path / "one"
+    write_mask(one / "bear.png", read_mask(davis / "Annotations" / "480p" / "bear" / "00000.png"))
+    res = runner.invoke(app, ["propagate", str(store), "--masks", str(one), "--out", str(tmp_path / "r2"),
+                              "--scheduler", "sync"])
+    assert res.exit_code == 1 and "car: no mask" in res.output and (tmp_path / "r2" / "bear" / "00004.png").is_file()
+    res = runner.invoke(app, ["propagate", str(store), "--masks", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert res.exit_code == 1 and "no such mask file or folder" in res.output

@@ -43,6 +43,7 @@ RADIUS = 12
 TEMPERATURE = 0.1
 CHUNK_BYTES = 512 << 20  # bound on the feature buffers of one chunk of frames
 SIMS_BYTES = 64 << 20  # bound on one tile's similarities for a sub-batch of a chunk's frames
+BATCHED_SOURCES: bool | None = None  # one bmm over source frames (None: on GPUs; CPUs loop over mm)
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -223,7 +224,8 @@ class _ChunkAffinity:
                     # (rows of targets outside the sub-batch are never read)
                     n = sb + L - 1
                     src = srcs[b0:b0 + n].transpose(1, 2)
-                    if dev.type == "cpu":  # one mm per source (MKL threads those, not a bmm's batch),
+                    batched = dev.type != "cpu" if BATCHED_SOURCES is None else BATCHED_SOURCES
+                    if not batched:  # one mm per source (MKL threads those, not a bmm's batch),
                         # against its targets in the sub-batch only
                         bysrc = torch.empty((n, L * M, win), dtype=dt, device=dev)
                         for i in range(max(b0, first_valid), b0 + n):

@@ -71,14 +71,16 @@ def long_case():
     return feats, labels, reference_propagation(feats, labels, n_last=3, topk=4, radius=2)
 
 
-@pytest.mark.parametrize("tile,sims_bytes", [(2, None), (3, 1), (5, 1 << 12), (100, None)])
-def test_tiles_and_sub_batches_do_not_change_the_result(monkeypatch, long_case, tile, sims_bytes):
-    """Tiles of any side (100: the whole grid) and sub-batches of any
-    length (sims_bytes 1: one frame) give the loop reference's labels."""
+@pytest.mark.parametrize("tile,sims_bytes,batched", [(2, None, False), (3, 1, False), (5, 1 << 12, False),
+                                                    (100, None, False), (3, None, True), (4, 1 << 12, True)])
+def test_tiles_and_sub_batches_do_not_change_the_result(monkeypatch, long_case, tile, sims_bytes, batched):
+    """Tiles of any side (100: the whole grid), sub-batches of any length (sims_bytes 1: one
+    frame) and the GPU's one-bmm path (run here on the CPU) give the loop reference's labels."""
     import liftvid.propagate as prop
 
     if sims_bytes is not None:
         monkeypatch.setattr(prop, "SIMS_BYTES", sims_bytes)
+    monkeypatch.setattr(prop, "BATCHED_SOURCES", batched)
     feats, labels, expected = long_case
     got = propagate_labels(feats, labels, n_last=3, topk=4, radius=2, tile=tile, chunk_frames=17)
     torch.testing.assert_close(got, expected, atol=1e-8, rtol=0)

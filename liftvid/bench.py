@@ -36,6 +36,9 @@ class BenchOptions:
     decode_workers: int = 4
     naive_frames: int = 50
     model_batches: int = 20
+    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool = False
+    shard: bool = False
     seed: int = 0
 
 
@@ -137,16 +140,19 @@ def measure_model(extractor, frame_size: tuple[int, int], batch_size: int, batch
     return batches * batch_size / (time.perf_counter() - t0)
 
 
-def measure_write(path: str, n_frames: int, grid: tuple[int, int], channels: int, batch_size: int) -> float:
-    """Frames/s of writing float16 features in batches through the store's writer path."""
+def measure_write(path: str, n_frames: int, grid: tuple[int, int], channels: int, batch_size: int,
+                  shard: bool = False, workers: int = 2) -> float:
+    """Frames/s of writing float16 features in batches through the store's writer path (chunk
+    length and layout as ``extract`` chooses them, ``workers`` writer threads)."""
     root = st.init_store(path, {"schema_version": st.SCHEMA_VERSION, "bench": True})
     rng = np.random.default_rng(0)
     block = rng.standard_normal((batch_size, *grid, channels)).astype(np.float16)
     t0 = time.perf_counter()
     group = st.begin_video(root, "bench", {}, n_frames, grid, channels, np.arange(n_frames),
-                           np.arange(n_frames) / 24.0)
+                           np.arange(n_frames) / 24.0, shard=shard,
+                           t_chunk=st.chunk_frames(grid, channels, batch_size=batch_size))
     feats = group["features"]
-    with ThreadPoolExecutor(max_workers=1) as writer:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as writer:
         futures = [writer.submit(feats.__setitem__, slice(i, min(i + batch_size, n_frames)),
                                  block[: min(batch_size, n_frames - i)])
                    for i in range(0, n_frames, batch_size)]
@@ -203,7 +209,8 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
         extract_options = ExtractOptions(backbone=options.backbone, weights=options.weights, lift=lift_path,
                                          resize=options.resize, batch_size=options.batch_size,
                                          device=str(device), decode_workers=options.decode_workers,
-                                         seed=options.seed)
+                                         precision=options.precision, compile=options.compile,
+                                         shard=options.shard, seed=options.seed)
         extractor, _ = build_extractor(extract_options, device)
         patch = extractor.backbone.patch_size
         sources, counts = _repeat_inputs(inputs, resize, patch, options.min_frames)
@@ -221,7 +228,8 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
         result.model_fps = measure_model(extractor, frame_size, options.batch_size, options.model_batches, device)
         report("model", result.model_fps)
         result.write_fps = measure_write(str(tmp / "write.zarr"), result.frames, grid,
-                                         extractor.backbone.channels, options.batch_size)
+                                         extractor.backbone.channels, options.batch_size, options.shard,
+                                         extract_options.write_workers)
         report("write", result.write_fps)
         e2e_inputs = _distinct_copies(sources, tmp / "inputs")
         t0 = time.perf_counter()

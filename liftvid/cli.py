@@ -108,6 +108,10 @@ def extract(
     fps: Annotated[float, typer.Option(help="Frame rate assumed for folders of frames.")] = 24.0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store written with another configuration.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
+    decode_workers: Annotated[int, typer.Option(help="Videos decoding at once, ahead of the model.", min=1)] = 2,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32; features are stored float16.")] = "auto",
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT (pays off on long GPU runs).")] = False,
+    shard: Annotated[bool, typer.Option("--shard", help="Store one-frame chunks inside batch-sized shards: reading one frame reads one frame.")] = False,
     scheduler: Annotated[Optional[str], typer.Option(help="Run one Dask task per video: 'processes' or tcp://host:port of a dask.distributed cluster (`liftvid cluster`); the store must be reachable from every worker. Default: in-process pipeline.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local processes for --scheduler processes.", min=1)] = None,
 ) -> None:
@@ -129,7 +133,8 @@ def extract(
     options = ExtractOptions(backbone=backbone, weights=weights, layer=layer, facet=facet,
                              lift=str(lift) if lift else None, lift_iterations=lift_iterations,
                              resize=resize, stride=stride, max_frames=max_frames, batch_size=batch_size,
-                             device=device, fps=fps, overwrite=overwrite, seed=seed)
+                             device=device, fps=fps, overwrite=overwrite, seed=seed,
+                             decode_workers=decode_workers, precision=precision, compile=compile_model, shard=shard)
     try:
         with Progress(*_progress_columns(), console=err, transient=False) as bars:
             summary = extract_videos(inputs, store, options, progress=_RichExtractProgress(bars),
@@ -687,6 +692,9 @@ def bench(
     decode_workers: Annotated[int, typer.Option(help="Videos decoding at once.", min=1)] = 4,
     naive_frames: Annotated[int, typer.Option(help="Frames for the naive per-frame reference.", min=1)] = 50,
     model_batches: Annotated[int, typer.Option(help="Batches timed for model-only.", min=1)] = 20,
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT.")] = False,
+    shard: Annotated[bool, typer.Option("--shard", help="One-frame chunks inside batch-sized shards.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers as JSON.")] = None,
 ) -> None:
     """Measure decode, model, write, end-to-end and a naive reference side by side, in frames/s."""
@@ -699,13 +707,14 @@ def bench(
     out = console()
     options = BenchOptions(backbone=backbone, weights=weights, lift=lift, resize=resize, batch_size=batch_size,
                            device=device, min_frames=min_frames, decode_workers=decode_workers,
-                           naive_frames=naive_frames, model_batches=model_batches)
+                           naive_frames=naive_frames, model_batches=model_batches, precision=precision,
+                           compile=compile_model, shard=shard)
     try:
         result = run_benchmark(inputs, options, report=lambda stage, fps: out.print(f"  {stage:<11} {fps:12,.1f} frames/s"))
     except ValueError as exc:
         fail(str(exc))
     table = Table(title=f"liftvid bench: {backbone} {'+ LiFT ' if lift else ''}{resize}, batch {batch_size}, "
-                        f"{result.device}, {result.frames} frames")
+                        f"{precision}{', compiled' if compile_model else ''}, {result.device}, {result.frames} frames")
     table.add_column("stage")
     table.add_column("frames/s", justify="right")
     for name, value in [("(a) decode only", result.decode_fps), ("(b) model only", result.model_fps),

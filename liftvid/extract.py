@@ -27,6 +27,8 @@ from .lift import LiFT, lift_features, load_lift_checkpoint
 from .video import Resize, VideoDecodeError, VideoSource, find_sources, open_video, sample_indices
 
 MAX_PENDING_WRITES = 4  # batches in flight to the writer thread: bounds host memory
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 autocast on CUDA, fp32 elsewhere
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -49,6 +51,9 @@ class ExtractOptions:
     decode_threads: int = 0  # decord's threads per video (0 = its default)
     decode_workers: int = 2  # videos decoding at once, ahead of the model
     write_workers: int = 2  # threads compressing and writing chunks
+    precision: str = "auto"  # compute precision, one of PRECISIONS; features are stored float16
+    compile: bool = False  # torch.compile the backbone + LiFT (first batches of each shape compile)
+    shard: bool = False  # one-frame chunks inside shards of a batch: one-frame reads read one frame
     seed: int = 0
 
 
@@ -105,11 +110,16 @@ def resolve_device(device: str) -> torch.device:
 class FeatureExtractor(torch.nn.Module):
     """Backbone (+ LiFT) on uint8 frames: ``(B, H, W, 3) uint8`` → ``(B, h, w, C) float16``.
 
-    Normalisation happens on the device; bf16 autocast on CUDA, fp32 elsewhere.
+    Normalisation happens on the device. ``precision``: ``"auto"`` (bf16 autocast on CUDA, fp32
+    elsewhere), ``"bf16"``, ``"fp16"`` (autocast) or ``"fp32"``.
     """
 
-    def __init__(self, backbone: Backbone, lift: LiFT | None = None, lift_iterations: int = 1):
+    def __init__(self, backbone: Backbone, lift: LiFT | None = None, lift_iterations: int = 1,
+                 precision: str = "auto"):
         super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        self.precision = precision
         self.backbone = backbone
         self.lift = lift
         self.lift_iterations = lift_iterations if lift is not None else 0
@@ -137,7 +147,8 @@ class FeatureExtractor(torch.nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         device = self.mean.device
         frames = frames.to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        precision = self.precision if self.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        with torch.autocast(device.type, dtype=_AUTOCAST.get(precision, torch.bfloat16), enabled=precision != "fp32"):
             feats = self.features(self.normalise(frames))
         return feats.permute(0, 2, 3, 1).to(torch.float16)
 
@@ -160,9 +171,12 @@ def build_extractor(options: ExtractOptions, device: torch.device) -> tuple[Feat
             raise ValueError(f"--lift-iterations {options.lift_iterations}: must be at least 1")
         lift, _ = load_lift_checkpoint(options.lift, backbone)
         lift_info = _lift_info(options)
-    extractor = FeatureExtractor(backbone, lift, options.lift_iterations).to(device).eval()
+    extractor = FeatureExtractor(backbone, lift, options.lift_iterations, options.precision).to(device).eval()
     if device.type == "cuda":
         extractor = extractor.to(memory_format=torch.channels_last)
+    if options.compile:
+        # the instance attribute shadows the method; forward() calls it inside inference mode
+        extractor.features = torch.compile(extractor.features)
     return extractor, lift_info
 
 
@@ -310,7 +324,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     channels = extractor.backbone.channels
     t_chunk = st.chunk_frames(grid, channels, batch_size=options.batch_size)
     group = st.begin_video(root, video_id, info, len(indices), grid, channels, indices,
-                           reader.timestamps(indices), t_chunk=t_chunk)
+                           reader.timestamps(indices), t_chunk=t_chunk, shard=options.shard)
     progress.video_started(video_id, len(indices))
     features = group["features"]
     futures: list[Future] = []

@@ -276,11 +276,16 @@ def chunk_frames(grid_size: tuple[int, int], channels: int, itemsize: int = 2,
 
 def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple[int, int],
                 channels: int, frame_index: np.ndarray, timestamps: np.ndarray,
-                dtype: str = "float16", compressors: Any = "auto", t_chunk: int | None = None):
+                dtype: str = "float16", compressors: Any = "auto", t_chunk: int | None = None,
+                shard: bool = False):
     """(Re)create a video's group with status ``incomplete`` and its arrays, ready for features.
 
     Any previous group of that name is deleted first. ``frame_index`` and ``timestamps`` are
     written here; features are written by the caller, then :func:`mark_complete`.
+
+    ``features`` is chunked by ``t_chunk`` frames; with ``shard`` it is stored as one-frame chunks
+    inside shards of ``t_chunk`` frames (one file per shard as before, but a one-frame read
+    fetches and decompresses one frame only).
 
     Returns:
         The video's ``zarr.Group``.
@@ -291,7 +296,9 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
                               attributes={ATTRS_KEY: {**info, "status": INCOMPLETE, "error": None}})
     h, w = grid_size
     t_chunk = min(max(n_frames, 1), t_chunk or chunk_frames(grid_size, channels, np.dtype(dtype).itemsize))
-    group.create_array("features", shape=(n_frames, h, w, channels), chunks=(t_chunk, h, w, channels),
+    layout = ({"chunks": (1, h, w, channels), "shards": (t_chunk, h, w, channels)} if shard
+              else {"chunks": (t_chunk, h, w, channels)})
+    group.create_array("features", shape=(n_frames, h, w, channels), **layout,
                        dtype=dtype, dimension_names=FEATURE_DIMS, compressors=compressors, fill_value=0)
     fi = group.create_array("frame_index", shape=(n_frames,), chunks=(max(n_frames, 1),), dtype="int64",
                             dimension_names=("frame",), fill_value=-1)

@@ -317,3 +317,56 @@ def test_shared_data_extracts_on_cpu(tmp_path, shared_data):
     assert {v: root[v]["features"].shape for v in root.group_keys()} == {
         "apple": (50, 14, 14, 384), "backpack": (87, 14, 14, 384),
         "cat": (87, 14, 14, 384), "paragliding": (70, 14, 14, 384)}
+
+
+def test_shard_stores_one_frame_chunks_with_the_same_values(tmp_path, video_dir):
+    plain, sharded = tmp_path / "plain.zarr", tmp_path / "sharded.zarr"
+    for store, extra in ((plain, ()), (sharded, ("--shard",))):
+        result = _extract([video_dir / "clip_a.mp4"], store, "--resize", "square:64", *extra)
+        assert result.exit_code == 0, result.output
+    a = zarr.open_group(str(plain), mode="r")["clip_a"]["features"]
+    b = zarr.open_group(str(sharded), mode="r")["clip_a"]["features"]
+    assert b.chunks == (1, *a.shape[1:]) and b.shards == (4, *a.shape[1:])  # a shard per batch of 4
+    np.testing.assert_array_equal(a[:], b[:])
+    _assert_stores_equal(plain, sharded)  # same attrs; a rerun with --shard skips the video
+    assert "1 already complete" in _extract([video_dir / "clip_a.mp4"], sharded, "--resize", "square:64").output
+
+
+def test_compile_gives_the_same_features(tmp_path, video_dir, lift_ckpt, monkeypatch):
+    # dynamo captures the backbone + LiFT graph; the "eager" backend skips inductor's minute of C++
+    # compilation on a CPU (what runs on a GPU is the same graph, compiled)
+    real_compile, calls = torch.compile, []
+
+    def compile_eager(fn, **kwargs):
+        calls.append(fn)
+        return real_compile(fn, backend="eager")
+
+    monkeypatch.setattr(torch, "compile", compile_eager)
+    plain = extract_videos([video_dir / "clip_b.mp4"], tmp_path / "plain.zarr",
+                           ExtractOptions(backbone=TINY_VIT, weights="random", lift=str(lift_ckpt),
+                                          resize="square:32", batch_size=4, device="cpu"))
+    compiled = extract_videos([video_dir / "clip_b.mp4"], tmp_path / "compiled.zarr",
+                              ExtractOptions(backbone=TINY_VIT, weights="random", lift=str(lift_ckpt),
+                                             resize="square:32", batch_size=4, device="cpu", compile=True))
+    assert plain.frames == compiled.frames == 9 and len(calls) == 1
+    a = zarr.open_group(str(tmp_path / "plain.zarr"), mode="r")["clip_b"]["features"][:]
+    b = zarr.open_group(str(tmp_path / "compiled.zarr"), mode="r")["clip_b"]["features"][:]
+    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-2, rtol=1e-2)
+
+
+def test_precision_bf16_is_close_to_fp32_and_unknown_is_refused(tmp_path, video_dir):
+    stores = {}
+    for precision in ("fp32", "bf16"):
+        stores[precision] = tmp_path / f"{precision}.zarr"
+        result = _extract([video_dir / "clip_b.mp4"], stores[precision], "--resize", "square:32",
+                          "--precision", precision)
+        assert result.exit_code == 0, result.output
+    a, b = (zarr.open_group(str(stores[p]), mode="r")["clip_b"]["features"][:].astype(np.float32)
+            for p in ("fp32", "bf16"))
+    assert not np.array_equal(a, b)  # bf16 really ran
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    assert cos.min() > 0.99
+    result = _extract([video_dir / "clip_b.mp4"], tmp_path / "bad.zarr", "--precision", "fp8")
+    assert result.exit_code != 0
+    assert result.output.strip().splitlines()[-1] == "error: --precision fp8: use one of auto, bf16, fp16, fp32"
+    assert not (tmp_path / "bad.zarr").exists()  # refused before anything is written

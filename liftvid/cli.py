@@ -201,7 +201,7 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
         table.add_row(escape(vid), frames, shape_text, src, size, label)
     out.print(table)
     n_complete = sum(st.video_info(root, v).get("status") == "complete" for v in videos)
-    out.print(f"{len(videos)} videos, {n_complete} complete")
+    out.print(f"{len(videos)} video{'s' if len(videos) != 1 else ''}, {n_complete} complete")
 
 
 @app.command()

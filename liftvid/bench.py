@@ -34,6 +34,7 @@ class BenchOptions:
     device: str = "auto"
     min_frames: int = 2000  # repeat the inputs until at least this many frames
     decode_workers: int = 4
+    decode_threads: int = 0  # decord threads per video (0: its default)
     naive_frames: int = 50
     model_batches: int = 20
     precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
@@ -110,10 +111,12 @@ def _distinct_copies(sources, folder: Path) -> list[Path]:
     return paths
 
 
-def measure_decode(sources, resize: Resize, patch: int, batch_size: int, workers: int) -> tuple[int, float]:
-    """Frames/s of decoding every source at the model size, ``workers`` videos at once."""
+def measure_decode(sources, resize: Resize, patch: int, batch_size: int, workers: int,
+                   threads: int = 0) -> tuple[int, float]:
+    """Frames/s of decoding every source at the model size, ``workers`` videos at once, each with
+    ``threads`` decord threads (0: decord's default)."""
     def decode(source) -> int:
-        reader = open_video(source, resize, patch)
+        reader = open_video(source, resize, patch, num_threads=threads)
         n = 0
         for _, frames in reader.batches(sample_indices(reader.n_frames), batch_size):
             n += len(frames)
@@ -209,6 +212,7 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
         extract_options = ExtractOptions(backbone=options.backbone, weights=options.weights, lift=lift_path,
                                          resize=options.resize, batch_size=options.batch_size,
                                          device=str(device), decode_workers=options.decode_workers,
+                                         decode_threads=options.decode_threads,
                                          precision=options.precision, compile=options.compile,
                                          shard=options.shard, seed=options.seed)
         extractor, _ = build_extractor(extract_options, device)
@@ -223,7 +227,8 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
         result.details = {"videos": len(sources), "frame_size": frame_size, "grid": grid,
                           "channels": extractor.backbone.channels}
 
-        _, result.decode_fps = measure_decode(sources, resize, patch, options.batch_size, options.decode_workers)
+        _, result.decode_fps = measure_decode(sources, resize, patch, options.batch_size, options.decode_workers,
+                                              options.decode_threads)
         report("decode", result.decode_fps)
         result.model_fps = measure_model(extractor, frame_size, options.batch_size, options.model_batches, device)
         report("model", result.model_fps)

@@ -109,6 +109,7 @@ def extract(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store written with another configuration.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
     decode_workers: Annotated[int, typer.Option(help="Videos decoding at once, ahead of the model.", min=1)] = 2,
+    decode_threads: Annotated[int, typer.Option(help="decord threads per video (0: decord's default).", min=0)] = 0,
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32; features are stored float16.")] = "auto",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT (pays off on long GPU runs).")] = False,
     shard: Annotated[bool, typer.Option("--shard", help="Store one-frame chunks inside batch-sized shards: reading one frame reads one frame.")] = False,
@@ -134,7 +135,8 @@ def extract(
                              lift=str(lift) if lift else None, lift_iterations=lift_iterations,
                              resize=resize, stride=stride, max_frames=max_frames, batch_size=batch_size,
                              device=device, fps=fps, overwrite=overwrite, seed=seed,
-                             decode_workers=decode_workers, precision=precision, compile=compile_model, shard=shard)
+                             decode_workers=decode_workers, decode_threads=decode_threads, precision=precision,
+                             compile=compile_model, shard=shard)
     try:
         with Progress(*_progress_columns(), console=err, transient=False) as bars:
             summary = extract_videos(inputs, store, options, progress=_RichExtractProgress(bars),
@@ -690,6 +692,7 @@ def bench(
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
     min_frames: Annotated[int, typer.Option(help="Repeat the inputs to at least this many frames.", min=1)] = 2000,
     decode_workers: Annotated[int, typer.Option(help="Videos decoding at once.", min=1)] = 4,
+    decode_threads: Annotated[int, typer.Option(help="decord threads per video (0: decord's default).", min=0)] = 0,
     naive_frames: Annotated[int, typer.Option(help="Frames for the naive per-frame reference.", min=1)] = 50,
     model_batches: Annotated[int, typer.Option(help="Batches timed for model-only.", min=1)] = 20,
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
@@ -707,6 +710,7 @@ def bench(
     out = console()
     options = BenchOptions(backbone=backbone, weights=weights, lift=lift, resize=resize, batch_size=batch_size,
                            device=device, min_frames=min_frames, decode_workers=decode_workers,
+                           decode_threads=decode_threads,
                            naive_frames=naive_frames, model_batches=model_batches, precision=precision,
                            compile=compile_model, shard=shard)
     try:

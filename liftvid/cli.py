@@ -253,9 +253,20 @@ def propagate(
         fail(f"{masks}: no such mask file or folder")
     options = PropagateOptions(n_last=n_last, topk=topk, radius=radius, temperature=temperature,
                                start_frame=start_frame, overlay=overlay, write_store=store_masks, device=device)
+    from rich.progress import Progress
+
     try:
-        with con.status(f"propagating masks through {store} …"):
-            summary = propagate_store(store, masks, out, options, videos=video, scheduler=scheduler, workers=workers)
+        with Progress(*_progress_columns(), console=console(stderr=True), transient=True) as bars:
+            task = bars.add_task("videos", total=None, unit="frames")
+
+            def video_done(result, n_videos: int) -> None:
+                # the bar counts frames, so its rate column is frames/s; the description counts videos
+                done = bars.tasks[0].fields.get("videos", 0) + 1
+                bars.update(task, advance=result.frames, videos=done,
+                            description=f"videos {done}/{n_videos}, frames")
+
+            summary = propagate_store(store, masks, out, options, videos=video, scheduler=scheduler,
+                                      workers=workers, progress=video_done)
     except ValueError as exc:
         fail(str(exc))
     table = Table(show_edge=False)

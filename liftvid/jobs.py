@@ -88,7 +88,8 @@ def _guarded(func: Callable[..., Any], *args: Any) -> Any:
 
 
 def run_per_video(func: Callable[..., Any], tasks: Mapping[str, tuple], scheduler: str = "threads",
-                  workers: int | None = None) -> dict[str, Any]:
+                  workers: int | None = None,
+                  on_done: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
     """Run ``func(*args)`` for every ``video_id → args`` of ``tasks``, one Dask task per video.
 
     Args:
@@ -97,6 +98,8 @@ def run_per_video(func: Callable[..., Any], tasks: Mapping[str, tuple], schedule
         tasks: video id → argument tuple.
         scheduler: ``"threads"`` (default), ``"processes"``, ``"sync"`` or ``"tcp://host:port"``.
         workers: local threads/processes (``None``: one per core); a cluster has its own.
+        on_done: called on this process as ``on_done(video_id, result_or_exception)`` when each
+            video finishes, in completion order (progress bars).
 
     Returns:
         video id → ``func``'s result, or the exception it raised (the other videos still run).
@@ -112,16 +115,52 @@ def run_per_video(func: Callable[..., Any], tasks: Mapping[str, tuple], schedule
     graph = {vid: dask.delayed(_guarded, pure=False)(func, *args, dask_key_name=f"{_key_prefix(func)}-{vid}")
              for vid, args in tasks.items()}
     if scheduler.startswith("tcp://"):
+        import time
+
         from distributed import Client
 
         with Client(scheduler, set_as_default=False) as client:
-            futures = client.compute(list(graph.values()))
-            return {vid: _result(future) for vid, future in zip(graph, futures)}
+            pending = dict(zip(client.compute(list(graph.values())), graph))
+            out = {}
+            while pending:  # (distributed.as_completed wants a default client; this one is not)
+                finished = [future for future in pending if future.done()]
+                for future in finished:
+                    vid = pending.pop(future)
+                    out[vid] = _result(future)
+                    if on_done is not None:
+                        on_done(vid, out[vid])
+                if not finished:
+                    time.sleep(0.02)
+            return {vid: out[vid] for vid in graph}
     kwargs: dict[str, Any] = {"scheduler": scheduler}
     if workers is not None and scheduler != "sync":
         kwargs["num_workers"] = workers
-    values = dask.compute(*graph.values(), **kwargs)
+    with _TaskDone({value.key: vid for vid, value in graph.items()}, on_done):
+        values = dask.compute(*graph.values(), **kwargs)
     return dict(zip(graph, values))
+
+
+class _TaskDone:
+    """A local-scheduler callback calling ``on_done(video_id, result)`` as each video's task ends."""
+
+    def __init__(self, video_of: dict, on_done: Callable[[str, Any], None] | None):
+        self.video_of, self.on_done, self.callback = video_of, on_done, None
+
+    def __enter__(self):
+        if self.on_done is not None:
+            from dask.callbacks import Callback
+
+            def posttask(key, result, dsk, state, worker_id):
+                if key in self.video_of:
+                    self.on_done(self.video_of[key], result)
+
+            self.callback = Callback(posttask=posttask)
+            self.callback.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.callback is not None:
+            self.callback.__exit__(*exc)
 
 
 def _key_prefix(func: Callable[..., Any]) -> str:

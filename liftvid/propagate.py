@@ -27,7 +27,7 @@ bounded whatever the length of the video.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -705,7 +705,8 @@ def _describe_frames(frame_index: np.ndarray) -> str:
 
 def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Path,
                     options: PropagateOptions | None = None, videos: list[str] | None = None,
-                    scheduler: str = "threads", workers: int | None = None) -> PropagateSummary:
+                    scheduler: str = "threads", workers: int | None = None,
+                    progress: Callable[[VideoPropagation, int], None] | None = None) -> PropagateSummary:
     """Propagate first-frame masks through the videos of a liftvid store, one Dask task per video.
 
     Args:
@@ -717,6 +718,8 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
         videos: video ids to process (default: every complete video of the store).
         scheduler: ``threads`` (default), ``processes``, ``sync`` or ``tcp://host:port``.
         workers: local worker threads/processes.
+        progress: called as ``progress(result, n_videos)`` with each video's
+            :class:`VideoPropagation` as it finishes (failed ones included), in completion order.
 
     Returns:
         :class:`PropagateSummary`; a video without a mask, absent from the store or that fails is
@@ -757,16 +760,22 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
         tasks[vid] = (str(store_path), vid, str(path), str(out_dir), options, stride)
     if not (Path(masks).is_file() and len(todo) == 1):
         summary.unmatched_masks = [m for m in mask_ids(masks) if m not in root]
-    results = jobs.run_per_video(propagate_video, tasks, scheduler, workers)
+    def outcome(vid: str, res: Any) -> VideoPropagation:
+        if isinstance(res, BaseException):
+            text = str(res) if isinstance(res, ValueError) else f"{type(res).__name__}: {res}"
+            return VideoPropagation(vid, "failed", error=text)
+        return res
+
+    if progress is not None:
+        for vid in failed:
+            progress(VideoPropagation(vid, "failed", error=failed[vid]), len(todo))
+    results = jobs.run_per_video(propagate_video, tasks, scheduler, workers,
+                                 on_done=None if progress is None else
+                                 lambda vid, res: progress(outcome(vid, res), len(todo)))
     for vid in todo:
         if vid in failed:
             summary.results.append(VideoPropagation(vid, "failed", error=failed[vid]))
-            continue
-        res = results[vid]
-        if isinstance(res, BaseException):
-            text = str(res) if isinstance(res, ValueError) else f"{type(res).__name__}: {res}"
-            summary.results.append(VideoPropagation(vid, "failed", error=text))
         else:
-            summary.results.append(res)
+            summary.results.append(outcome(vid, results[vid]))
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -325,7 +325,7 @@ def test_file_url_store(tmp_path, four_videos):
     assert (tmp_path / ".via url.zarr.lock").exists()  # a file:// store is locked like a path
     for name in (url, str(tmp_path / "via url.zarr")):
         info = runner.invoke(app, ["info", name])
-        assert info.exit_code == 0 and "1 videos, 1 complete" in info.output, info.output
+        assert info.exit_code == 0 and "1 video, 1 complete" in info.output, info.output
     assert _read_store(tmp_path / "via url.zarr")["v3"]["features"].shape == (4, 2, 2, 192)
 
 

@@ -323,9 +323,14 @@ def test_bad_inputs_fail_their_video_only_with_a_named_reason(oracle_store, tmp_
     empty = tmp_path / "empty"
     write_mask(empty / "a.png", np.zeros_like(gt["a"][0]))
     write_mask(empty / "b.png", gt["b"][0])
-    by = {r.video_id: r for r in propagate_store(store, empty, tmp_path / "o2", scheduler="threads").results}
+    reported = []
+    s = propagate_store(store, empty, tmp_path / "o2", scheduler="threads",
+                        progress=lambda result, n: reported.append((result.video_id, result.status, n)))
+    by = {r.video_id: r for r in s.results}
     assert by["a"].status == "failed" and "empty mask" in by["a"].error and "a.png" in by["a"].error
     assert by["b"].status == "complete"
+    # each video is reported once as it finishes, failures included, with the number of videos
+    assert sorted(reported) == [("a", "failed", 2), ("b", "complete", 2)]
     # more objects than the palette holds: a 16-bit id map with id 300
     many = tmp_path / "many"
     many.mkdir()

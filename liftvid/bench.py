@@ -26,6 +26,8 @@ from .video import Resize, find_sources, open_video, sample_indices
 
 @dataclass
 class BenchOptions:
+    """What the benchmark runs: backbone, LiFT, resize, batch, precision, decode workers, sizes of each stage."""
+
     backbone: str = "dino_vits16"
     weights: str = "random"
     lift: bool = True  # a random LiFT checkpoint made for the run (speed does not depend on weights)
@@ -45,6 +47,8 @@ class BenchOptions:
 
 @dataclass
 class BenchResult:
+    """Frames/s of each stage (a)–(e), their ratios and the limiting stage."""
+
     options: dict
     device: str
     frames: int

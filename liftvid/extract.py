@@ -59,6 +59,8 @@ class ExtractOptions:
 
 @dataclass
 class VideoResult:
+    """The outcome of one video: ``complete``, ``skipped`` (already complete) or ``failed`` with its error."""
+
     video_id: str
     source: str
     status: str  # "complete" | "skipped" | "failed"
@@ -69,6 +71,8 @@ class VideoResult:
 
 @dataclass
 class ExtractSummary:
+    """Every video's :class:`VideoResult` of one ``extract_videos`` call, and its wall time."""
+
     store: str
     results: list[VideoResult] = field(default_factory=list)
     seconds: float = 0.0

@@ -503,6 +503,8 @@ class VideoPropagation:
 
 @dataclass
 class PropagateSummary:
+    """Every video's :class:`VideoPropagation` of one ``propagate_store`` call, masks without a video, wall time."""
+
     store: str
     out_dir: str
     results: list[VideoPropagation] = field(default_factory=list)

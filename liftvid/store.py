@@ -60,6 +60,7 @@ def make_config(backbone: dict, lift: dict | None, resize: str, mean, std,
 
 
 def is_url(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is an fsspec URL (``memory://``, ``s3://``, ``file://``…) rather than a path."""
     return "://" in str(path)
 
 

@@ -117,6 +117,7 @@ class QuerySet:
 
 
 def default_device() -> torch.device:
+    """CUDA when available, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -449,6 +450,8 @@ class QueryRow:
 
 @dataclass(frozen=True)
 class SkippedQuery:
+    """A query line that was not tracked, with the reason (outside the frame, unknown video, NaN…)."""
+
     line: int
     video_id: str
     query: int
@@ -697,6 +700,7 @@ def write_overlay(path: Path, info: dict, frame_index: np.ndarray, positions: np
 
 
 def overlay_path(out_csv: Path, video_id: str) -> Path:
+    """``<out>_<video_id>.mp4`` beside the tracks CSV."""
     return out_csv.with_name(f"{out_csv.stem}_{video_id}.mp4")
 
 

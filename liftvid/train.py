@@ -70,6 +70,8 @@ class TrainOptions:
 
 @dataclass
 class EpochStats:
+    """One epoch: steps, mean loss, images/s and the held-out LiFT-vs-bilinear cosine."""
+
     epoch: int  # 1-based
     steps: int  # optimizer steps so far, all epochs
     loss: float  # mean training loss of the epoch
@@ -86,6 +88,8 @@ class EpochStats:
 
 @dataclass
 class TrainSummary:
+    """The epochs one ``train_lift`` call ran, the checkpoint path and the skipped inputs."""
+
     checkpoint: str
     epochs: list[EpochStats] = field(default_factory=list)  # the epochs this call ran
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, error)

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
-import numpy as np
 import torch
 
 from . import store as st
@@ -320,7 +319,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     fh, fw = reader.frame_size
     grid = (fh // patch * scale, fw // patch * scale)
     info = {
-        "source": str(source.path), "source_kind": source.kind,
+        **source.record(),
         "source_size": list(reader.source_size), "frame_size": [fh, fw], "grid_size": list(grid),
         "fps": float(reader.fps), "source_frames": int(reader.n_frames),
         "sampling": {"stride": options.stride, "max_frames": options.max_frames},
@@ -393,7 +392,7 @@ def extract_one(source: VideoSource, video_id: str, store_path: str, options: Ex
         try:
             return extract_video(extractor, root, feed, video_id, options, writer, _NoProgress(), pinned).finish()
         except VideoDecodeError as exc:
-            st.mark_failed(root, video_id, {"source": str(source.path), "source_kind": source.kind}, str(exc))
+            st.mark_failed(root, video_id, source.record(), str(exc))
             return VideoResult(video_id, str(source.path), st.FAILED, error=str(exc))
         finally:
             feed.cancel()
@@ -497,7 +496,7 @@ def _extract_distributed(sources, store_path, config, options, progress, t0, sch
         outcome = outcomes[video_id]
         if isinstance(outcome, BaseException):
             message = f"{source.path}: {type(outcome).__name__}: {outcome}"
-            st.mark_failed(root, video_id, {"source": str(source.path), "source_kind": source.kind}, message)
+            st.mark_failed(root, video_id, source.record(), message)
             outcome = VideoResult(video_id, str(source.path), st.FAILED, error=message)
         summary.results.append(outcome)
         progress.video_finished(outcome)
@@ -538,7 +537,7 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
                 except VideoDecodeError as exc:
                     settle(block=True)  # keep the results in input order
                     message = str(exc)
-                    st.mark_failed(root, video_id, {"source": str(source.path), "source_kind": source.kind}, message)
+                    st.mark_failed(root, video_id, source.record(), message)
                     result = VideoResult(video_id, str(source.path), st.FAILED, error=message)
                     summary.results.append(result)
                     progress.video_finished(result)

@@ -521,14 +521,6 @@ class PropagateSummary:
         return sum(r.frames for r in self.results if r.status == "complete")
 
 
-def _resolve_device(device: str | None) -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise PropagateError(f"--device {device}: CUDA is not available here; use --device cpu")
-    return torch.device(device)
-
-
 class _Window:
     """Frames [start, T) of an array, sliced lazily (a Zarr array is read one chunk at a time)."""
 
@@ -539,43 +531,6 @@ class _Window:
 
     def __getitem__(self, item: slice):
         return self.array[self.start + (item.start or 0):self.start + item.stop]
-
-
-def _source_frames(info: dict, frame_index: np.ndarray, batch: int = 16) -> Iterator[np.ndarray]:
-    """The source images ``(H, W, 3) uint8`` of the stored frames (decord for files, PIL for
-    folders of frames). The source is checked against the store here, before anything is read."""
-    source = Path(info["source"])
-    H, W = info["source_size"]
-    need = int(frame_index.max()) + 1 if len(frame_index) else 0
-    if info.get("source_kind") == "frames" or source.is_dir():
-        from PIL import Image
-
-        if not source.is_dir():
-            raise PropagateError(f"{source}: source frames folder not found (--overlay draws on its frames)")
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        n_source = len(files)
-        frames = (np.asarray(Image.open(files[int(i)]).convert("RGB")) for i in frame_index)
-    else:
-        import decord
-
-        if not source.is_file():
-            raise PropagateError(f"{source}: source video not found (--overlay draws on its frames)")
-        reader = decord.VideoReader(str(source), num_threads=1)
-        n_source = len(reader)
-        frames = (f for a in range(0, len(frame_index), batch)
-                  for f in reader.get_batch([int(i) for i in frame_index[a:a + batch]]).asnumpy())
-    if n_source < need:
-        raise PropagateError(f"{source}: {n_source} frames, but the store's features refer to frame {need - 1}; "
-                             "the source changed since extraction, re-extract it")
-
-    def checked() -> Iterator[np.ndarray]:
-        for frame in frames:
-            if frame.shape[:2] != (H, W):
-                raise PropagateError(f"{source}: frames are {frame.shape[0]}×{frame.shape[1]}, the store recorded "
-                                     f"{H}×{W}; the source changed since extraction, re-extract it")
-            yield frame
-
-    return checked()
 
 
 def draw_masks(frame: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
@@ -629,7 +584,9 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
     import time
 
     from . import store as st
+    from .extract import resolve_device
     from .masks import MAX_OBJECTS, MaskError, frame_name, read_mask, write_mask
+    from .video import VideoSource, read_source_frames
 
     t0 = time.perf_counter()
     root = st.open_root(store_path, mode="r+" if options.write_store else "r")
@@ -649,8 +606,9 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
     if n_objects > MAX_OBJECTS:  # unreachable with uint8 ids; kept next to the limit it enforces
         raise MaskError(f"{mask_path}: {n_objects} objects, at most {MAX_OBJECTS}")
     labels = masks_to_labels(mask, (h, w), n_objects)
-    device = _resolve_device(options.device)
-    frames = _source_frames(info, frame_index[pos:]) if options.overlay else None
+    device = resolve_device(options.device or "auto")
+    frames = (read_source_frames(VideoSource.from_record(info, video_id), frame_index[pos:], info["source_size"],
+                                 info.get("fps")) if options.overlay else None)
 
     out = Path(out_dir) / video_id
     out.mkdir(parents=True, exist_ok=True)

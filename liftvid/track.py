@@ -641,24 +641,6 @@ def write_tracks_group(root, job: _VideoJob, tracks: Tracks, meta: dict) -> None
     g.attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}
 
 
-def _read_source_frames(info: dict, frame_index: np.ndarray, batch: int = 32):
-    """Yield the stored frames' source images ``(H, W, 3) uint8`` (decord for files, PIL for folders)."""
-    source = Path(info["source"])
-    if info.get("source_kind") == "frames" or source.is_dir():
-        from PIL import Image
-
-        files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-        for i in frame_index:
-            yield np.asarray(Image.open(files[int(i)]).convert("RGB"))
-        return
-    import decord
-
-    reader = decord.VideoReader(str(source), num_threads=1)
-    for a in range(0, len(frame_index), batch):
-        for frame in reader.get_batch([int(i) for i in frame_index[a:a + batch]]).asnumpy():
-            yield frame
-
-
 def draw_tracks(frame: np.ndarray, positions: np.ndarray, visible: np.ndarray, t: int,
                 trail: int = TRAIL_FRAMES) -> np.ndarray:
     """Draw each query's trail over frames ``t - trail … t`` (visible matches only) onto ``frame``.
@@ -694,8 +676,11 @@ def write_overlay(path: Path, info: dict, frame_index: np.ndarray, positions: np
 
     fps = float(info.get("fps") or 24.0)
     stride = int((info.get("sampling") or {}).get("stride") or 1)
-    frames = (draw_tracks(f, positions, visible, t)
-              for t, f in enumerate(_read_source_frames(info, frame_index)))
+    from .video import VideoSource, read_source_frames
+
+    source = VideoSource.from_record(info)
+    frames = (draw_tracks(f, positions, visible, t) for t, f in
+              enumerate(read_source_frames(source, frame_index, info["source_size"], info.get("fps"))))
     return write_video(path, frames, fps=fps / stride)
 
 

@@ -111,6 +111,15 @@ class VideoSource:
     video_id: str
     kind: str
 
+    def record(self) -> dict:
+        """The ``source``/``source_kind`` entries a store records for the video."""
+        return {"source": str(self.path), "source_kind": self.kind}
+
+    @classmethod
+    def from_record(cls, info: dict, video_id: str = "") -> "VideoSource":
+        """The source a store's video attributes (:meth:`record`) name."""
+        return cls(Path(info["source"]), video_id, info.get("source_kind", "file"))
+
 
 def _natural_key(name: str) -> list:
     # "frame_2.jpg" before "frame_10.jpg"; zero-padded names sort as plain text does
@@ -617,3 +626,51 @@ def read_frames(reader: VideoReader, indices: np.ndarray | None = None, batch_si
     parts = [frames for _, frames in reader.batches(np.asarray(indices), batch_size)]
     h, w = reader.frame_size
     return np.concatenate(parts) if parts else np.empty((0, h, w, 3), np.uint8)
+
+
+def read_source_frames(source: VideoSource, frame_index: np.ndarray, source_size: tuple[int, int],
+                       fps: float | None = None, batch_size: int = 16) -> Iterator[np.ndarray]:
+    """The source images of stored frames at the source's own size, for drawing overlays on.
+
+    The source is opened and checked against what extraction recorded here, at the call, so a
+    caller fails before it writes anything; frames are then decoded batch by batch as iterated.
+
+    Args:
+        source: the video or frame folder the features were extracted from.
+        frame_index: ``(N,)`` source frame numbers, in any order (repeats allowed).
+        source_size: ``(H, W)`` the store recorded for the source.
+        fps: frame rate recorded for a frame folder.
+
+    Returns:
+        An iterator of ``(H, W, 3) uint8`` RGB frames in the order of ``frame_index``.
+
+    Raises:
+        VideoInputError: the source is gone or unreadable, or its size or length no longer matches
+            the store (one line naming the file).
+    """
+    index = np.asarray(frame_index, dtype=np.int64).reshape(-1)
+    try:
+        # native size with a 1-pixel "patch": exactly the source's own size
+        reader = open_video(source, Resize("native"), 1, fps=float(fps or 24.0))
+    except VideoDecodeError as exc:
+        raise VideoInputError(f"{exc} (overlays draw on the source frames)") from None
+    H, W = (int(s) for s in source_size)
+    fault = None
+    if reader.source_size != (H, W):
+        fault = (f"frames are {reader.source_size[0]}×{reader.source_size[1]}, the store recorded {H}×{W}")
+    elif index.size and int(index.max()) >= reader.n_frames:
+        fault = f"{reader.n_frames} frames, but the store's features refer to frame {int(index.max())}"
+    if fault is not None:
+        reader.close()
+        raise VideoInputError(f"{source.path}: {fault}; the source changed since extraction, re-extract it")
+    return _frames_in_order(reader, index, batch_size)
+
+
+def _frames_in_order(reader: VideoReader, index: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:
+    try:
+        for _, frames in reader.batches(index, batch_size):
+            yield from frames
+    except VideoDecodeError as exc:
+        raise VideoInputError(f"{exc} (overlays draw on the source frames)") from None
+    finally:
+        reader.close()

@@ -446,34 +446,12 @@ def iter_source_frames(ds: Any, frames: Sequence[int] | None = None, batch: int 
     Raises:
         ValueError: the source is gone or has changed since extraction (on the first frame).
     """
-    from .video import Resize, VideoDecodeError, VideoSource, open_video
+    from .video import VideoSource, read_source_frames
 
-    info = ds.attrs
     positions = _frame_list(ds.sizes["frame"], frames)
     index = np.asarray(ds["frame_index"].values)[positions]
-    source = VideoSource(Path(info["source"]), info.get("video_id", ""), info.get("source_kind", "file"))
-    try:
-        # native size with a 1-pixel patch: exactly the source's size
-        with open_video(source, Resize("native"), 1, fps=float(info.get("fps") or 24.0)) as reader:
-            if tuple(reader.source_size) != _sizes(ds):
-                raise ValueError(f"{source.path}: frames are {reader.source_size[0]}×{reader.source_size[1]}, "
-                                 f"the store recorded {_sizes(ds)[0]}×{_sizes(ds)[1]}; the source changed "
-                                 "since extraction")
-            if len(index) and int(index.max()) >= reader.n_frames:
-                raise ValueError(f"{source.path}: {reader.n_frames} frames, the store refers to frame "
-                                 f"{int(index.max())}; the source changed since extraction")
-            unique = np.unique(index)
-            if np.array_equal(unique, index):  # increasing: stream batch by batch
-                for _, chunk in reader.batches(index, batch):
-                    yield from chunk
-                return
-            decoded: dict[int, np.ndarray] = {}  # any other order: decode forward once, then pick
-            for idx, chunk in reader.batches(unique, batch):
-                decoded.update(zip(map(int, idx), chunk))
-            for i in index:
-                yield decoded[int(i)]
-    except VideoDecodeError as exc:
-        raise ValueError(f"{exc} (overlays draw on the source frames)") from None
+    source = VideoSource.from_record(ds.attrs, ds.attrs.get("video_id", ""))
+    yield from read_source_frames(source, index, _sizes(ds), ds.attrs.get("fps"), batch)
 
 
 def source_frames(ds: Any, frames: Sequence[int] | None = None) -> np.ndarray:

@@ -349,3 +349,23 @@ def test_shared_data_videos(shared_data, name, n_frames, size):
 def test_shared_data_folder(shared_data):
     # apple_mask.png beside the videos does not make the folder a video of frames
     assert [s.video_id for s in find_sources([shared_data])] == ["apple", "backpack", "cat", "paragliding"]
+
+
+def test_read_source_frames_gives_native_frames_in_any_order_and_checks_the_record(video_dir, frame_folder):
+    from liftvid.video import VideoInputError, VideoSource, read_source_frames
+
+    clip = VideoSource(video_dir / "clip_b.mp4", "clip_b", "file")  # 9 frames, 80×64
+    with open_video(clip, Resize.parse("native"), 1) as reader:
+        every = read_frames(reader)
+    got = np.stack(list(read_source_frames(clip, [5, 1, 1, 8], (80, 64), batch_size=2)))
+    np.testing.assert_array_equal(got, every[[5, 1, 1, 8]])
+    folder = VideoSource(frame_folder, "seq1", "frames")  # 6 frames, 48×64
+    assert next(read_source_frames(folder, [3], (48, 64), fps=24)).shape == (48, 64, 3)
+    # checked at the call, before anything is iterated
+    with pytest.raises(VideoInputError, match="frames are 80×64, the store recorded 90×64; the source changed"):
+        read_source_frames(clip, [0], (90, 64))
+    with pytest.raises(VideoInputError, match="9 frames, but the store's features refer to frame 9"):
+        read_source_frames(clip, [2, 9], (80, 64))
+    with pytest.raises(VideoInputError, match=r"gone\.mp4: cannot decode: no such file.*overlays draw on the source"):
+        read_source_frames(VideoSource(video_dir / "gone.mp4", "gone", "file"), [0], (80, 64))
+    assert VideoSource.from_record(clip.record()) == VideoSource(clip.path, "", "file")

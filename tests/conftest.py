@@ -1,7 +1,6 @@
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,6 +32,19 @@ def frame_folder(tmp_path_factory) -> Path:
     for i, frame in enumerate(synthetic_frames(6, 48, 64, seed=3)):
         Image.fromarray(frame).save(d / f"{i:05d}.jpg", quality=95)
     return d
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module, restored afterwards. CPU float sums depend on
+    the thread count (worker processes run OMP_NUM_THREADS=1, so bit-for-bit comparisons need the
+    same here), and on a busy 2-core machine two spinning OpenMP threads make tiny models ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

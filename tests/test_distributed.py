@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from typer.testing import CliRunner
 
@@ -31,14 +30,7 @@ BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "4", "--d
 OPTIONS = ExtractOptions(backbone=TINY_VIT, weights="random", batch_size=4, device="cpu", resize="square:32")
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process runs on one thread, as the workers (OMP_NUM_THREADS=1): CPU float sums depend on
-    the thread count, and spinning OpenMP threads on a loaded 2-core box are ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -70,14 +62,9 @@ def _extract(inputs, store, *extra):
 def test_two_worker_cluster_equals_single_process(tmp_path, four_videos, cluster):
     local, client = cluster
     single = tmp_path / "single.zarr"
-    # CPU float sums depend on how many threads split them: the reference uses one thread, as the
-    # workers do (OMP_NUM_THREADS=1), so that the stores can be compared bit for bit
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        assert _extract([four_videos], single).exit_code == 0
-    finally:
-        torch.set_num_threads(threads)
+    # the reference runs on one thread, as the workers do (module fixture one_torch_thread), so
+    # that the stores can be compared bit for bit
+    assert _extract([four_videos], single).exit_code == 0
 
     from distributed import get_task_stream
 
@@ -183,12 +170,7 @@ def test_a_worker_killed_mid_video_is_survived(tmp_path, cluster):
     for i in range(2):
         write_video(inputs / f"long{i}.mp4", synthetic_frames(48, 32, 32, seed=70 + i), fps=24)
     options = ExtractOptions(**{**OPTIONS.__dict__, "batch_size": 1})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the workers (see the first test)
-    try:
-        extract_videos([inputs], tmp_path / "single.zarr", options)
-    finally:
-        torch.set_num_threads(threads)
+    extract_videos([inputs], tmp_path / "single.zarr", options)  # one thread, as the workers
     store = tmp_path / "dist.zarr"
     pids = client.run(os.getpid)
     outcome = []

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from typer.testing import CliRunner
 
@@ -31,13 +30,7 @@ N_KILLS = 10
 SEED = 6
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """In-process runs on one thread: two spinning OpenMP threads on a loaded 2-core box are ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _cli(inputs, store, *args) -> list[str]:

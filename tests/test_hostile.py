@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zarr
 from PIL import Image
 from typer.testing import CliRunner
@@ -28,12 +27,7 @@ BASE = ["--backbone", TINY_VIT, "--weights", "random", "--device", "cpu", "--bat
 UNICODE_DIR, UNICODE_NAME = "spaces ü 日本", "vidéo 1 [x]"
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def encode(path: Path, frames, codec="libx264", pix_fmt="yuv420p", pts=None, rate=24, fmt="rgb24") -> Path:

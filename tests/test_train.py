@@ -56,14 +56,7 @@ class Recorder:
         self.epochs.append(stats)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: the test models are tiny, and on a busy 2-core machine two spinning
-    OpenMP threads make every step ~10× slower. Restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train_cli(inputs, out, *extra):

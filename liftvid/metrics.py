@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -286,11 +286,6 @@ def evaluate_davis(results_dir: str | Path, davis_root: str | Path, subset: str 
 # google-deepmind/tapnet), with the same definitions: positions are compared in a 256×256 raster,
 # only frames after the query frame ('first') or other than it ('strided') are evaluated, and a
 # benchmark score is the plain mean over videos.
-
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import numpy as np
 
 TAPVID_THRESHOLDS = (1, 2, 4, 8, 16)  # pixels at TAPVID_SIZE
 TAPVID_SIZE = (256, 256)  # (H, W) raster the thresholds refer to

@@ -191,6 +191,6 @@ def test_input_not_multiple_of_patch(tiny):
 
 
 def test_backbone_stays_frozen_in_train_mode(tiny):
-    holder = torch.nn.ModuleDict({"bb": tiny}).train()
+    torch.nn.ModuleDict({"bb": tiny}).train()  # a parent switching to training mode
     assert not tiny.model.training
     assert not any(p.requires_grad for p in tiny.parameters())

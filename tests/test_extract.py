@@ -17,7 +17,7 @@ from liftvid.backbone import Backbone
 from liftvid.cli import app
 from liftvid.encode import synthetic_frames, write_video
 from liftvid.extract import ExtractOptions, extract_videos
-from liftvid.lift import LiFT, lift_features, save_lift_checkpoint
+from liftvid.lift import LiFT, save_lift_checkpoint
 from liftvid.video import Resize, find_sources, open_video, read_frames, sample_indices
 
 from .conftest import TINY_VIT

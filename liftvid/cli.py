@@ -242,8 +242,10 @@ def propagate(
     workers: Annotated[Optional[int], typer.Option(help="Local worker threads/processes (default: one per core).", min=1)] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu.")] = "auto",
 ) -> None:
-    """Propagate first-frame object masks through each video by feature affinity (the DINO/LiFT
-    DAVIS protocol), one Dask task per video; DAVIS-format PNGs out."""
+    """Propagate first-frame object masks through each video by feature affinity; DAVIS PNGs out.
+
+    The DINO/LiFT DAVIS protocol, one Dask task per video.
+    """
     from rich.table import Table
 
     from .propagate import PropagateOptions, propagate_store
@@ -279,7 +281,7 @@ def propagate(
     con.print(table)
     done = len(summary.results) - len(summary.failed)
     rate = summary.frames / summary.seconds if summary.seconds else 0.0
-    con.print(f"{out}: {done} videos, {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s); "
+    con.print(f"{out}: {done} video{'s' if done != 1 else ''}, {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s); "
               f"{len(summary.failed)} failed")
     if summary.unmatched_masks:
         names = ", ".join(summary.unmatched_masks[:8]) + (" …" if len(summary.unmatched_masks) > 8 else "")

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from .io.video import DEFAULT_FPS
+
 app = typer.Typer(
     name="liftvid",
     help="Dense LiFT features for videos: extract, propagate masks, track points, evaluate.",
@@ -105,7 +107,7 @@ def extract(
     max_frames: Annotated[Optional[int], typer.Option(help="Keep at most N frames per video.", min=1)] = None,
     batch_size: Annotated[int, typer.Option(help="Frames per model batch.", min=1)] = 32,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu.")] = "auto",
-    fps: Annotated[float, typer.Option(help="Frame rate assumed for folders of frames.")] = 24.0,
+    fps: Annotated[float, typer.Option(help="Frame rate assumed for folders of frames.")] = DEFAULT_FPS,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store written with another configuration.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
     decode_workers: Annotated[int, typer.Option(help="Videos decoding at once, ahead of the model.", min=1)] = 2,
@@ -124,7 +126,7 @@ def extract(
 
     from rich.markup import escape
 
-    from .extract import ExtractOptions, extract_videos
+    from .pipelines.extract import ExtractOptions, extract_videos
     from .jobs import check_scheduler
 
     err = console(stderr=True)
@@ -154,27 +156,20 @@ def extract(
         raise typer.Exit(1)
 
 
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1024 or unit == "TB":
-            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n} B"
-
-
 @app.command()
 def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path or URL).", show_default=False)]) -> None:
     """Show a store's configuration and, per video, shape, frames, size on disk and status."""
+    from rich.filesize import decimal
     from rich.markup import escape
     from rich.table import Table
 
-    from . import store as st
+    from .io.store import summarize_store
 
     try:
-        root = st.open_root(store)
+        summary = summarize_store(store)
     except ValueError as exc:
         fail(str(exc))
-    config = st.read_config(root)
+    config = summary.config
     out = console()
     bb, lift_cfg, pre = config["backbone"], config.get("lift"), config["preprocessing"]
     out.print(f"[bold]{escape(store)}[/]  liftvid store v{config['schema_version']} (written by liftvid {config.get('liftvid_version')})")
@@ -187,23 +182,18 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
     table = Table(show_edge=False)
     for col in ("video", "frames", "features (T, h, w, C)", "source H×W", "on disk", "status"):
         table.add_column(col, justify="right" if col in ("frames", "on disk") else "left")
-    videos = st.list_videos(root, status=None)
-    for vid in videos:
-        meta = st.video_info(root, vid)
-        group = root[vid]
-        status = meta.get("status", "?")
-        if "features" in group:
-            shape = tuple(group["features"].shape)
-            frames, shape_text, size = str(shape[0]), str(shape), _human_bytes(st.stored_bytes(group))
+    for video in summary.videos:
+        if video.shape is not None:
+            frames, shape_text, size = str(video.shape[0]), str(video.shape), decimal(video.stored_bytes)
         else:
             frames, shape_text, size = "-", "-", "-"
-        src = "×".join(map(str, meta.get("source_size", []))) or "-"
-        style = {"complete": "green", "failed": "red"}.get(status, "yellow")
-        label = f"[{style}]{escape(status)}[/]" + (f": {escape(meta['error'])}" if meta.get("error") else "")
-        table.add_row(escape(vid), frames, shape_text, src, size, label)
+        src = "×".join(map(str, video.source_size)) or "-"
+        style = {"complete": "green", "failed": "red"}.get(video.status, "yellow")
+        label = f"[{style}]{escape(video.status)}[/]" + (f": {escape(video.error)}" if video.error else "")
+        table.add_row(escape(video.video_id), frames, shape_text, src, size, label)
     out.print(table)
-    n_complete = sum(st.video_info(root, v).get("status") == "complete" for v in videos)
-    out.print(f"{len(videos)} video{'s' if len(videos) != 1 else ''}, {n_complete} complete")
+    n = len(summary.videos)
+    out.print(f"{n} video{'s' if n != 1 else ''}, {summary.complete} complete")
 
 
 @app.command()
@@ -212,11 +202,11 @@ def sample(
     frames: Annotated[int, typer.Option(help="Number of frames.", min=1)] = 48,
     height: Annotated[int, typer.Option(help="Frame height in pixels.", min=8)] = 240,
     width: Annotated[int, typer.Option(help="Frame width in pixels.", min=8)] = 320,
-    fps: Annotated[float, typer.Option(help="Frame rate.")] = 24.0,
+    fps: Annotated[float, typer.Option(help="Frame rate.")] = DEFAULT_FPS,
     seed: Annotated[int, typer.Option(help="Texture seed.")] = 0,
 ) -> None:
     """Write a synthetic sample video (a moving texture) to try liftvid without data."""
-    from .encode import write_synthetic_video
+    from .io.encode import write_synthetic_video
 
     write_synthetic_video(out, n_frames=frames, height=height, width=width, fps=fps, seed=seed)
     typer.echo(f"{out}: {frames} frames, {height}×{width}, {fps:g} fps")
@@ -248,7 +238,7 @@ def propagate(
     """
     from rich.table import Table
 
-    from .propagate import PropagateOptions, propagate_store
+    from .pipelines.propagate import PropagateOptions, propagate_store
 
     con = console()  # lines are not wrapped when not a terminal
     if not masks.exists():
@@ -302,7 +292,8 @@ def eval_davis(
     """DAVIS-2017 semi-supervised J&F (the official toolkit's definitions): per sequence and overall."""
     from rich.table import Table
 
-    from .metrics import evaluate_davis
+    from .io.tables import write_davis_csv
+    from .pipelines.evaluate import evaluate_davis
 
     con = console()  # lines are not wrapped when not a terminal
     if not results.is_dir():
@@ -326,7 +317,7 @@ def eval_davis(
     con.print(table)
     con.print("  ".join(f"{m} {overall[m]:.3f}" for m in ("J-Recall", "J-Decay", "F-Recall", "F-Decay")))
     if report.objects:
-        g_path, s_path = report.write_csv(csv_dir or results)
+        g_path, s_path = write_davis_csv(report, csv_dir or results)
         con.print(f"wrote {g_path} and {s_path}")
     for seq, why in report.missing.items():
         con.print(f"[red]not evaluated[/] {seq}: {why}")
@@ -355,7 +346,8 @@ def track(
     """Follow query points through each video by dense feature matching, as Dask jobs."""
     from rich.console import Console
 
-    from .track import TrackOptions, track_store
+    from .ops.track import TrackOptions
+    from .pipelines.track import track_store
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     given = {"min_similarity": min_similarity, "cycle_radius": cycle_radius, "frame_chunk": frame_chunk}
@@ -396,16 +388,11 @@ def eval_tapvid(
     from rich.console import Console
     from rich.table import Table
 
-    from .metrics import evaluate_tapvid
+    from .pipelines.evaluate import evaluate_tapvid, store_source_sizes
 
     console = Console(highlight=False, soft_wrap=True)
     try:
-        sizes = None
-        if store is not None:
-            from . import store as st
-
-            root = st.open_root(store)
-            sizes = {v: tuple(st.video_info(root, v)["source_size"]) for v in st.list_videos(root)}
+        sizes = store_source_sizes(store) if store is not None else None
         report = evaluate_tapvid(tracks, gt, query_mode=query_mode, source_sizes=sizes)
     except ValueError as exc:
         fail(str(exc))
@@ -436,7 +423,7 @@ def eval_tapvid_queries(
     frames: Annotated[Optional[Path], typer.Option(help="Also write each video's frames as PNGs into FRAMES/<video>/ for `liftvid extract`.")] = None,
 ) -> None:
     """Write TAP-Vid's queries, in its order, as a queries CSV (and optionally its frames)."""
-    from .metrics import write_tapvid_queries
+    from .io.tables import write_tapvid_queries
 
     try:
         counts = write_tapvid_queries(gt, out, query_mode=query_mode, frames_dir=frames)
@@ -537,7 +524,7 @@ def train(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .train import TrainOptions, train_lift
+    from .pipelines.train import TrainOptions, train_lift
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # one unbroken line per message
     if weights == "random":
@@ -581,16 +568,17 @@ _VizFrames = Annotated[Optional[str], typer.Option(help="Stored frames to draw: 
 _VizFps = Annotated[Optional[float], typer.Option(help="Frame rate of an .mp4/.gif. Default: the stored frames' rate.")]
 
 
-def _viz_write(store: str, video: str, out: Path, frames: Optional[str], fps: Optional[float], render) -> None:
+def _viz_write(store: str, video: str, out: Path, frames: Optional[str], fps: Optional[float], make) -> None:
     """Open the video, pick the frames, render and write; every bad input is one error line."""
     from . import viz
-    from .store import open_store
+    from .pipelines import render
+    from .pipelines.analysis import open_store
 
     try:
         viz.check_output(out)
         ds = open_store(store)[video]
         picked = viz.parse_frames(frames, ds.sizes["frame"])
-        path = viz.write_frames(out, render(ds, picked), fps or viz.video_fps(ds))
+        path = viz.write_frames(out, make(ds, picked), fps or render.video_fps(ds))
     except ValueError as exc:
         fail(str(exc))
     console(stderr=True).print(f"{path}: {len(picked)} frames of {video}")
@@ -605,9 +593,9 @@ def viz_pca(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames
 
     Example: liftvid viz pca out.zarr --video bear --out pca.mp4
     """
-    from . import viz
+    from .pipelines import render
 
-    _viz_write(store, video, out, frames, fps, lambda ds, picked: viz.render_pca(ds, picked, with_source))
+    _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_pca(ds, picked, with_source))
 
 
 @viz_app.command("similarity")
@@ -619,7 +607,7 @@ def viz_similarity(store: _VizStore, video: _VizVideo, out: _VizOut,
 
     Example: liftvid viz similarity out.zarr --video bear --point 320,200,0 --out sim.mp4
     """
-    from . import viz
+    from .pipelines import render
 
     try:
         x, y, t = (float(v) for v in point.split(","))
@@ -627,24 +615,24 @@ def viz_similarity(store: _VizStore, video: _VizVideo, out: _VizOut,
             raise ValueError
     except ValueError:
         fail(f"--point {point!r}: expected X,Y,T, e.g. --point 320,200,0 (T a stored frame)")
-    _viz_write(store, video, out, frames, fps, lambda ds, picked: viz.render_similarity(ds, x, y, int(t), picked, on_source))
+    _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_similarity(ds, x, y, int(t), picked, on_source))
 
 
 @viz_app.command("masks")
 def viz_masks(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames = None, fps: _VizFps = None) -> None:
     """Overlay the masks `liftvid propagate` stored for the video on its source frames (DAVIS colours)."""
-    from . import viz
+    from .pipelines import render
 
-    _viz_write(store, video, out, frames, fps, viz.render_masks)
+    _viz_write(store, video, out, frames, fps, render.render_masks)
 
 
 @viz_app.command("tracks")
 def viz_tracks(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames = None, fps: _VizFps = None,
                trail: Annotated[int, typer.Option(help="Frames of trail behind each point.", min=0)] = 12) -> None:
     """Draw the tracks `liftvid track` stored for the video, with trails, on its source frames."""
-    from . import viz
+    from .pipelines import render
 
-    _viz_write(store, video, out, frames, fps, lambda ds, picked: viz.render_tracks(ds, picked, trail))
+    _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_tracks(ds, picked, trail))
 
 
 # ---- cluster (issue 6) --------------------------------------------------------------------------
@@ -718,7 +706,7 @@ def bench(
 
     from rich.table import Table
 
-    from .bench import BenchOptions, run_benchmark
+    from .pipelines.bench import BenchOptions, run_benchmark
 
     out = console()
     options = BenchOptions(backbone=backbone, weights=weights, lift=lift, resize=resize, batch_size=batch_size,

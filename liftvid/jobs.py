@@ -1,5 +1,8 @@
 """Dask graphs over videos: the one module that knows Dask.
 
+Pipelines hand their task functions in (:func:`run_per_video`, :func:`array_from_blocks`); this
+module imports no pipeline and knows nothing of what the tasks compute.
+
 Schedulers: ``"threads"`` (default, local threads), ``"processes"`` (local processes), ``"sync"``
 (one thread, for debugging) or ``"tcp://host:port"`` (a ``dask.distributed`` scheduler). Every task
 opens the store itself from its path, so graphs are cheap to ship and run anywhere the store is
@@ -175,97 +178,69 @@ def _result(future) -> Any:
         return exc
 
 
-# ---- tracking graphs ----------------------------------------------------------------------------
-# One Dask array per video, shape (queries, frames, 4) float32 = (x, y, score, visible) in grid
-# coordinates, one block per frame chunk. Blocks read their own frames from the store; the query
-# templates and query-frame grids come from one small task per video that every block shares.
+# ---- arrays of task blocks ----------------------------------------------------------------------
 
 
-def _open_features(store_path: str, video_id: str):
-    from . import store as st
+def shared_task(func: Callable[..., Any], *args: Any):
+    """One task whose value several blocks of :func:`array_from_blocks` take as an argument (it runs
+    once per graph)."""
+    import dask
 
-    return st.open_root(store_path)[video_id]["features"]
-
-
-def _prepare_task(store_path: str, video_id: str, queries):
-    from .track import prepare_queries
-
-    return prepare_queries(_open_features(store_path, video_id), queries)
+    return dask.delayed(func, pure=True)(*args)
 
 
-def _pack(tracks):
-    import numpy as np
-
-    return np.concatenate([tracks.positions, tracks.score[..., None],
-                           tracks.visible[..., None].astype(np.float32)], axis=-1)
-
-
-def _chunk_task(store_path: str, video_id: str, start: int, stop: int, query_set, options, device):
-    from .track import track_chunk
-
-    chunk = _open_features(store_path, video_id)[start:stop]
-    return _pack(track_chunk(chunk, start, query_set, options, device))
-
-
-def _chain_task(store_path: str, video_id: str, queries, options, device):
-    from .track import track_points
-
-    return _pack(track_points(_open_features(store_path, video_id), queries, options, device))
-
-
-def track_graph(store_path: str, video_id: str, queries, options, n_frames: int,
-                grid_size: tuple[int, int], device: str | None = None):
-    """The tracking graph of one video.
+def array_from_blocks(func: Callable[..., Any], block_args: list[tuple], shapes: list[tuple[int, ...]],
+                      dtype: Any, axis: int = 0):
+    """A Dask array made of one task per block, concatenated along ``axis``.
 
     Args:
-        store_path: the liftvid store (path or URL), opened by each task.
-        video_id: the video's group.
-        queries: ``(N, 3) [t, x, y]`` grid coordinates, valid for the video.
-        options: :class:`liftvid.track.TrackOptions`. In chain mode frames depend on earlier
-            frames, so the video is one task (it still reads one chunk of frames at a time).
-        n_frames, grid_size: the features' T and (h, w).
-        device: torch device of the tasks (``None``: CUDA when the worker has one).
+        func: a module-level function; ``func(*block_args[i])`` returns block i as a NumPy array
+            of ``shapes[i]`` and ``dtype`` (arguments may be :func:`shared_task` values).
+        block_args, shapes: per block, its arguments and shape.
 
     Returns:
-        A Dask array ``(N, T, 4) float32`` = (x, y, score, visible), grid coordinates, chunked
-        along frames as the tracker's frame chunks.
+        The lazy array; compute it with :func:`compute_each`.
     """
     import dask
     import dask.array as da
+
+    blocks = [da.from_delayed(dask.delayed(func, pure=True)(*args), shape=shape, dtype=dtype)
+              for args, shape in zip(block_args, shapes)]
+    return blocks[0] if len(blocks) == 1 else da.concatenate(blocks, axis=axis)
+
+
+def lazy_array(array: Any, name: str):
+    """A Zarr array as a Dask array with the Zarr chunks (reading one frame reads one chunk).
+
+    Like ``dask.array.from_zarr``, with the name and ``meta`` given, so that building it reads
+    nothing (``from_zarr`` slices the array once to learn its type).
+    """
+    import dask.array as da
     import numpy as np
 
-    from .track import frames_per_chunk
+    return da.from_array(array, chunks=array.chunks, name=name, asarray=True, fancy=False,
+                         meta=np.empty((0,) * array.ndim, dtype=array.dtype))
 
-    n = len(queries)
-    if options.chain:
-        task = dask.delayed(_chain_task, pure=True)(store_path, video_id, queries, options, device)
-        return da.from_delayed(task, shape=(n, n_frames, 4), dtype=np.float32)
-    size = frames_per_chunk(n, grid_size, options, device or "cpu")
-    query_set = dask.delayed(_prepare_task, pure=True)(store_path, video_id, queries)
-    blocks = []
-    for start in range(0, n_frames, size):
-        stop = min(start + size, n_frames)
-        task = dask.delayed(_chunk_task, pure=True)(store_path, video_id, start, stop, query_set, options, device)
-        blocks.append(da.from_delayed(task, shape=(n, stop - start, 4), dtype=np.float32))
-    return da.concatenate(blocks, axis=1)
+
+def graph_token(*parts: Any) -> str:
+    """A deterministic token of ``parts`` (Dask's ``tokenize``) for naming graph keys."""
+    from dask.base import tokenize
+
+    return tokenize(*parts)
 
 
 # ---- extraction graphs --------------------------------------------------------------------------
-# One task per video; each worker process builds the models once (liftvid.extract caches them) and
+# One task per video; each worker process builds the models once (the extract pipeline caches them) and
 # writes its video's group into the shared store, whose configuration the client wrote already.
 
 
-def _extract_task(source, video_id: str, store_path: str, options):
-    from .extract import extract_one
-
-    return extract_one(source, video_id, store_path, options)
-
-
-def run_extraction(todo, store_path: str, options, scheduler: str, workers: int | None = None,
-                   gpu: bool = False) -> dict[str, Any]:
+def run_extraction(extract_one: Callable[..., Any], todo, store_path: str, options, scheduler: str,
+                   workers: int | None = None, gpu: bool = False) -> dict[str, Any]:
     """Extract ``todo`` = [(VideoSource, video_id), …] with one Dask task per video.
 
     Args:
+        extract_one: the per-video task, ``extract_one(source, video_id, store_path, options)``
+            (module-level: worker processes import it by name).
         scheduler: ``"processes"``, ``"threads"``, ``"sync"`` or ``"tcp://host:port"``.
         gpu: ask each task for the worker resource ``GPU=1`` (distributed schedulers only), so
             that a worker started with ``--resources GPU=1`` runs one video at a time on its GPU.
@@ -282,7 +257,7 @@ def run_extraction(todo, store_path: str, options, scheduler: str, workers: int 
         return {}
     wants_gpu = gpu and scheduler.startswith("tcp://")
     with dask.annotate(resources={"GPU": 1}) if wants_gpu else contextlib.nullcontext():
-        tasks = {video_id: dask.delayed(_extract_task, pure=False)(source, video_id, store_path, options,
+        tasks = {video_id: dask.delayed(extract_one, pure=False)(source, video_id, store_path, options,
                                                                     dask_key_name=f"extract-{video_id}")
                  for source, video_id in todo}
     return compute_each(tasks, scheduler, workers)

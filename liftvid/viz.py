@@ -1,7 +1,7 @@
 """Pictures of features: PCA colouring, similarity heat-maps, mask and track overlays, image writers.
 
 Pure functions on arrays. Feature inputs may be NumPy, Dask or xarray (``(T, h, w, C)``, or
-``(h, w, C)`` for one frame); the PCA is fitted over a whole video in one Dask pass, so the colours
+``(h, w, C)`` for one frame); the PCA is fitted over a whole video in one streaming pass, so the colours
 of every frame come from one basis and a feature means the same colour throughout the video.
 Frames are ``(H, W, 3) uint8`` RGB. Point coordinates are continuous source pixels ``(x, y)``
 (0 = the frame's top/left edge), the convention of :mod:`liftvid.geometry`.
@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from .masks import DAVIS_PALETTE, davis_palette  # noqa: F401  (davis_palette re-exported: the overlay colours)
+from .io.masks import DAVIS_PALETTE
 
 PCA_SIGMAS = 2.5  # a component's ±2.5 standard deviations span its colour channel's 0…255
 MASK_ALPHA = 0.55  # weight of an object's colour over the frame
 HEAT_ALPHA = 0.6  # weight of the heat-map over the frame
 TRAIL_FRAMES = 12  # track overlays: how many past frames a trail shows
 GIF_MAX_COLOURS = 256
+PCA_BLOCK_BYTES = 64 << 20  # float64 feature bytes summed at once by fit_pca
 GIF_PALETTE_FRAMES = 16  # frames sampled to choose a GIF's palette
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".avi", ".mov")
@@ -77,8 +78,10 @@ class PCAFit:
 def fit_pca(features: Any, n_components: int = 3, frame_step: int = 1) -> PCAFit:
     """Fit a PCA to every feature vector of a video, in one streaming Dask pass.
 
-    The mean and the ``C × C`` scatter matrix are summed chunk by chunk (float64), so memory does
-    not grow with the video's length. Signs are fixed (each component's largest-magnitude loading is
+    The mean and the ``C × C`` scatter matrix are summed block by block of frames (float64), so
+    memory does not grow with the video's length. Written by hand rather than with a PCA library:
+    those hold all vectors in memory (scikit-learn) or need them in one array, and the basis must be
+    fitted over the whole video in one streaming pass. Signs are fixed (each component's largest-magnitude loading is
     positive), so the same features always give the same colours.
 
     Args:
@@ -89,17 +92,21 @@ def fit_pca(features: Any, n_components: int = 3, frame_step: int = 1) -> PCAFit
     Returns:
         :class:`PCAFit`.
     """
-    import dask.array as da
-
     data = _as_video(features)[::frame_step]
-    C = data.shape[-1]
+    T, C = data.shape[0], data.shape[-1]
     if not 1 <= n_components <= C:
         raise ValueError(f"n_components {n_components}: must be between 1 and the {C} channels")
-    x = da.asarray(data).reshape(-1, C).astype(np.float64)
-    n = x.shape[0]
+    n = T * int(np.prod(data.shape[1:-1]))
     if n < 2:
         raise ValueError("fit_pca needs at least two feature vectors")
-    total, scatter = da.compute(x.sum(axis=0), x.T @ x)
+    # sums over blocks of frames: a Dask, xarray or Zarr input is read one block at a time
+    per_frame = max(1, n // max(T, 1)) * C * 8
+    step = max(1, PCA_BLOCK_BYTES // per_frame)
+    total, scatter = np.zeros(C), np.zeros((C, C))
+    for a in range(0, T, step):
+        x = np.asarray(data[a:a + step], dtype=np.float64).reshape(-1, C)
+        total += x.sum(axis=0)
+        scatter += x.T @ x
     mean = total / n
     cov = (scatter - n * np.outer(mean, mean)) / (n - 1)
     values, vectors = np.linalg.eigh(cov)
@@ -181,7 +188,10 @@ def query_feature(ds: Any, x: float, y: float, t: int) -> np.ndarray:
     Raises:
         ValueError: the point or the frame lies outside the video.
     """
-    from .geometry import source_to_grid
+    import torch
+
+    from .ops.geometry import source_to_grid
+    from .ops.track import sample_bilinear
 
     grid, (H, W) = _grid_and_source(ds)
     T = ds.sizes["frame"]
@@ -189,15 +199,10 @@ def query_feature(ds: Any, x: float, y: float, t: int) -> np.ndarray:
         raise ValueError(f"query frame {t} is outside the video's {T} frames (0…{T - 1})")
     if not (0 <= x <= W and 0 <= y <= H):
         raise ValueError(f"query point x={x:g}, y={y:g} is outside the {W}×{H} (W×H) source frame")
-    gx, gy = np.clip(source_to_grid(np.array([x, y]), grid, (H, W)), 0, [grid[1] - 1, grid[0] - 1])
-    x0, y0 = int(np.floor(gx)), int(np.floor(gy))
-    x1, y1 = min(x0 + 1, grid[1] - 1), min(y0 + 1, grid[0] - 1)
-    fx, fy = gx - x0, gy - y0
-    patch = np.asarray(_data(ds["features"])[int(t), y0:y1 + 1, x0:x1 + 1], dtype=np.float32)
-    patch = patch.reshape(y1 - y0 + 1, x1 - x0 + 1, -1)
-    top = patch[0, 0] * (1 - fx) + patch[0, -1] * fx
-    bottom = patch[-1, 0] * (1 - fx) + patch[-1, -1] * fx
-    return (top * (1 - fy) + bottom * fy).astype(np.float32)
+    # the tracker's sampler: the same bilinear rule between cell centres, clamped at the border
+    xy = torch.from_numpy(source_to_grid(np.array([[x, y]]), grid, (H, W)))
+    frame = torch.from_numpy(np.asarray(_data(ds["features"])[int(t)], dtype=np.float32))
+    return sample_bilinear(frame, xy)[0].numpy()
 
 
 def cosine_map(features: Any, query: np.ndarray) -> np.ndarray:
@@ -301,9 +306,24 @@ def track_overlay(frame: np.ndarray, positions: np.ndarray, visible: np.ndarray,
         positions: ``(N, T, 2)`` source pixels ``(x, y)``; ``visible``: ``(N, T)`` bool.
         t: the frame drawn.
     """
-    from .track import draw_tracks
+    import colorsys
 
-    return draw_tracks(frame, positions, visible, t, trail)
+    from PIL import Image, ImageDraw
+
+    image = Image.fromarray(frame)
+    draw = ImageDraw.Draw(image)
+    radius = max(2, min(frame.shape[:2]) // 120)
+    n = positions.shape[0]
+    for q in range(n):
+        colour = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(q / max(n, 1), 0.9, 1.0))
+        lo = max(0, t - trail)
+        pts = [tuple(map(float, positions[q, s])) for s in range(lo, t + 1) if visible[q, s]]
+        if len(pts) > 1:
+            draw.line(pts, fill=colour, width=max(1, radius // 2))
+        x, y = map(float, positions[q, t])
+        box = (x - radius, y - radius, x + radius, y + radius)
+        draw.ellipse(box, fill=colour if visible[q, t] else None, outline=colour)
+    return np.asarray(image)
 
 
 # ---------------------------------------------------------------- layout and writers
@@ -388,7 +408,7 @@ def write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: float = 12
     frames = itertools.chain([first], frames)
     suffix = Path(path).suffix.lower()
     if suffix in VIDEO_SUFFIXES:
-        from .encode import write_video
+        from .io.encode import write_video
 
         return write_video(path, frames, fps=fps)
     if suffix == ".gif":
@@ -403,9 +423,6 @@ def check_output(path: str | Path) -> Path:
     if suffix not in VIDEO_SUFFIXES + IMAGE_SUFFIXES + (".gif",):
         raise ValueError(f"{path}: unknown output type {suffix or '(none)'}; use .mp4, .gif or .png")
     return Path(path)
-
-
-# ---------------------------------------------------------------- from a store's Dataset
 
 
 def parse_frames(text: str | None, n_frames: int) -> np.ndarray:
@@ -433,87 +450,3 @@ def parse_frames(text: str | None, n_frames: int) -> np.ndarray:
     if not len(picked):
         raise ValueError(f"--frames {spec!r} selects no frame of the video's {n_frames}")
     return picked
-
-
-def _sizes(ds: Any) -> tuple[int, int]:
-    return tuple(int(s) for s in ds.attrs["source_size"])
-
-
-def iter_source_frames(ds: Any, frames: Sequence[int] | None = None, batch: int = 16) -> Iterator[np.ndarray]:
-    """The source images of a Dataset's frames (``frames``: positions along ``frame``), decoded from
-    the source recorded at extraction at its native size, one ``(H, W, 3) uint8`` at a time.
-
-    Raises:
-        ValueError: the source is gone or has changed since extraction (on the first frame).
-    """
-    from .video import VideoSource, read_source_frames
-
-    positions = _frame_list(ds.sizes["frame"], frames)
-    index = np.asarray(ds["frame_index"].values)[positions]
-    source = VideoSource.from_record(ds.attrs, ds.attrs.get("video_id", ""))
-    yield from read_source_frames(source, index, _sizes(ds), ds.attrs.get("fps"), batch)
-
-
-def source_frames(ds: Any, frames: Sequence[int] | None = None) -> np.ndarray:
-    """:func:`iter_source_frames` stacked: ``(N, H, W, 3) uint8``."""
-    out = list(iter_source_frames(ds, frames))
-    return np.stack(out) if out else np.empty((0, *_sizes(ds), 3), np.uint8)
-
-
-def video_fps(ds: Any) -> float:
-    """The frame rate of a Dataset's stored frames (the source's, divided by the sampling stride)."""
-    stride = int((ds.attrs.get("sampling") or {}).get("stride") or 1)
-    return float(ds.attrs.get("fps") or 24.0) / stride
-
-
-def render_pca(ds: Any, frames: Sequence[int] | None = None, with_source: bool = False,
-               fit: PCAFit | None = None) -> Iterator[np.ndarray]:
-    """PCA colour frames of a Dataset at the source size (fitted over the whole video), optionally
-    beside the source frame."""
-    fit = fit or fit_pca(ds["features"])
-    pcas = iter_pca_frames(ds["features"], frames, _sizes(ds), fit)
-    if not with_source:
-        yield from pcas
-        return
-    for src, pca in zip(iter_source_frames(ds, frames), pcas):
-        yield side_by_side([src, pca])
-
-
-def render_similarity(ds: Any, x: float, y: float, t: int, frames: Sequence[int] | None = None,
-                      on_source: bool = True) -> Iterator[np.ndarray]:
-    """Heat-maps of the cosine similarity to the feature at source pixel ``(x, y)`` of frame ``t``,
-    one colour range for the whole video, over the source frames (or alone)."""
-    query = query_feature(ds, x, y, t)
-    positions = _frame_list(ds.sizes["frame"], frames)
-    # maps are small (T, h, w); the features behind them are read a few frames at a time
-    maps = np.concatenate([cosine_map(ds["features"].isel(frame=positions[a:a + 16]), query)
-                           for a in range(0, len(positions), 16)]) if len(positions) else np.empty((0, 1, 1))
-    low, high = similarity_range(maps)
-    if not on_source:
-        for m in maps:
-            yield heatmap(m, _sizes(ds), low, high)
-        return
-    for pos, m, src in zip(positions, maps, iter_source_frames(ds, positions)):
-        yield similarity_overlay(src, m, point=(x, y) if pos == t else None, low=low, high=high)
-
-
-def render_masks(ds: Any, frames: Sequence[int] | None = None) -> Iterator[np.ndarray]:
-    """The store's propagated masks (``liftvid propagate``) over the source frames."""
-    if "masks" not in ds:
-        raise ValueError(f"video {ds.attrs.get('video_id')!r} has no masks in the store; "
-                         "run `liftvid propagate` on it first")
-    positions = _frame_list(ds.sizes["frame"], frames)
-    for pos, src in zip(positions, iter_source_frames(ds, positions)):
-        yield mask_overlay(src, np.asarray(ds["masks"].isel(frame=int(pos)).values))
-
-
-def render_tracks(ds: Any, frames: Sequence[int] | None = None, trail: int = TRAIL_FRAMES) -> Iterator[np.ndarray]:
-    """The store's tracks (``liftvid track``) with trails over the source frames."""
-    if "tracks_positions" not in ds:
-        raise ValueError(f"video {ds.attrs.get('video_id')!r} has no tracks in the store; "
-                         "run `liftvid track` on it first")
-    positions = np.asarray(ds["tracks_positions"].values)
-    visible = np.asarray(ds["tracks_visible"].values).astype(bool)
-    picked = _frame_list(ds.sizes["frame"], frames)
-    for pos, src in zip(picked, iter_source_frames(ds, picked)):
-        yield track_overlay(src, positions, visible, int(pos), trail)

@@ -6,7 +6,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TIMM_OFFLINE", "1")
 
-from liftvid.encode import synthetic_frames, write_video  # noqa: E402
+from liftvid.io.encode import synthetic_frames, write_video  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # a small timm ViT that builds and runs in milliseconds on a CPU

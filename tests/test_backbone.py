@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from liftvid.backbone import BACKBONES, FACETS, Backbone, BackboneError, dino_resample_pos_embed
+from liftvid.models.backbone import BACKBONES, FACETS, Backbone, BackboneError, dino_resample_pos_embed
 
 from .conftest import TINY_VIT
 

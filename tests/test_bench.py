@@ -3,7 +3,7 @@ import math
 
 from typer.testing import CliRunner
 
-from liftvid.bench import BenchOptions, run_benchmark
+from liftvid.pipelines.bench import BenchOptions, run_benchmark
 from liftvid.cli import app
 
 from .conftest import TINY_VIT

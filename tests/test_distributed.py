@@ -14,12 +14,13 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-import liftvid.store as st
+import liftvid.io.store as st
 from liftvid import jobs
 from liftvid.cli import app
-from liftvid.encode import synthetic_frames, write_video
-from liftvid.extract import ExtractOptions, extract_videos
-from liftvid.video import find_sources
+from liftvid.io.encode import synthetic_frames, write_video
+from liftvid.pipelines.analysis import open_store
+from liftvid.pipelines.extract import ExtractOptions, extract_one, extract_videos
+from liftvid.io.video import find_sources
 
 from .conftest import TINY_VIT
 from .test_extract import _assert_stores_equal, _read_store
@@ -109,10 +110,10 @@ def test_gpu_tasks_ask_for_the_gpu_resource(tmp_path, four_videos, cluster, monk
     monkeypatch.setattr(jobs, "compute_each", spy)
     todo = [(s, "v1") for s in find_sources([four_videos / "v1.mp4"])]
     # runs on this cluster because its workers offer GPU=1 (elsewhere such a task waits for one)
-    out = jobs.run_extraction(todo, store, OPTIONS, local.scheduler_address, gpu=True)
+    out = jobs.run_extraction(extract_one, todo, store, OPTIONS, local.scheduler_address, gpu=True)
     assert out["v1"].status == "complete"
     assert annotations == {"v1": [{"resources": {"GPU": 1}}]}
-    jobs.run_extraction([(todo[0][0], "v1-cpu")], store, OPTIONS, local.scheduler_address, gpu=False)
+    jobs.run_extraction(extract_one, [(todo[0][0], "v1-cpu")], store, OPTIONS, local.scheduler_address, gpu=False)
     assert annotations["v1-cpu"] == [None] or annotations["v1-cpu"] == [{}]
 
 
@@ -289,7 +290,7 @@ def test_memory_store_round_trip_extract_propagate_open_store(tmp_path, four_vid
     result = runner.invoke(app, ["propagate", url, "--masks", str(masks), "--out", str(out), "--device", "cpu"])
     assert result.exit_code == 0, result.output
     assert len(list((out / "v0").glob("*.png"))) == 6
-    fs = st.open_store(url)
+    fs = open_store(url)
     assert list(fs) == ["v0"]
     video = fs["v0"]  # lazy xarray Dataset
     stored = zarr.open_group(url, mode="r")["v0"]

@@ -12,13 +12,13 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from liftvid import store as st
-from liftvid.backbone import Backbone
+from liftvid.io import store as st
+from liftvid.models.backbone import Backbone
 from liftvid.cli import app
-from liftvid.encode import synthetic_frames, write_video
-from liftvid.extract import ExtractOptions, extract_videos
-from liftvid.lift import LiFT, save_lift_checkpoint
-from liftvid.video import Resize, find_sources, open_video, read_frames, sample_indices
+from liftvid.io.encode import synthetic_frames, write_video
+from liftvid.pipelines.extract import ExtractOptions, extract_videos
+from liftvid.models.lift import LiFT, save_lift_checkpoint
+from liftvid.io.video import Resize, find_sources, open_video, read_frames, sample_indices
 
 from .conftest import TINY_VIT
 

@@ -16,10 +16,10 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-import liftvid.extract as ex
-import liftvid.store as st
+import liftvid.pipelines.extract as ex
+import liftvid.io.store as st
 from liftvid.cli import app
-from liftvid.encode import synthetic_frames, write_video
+from liftvid.io.encode import synthetic_frames, write_video
 
 from .conftest import TINY_VIT
 from .test_extract import _assert_stores_equal, _read_store
@@ -73,7 +73,7 @@ def many_videos(tmp_path_factory) -> Path:
 _ZYGOTE = r"""
 import json, os, sys
 import torch, timm, zarr, decord, av  # noqa: F401  (imported once, before any fork)
-import liftvid.cli, liftvid.extract  # noqa: F401
+import liftvid.cli, liftvid.pipelines.extract  # noqa: F401
 for line in sys.stdin:
     args = json.loads(line)
     pid = os.fork()

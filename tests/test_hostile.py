@@ -15,10 +15,10 @@ import zarr
 from PIL import Image
 from typer.testing import CliRunner
 
-from liftvid import store as st
+from liftvid.io import store as st
 from liftvid.cli import app
-from liftvid.encode import synthetic_frames, write_video
-from liftvid.video import Resize, VideoDecodeError, find_sources, open_video, read_frames
+from liftvid.io.encode import synthetic_frames, write_video
+from liftvid.io.video import Resize, VideoDecodeError, find_sources, open_video, read_frames
 
 from .conftest import TINY_VIT
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from liftvid.backbone import Backbone
-from liftvid.lift import LiFT, LiftCheckpointError, lift_features, load_lift_checkpoint, save_lift_checkpoint
+from liftvid.models.backbone import Backbone
+from liftvid.models.lift import LiFT, LiftCheckpointError, lift_features, load_lift_checkpoint, save_lift_checkpoint
 
 from .conftest import TINY_VIT
 

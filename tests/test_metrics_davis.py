@@ -6,9 +6,10 @@ import csv
 import numpy as np
 import pytest
 
-from liftvid.masks import write_mask
-from liftvid.metrics import (db_eval_boundary, db_eval_iou, db_statistics, evaluate_davis, evaluate_sequence,
-                             seg2bmap)
+from liftvid.io.masks import write_mask
+from liftvid.io.tables import write_davis_csv
+from liftvid.ops.metrics import db_eval_boundary, db_eval_iou, db_statistics, evaluate_sequence, seg2bmap
+from liftvid.pipelines.evaluate import evaluate_davis
 
 
 def block(shape, rows, cols):
@@ -92,7 +93,7 @@ def test_evaluate_davis_folder_csv_and_missing_sequence(tmp_path):
     # frames 1 and 2 are scored (not the first, not the last)
     assert overall["J-Mean"] == pytest.approx(0.5) and overall["F-Mean"] == pytest.approx((1 + 5 / 8) / 2)
     assert overall["J&F-Mean"] == pytest.approx((0.5 + 13 / 16) / 2)
-    g_path, s_path = report.write_csv(tmp_path / "csv")
+    g_path, s_path = write_davis_csv(report, tmp_path / "csv")
     rows = list(csv.DictReader(g_path.open()))
     assert float(rows[0]["J-Mean"]) == pytest.approx(0.5)
     assert [r["Sequence"] for r in csv.DictReader(s_path.open())] == ["s1_1"]

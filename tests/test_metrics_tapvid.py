@@ -6,8 +6,9 @@ import pickle
 import numpy as np
 import pytest
 
-from liftvid.metrics import (compute_tapvid_metrics, evaluate_tapvid, load_tapvid, read_tracks_csv,
-                             sample_tapvid_queries, write_tapvid_queries)
+from liftvid.ops.metrics import compute_tapvid_metrics, sample_tapvid_queries
+from liftvid.pipelines.evaluate import evaluate_tapvid
+from liftvid.io.tables import load_tapvid, read_tracks_csv, write_tapvid_queries
 
 # Two tracks, four frames, in the 256×256 raster.
 # track 0: queried at t=0, visible throughout at (10, 10); predicted (10.5, 10) visible, (13, 10)

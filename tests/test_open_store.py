@@ -9,9 +9,9 @@ import xarray as xr
 import zarr
 
 import liftvid
-from liftvid import store as st
-from liftvid.extract import ExtractOptions, build_extractor, extract_videos
-from liftvid.geometry import source_to_grid
+from liftvid.io import store as st
+from liftvid.pipelines.extract import ExtractOptions, build_extractor, extract_videos
+from liftvid.ops.geometry import source_to_grid
 
 from .conftest import TINY_VIT
 

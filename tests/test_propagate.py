@@ -6,9 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from liftvid.metrics import db_eval_iou
-from liftvid.propagate import (iter_propagate, labels_to_masks, masks_to_labels, propagate_labels,
-                               resize_nearest)
+from liftvid.ops.metrics import db_eval_iou
+from liftvid.ops.propagate import iter_propagate, labels_to_masks, masks_to_labels, propagate_labels, resize_nearest
 
 
 def reference_propagation(features, first_labels, n_last=7, topk=5, radius=12, temperature=0.1):
@@ -76,7 +75,7 @@ def long_case():
 def test_tiles_and_sub_batches_do_not_change_the_result(monkeypatch, long_case, tile, sims_bytes, batched):
     """Tiles of any side (100: the whole grid), sub-batches of any length (sims_bytes 1: one
     frame) and the GPU's one-bmm path (run here on the CPU) give the loop reference's labels."""
-    import liftvid.propagate as prop
+    import liftvid.pipelines.propagate as prop
 
     if sims_bytes is not None:
         monkeypatch.setattr(prop, "SIMS_BYTES", sims_bytes)
@@ -233,9 +232,9 @@ def test_labels_to_masks_upsamples_normalises_and_resizes():
 
 from PIL import Image  # noqa: E402
 
-from liftvid import store as st  # noqa: E402
-from liftvid.masks import DAVIS_PALETTE, MaskError, read_mask, write_mask  # noqa: E402
-from liftvid.propagate import PropagateOptions, propagate_store  # noqa: E402
+from liftvid.io import store as st  # noqa: E402
+from liftvid.io.masks import DAVIS_PALETTE, MaskError, read_mask, write_mask  # noqa: E402
+from liftvid.pipelines.propagate import PropagateOptions, propagate_store  # noqa: E402
 
 
 def make_store(path, videos):
@@ -412,7 +411,7 @@ def davis_run(tmp_path_factory):
     import importlib.util
     from pathlib import Path
 
-    from liftvid.encode import synthetic_frames
+    from liftvid.io.encode import synthetic_frames
 
     from .conftest import TINY_VIT
 

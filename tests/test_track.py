@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from liftvid.geometry import cell_centres, grid_to_source, source_to_grid
-from liftvid.track import TrackOptions, check_queries, sample_bilinear, track_points
+from liftvid.ops.geometry import cell_centres, grid_to_source, source_to_grid
+from liftvid.ops.track import TrackOptions, check_queries, sample_bilinear, track_points
 
 SOURCE = (64, 96)  # H, W pixels
 GRID = (16, 24)  # h, w cells: 4 pixels per cell

@@ -6,9 +6,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liftvid import store as st
-from liftvid.geometry import source_to_grid
-from liftvid.track import TrackOptions, read_queries_csv, track_points, track_store
+from liftvid.io import store as st
+from liftvid.ops.geometry import source_to_grid
+from liftvid.ops.track import TrackOptions, track_points
+from liftvid.io.tables import read_queries_csv
+from liftvid.pipelines.track import track_store
 
 from .test_track import GRID, SOURCE, oracle_features, warp
 

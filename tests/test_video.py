@@ -8,19 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from liftvid.encode import synthetic_frames, write_video
-from liftvid.video import (
-    IMAGE_EXTENSIONS,
-    Resize,
-    VideoDecodeError,
-    VideoInputError,
-    VideoSource,
-    _decord_width_ok,
-    find_sources,
-    open_video,
-    read_frames,
-    sample_indices,
-)
+from liftvid.io.encode import synthetic_frames, write_video
+from liftvid.io.video import IMAGE_EXTENSIONS, Resize, VideoDecodeError, VideoInputError, VideoSource, _decord_width_ok, find_sources, open_video, read_frames, sample_indices
 
 # ---------------------------------------------------------------- Resize
 
@@ -352,7 +341,7 @@ def test_shared_data_folder(shared_data):
 
 
 def test_read_source_frames_gives_native_frames_in_any_order_and_checks_the_record(video_dir, frame_folder):
-    from liftvid.video import VideoInputError, VideoSource, read_source_frames
+    from liftvid.io.video import VideoInputError, VideoSource, read_source_frames
 
     clip = VideoSource(video_dir / "clip_b.mp4", "clip_b", "file")  # 9 frames, 80×64
     with open_video(clip, Resize.parse("native"), 1) as reader:

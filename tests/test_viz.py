@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 import liftvid
 from liftvid import viz
 from liftvid.cli import app
-from liftvid.extract import ExtractOptions, build_extractor, extract_videos
+from liftvid.io.masks import davis_palette
+from liftvid.pipelines import render
+from liftvid.pipelines.extract import ExtractOptions, build_extractor, extract_videos
 
 from .conftest import TINY_VIT
 
@@ -73,7 +75,7 @@ def test_similarity_peaks_at_the_query(ds):
     sim = viz.cosine_map(ds.features.isel(frame=4), query)
     assert sim.shape == (2, 3) and np.unravel_index(sim.argmax(), sim.shape) == (0, 1)
     assert sim.max() == pytest.approx(1.0, abs=1e-3)
-    frames = list(viz.render_similarity(ds, x, y, 4, [3, 4]))
+    frames = list(render.render_similarity(ds, x, y, 4, [3, 4]))
     assert len(frames) == 2 and frames[0].shape == (H, W, 3)
     with pytest.raises(ValueError, match="outside the 96×64"):
         viz.query_feature(ds, 100, 10, 0)
@@ -89,7 +91,7 @@ def test_overlays():
     out = viz.mask_overlay(frame, mask, outline=False)
     assert (out[0, 0] == 100).all()  # background untouched
     assert out[7, 7, 0] > out[7, 7, 1] and out[15, 24, 1] > out[15, 24, 0]  # DAVIS: 1 red, 2 green
-    np.testing.assert_array_equal(viz.davis_palette()[:3], [[0, 0, 0], [128, 0, 0], [0, 128, 0]])
+    np.testing.assert_array_equal(davis_palette()[:3], [[0, 0, 0], [128, 0, 0], [0, 128, 0]])
     assert viz.mask_overlay(frame, mask[::2, ::2]).shape == frame.shape  # resized (nearest)
     positions = np.array([[[5, 5], [10, 8], [15, 10]]], np.float32)
     tracked = viz.track_overlay(frame, positions, np.ones((1, 3), bool), 2)
@@ -128,8 +130,8 @@ def test_parse_frames():
 
 
 def test_source_frames_in_any_order(ds):
-    frames = viz.source_frames(ds, [5, 1])
-    forward = viz.source_frames(ds, [1, 5])
+    frames = render.source_frames(ds, [5, 1])
+    forward = render.source_frames(ds, [1, 5])
     assert frames.shape == (2, 64, 96, 3)
     np.testing.assert_array_equal(frames[::-1], forward)
 

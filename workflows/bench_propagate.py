@@ -29,7 +29,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from liftvid.propagate import N_LAST, RADIUS, TEMPERATURE, TOPK, default_tile, propagate_labels
+from liftvid import N_LAST, RADIUS, TEMPERATURE, TOPK, default_tile, propagate_labels
 
 
 def sync(device: torch.device) -> None:

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 
 from liftvid import jobs
-from liftvid import store as st
-from liftvid.track import TrackOptions, default_device, frames_per_chunk, track_points, track_store
+from liftvid.io import store as st
+from liftvid import TrackOptions, frames_per_chunk, resolve_device, track_graph, track_points, track_store
 
 PIXELS_PER_CELL = 4  # synthetic source frames: LiFT-doubled ViT-S/16 at 224 gives 4 px per cell
 
@@ -90,7 +90,7 @@ def main() -> None:
     args = parser.parse_args()
     args.grid = args.grid or (28 if args.quick else 56)
     args.frames = args.frames or (100 if args.quick else 1000)
-    device = default_device() if args.device == "auto" else torch.device(args.device)
+    device = resolve_device(args.device)
     grid, n_frames, channels = args.grid, args.frames, args.channels
     queries = all_cells(grid)
     n = len(queries)
@@ -130,7 +130,7 @@ def main() -> None:
         best = float("inf")
         for _ in range(args.repeat):  # the first run also pays for imports and the scheduler's start
             t0 = time.perf_counter()
-            graph = jobs.track_graph(str(path), "bench", queries, options, n_frames, (grid, grid), dev)
+            graph = track_graph(str(path), "bench", queries, options, n_frames, (grid, grid), dev)
             result = jobs.compute_each({"bench": graph}, scheduler=args.scheduler, workers=args.workers)["bench"]
             if isinstance(result, Exception):
                 raise result

@@ -21,9 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-from liftvid.extract import ExtractOptions, extract_videos
-from liftvid.metrics import DAVIS_MEASURES, davis_sequences, evaluate_davis
-from liftvid.propagate import PropagateOptions, propagate_store
+from liftvid import (DAVIS_MEASURES, ExtractOptions, PropagateOptions, davis_sequences, evaluate_davis, extract_videos,
+                     propagate_store, write_davis_csv)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,7 +92,7 @@ def run(args: argparse.Namespace) -> dict:
     timings["evaluate"] = time.perf_counter() - t0
     overall = report.overall()
     if report.objects:
-        report.write_csv(results)
+        write_davis_csv(report, results)
     print(f"[3/3] evaluate: {len(report.objects)} objects in {timings['evaluate']:.1f} s")
     print("      " + "  ".join(f"{m} {overall[m]:.3f}" for m in DAVIS_MEASURES))
     for seq, why in report.missing.items():

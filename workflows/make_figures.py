@@ -73,7 +73,7 @@ def scene(n_frames: int = 24, height: int = 240, width: int = 320, seed: int = 0
 
 
 def build_store(video: Path, store: Path, args, lift: str | None):
-    from liftvid.extract import ExtractOptions, extract_videos
+    from liftvid import ExtractOptions, extract_videos
 
     options = ExtractOptions(backbone=args.backbone, weights=args.weights, lift=lift, resize=args.resize,
                              batch_size=8, device=args.device)
@@ -102,9 +102,8 @@ def main(argv=None) -> None:
     parser.add_argument("--frames", type=int, default=24)
     args = parser.parse_args(argv)
 
-    from liftvid import open_store, viz
-    from liftvid.encode import write_video
-    from liftvid.propagate import labels_to_masks, masks_to_labels, propagate_labels
+    import liftvid
+    from liftvid import labels_to_masks, masks_to_labels, open_store, propagate_labels, viz, write_video
 
     frames, masks = scene(args.frames, height=216, width=288)  # small PNGs (< 200 KB each)
     T = len(frames)
@@ -119,7 +118,7 @@ def main(argv=None) -> None:
             build_store(video, tmp / "lift.zarr", args, args.lift)
             lifted = open_store(tmp / "lift.zarr")["scene"]
         best = lifted if lifted is not None else plain  # the densest features, for the other figures
-        source = viz.source_frames(plain, shown)  # decoded, as the features saw them
+        source = liftvid.source_frames(plain, shown)  # decoded, as the features saw them
         H, W = source.shape[1:3]
 
         # 1. PCA colours (fitted over the whole video) beside the source, first and last frame

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from liftvid.encode import synthetic_frames
+from liftvid import synthetic_frames
 
 
 def _write_long_video(path: Path, n_frames: int, size: int) -> None:

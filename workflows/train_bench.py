@@ -39,8 +39,7 @@ from pathlib import Path
 
 import torch
 
-from liftvid.extract import resolve_device
-from liftvid.train import TrainOptions, step_throughput, train_lift
+from liftvid import TrainOptions, resolve_device, step_throughput, train_lift
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -24,6 +24,7 @@ import numpy as np
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 RESIZE_MODES = ("square", "short", "native")
+DEFAULT_FPS = 24.0  # frame rate of a frame folder, and of a file whose container gives none
 
 PREFETCH_BATCHES = 1  # decoded batches waiting for the consumer (plus one being decoded)
 READ_SPAN = 64  # most frames decoded in one call: bounds memory when a stride skips frames
@@ -570,7 +571,7 @@ def _valid_timestamps(ts: np.ndarray) -> bool:
     return bool(ts.size == 0 or (np.all(np.isfinite(ts)) and ts.min() >= 0 and np.all(np.diff(ts) >= 0)))
 
 
-def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float = 24.0,
+def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float = DEFAULT_FPS,
                num_threads: int = 0) -> VideoReader:
     """Open ``source`` for decoding at the size ``resize`` gives for ``patch_size``.
 
@@ -651,7 +652,7 @@ def read_source_frames(source: VideoSource, frame_index: np.ndarray, source_size
     index = np.asarray(frame_index, dtype=np.int64).reshape(-1)
     try:
         # native size with a 1-pixel "patch": exactly the source's own size
-        reader = open_video(source, Resize("native"), 1, fps=float(fps or 24.0))
+        reader = open_video(source, Resize("native"), 1, fps=float(fps or DEFAULT_FPS))
     except VideoDecodeError as exc:
         raise VideoInputError(f"{exc} (overlays draw on the source frames)") from None
     H, W = (int(s) for s in source_size)

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .video import DEFAULT_FPS
 
-def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = 24.0,
+
+def write_video(path: str | Path, frames: Iterable[np.ndarray], fps: float = DEFAULT_FPS,
                 codec: str = "libx264", crf: int = 18) -> Path:
     """Encode frames to a video file with PyAV.
 
@@ -82,6 +84,6 @@ def synthetic_frames(n_frames: int, height: int, width: int, seed: int = 0,
 
 
 def write_synthetic_video(path: str | Path, n_frames: int = 24, height: int = 64, width: int = 96,
-                          fps: float = 24.0, seed: int = 0) -> Path:
+                          fps: float = DEFAULT_FPS, seed: int = 0) -> Path:
     """Encode :func:`synthetic_frames` to ``path`` (the sample the README and tests use)."""
     return write_video(path, synthetic_frames(n_frames, height, width, seed), fps=fps)

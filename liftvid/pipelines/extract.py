@@ -20,14 +20,14 @@ from typing import Protocol, Sequence
 
 import torch
 
-from . import store as st
-from .backbone import Backbone, file_sha256
-from .lift import LiFT, lift_features, load_lift_checkpoint
-from .video import Resize, VideoDecodeError, VideoSource, find_sources, open_video, sample_indices
+from .. import jobs
+from ..io import store as st
+from ..io.video import DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_video, sample_indices
+from ..models.backbone import Backbone, file_sha256
+from ..models.extractor import FeatureExtractor, resolve_device
+from ..models.lift import load_lift_checkpoint
 
 MAX_PENDING_WRITES = 4  # batches in flight to the writer thread: bounds host memory
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 autocast on CUDA, fp32 elsewhere
-_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -45,7 +45,7 @@ class ExtractOptions:
     max_frames: int | None = None
     batch_size: int = 32
     device: str = "auto"
-    fps: float = 24.0  # frame rate assumed for folders of frames
+    fps: float = DEFAULT_FPS  # frame rate assumed for folders of frames
     overwrite: bool = False
     decode_threads: int = 0  # decord's threads per video (0 = its default)
     decode_workers: int = 2  # videos decoding at once, ahead of the model
@@ -99,61 +99,6 @@ class _NoProgress:
     def video_started(self, video_id, n_frames): pass
     def frames_done(self, n): pass
     def video_finished(self, result): pass
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    return torch.device(device)
-
-
-class FeatureExtractor(torch.nn.Module):
-    """Backbone (+ LiFT) on uint8 frames: ``(B, H, W, 3) uint8`` → ``(B, h, w, C) float16``.
-
-    Normalisation happens on the device. ``precision``: ``"auto"`` (bf16 autocast on CUDA, fp32
-    elsewhere), ``"bf16"``, ``"fp16"`` (autocast) or ``"fp32"``.
-    """
-
-    def __init__(self, backbone: Backbone, lift: LiFT | None = None, lift_iterations: int = 1,
-                 precision: str = "auto"):
-        super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
-        self.precision = precision
-        self.backbone = backbone
-        self.lift = lift
-        self.lift_iterations = lift_iterations if lift is not None else 0
-        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
-
-    @property
-    def stride(self) -> float:
-        """Input pixels per output cell."""
-        return self.backbone.patch_size / 2 ** self.lift_iterations
-
-    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, 3) uint8`` → ``(B, 3, H, W) float32`` normalised with the backbone's mean/std."""
-        x = frames.permute(0, 3, 1, 2).float().div_(255)
-        return (x - self.mean) / self.std
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` normalised → ``(B, C, h, w)`` (LiFT applied when present)."""
-        feats = self.backbone(images)
-        if self.lift is not None:
-            feats = lift_features(self.lift, images.to(feats.dtype), feats, self.lift_iterations)
-        return feats
-
-    @torch.inference_mode()
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        device = self.mean.device
-        frames = frames.to(device, non_blocking=True)
-        precision = self.precision if self.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-        with torch.autocast(device.type, dtype=_AUTOCAST.get(precision, torch.bfloat16), enabled=precision != "fp32"):
-            feats = self.features(self.normalise(frames))
-        return feats.permute(0, 2, 3, 1).to(torch.float16)
 
 
 def _lift_info(options: ExtractOptions) -> dict | None:
@@ -436,7 +381,7 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
     _check_resize(resize, extractor.backbone.patch_size)
     backbone = extractor.backbone
     config = st.make_config(backbone.describe(), lift_info, str(resize), backbone.mean, backbone.std,
-                            extractor.stride)
+                            extractor.pixels_per_cell)
     with st.StoreLock(store_path):
         try:
             if scheduler is not None:
@@ -475,8 +420,6 @@ def _pending_sources(root, sources: list[VideoSource], summary: ExtractSummary,
 
 
 def _extract_distributed(sources, store_path, config, options, progress, t0, scheduler, workers) -> ExtractSummary:
-    from . import jobs
-
     if str(store_path).startswith("memory://") and scheduler not in ("threads", "sync"):
         raise st.StoreError(f"{store_path}: a memory:// store lives in this process, where --scheduler "
                             f"{scheduler} workers cannot write to it; use a path or an object store URL")
@@ -490,7 +433,7 @@ def _extract_distributed(sources, store_path, config, options, progress, t0, sch
         local = st.local_path(store_path)
         worker_store = str(local.absolute()) if local is not None else worker_store
         todo = [(VideoSource(Path(os.path.abspath(s.path)), s.video_id, s.kind), vid) for s, vid in todo]
-    outcomes = jobs.run_extraction(todo, worker_store, options, scheduler, workers,
+    outcomes = jobs.run_extraction(extract_one, todo, worker_store, options, scheduler, workers,
                                    gpu=options.device != "cpu" and (options.device != "auto" or torch.cuda.is_available()))
     for source, video_id in todo:
         outcome = outcomes[video_id]

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..ops.propagate import resize_nearest
+
 MAX_OBJECTS = 255  # uint8 ids and the 256-entry palette
 VOID_LABEL = 255  # DAVIS: "void" pixels in indexed annotations, read as background
 THRESHOLD = 128  # binary/soft masks: object where value ≥ THRESHOLD (of 255)
@@ -116,8 +118,6 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
             grey = np.asarray(Image.fromarray(rgb).convert("L"))
             ids = _threshold(grey)
     if size is not None and ids.shape != tuple(size):
-        from .propagate import resize_nearest
-
         ids = resize_nearest(ids, tuple(size))
     return np.ascontiguousarray(ids)
 

@@ -12,25 +12,21 @@ Frames are independent (except in ``chain`` mode), so the work runs in frame chu
 bounds memory: the similarity volume of one chunk is ``frames × queries × cells`` values.
 bf16 matmuls on CUDA, fp32 on CPU.
 
-The lower part of the module (``track_store``) reads queries from CSV, runs the frame-chunk tasks
-as Dask jobs (:func:`liftvid.jobs.track_graph`) and writes the CSV, the store's ``tracks`` group
-and optional overlay videos.
+:mod:`liftvid.pipelines.track` runs it over a store's videos as Dask jobs.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
+from .arrays import as_tensor
+from .device import compute_dtype, resolve_device
 
 
 @dataclass(frozen=True)
@@ -116,16 +112,6 @@ class QuerySet:
                         self.grids.to(device), self.grid_size)
 
 
-def default_device() -> torch.device:
-    """CUDA when available, else the CPU."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def compute_dtype(device: torch.device) -> torch.dtype:
-    """bf16 matmuls on CUDA, fp32 elsewhere."""
-    return torch.bfloat16 if device.type == "cuda" else torch.float32
-
-
 def frames_per_chunk(n_queries: int, grid_size: tuple[int, int], options: TrackOptions,
                      device: torch.device | str = "cpu") -> int:
     """Frames per chunk so that a chunk's similarity volume stays within ``options.max_chunk_bytes``."""
@@ -134,10 +120,6 @@ def frames_per_chunk(n_queries: int, grid_size: tuple[int, int], options: TrackO
     itemsize = torch.finfo(compute_dtype(torch.device(device))).bits // 8
     per_frame = max(1, n_queries) * grid_size[0] * grid_size[1] * itemsize
     return max(1, options.max_chunk_bytes // per_frame)
-
-
-def _as_tensor(x: Any) -> torch.Tensor:
-    return x if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -212,7 +194,7 @@ def prepare_queries(features: Any, queries: np.ndarray) -> QuerySet:
     q = check_queries(queries, T, (h, w))
     t = q[:, 0].astype(np.int64)
     frames, frame_of = np.unique(t, return_inverse=True)
-    grids = torch.stack([_unit(_as_tensor(g)) for g in _read_frames(features, frames)])
+    grids = torch.stack([_unit(as_tensor(g)) for g in _read_frames(features, frames)])
     templates = torch.empty((len(q), grids.shape[-1]), dtype=torch.float32, device=grids.device)
     xy = torch.from_numpy(q[:, 1:]).to(grids.device)
     for u in range(len(frames)):
@@ -303,9 +285,9 @@ def track_chunk(chunk: Any, start: int, qs: QuerySet, options: TrackOptions | No
         query itself and it is visible.
     """
     options = options or TrackOptions()
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(device) if device is not None else resolve_device()
     dtype = compute_dtype(device)
-    x = _as_tensor(chunk).to(device)
+    x = as_tensor(chunk).to(device)
     Tc = x.shape[0]
     feats = _unit(x.reshape(Tc, -1, x.shape[-1])).to(dtype)
     positions, cell, score = _match(feats, qs.templates.to(device=device, dtype=dtype), qs.grid_size, options)
@@ -346,7 +328,7 @@ def _track_chain(features: Any, qs: QuerySet, options: TrackOptions, device: tor
         if first >= last:
             continue
         for a, b in _chunks(first, last, chunk, reverse=not forward):
-            x = _as_tensor(features[a:b]).to(device)
+            x = as_tensor(features[a:b]).to(device)
             feats = _unit(x.reshape(b - a, -1, x.shape[-1])).to(dtype)
             order = range(b - a) if forward else range(b - a - 1, -1, -1)
             for i in order:
@@ -412,7 +394,7 @@ def track_points(features: Any, queries: np.ndarray, options: TrackOptions | Non
         ``visible (N, T) bool``, ``score (N, T) float32``.
     """
     options = options or TrackOptions()
-    device = torch.device(device) if device is not None else default_device()
+    device = torch.device(device) if device is not None else resolve_device()
     if len(getattr(features, "shape", ())) != 4:
         raise ValueError(f"features must be (T, h, w, C), got shape {getattr(features, 'shape', None)}")
     T, h, w, _ = features.shape
@@ -426,345 +408,3 @@ def track_points(features: Any, queries: np.ndarray, options: TrackOptions | Non
         if progress is not None:
             progress(b - a)
     return out
-
-
-# ---- queries CSV, store, outputs ----------------------------------------------------------------
-
-QUERY_COLUMNS = ("video_id", "t", "x", "y")
-TRACK_COLUMNS = ("video_id", "query", "t", "x", "y", "visible", "score")
-TRACKS_GROUP = "tracks"
-TRAIL_FRAMES = 12  # overlay: how many past frames a trail shows
-
-
-@dataclass(frozen=True)
-class QueryRow:
-    """One row of a queries CSV: ``query`` numbers a video's rows in file order (from 0)."""
-
-    line: int
-    video_id: str
-    query: int
-    t: float
-    x: float
-    y: float
-
-
-@dataclass(frozen=True)
-class SkippedQuery:
-    """A query line that was not tracked, with the reason (outside the frame, unknown video, NaN…)."""
-
-    line: int
-    video_id: str
-    query: int
-    reason: str
-
-    def __str__(self) -> str:
-        return f"line {self.line}: {self.video_id!r} query {self.query}: {self.reason}"
-
-
-@dataclass
-class TrackSummary:
-    """What :func:`track_store` did."""
-
-    out_csv: Path
-    queries: dict[str, int] = field(default_factory=dict)  # tracked queries per video
-    frames: dict[str, int] = field(default_factory=dict)
-    skipped: list[SkippedQuery] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # video → error
-    overlays: list[Path] = field(default_factory=list)
-    seconds: float = 0.0
-
-    @property
-    def point_frames(self) -> int:
-        return sum(self.queries[v] * self.frames[v] for v in self.queries)
-
-
-def read_queries_csv(path: str | Path) -> list[QueryRow]:
-    """Read ``video_id,t,x,y`` rows (source-frame pixels; ``t`` indexes the stored frames).
-
-    Unparsable numbers become NaN (reported and skipped later, like any NaN).
-
-    Raises:
-        ValueError: missing file, missing columns, or no rows.
-    """
-    import csv
-
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such queries file")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = [c.strip() for c in (reader.fieldnames or [])]
-        missing = [c for c in QUERY_COLUMNS if c not in header]
-        if not header:
-            raise ValueError(f"{path}: empty queries file; expected a header line {','.join(QUERY_COLUMNS)} and one row per query")
-        if missing:
-            raise ValueError(f"{path}: missing column(s) {', '.join(missing)}; the header must be {','.join(QUERY_COLUMNS)}")
-        reader.fieldnames = header
-        rows, counters = [], {}
-
-        def number(text):
-            try:
-                return float(text)
-            except (TypeError, ValueError):
-                return math.nan
-
-        for line, rec in enumerate(reader, start=2):
-            vid = (rec.get("video_id") or "").strip()
-            if not vid and not any((rec.get(c) or "").strip() for c in QUERY_COLUMNS):
-                continue  # blank line
-            q = counters.get(vid, 0)
-            counters[vid] = q + 1
-            rows.append(QueryRow(line, vid, q, number(rec["t"]), number(rec["x"]), number(rec["y"])))
-    if not rows:
-        raise ValueError(f"{path}: no queries (only a header); add rows video_id,t,x,y")
-    return rows
-
-
-def _check_row(row: QueryRow, n_frames: int, source_size: tuple[int, int]) -> str | None:
-    """Why ``row`` cannot be tracked, or None."""
-    H, W = source_size
-    if not all(math.isfinite(v) for v in (row.t, row.x, row.y)):
-        return f"NaN or non-numeric value (t={row.t}, x={row.x}, y={row.y})"
-    if row.t != round(row.t):
-        return f"frame t={row.t:g} is not an integer"
-    if row.t < 0 or row.t >= n_frames:
-        return f"frame t={row.t:g} is outside the stored frames 0…{n_frames - 1}"
-    if not (0 <= row.x <= W and 0 <= row.y <= H):
-        return f"point ({row.x:g}, {row.y:g}) is outside the {W}×{H} frame (x in [0, {W}], y in [0, {H}])"
-    return None
-
-
-@dataclass
-class _VideoJob:
-    video_id: str
-    rows: list[QueryRow]
-    grid_queries: np.ndarray  # (N, 3) [t, x, y] grid coordinates
-    n_frames: int
-    grid_size: tuple[int, int]
-    source_size: tuple[int, int]
-
-
-def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[SkippedQuery]]:
-    """Group rows by video, check each against the store, convert source pixels to grid coordinates."""
-    from . import store as st
-    from .geometry import source_to_grid
-
-    complete = set(st.list_videos(root))
-    every = set(st.list_videos(root, status=None))
-    by_video: dict[str, list[QueryRow]] = {}
-    for row in rows:
-        by_video.setdefault(row.video_id, []).append(row)
-    jobs, skipped = [], []
-    for vid, vrows in by_video.items():
-        if vid not in complete:
-            if vid in every:
-                why = f"video {vid!r} is {st.video_info(root, vid).get('status')} in the store; rerun `liftvid extract`"
-            else:
-                known = ", ".join(sorted(complete)[:8]) + (" …" if len(complete) > 8 else "")
-                why = f"unknown video id {vid!r} (the store has: {known or 'no complete videos'})"
-            skipped += [SkippedQuery(r.line, vid, r.query, why) for r in vrows]
-            continue
-        info = st.video_info(root, vid)
-        n_frames, h, w, _ = root[vid]["features"].shape
-        source_size = tuple(int(v) for v in info["source_size"])
-        grid_size = (int(h), int(w))
-        good = []
-        for r in vrows:
-            why = _check_row(r, n_frames, source_size)
-            if why:
-                skipped.append(SkippedQuery(r.line, vid, r.query, why))
-            else:
-                good.append(r)
-        if not good:
-            continue
-        src = np.array([[r.x, r.y] for r in good])
-        xy = source_to_grid(src, grid_size, source_size)
-        # x = W (the right edge) maps half a cell beyond the last centre: keep it on the grid's extent
-        xy = np.clip(xy, -0.5, np.array([grid_size[1], grid_size[0]]) - 0.5)
-        grid_queries = np.column_stack([[r.t for r in good], xy])
-        jobs.append(_VideoJob(vid, good, grid_queries, int(n_frames), grid_size, source_size))
-    return jobs, skipped
-
-
-def _unpack(block: np.ndarray) -> Tracks:
-    return Tracks(block[..., :2].astype(np.float32), block[..., 3] > 0.5, block[..., 2].astype(np.float32))
-
-
-def _csv_field(text: str) -> str:
-    """``text`` as one CSV field (quoted only when it needs to be)."""
-    import csv
-    import io
-
-    buf = io.StringIO()
-    csv.writer(buf).writerow([text])
-    return buf.getvalue().rstrip("\r\n")
-
-
-def write_tracks_csv(path: Path, results: Sequence[tuple[_VideoJob, Tracks]]) -> None:
-    """``video_id,query,t,x,y,visible,score``: source pixels, one row per query and frame."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        f.write(",".join(TRACK_COLUMNS) + "\n")
-        for job, tracks in results:
-            vid = _csv_field(job.video_id)
-            frames = range(job.n_frames)
-            for i, row in enumerate(job.rows):
-                # one formatted string per row from plain Python lists: ~4x faster than csv.writer
-                xs, ys = tracks.positions[i, :, 0].tolist(), tracks.positions[i, :, 1].tolist()
-                vis, score = tracks.visible[i].astype(np.int8).tolist(), tracks.score[i].tolist()
-                head = f"{vid},{row.query},"
-                f.write("".join([f"{head}{t},{x:.3f},{y:.3f},{v},{s:.4f}\n"
-                                 for t, x, y, v, s in zip(frames, xs, ys, vis, score)]))
-
-
-def write_tracks_group(root, job: _VideoJob, tracks: Tracks, meta: dict) -> None:
-    """Replace ``<video>/tracks`` with these results (source pixels); the status mark is written last."""
-    from . import store as st
-
-    group = root[job.video_id]
-    if TRACKS_GROUP in group:
-        del group[TRACKS_GROUP]
-    g = group.create_group(TRACKS_GROUP)
-    g.attrs[st.ATTRS_KEY] = {**meta, "status": st.INCOMPLETE}
-    n, T = tracks.visible.shape
-    query_src = np.column_stack([[r.t for r in job.rows], [r.x for r in job.rows], [r.y for r in job.rows]])
-    for name, data, dims in (
-        ("positions", tracks.positions, ("query", "frame", "xy")),
-        ("visible", tracks.visible, ("query", "frame")),
-        ("score", tracks.score, ("query", "frame")),
-        ("queries", query_src.astype(np.float64), ("query", "txy")),
-        ("query_index", np.array([r.query for r in job.rows], np.int64), ("query",)),
-    ):
-        arr = g.create_array(name, shape=data.shape, dtype=data.dtype, chunks=data.shape or None,
-                             dimension_names=dims)
-        arr[...] = data
-    g.attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}
-
-
-def draw_tracks(frame: np.ndarray, positions: np.ndarray, visible: np.ndarray, t: int,
-                trail: int = TRAIL_FRAMES) -> np.ndarray:
-    """Draw each query's trail over frames ``t - trail … t`` (visible matches only) onto ``frame``.
-
-    Args:
-        frame: ``(H, W, 3) uint8`` source frame.
-        positions: ``(N, T, 2)`` source pixels; ``visible``: ``(N, T)``.
-    """
-    import colorsys
-
-    from PIL import Image, ImageDraw
-
-    image = Image.fromarray(frame)
-    draw = ImageDraw.Draw(image)
-    radius = max(2, min(frame.shape[:2]) // 120)
-    n = positions.shape[0]
-    for q in range(n):
-        colour = tuple(int(255 * c) for c in colorsys.hsv_to_rgb(q / max(n, 1), 0.9, 1.0))
-        lo = max(0, t - trail)
-        pts = [tuple(map(float, positions[q, s])) for s in range(lo, t + 1) if visible[q, s]]
-        if len(pts) > 1:
-            draw.line(pts, fill=colour, width=max(1, radius // 2))
-        x, y = map(float, positions[q, t])
-        box = (x - radius, y - radius, x + radius, y + radius)
-        draw.ellipse(box, fill=colour if visible[q, t] else None, outline=colour)
-    return np.asarray(image)
-
-
-def write_overlay(path: Path, info: dict, frame_index: np.ndarray, positions: np.ndarray,
-                  visible: np.ndarray) -> Path:
-    """An mp4 of the source frames with the tracks drawn on (:func:`draw_tracks`)."""
-    from .encode import write_video
-
-    fps = float(info.get("fps") or 24.0)
-    stride = int((info.get("sampling") or {}).get("stride") or 1)
-    from .video import VideoSource, read_source_frames
-
-    source = VideoSource.from_record(info)
-    frames = (draw_tracks(f, positions, visible, t) for t, f in
-              enumerate(read_source_frames(source, frame_index, info["source_size"], info.get("fps"))))
-    return write_video(path, frames, fps=fps / stride)
-
-
-def overlay_path(out_csv: Path, video_id: str) -> Path:
-    """``<out>_<video_id>.mp4`` beside the tracks CSV."""
-    return out_csv.with_name(f"{out_csv.stem}_{video_id}.mp4")
-
-
-def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | Path,
-                options: TrackOptions | None = None, scheduler: str = "threads",
-                workers: int | None = None, chain: bool | None = None, overlay: bool = False,
-                device: str | None = None, write_store: bool = True) -> TrackSummary:
-    """Track the points of a queries CSV through the videos of a liftvid store.
-
-    Args:
-        store_path: a liftvid store (path or URL).
-        queries_csv: ``video_id,t,x,y`` rows; x, y in source-frame pixels (continuous, 0 = the
-            frame's top/left edge, pixel k's centre at k + 0.5), t an index into the stored frames.
-        out_csv: written with ``video_id,query,t,x,y,visible,score`` (source pixels); ``query``
-            numbers each video's rows of ``queries_csv`` in file order, from 0.
-        options: tracker parameters; ``chain`` (when given) overrides ``options.chain``.
-        scheduler: ``threads``, ``processes``, ``sync`` or ``tcp://host:port``.
-        workers: local worker threads/processes.
-        overlay: also write ``<out stem>_<video>.mp4`` per video, source frames with trails.
-        device: torch device of the tasks (default CUDA when present).
-        write_store: also write each video's ``tracks`` group into the store.
-
-    Returns:
-        :class:`TrackSummary`: skipped queries (named with their reason) and failed videos.
-
-    Raises:
-        ValueError: no usable store, an empty/malformed queries file, or no query that can be tracked.
-    """
-    import time
-
-    from . import jobs
-    from . import store as st
-    from .geometry import grid_to_source
-
-    t0 = time.perf_counter()
-    options = options or TrackOptions()
-    if chain is not None and chain != options.chain:
-        from dataclasses import replace
-
-        options = replace(options, chain=chain)
-    jobs.check_scheduler(scheduler)
-    out_csv = Path(out_csv)
-    root = st.open_root(store_path)
-    rows = read_queries_csv(queries_csv)
-    plan, skipped = plan_queries(root, rows)
-    summary = TrackSummary(out_csv=out_csv, skipped=skipped)
-    if not plan:
-        first = f"; first: {skipped[0]}" if skipped else ""
-        raise ValueError(f"{queries_csv}: none of {len(rows)} queries can be tracked{first}")
-    graphs = {job.video_id: jobs.track_graph(str(store_path), job.video_id, job.grid_queries, options,
-                                             job.n_frames, job.grid_size, device) for job in plan}
-    computed = jobs.compute_each(graphs, scheduler=scheduler, workers=workers)
-    results = []
-    for job in plan:
-        value = computed[job.video_id]
-        if isinstance(value, Exception):
-            summary.failed[job.video_id] = f"{type(value).__name__}: {value}"
-            continue
-        tracks = _unpack(np.asarray(value))
-        tracks.positions = grid_to_source(tracks.positions, job.grid_size, job.source_size).astype(np.float32)
-        results.append((job, tracks))
-        log.info("%s: %d queries × %d frames tracked", job.video_id, len(job.rows), job.n_frames)
-        summary.queries[job.video_id] = len(job.rows)
-        summary.frames[job.video_id] = job.n_frames
-    write_tracks_csv(out_csv, results)
-    if write_store and results:
-        wroot = st.open_root(store_path, mode="a")
-        meta = {"queries_csv": str(queries_csv), "units": "source pixels [x, y], 0 = top/left frame edge",
-                "options": asdict(options)}
-        for job, tracks in results:
-            write_tracks_group(wroot, job, tracks, meta)
-    if overlay:
-        for job, tracks in results:
-            info = st.video_info(root, job.video_id)
-            frame_index = root[job.video_id]["frame_index"][...]
-            try:
-                summary.overlays.append(write_overlay(overlay_path(out_csv, job.video_id), info, frame_index,
-                                                      tracks.positions, tracks.visible))
-            except Exception as exc:  # an overlay is a by-product: report it, keep the tracks
-                summary.failed[f"{job.video_id} (overlay)"] = f"{type(exc).__name__}: {exc}"
-    summary.seconds = time.perf_counter() - t0
-    return summary

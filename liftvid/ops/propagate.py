@@ -27,14 +27,15 @@ bounded whatever the length of the video.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .arrays import as_tensor
 
 # Protocol defaults (DESIGN.md "Label propagation"; DINO's eval_video_segmentation.py).
 N_LAST = 7
@@ -44,12 +45,6 @@ TEMPERATURE = 0.1
 CHUNK_BYTES = 512 << 20  # bound on the feature buffers of one chunk of frames
 SIMS_BYTES = 64 << 20  # bound on one tile's similarities for a sub-batch of a chunk's frames
 BATCHED_SOURCES: bool | None = None  # one bmm over source frames (None: on GPUs; CPUs loop over mm)
-
-
-def _as_tensor(x: Any) -> torch.Tensor:
-    if isinstance(x, torch.Tensor):
-        return x
-    return torch.from_numpy(np.ascontiguousarray(np.asarray(x)))
 
 
 def _compute_dtype(features: Any) -> torch.dtype:
@@ -148,7 +143,7 @@ def chunk_length(grid_size: tuple[int, int], channels: int, n_last: int = N_LAST
 def _read(features: Any, a: int, b: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Frames [a, b) as ``(b - a, h, w, C)`` L2-normalised ``dtype`` on ``device`` (NaN and
     infinities, which a damaged store can hold, become 0: such a cell matches nothing well)."""
-    x = _as_tensor(features[a:b]).to(device=device, dtype=dtype)
+    x = as_tensor(features[a:b]).to(device=device, dtype=dtype)
     return F.normalize(torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0), dim=-1)
 
 
@@ -300,7 +295,7 @@ def iter_propagate(features: Any, first_labels: Any, n_last: int = N_LAST, topk:
         labels are ``first_labels`` as given. float32, or float64 when the features are float64.
     """
     T, h, w, C = (int(s) for s in features.shape)
-    labels0 = _as_tensor(first_labels)
+    labels0 = as_tensor(first_labels)
     if labels0.ndim != 3 or tuple(labels0.shape[1:]) != (h, w):
         raise ValueError(f"first_labels must be (K, {h}, {w}) to match features (T, h, w, C) = "
                          f"{(T, h, w, C)}; got {tuple(labels0.shape)}")
@@ -434,7 +429,7 @@ def labels_to_masks(soft: Any, frame_size: tuple[int, int], stride: float) -> np
     Returns:
         ``(T, H, W) uint8`` object ids.
     """
-    soft = _as_tensor(soft)
+    soft = as_tensor(soft)
     if soft.ndim != 4:
         raise ValueError(f"soft labels must be (T, K, h, w), got {tuple(soft.shape)}")
     if soft.shape[1] > 256:
@@ -450,292 +445,3 @@ def labels_to_masks(soft: Any, frame_size: tuple[int, int], stride: float) -> np
         ids = ((up - shift) / scale).argmax(dim=1).to(torch.uint8).cpu().numpy()
     H, W = frame_size
     return ids[:, _nearest_index(H, ids.shape[1])][:, :, _nearest_index(W, ids.shape[2])]
-
-
-# ---- store-level propagation: masks in, PNGs + store array (+ overlay) out ----------------------
-# One task per video (liftvid.jobs.run_per_video): each opens the store from its path, streams its
-# features chunk by chunk through iter_propagate and writes each chunk's masks as it comes.
-
-MASKS_ARRAY = "masks"
-MASK_DIMS = ("frame", "height", "width")
-MASK_CHUNK_BYTES = 4 << 20
-OVERLAY_ALPHA = 0.5  # weight of the object colour over the frame
-
-
-class PropagateError(ValueError):
-    """A video that cannot be propagated as asked (the message names it and says why)."""
-
-
-@dataclass(frozen=True)
-class PropagateOptions:
-    """What ``propagate`` computes and writes; the protocol defaults are DESIGN.md's."""
-
-    n_last: int = N_LAST
-    topk: int = TOPK
-    radius: int | None = RADIUS
-    temperature: float = TEMPERATURE
-    start_frame: int = 0
-    """Source frame number of the annotated frame; propagation runs from it to the end."""
-    overlay: bool = False
-    """Also write ``<out>/<video_id>.mp4``: the source frames with the masks drawn on."""
-    write_store: bool = True
-    """Also write the video's ``masks (T, H, W) uint8`` array into the store."""
-    device: str = "auto"
-    chunk_frames: int | None = None
-
-    def protocol(self) -> dict:
-        return {"n_last": self.n_last, "topk": self.topk, "radius": self.radius, "temperature": self.temperature}
-
-
-@dataclass
-class VideoPropagation:
-    """The outcome for one video."""
-
-    video_id: str
-    status: str  # "complete" | "failed"
-    frames: int = 0
-    objects: int = 0
-    seconds: float = 0.0
-    error: str | None = None
-    masks_dir: str | None = None
-    overlay: str | None = None
-
-
-@dataclass
-class PropagateSummary:
-    """Every video's :class:`VideoPropagation` of one ``propagate_store`` call, masks without a video, wall time."""
-
-    store: str
-    out_dir: str
-    results: list[VideoPropagation] = field(default_factory=list)
-    unmatched_masks: list[str] = field(default_factory=list)
-    """Mask ids of the masks source with no video of that name in the store."""
-    seconds: float = 0.0
-
-    @property
-    def failed(self) -> list[VideoPropagation]:
-        return [r for r in self.results if r.status != "complete"]
-
-    @property
-    def frames(self) -> int:
-        return sum(r.frames for r in self.results if r.status == "complete")
-
-
-class _Window:
-    """Frames [start, T) of an array, sliced lazily (a Zarr array is read one chunk at a time)."""
-
-    def __init__(self, array: Any, start: int):
-        self.array, self.start = array, start
-        self.shape = (array.shape[0] - start, *array.shape[1:])
-        self.dtype = array.dtype
-
-    def __getitem__(self, item: slice):
-        return self.array[self.start + (item.start or 0):self.start + item.stop]
-
-
-def draw_masks(frame: np.ndarray, mask: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
-    """``frame (H, W, 3) uint8`` with each object of ``mask (H, W)`` tinted in its DAVIS colour."""
-    from .masks import DAVIS_PALETTE
-
-    colours = DAVIS_PALETTE[mask].astype(np.float32)
-    tinted = (1 - alpha) * frame.astype(np.float32) + alpha * colours
-    return np.where((mask > 0)[..., None], tinted, frame).astype(np.uint8)
-
-
-def _check_video(root, video_id: str) -> tuple[Any, dict, np.ndarray]:
-    """The video's features array, attrs and frame index, or a PropagateError saying what is wrong."""
-    from . import store as st
-
-    if video_id not in root:
-        raise PropagateError(f"{video_id}: not in the store (run `liftvid extract` on it first)")
-    info = st.video_info(root, video_id)
-    if info.get("status") != st.COMPLETE:
-        raise PropagateError(f"{video_id}: its features are {info.get('status', 'missing')} in the store"
-                             + (f" ({info['error']})" if info.get("error") else "") + "; rerun `liftvid extract`")
-    group = root[video_id]
-    features = group["features"]
-    frame_index = np.asarray(group["frame_index"][:])
-    T, h, w, _ = features.shape
-    lengths = {"frame_index": len(frame_index), "timestamps": group["timestamps"].shape[0]}
-    for name, n in lengths.items():
-        if n != T:
-            raise PropagateError(f"{video_id}: features have {T} frames but {name} has {n}; the video's group "
-                                 "is inconsistent, re-extract it with `liftvid extract … --overwrite`")
-    if T and info.get("source_frames") and int(frame_index.max()) >= int(info["source_frames"]):
-        raise PropagateError(f"{video_id}: features refer to frame {int(frame_index.max())} but the source has "
-                             f"{info['source_frames']} frames; re-extract the video")
-    if list(info.get("grid_size", [h, w])) != [h, w]:
-        raise PropagateError(f"{video_id}: features are on a {h}×{w} grid but the store recorded "
-                             f"{info['grid_size']}; re-extract the video")
-    return features, info, frame_index
-
-
-def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str,
-                    options: PropagateOptions, stride: float | None = None) -> VideoPropagation:
-    """Propagate one video's first mask through its stored features (one Dask task).
-
-    Writes ``<out_dir>/<video_id>/<frame:05d>.png`` (DAVIS palette) from the start frame on, the
-    store's ``<video_id>/masks`` array (frames before the start frame are 0) and, with
-    ``options.overlay``, ``<out_dir>/<video_id>.mp4``.
-
-    Raises:
-        PropagateError, MaskError: bad inputs, naming the video and the file.
-    """
-    import time
-
-    from . import store as st
-    from .extract import resolve_device
-    from .masks import MAX_OBJECTS, MaskError, frame_name, read_mask, write_mask
-    from .video import VideoSource, read_source_frames
-
-    t0 = time.perf_counter()
-    root = st.open_root(store_path, mode="r+" if options.write_store else "r")
-    features, info, frame_index = _check_video(root, video_id)
-    stride = float(stride or st.read_config(root)["feature_stride"])
-    T, h, w, _ = features.shape
-    H, W = (int(s) for s in info["source_size"])
-    hits = np.flatnonzero(frame_index == options.start_frame)
-    if not len(hits):
-        raise PropagateError(f"{video_id}: start frame {options.start_frame} is not among its stored frames "
-                             f"({_describe_frames(frame_index)})")
-    pos = int(hits[0])
-    mask = read_mask(mask_path, size=(H, W))
-    n_objects = int(mask.max())
-    if n_objects == 0:
-        raise MaskError(f"{mask_path}: empty mask (no object pixel) for video {video_id}")
-    if n_objects > MAX_OBJECTS:  # unreachable with uint8 ids; kept next to the limit it enforces
-        raise MaskError(f"{mask_path}: {n_objects} objects, at most {MAX_OBJECTS}")
-    labels = masks_to_labels(mask, (h, w), n_objects)
-    device = resolve_device(options.device or "auto")
-    frames = (read_source_frames(VideoSource.from_record(info, video_id), frame_index[pos:], info["source_size"],
-                                 info.get("fps")) if options.overlay else None)
-
-    out = Path(out_dir) / video_id
-    out.mkdir(parents=True, exist_ok=True)
-    store_masks = None
-    if options.write_store:
-        group = root[video_id]
-        if MASKS_ARRAY in group:
-            del group[MASKS_ARRAY]
-        t_chunk = max(1, min(T, MASK_CHUNK_BYTES // max(1, H * W)))
-        store_masks = group.create_array(MASKS_ARRAY, shape=(T, H, W), chunks=(t_chunk, H, W), dtype="uint8",
-                                         dimension_names=MASK_DIMS, fill_value=0)
-        meta = {"status": st.INCOMPLETE, "start_frame": int(options.start_frame), "mask": str(mask_path),
-                "objects": n_objects, "protocol": options.protocol()}
-        store_masks.attrs[st.ATTRS_KEY] = meta
-
-    def masks_out() -> Iterator[tuple[int, np.ndarray]]:
-        for a, soft in iter_propagate(_Window(features, pos), labels, options.n_last, options.topk,
-                                      options.radius, options.temperature, device, options.chunk_frames):
-            ids = labels_to_masks(soft, (H, W), stride)
-            if a == 0:
-                ids[0] = mask  # the annotated frame is written as given (DINO writes seg_ori)
-            first = pos + a
-            for i, m in enumerate(ids):
-                write_mask(out / frame_name(frame_index[first + i]), m)
-            if store_masks is not None:
-                store_masks[first:first + len(ids)] = ids
-            for i, m in enumerate(ids):
-                yield first + i, m
-
-    overlay = None
-    if options.overlay:
-        from .encode import write_video
-
-        fps = float(info.get("fps") or 24.0) / int((info.get("sampling") or {}).get("stride") or 1)
-        overlay = Path(out_dir) / f"{video_id}.mp4"
-        write_video(overlay, (draw_masks(frame, m) for (_, m), frame in zip(masks_out(), frames)), fps=fps)
-    else:
-        for _ in masks_out():
-            pass
-    if store_masks is not None:
-        store_masks.attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}  # the completion mark, last
-    return VideoPropagation(video_id, "complete", frames=T - pos, objects=n_objects,
-                            seconds=time.perf_counter() - t0, masks_dir=str(out),
-                            overlay=str(overlay) if overlay else None)
-
-
-def _describe_frames(frame_index: np.ndarray) -> str:
-    if not len(frame_index):
-        return "none"
-    steps = np.unique(np.diff(frame_index)) if len(frame_index) > 1 else np.array([1])
-    step = f" every {int(steps[0])}" if len(steps) == 1 and steps[0] != 1 else ""
-    return f"{len(frame_index)} frames {int(frame_index[0])}…{int(frame_index[-1])}{step}"
-
-
-def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Path,
-                    options: PropagateOptions | None = None, videos: list[str] | None = None,
-                    scheduler: str = "threads", workers: int | None = None,
-                    progress: Callable[[VideoPropagation, int], None] | None = None) -> PropagateSummary:
-    """Propagate first-frame masks through the videos of a liftvid store, one Dask task per video.
-
-    Args:
-        store_path: a liftvid store (path or URL).
-        masks: first-frame masks: a DAVIS ``Annotations/480p`` tree (or DAVIS root), a folder of
-            ``<video_id>.png``, or one file (see :mod:`liftvid.masks`).
-        out_dir: DAVIS-format results, ``<out_dir>/<video_id>/<frame:05d>.png``.
-        options: protocol, start frame, overlay, device (:class:`PropagateOptions`).
-        videos: video ids to process (default: every complete video of the store).
-        scheduler: ``threads`` (default), ``processes``, ``sync`` or ``tcp://host:port``.
-        workers: local worker threads/processes.
-        progress: called as ``progress(result, n_videos)`` with each video's
-            :class:`VideoPropagation` as it finishes (failed ones included), in completion order.
-
-    Returns:
-        :class:`PropagateSummary`; a video without a mask, absent from the store or that fails is
-        a failed result with its reason, and the others are done.
-
-    Raises:
-        ValueError: no store at ``store_path``, ``masks`` does not exist, or a bad scheduler.
-    """
-    import time
-
-    from . import jobs
-    from . import store as st
-    from .masks import MaskError, find_mask, mask_ids
-
-    t0 = time.perf_counter()
-    options = options or PropagateOptions()
-    jobs.check_scheduler(scheduler)
-    root = st.open_root(store_path)
-    if not Path(masks).exists():
-        raise ValueError(f"{masks}: no such mask file or folder")
-    if options.write_store and st.is_url(store_path) and str(store_path).startswith("memory://") \
-            and scheduler == "processes":
-        raise ValueError("a memory:// store is not shared with worker processes; use --scheduler threads")
-    complete = st.list_videos(root)
-    todo = list(videos) if videos else complete
-    summary = PropagateSummary(str(store_path), str(out_dir))
-    if not todo:
-        raise ValueError(f"{store_path}: no complete video in the store (see `liftvid info {store_path}`)")
-    stride = float(st.read_config(root)["feature_stride"])
-    tasks, failed = {}, {}
-    for vid in todo:
-        try:
-            _check_video(root, vid)
-            path = find_mask(masks, vid, options.start_frame, n_videos=len(todo))
-        except (PropagateError, MaskError) as exc:
-            failed[vid] = str(exc)
-            continue
-        tasks[vid] = (str(store_path), vid, str(path), str(out_dir), options, stride)
-    if not (Path(masks).is_file() and len(todo) == 1):
-        summary.unmatched_masks = [m for m in mask_ids(masks) if m not in root]
-    def outcome(vid: str, res: Any) -> VideoPropagation:
-        if isinstance(res, BaseException):
-            text = str(res) if isinstance(res, ValueError) else f"{type(res).__name__}: {res}"
-            return VideoPropagation(vid, "failed", error=text)
-        return res
-
-    if progress is not None:
-        for vid in failed:
-            progress(VideoPropagation(vid, "failed", error=failed[vid]), len(todo))
-    results = jobs.run_per_video(propagate_video, tasks, scheduler, workers,
-                                 on_done=None if progress is None else
-                                 lambda vid, res: progress(outcome(vid, res), len(todo)))
-    for vid in todo:
-        if vid in failed:
-            summary.results.append(VideoPropagation(vid, "failed", error=failed[vid]))
-        else:
-            summary.results.append(outcome(vid, results[vid]))
-    summary.seconds = time.perf_counter() - t0
-    return summary

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .backbone import Backbone, file_sha256
-from .extract import FeatureExtractor, resolve_device
-from .lift import LiFT, LiftCheckpointError, load_lift_checkpoint, save_lift_checkpoint
-from .video import Resize, VideoDecodeError, VideoSource, find_sources, open_video, read_frames
+from ..io.video import DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_video, read_frames
+from ..models.backbone import Backbone, file_sha256
+from ..models.extractor import FeatureExtractor, resolve_device
+from ..models.lift import LiFT, LiftCheckpointError, load_lift_checkpoint, save_lift_checkpoint
 
 LOSSES = ("cosine", "l1", "l2")
 JITTER = (0.2, 0.2, 0.2, 0.2)  # brightness, contrast, saturation, hue: the paper's ColorJitter
@@ -60,7 +60,7 @@ class TrainOptions:
     init: str | None = None
     seed: int = 0
     held_out: int = 32  # frames kept out of training for the per-epoch check
-    fps: float = 24.0  # frame rate assumed for folders of frames (bookkeeping only)
+    fps: float = DEFAULT_FPS  # frame rate assumed for folders of frames (bookkeeping only)
 
     def settings(self) -> dict:
         """The training settings recorded in checkpoints."""
@@ -175,50 +175,6 @@ def upsampling_similarity(backbone: Backbone, lift: LiFT, images: torch.Tensor) 
 # ---- colour jitter -------------------------------------------------------------------------------
 
 
-def _grey(images: torch.Tensor) -> torch.Tensor:
-    # ITU-R 601-2 luma, the weights torchvision and PIL use
-    r, g, b = images.unbind(dim=1)
-    return (0.2989 * r + 0.587 * g + 0.114 * b).unsqueeze(1)
-
-
-def _blend(images: torch.Tensor, other: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    return (factor * images + (1 - factor) * other).clamp_(0, 1)
-
-
-def _rgb_to_hsv(images: torch.Tensor) -> torch.Tensor:
-    r, g, b = images.unbind(dim=1)
-    maxc, minc = images.amax(dim=1), images.amin(dim=1)
-    delta = maxc - minc
-    flat = delta == 0
-    s = delta / torch.where(flat, torch.ones_like(maxc), maxc)
-    d = torch.where(flat, torch.ones_like(delta), delta)
-    h = torch.where(maxc == r, (g - b) / d, torch.where(maxc == g, 2 + (b - r) / d, 4 + (r - g) / d))
-    h = torch.where(flat, torch.zeros_like(h), h)
-    return torch.stack(((h / 6).remainder(1), s, maxc), dim=1)
-
-
-def _hsv_to_rgb(hsv: torch.Tensor) -> torch.Tensor:
-    h, s, v = hsv.unbind(dim=1)
-    h6 = h * 6
-    sector = torch.floor(h6)
-    f = h6 - sector
-    sector = sector.long().remainder(6)
-    p = (v * (1 - s)).clamp(0, 1)
-    q = (v * (1 - s * f)).clamp(0, 1)
-    t = (v * (1 - s * (1 - f))).clamp(0, 1)
-    # per sector, which of (v, p, q, t) is r, g, b
-    table = torch.tensor([[0, 2, 1, 1, 3, 0], [3, 0, 0, 2, 1, 1], [1, 1, 3, 0, 0, 2]], device=hsv.device)
-    choices = torch.stack((v, p, q, t), dim=1)  # (B, 4, H, W)
-    pick = table[:, sector].permute(1, 0, 2, 3)  # (B, 3, H, W)
-    return choices.gather(1, pick)
-
-
-def _shift_hue(images: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    hsv = _rgb_to_hsv(images)
-    hue = (hsv[:, :1] + shift).remainder(1.0)
-    return _hsv_to_rgb(torch.cat((hue, hsv[:, 1:]), dim=1))
-
-
 def jitter_params(n: int, generator: torch.Generator, strength: tuple[float, float, float, float] = JITTER
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image colour-jitter draws, as ``torchvision.transforms.ColorJitter.get_params`` makes them.
@@ -235,7 +191,7 @@ def jitter_params(n: int, generator: torch.Generator, strength: tuple[float, flo
 
 
 def colour_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """torchvision's ColorJitter with a different draw per image, on a whole batch at once.
+    """torchvision's ColorJitter with a different draw per image.
 
     Args:
         images: ``(B, 3, H, W)`` float in [0, 1] (any device).
@@ -243,29 +199,17 @@ def colour_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tens
 
     Returns:
         ``(B, 3, H, W)``: per image, brightness, contrast, saturation and hue adjusted in that
-        image's order with the formulas of ``torchvision.transforms.v2.functional.adjust_*``.
+        image's order by ``torchvision.transforms.v2.functional.adjust_*``.
     """
-    factors = factors.to(images.device)
-    order = order.to(images.device)
-    out = images
-    for position in range(4):
-        op_here = order[:, position]
-        for op in range(4):
-            sel = (op_here == op).nonzero().squeeze(1)
-            if sel.numel() == 0:
-                continue
-            x = out[sel]
-            f = factors[sel, op].view(-1, 1, 1, 1)
-            if op == 0:
-                x = (x * f).clamp_(0, 1)
-            elif op == 1:
-                x = _blend(x, _grey(x).mean(dim=(1, 2, 3), keepdim=True), f)
-            elif op == 2:
-                x = _blend(x, _grey(x), f)
-            else:
-                x = _shift_hue(x, f)
-            out = out.index_copy(0, sel, x)
-    return out
+    from torchvision.transforms.v2 import functional as TF
+
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    out = []
+    for image, draw, ops in zip(images, factors.tolist(), order.tolist()):
+        for op in ops:
+            image = adjust[op](image, draw[op])
+        out.append(image)
+    return torch.stack(out) if out else images
 
 
 # ---- data -----------------------------------------------------------------------------------------

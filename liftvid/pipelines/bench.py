@@ -19,9 +19,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from . import store as st
-from .extract import ExtractOptions, build_extractor, extract_videos, resolve_device
-from .video import Resize, find_sources, open_video, sample_indices
+from ..io import store as st
+from ..io.video import DEFAULT_FPS, Resize, find_sources, open_video, sample_indices
+from ..models.extractor import resolve_device
+from .extract import ExtractOptions, build_extractor, extract_videos
 
 
 @dataclass
@@ -156,7 +157,7 @@ def measure_write(path: str, n_frames: int, grid: tuple[int, int], channels: int
     block = rng.standard_normal((batch_size, *grid, channels)).astype(np.float16)
     t0 = time.perf_counter()
     group = st.begin_video(root, "bench", {}, n_frames, grid, channels, np.arange(n_frames),
-                           np.arange(n_frames) / 24.0, shard=shard,
+                           np.arange(n_frames) / DEFAULT_FPS, shard=shard,
                            t_chunk=st.chunk_frames(grid, channels, batch_size=batch_size))
     feats = group["features"]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as writer:
@@ -199,8 +200,8 @@ def measure_naive(source, resize: Resize, extractor, n_frames: int, path: str, d
 def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: str | Path | None = None,
                   report=lambda stage, value: None) -> BenchResult:
     """Measure (a)–(e) on ``inputs``; ``report(stage, frames_per_s)`` is called after each stage."""
-    from .backbone import Backbone
-    from .lift import LiFT, save_lift_checkpoint
+    from ..models.backbone import Backbone
+    from ..models.lift import LiFT, save_lift_checkpoint
 
     device = resolve_device(options.device)
     resize = Resize.parse(options.resize)

@@ -1,0 +1,61 @@
+"""Frames to features on a device: :class:`FeatureExtractor` (normalise → backbone → LiFT) and the
+choice of device and compute precision."""
+
+from __future__ import annotations
+
+import torch
+
+from ..ops.device import resolve_device
+from .backbone import Backbone
+from .lift import LiFT, lift_features
+
+__all__ = ["PRECISIONS", "FeatureExtractor", "resolve_device"]
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 autocast on CUDA, fp32 elsewhere
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class FeatureExtractor(torch.nn.Module):
+    """Backbone (+ LiFT) on uint8 frames: ``(B, H, W, 3) uint8`` → ``(B, h, w, C) float16``.
+
+    Normalisation happens on the device. ``precision``: ``"auto"`` (bf16 autocast on CUDA, fp32
+    elsewhere), ``"bf16"``, ``"fp16"`` (autocast) or ``"fp32"``.
+    """
+
+    def __init__(self, backbone: Backbone, lift: LiFT | None = None, lift_iterations: int = 1,
+                 precision: str = "auto"):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        self.precision = precision
+        self.backbone = backbone
+        self.lift = lift
+        self.lift_iterations = lift_iterations if lift is not None else 0
+        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def pixels_per_cell(self) -> float:
+        """Input pixels per output cell."""
+        return self.backbone.patch_size / 2 ** self.lift_iterations
+
+    def normalise(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W, 3) uint8`` → ``(B, 3, H, W) float32`` normalised with the backbone's mean/std."""
+        x = frames.permute(0, 3, 1, 2).float().div_(255)
+        return (x - self.mean) / self.std
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised → ``(B, C, h, w)`` (LiFT applied when present)."""
+        feats = self.backbone(images)
+        if self.lift is not None:
+            feats = lift_features(self.lift, images.to(feats.dtype), feats, self.lift_iterations)
+        return feats
+
+    @torch.inference_mode()
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        device = self.mean.device
+        frames = frames.to(device, non_blocking=True)
+        precision = self.precision if self.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        with torch.autocast(device.type, dtype=_AUTOCAST.get(precision, torch.bfloat16), enabled=precision != "fp32"):
+            feats = self.features(self.normalise(frames))
+        return feats.permute(0, 2, 3, 1).to(torch.float16)

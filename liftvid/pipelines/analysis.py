@@ -1,0 +1,190 @@
+"""The notebook face of a store: :func:`open_store` gives lazy, Dask-backed ``xarray`` Datasets.
+
+Nothing is read until asked for; the Dask arrays come from :mod:`liftvid.jobs`, the one module that
+knows Dask.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .. import jobs
+from ..io.store import (ATTRS_KEY, COMPLETE, FEATURE_DIMS, StoreError, list_videos, open_root, read_config,
+                        video_info)
+from ..ops.geometry import cell_centres
+
+
+# arrays every video group has; anything else in the group (masks, tracks…) joins the Dataset as found
+_CORE_ARRAYS = ("features", "frame_index", "timestamps")
+# labels of small trailing dimensions that other writers use (track.py: positions (…, xy), queries (…, txy))
+_LABELLED_DIMS = {"xy": ["x", "y"], "txy": ["t", "x", "y"]}
+
+
+class VideoNotFoundError(StoreError, KeyError):
+    """``store[video_id]`` for a video the store does not hold as complete."""
+
+    def __str__(self) -> str:  # KeyError would print the message quoted
+        return str(self.args[0]) if self.args else ""
+
+
+def _lazy(array):
+    """A Zarr array as a Dask array with the Zarr chunks, named by what it reads (no read here)."""
+    token = jobs.graph_token(str(array.store), array.path, array.shape, array.chunks, str(array.dtype))
+    return jobs.lazy_array(array, f"liftvid-{array.basename}-{token}")
+
+
+def _dims(array, prefix: str) -> tuple[str, ...]:
+    names = getattr(array.metadata, "dimension_names", None)
+    if names and all(names):
+        return tuple(names)
+    return tuple(f"{prefix}_dim_{i}" for i in range(array.ndim))
+
+
+def _extra_variables(group) -> dict:
+    """``masks``, ``tracks/…`` and whatever else a writer added to a video group, as lazy variables.
+
+    Arrays of a subgroup are named ``<subgroup>_<array>`` (``tracks_positions``). An array or group
+    whose ``attrs["liftvid"]["status"]`` says it is not complete (a run killed while writing it) is
+    left out.
+    """
+    import xarray as xr
+
+    def finished(node) -> bool:
+        return (node.attrs.get(ATTRS_KEY) or {}).get("status", COMPLETE) == COMPLETE
+
+    out = {}
+    for name, arr in sorted(group.arrays()):
+        if name not in _CORE_ARRAYS and finished(arr):
+            out[name] = xr.Variable(_dims(arr, name), _lazy(arr), attrs=dict(arr.attrs.get(ATTRS_KEY) or {}))
+    for sub_name, sub in sorted(group.groups()):
+        if not finished(sub):
+            continue
+        meta = dict(sub.attrs.get(ATTRS_KEY) or {})
+        for name, arr in sorted(sub.arrays()):
+            key = f"{sub_name}_{name}"
+            out[key] = xr.Variable(_dims(arr, key), _lazy(arr), attrs=meta)
+    return out
+
+
+class FeatureStore:
+    """A liftvid store opened for analysis: a read-only mapping ``video_id → xarray.Dataset``.
+
+    Holds the complete videos only (``.failed`` lists those whose extraction failed). Opening a
+    video reads its attributes and its small ``frame_index``/``timestamps`` arrays (the coordinates);
+    features, masks and tracks are read only when computed.
+
+    Example::
+
+        store = liftvid.open_store("out.zarr")
+        ds = store["bear"]                       # lazy Dataset: features (frame, y, x, channel)
+        frame = ds.features.isel(frame=3).values  # reads one chunk
+    """
+
+    def __init__(self, path, root):
+        self.path = str(path)
+        self.root = root
+        self.config = read_config(root)
+        self._all = {vid: video_info(root, vid) for vid in list_videos(root, status=None)}
+        self.videos = [vid for vid, info in self._all.items() if info.get("status") == COMPLETE]
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """``{video_id: error}`` of the videos whose extraction failed or never finished."""
+        return {vid: info.get("error") or info.get("status", "?")
+                for vid, info in self._all.items() if info.get("status") != COMPLETE}
+
+    def info(self, video_id: str) -> dict:
+        """A video's recorded attributes (source, sizes, fps, sampling, status)."""
+        self._check(video_id)
+        return dict(self._all[video_id])
+
+    def _check(self, video_id: str) -> None:
+        if video_id in self.videos:
+            return
+        if video_id in self._all:
+            info = self._all[video_id]
+            reason = f": {info['error']}" if info.get("error") else ""
+            raise VideoNotFoundError(f"video {video_id!r} in {self.path} is {info.get('status', 'not complete')}"
+                                     f"{reason}; rerun `liftvid extract` to finish it")
+        known = ", ".join(self.videos[:8]) + (", …" if len(self.videos) > 8 else "")
+        raise VideoNotFoundError(f"video {video_id!r} is not in {self.path}; it holds: {known or 'no complete videos'}")
+
+    def __getitem__(self, video_id: str):
+        """The video as an ``xarray.Dataset`` (see :func:`open_store`)."""
+        import xarray as xr
+
+        self._check(video_id)
+        group = self.root[video_id]
+        info = self._all[video_id]
+        features = group["features"]
+        T, h, w, _ = features.shape
+        ys, xs = cell_centres((h, w), tuple(info["source_size"]))
+        coords = {
+            "frame_index": ("frame", np.asarray(group["frame_index"][:]), {"long_name": "source frame number"}),
+            "time": ("frame", np.asarray(group["timestamps"][:]), {"units": "s"}),
+            "y": ("y", ys, {"units": "source px", "long_name": "row of the cell centre in the source frame"}),
+            "x": ("x", xs, {"units": "source px", "long_name": "column of the cell centre in the source frame"}),
+        }
+        variables = {"features": xr.Variable(FEATURE_DIMS, _lazy(features))}
+        variables.update(_extra_variables(group))
+        for dim, labels in _LABELLED_DIMS.items():
+            if any(dim in v.dims for v in variables.values()):
+                coords[dim] = (dim, labels)
+        attrs = {"video_id": video_id, "store": self.path, **info, "store_config": self.config}
+        return xr.Dataset(variables, coords=coords, attrs=attrs)
+
+    def __iter__(self):
+        return iter(self.videos)
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def __contains__(self, video_id) -> bool:
+        return video_id in self.videos
+
+    def items(self):
+        """``(video_id, Dataset)`` pairs, opened lazily one by one."""
+        return ((vid, self[vid]) for vid in self.videos)
+
+    def __repr__(self) -> str:
+        bb, lift, pre = self.config.get("backbone", {}), self.config.get("lift"), self.config.get("preprocessing", {})
+        lift_text = f"LiFT ×{lift.get('iterations', 1)} ({Path(str(lift.get('checkpoint'))).name})" if lift else "no LiFT"
+        lines = [f"FeatureStore({self.path!r})",
+                 f"  features  {bb.get('name')} block {bb.get('layer')} {bb.get('facet')}, "
+                 f"{bb.get('channels')} channels, {lift_text}",
+                 f"  resize    {pre.get('resize')}, {self.config.get('feature_stride', 0):g} input px per cell, "
+                 f"{self.config.get('feature_dtype')}"]
+        shown = 6
+        for vid in self.videos[:shown]:
+            info = self._all[vid]
+            grid = "×".join(map(str, info.get("grid_size", [])))
+            src = "×".join(map(str, info.get("source_size", [])))
+            lines.append(f"  {vid}: {self.root[vid]['features'].shape[0]} frames, grid {grid}, source {src}")
+        if len(self.videos) > shown:
+            lines.append(f"  … and {len(self.videos) - shown} more")
+        if self.failed:
+            lines.append(f"  not complete: {', '.join(self.failed)}")
+        lines.append(f"  {len(self.videos)} videos")
+        return "\n".join(lines)
+
+
+def open_store(path_or_url: str | os.PathLike) -> FeatureStore:
+    """Open a liftvid store for analysis.
+
+    ``store[video_id]`` is an ``xarray.Dataset`` with:
+
+    - ``features (frame, y, x, channel)`` float16, Dask-backed with the store's chunks (nothing is
+      read until computed; one frame reads the one chunk holding it);
+    - coordinates ``frame_index`` (source frame numbers), ``time`` (seconds), and ``y``/``x``: the
+      source-pixel centres of the grid cells (:func:`liftvid.geometry.cell_centres`; continuous
+      coordinates, 0 = the frame's top/left edge), right for every resize mode;
+    - ``masks (frame, height, width)`` and ``tracks_*`` when ``liftvid propagate``/``track`` wrote them;
+    - ``attrs``: the video's provenance (source, sizes, fps, sampling) and ``store_config``.
+
+    Raises:
+        StoreError: no liftvid store at ``path_or_url``.
+    """
+    return FeatureStore(path_or_url, open_root(path_or_url, mode="r"))

@@ -1,0 +1,162 @@
+"""Evaluation drivers: DAVIS-2017 J&F of a results folder, TAP-Vid metrics of a tracks CSV.
+
+The metrics themselves are array code in :mod:`liftvid.ops.metrics`; this module reads the
+ground truth and the results from disk (:mod:`liftvid.io.masks`, :mod:`liftvid.io.tables`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..io import store as st
+from ..io.masks import MaskError, read_mask
+from ..io.tables import load_tapvid, read_tracks_csv
+from ..ops.metrics import (DAVIS_BOUND_TH, TAPVID_QUERY_MODES, TAPVID_SIZE, DavisObjectScore, DavisReport,
+                           compute_tapvid_metrics, evaluate_sequence, sample_tapvid_queries)
+
+
+def davis_sequences(davis_root: str | Path, subset: str = "val", resolution: str = "480p") -> list[str]:
+    """Sequences of a DAVIS subset: ``ImageSets/2017/<subset>.txt``, else every annotation folder."""
+    root = Path(davis_root)
+    listing = root / "ImageSets" / "2017" / f"{subset}.txt"
+    if listing.is_file():
+        return [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+    ann = root / "Annotations" / resolution
+    if not ann.is_dir():
+        raise ValueError(f"{root}: not a DAVIS folder (no {ann.relative_to(root)} and no "
+                         f"ImageSets/2017/{subset}.txt); pass the folder that holds Annotations/")
+    return sorted(p.name for p in ann.iterdir() if p.is_dir())
+
+
+def evaluate_davis(results_dir: str | Path, davis_root: str | Path, subset: str = "val",
+                   sequences: list[str] | None = None, resolution: str = "480p",
+                   bound_th: float = DAVIS_BOUND_TH,
+                   progress: Callable[[str], None] | None = None) -> DavisReport:
+    """Semi-supervised DAVIS-2017 evaluation of a results folder (``<seq>/<frame>.png``).
+
+    Ground truth is ``<davis_root>/Annotations/<resolution>/<seq>/*.png``; every frame but the first
+    and last is scored. Result PNGs are read as object ids (see :func:`liftvid.masks.read_mask`),
+    resized to the annotation size (nearest) when they differ. A sequence whose results are
+    missing or hold more objects than its annotation is recorded in ``report.missing`` and the
+    others go on.
+
+    Raises:
+        ValueError: ``davis_root`` is not a DAVIS folder, or ``results_dir`` does not exist.
+    """
+    results, root = Path(results_dir), Path(davis_root)
+    if not results.is_dir():
+        raise ValueError(f"{results}: results folder not found")
+    names = list(sequences) if sequences else davis_sequences(root, subset, resolution)
+    ann_root = root / "Annotations" / resolution
+    objects: list[DavisObjectScore] = []
+    missing: dict[str, str] = {}
+    for seq in names:
+        gt_files = sorted((ann_root / seq).glob("*.png"))
+        if not gt_files:
+            missing[seq] = f"no annotations in {ann_root / seq}"
+            continue
+        try:
+            gt = np.stack([np.array(Image.open(p)) for p in gt_files]).astype(np.int64)
+            gt[gt == 255] = 0  # void, as the toolkit reads it
+            n_objects = int(gt[0].max())
+            files = gt_files[1:-1]
+            pred = np.stack([read_mask(results / seq / p.name, size=gt.shape[1:]) for p in files]) \
+                if files else np.zeros((0, *gt.shape[1:]), np.uint8)
+            if pred.size and int(pred.max()) > n_objects:
+                raise MaskError(f"{results / seq}: object id {int(pred.max())} but the annotation has "
+                                f"{n_objects} object(s)")
+            objects.extend(evaluate_sequence(seq, gt[1:-1], pred, n_objects, bound_th))
+        except MaskError as exc:
+            missing[seq] = str(exc)
+            continue
+        if progress is not None:
+            progress(seq)
+    return DavisReport(objects, missing, subset)
+
+
+# ---- TAP-Vid --------------------------------------------------------------------------------------
+
+
+@dataclass
+class TapVidReport:
+    """Per-video TAP-Vid metrics, their mean over videos, and what could not be evaluated."""
+
+    query_mode: str
+    per_video: dict[str, dict[str, float]] = field(default_factory=dict)
+    missing_videos: list[str] = field(default_factory=list)  # in the ground truth, not in the CSV
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def mean(self) -> dict[str, float]:
+        """The benchmark numbers: the plain mean over evaluated videos (NaNs skipped)."""
+        if not self.per_video:
+            return {}
+        keys = next(iter(self.per_video.values())).keys()
+        return {k: float(np.nanmean([m[k] for m in self.per_video.values()])) for k in keys}
+
+
+def evaluate_tapvid(tracks_csv: str | Path, gt_path: str | Path, query_mode: str = "first",
+                    source_sizes: dict[str, tuple[int, int]] | None = None) -> TapVidReport:
+    """TAP-Vid metrics of a tracks CSV against a TAP-Vid pickle.
+
+    The CSV's queries must be TAP-Vid's, in its order (:func:`write_tapvid_queries`): query k of a
+    video is TAP-Vid's k-th query for ``query_mode``. A query absent from the CSV counts as predicted
+    occluded everywhere and never within a threshold.
+
+    Args:
+        source_sizes: video → (H, W) of the frames the CSV's pixels refer to (e.g. from the store);
+            default: the pickle's frame size.
+
+    Raises:
+        ValueError: unreadable inputs, no video in common, a video whose frame count differs from
+            the ground truth, or query numbers beyond TAP-Vid's.
+    """
+    if query_mode not in TAPVID_QUERY_MODES:
+        raise ValueError(f"unknown query mode {query_mode!r}: use 'first' or 'strided'")
+    gt = load_tapvid(gt_path)
+    pred = read_tracks_csv(tracks_csv)
+    report = TapVidReport(query_mode)
+    report.missing_videos = [v for v in gt if v not in pred]
+    extra = sorted(set(pred) - set(gt))
+    if extra:
+        report.notes.append(f"{len(extra)} video(s) of {tracks_csv} are not in {gt_path}: {', '.join(extra[:5])}")
+    if not set(pred) & set(gt):
+        raise ValueError(f"{tracks_csv}: no video in common with {gt_path} "
+                         f"(CSV: {', '.join(sorted(pred)[:3])}…; TAP-Vid: {', '.join(list(gt)[:3])}…)")
+    size_h, size_w = TAPVID_SIZE
+    for name, v in gt.items():
+        if name not in pred:
+            continue
+        p = pred[name]
+        tracks, t_query = sample_tapvid_queries(v.occluded, query_mode)
+        if p.positions.shape[1] != v.n_frames:
+            raise ValueError(f"{tracks_csv}: video {name!r} has {p.positions.shape[1]} frames, the ground truth "
+                             f"{v.n_frames}; extract every frame (--stride 1, no --max-frames)")
+        if len(p.query) and (p.query.max() >= len(tracks) or p.query.min() < 0):
+            raise ValueError(f"{tracks_csv}: video {name!r} has query {p.query.max()}, TAP-Vid ({query_mode}) "
+                             f"has {len(tracks)}; make the queries with `liftvid eval tapvid-queries`")
+        m = len(tracks)
+        pred_xy = np.full((m, v.n_frames, 2), np.inf)
+        pred_vis = np.zeros((m, v.n_frames), bool)
+        H, W = (source_sizes or {}).get(name, v.frame_size)
+        pred_xy[p.query] = p.positions * np.array([size_w / W, size_h / H])
+        pred_vis[p.query] = p.visible
+        if len(p.query) < m:
+            report.notes.append(f"{name}: {m - len(p.query)} of {m} queries missing from the CSV (counted as lost)")
+        gt_xy = v.points[tracks] * np.array([size_w, size_h])
+        query_points = np.column_stack([t_query, np.zeros((m, 2))])
+        metrics = compute_tapvid_metrics(query_points, v.occluded[tracks], gt_xy, ~pred_vis, pred_xy, query_mode)
+        report.per_video[name] = {k: float(val) for k, val in metrics.items()}
+    return report
+
+
+def store_source_sizes(store_path: str) -> dict[str, tuple[int, int]]:
+    """``video_id → (H, W)`` source size of every complete video of a store (the pixels a tracks
+    CSV refers to)."""
+    root = st.open_root(store_path)
+    return {v: tuple(st.video_info(root, v)["source_size"]) for v in st.list_videos(root)}

@@ -1,0 +1,293 @@
+"""Store-level tracking: a queries CSV in, a tracks CSV, the store's ``tracks`` groups (+ overlays) out.
+
+Each video is one Dask array ``(queries, frames, 4) float32`` = (x, y, score, visible) in grid
+coordinates, one block per frame chunk (:func:`track_graph`). Blocks read their own frames from the
+store; the query templates and query-frame grids come from one small task per video that every
+block shares.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .. import jobs, viz
+from ..io import store as st
+from ..io.encode import write_video
+from ..io.tables import QueryRow, read_queries_csv, write_tracks_csv
+from ..io.video import DEFAULT_FPS, VideoSource, read_source_frames
+from ..ops.geometry import grid_to_source, source_to_grid
+from ..ops.track import TrackOptions, Tracks, frames_per_chunk, prepare_queries, track_chunk, track_points
+
+log = logging.getLogger(__name__)
+
+TRACKS_GROUP = "tracks"
+
+
+@dataclass(frozen=True)
+class SkippedQuery:
+    """A query line that was not tracked, with the reason (outside the frame, unknown video, NaN…)."""
+
+    line: int
+    video_id: str
+    query: int
+    reason: str
+
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.video_id!r} query {self.query}: {self.reason}"
+
+
+@dataclass
+class TrackSummary:
+    """What :func:`track_store` did."""
+
+    out_csv: Path
+    queries: dict[str, int] = field(default_factory=dict)  # tracked queries per video
+    frames: dict[str, int] = field(default_factory=dict)
+    skipped: list[SkippedQuery] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)  # video → error
+    overlays: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def point_frames(self) -> int:
+        return sum(self.queries[v] * self.frames[v] for v in self.queries)
+
+
+def _check_row(row: QueryRow, n_frames: int, source_size: tuple[int, int]) -> str | None:
+    """Why ``row`` cannot be tracked, or None."""
+    H, W = source_size
+    if not all(math.isfinite(v) for v in (row.t, row.x, row.y)):
+        return f"NaN or non-numeric value (t={row.t}, x={row.x}, y={row.y})"
+    if row.t != round(row.t):
+        return f"frame t={row.t:g} is not an integer"
+    if row.t < 0 or row.t >= n_frames:
+        return f"frame t={row.t:g} is outside the stored frames 0…{n_frames - 1}"
+    if not (0 <= row.x <= W and 0 <= row.y <= H):
+        return f"point ({row.x:g}, {row.y:g}) is outside the {W}×{H} frame (x in [0, {W}], y in [0, {H}])"
+    return None
+
+
+@dataclass
+class _VideoJob:
+    video_id: str
+    rows: list[QueryRow]
+    grid_queries: np.ndarray  # (N, 3) [t, x, y] grid coordinates
+    n_frames: int
+    grid_size: tuple[int, int]
+    source_size: tuple[int, int]
+
+
+def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[SkippedQuery]]:
+    """Group rows by video, check each against the store, convert source pixels to grid coordinates."""
+    complete = set(st.list_videos(root))
+    every = set(st.list_videos(root, status=None))
+    by_video: dict[str, list[QueryRow]] = {}
+    for row in rows:
+        by_video.setdefault(row.video_id, []).append(row)
+    jobs, skipped = [], []
+    for vid, vrows in by_video.items():
+        if vid not in complete:
+            if vid in every:
+                why = f"video {vid!r} is {st.video_info(root, vid).get('status')} in the store; rerun `liftvid extract`"
+            else:
+                known = ", ".join(sorted(complete)[:8]) + (" …" if len(complete) > 8 else "")
+                why = f"unknown video id {vid!r} (the store has: {known or 'no complete videos'})"
+            skipped += [SkippedQuery(r.line, vid, r.query, why) for r in vrows]
+            continue
+        info = st.video_info(root, vid)
+        n_frames, h, w, _ = root[vid]["features"].shape
+        source_size = tuple(int(v) for v in info["source_size"])
+        grid_size = (int(h), int(w))
+        good = []
+        for r in vrows:
+            why = _check_row(r, n_frames, source_size)
+            if why:
+                skipped.append(SkippedQuery(r.line, vid, r.query, why))
+            else:
+                good.append(r)
+        if not good:
+            continue
+        src = np.array([[r.x, r.y] for r in good])
+        xy = source_to_grid(src, grid_size, source_size)
+        # x = W (the right edge) maps half a cell beyond the last centre: keep it on the grid's extent
+        xy = np.clip(xy, -0.5, np.array([grid_size[1], grid_size[0]]) - 0.5)
+        grid_queries = np.column_stack([[r.t for r in good], xy])
+        jobs.append(_VideoJob(vid, good, grid_queries, int(n_frames), grid_size, source_size))
+    return jobs, skipped
+
+
+def _unpack(block: np.ndarray) -> Tracks:
+    return Tracks(block[..., :2].astype(np.float32), block[..., 3] > 0.5, block[..., 2].astype(np.float32))
+
+
+def write_tracks_group(root, job: _VideoJob, tracks: Tracks, meta: dict) -> None:
+    """Replace ``<video>/tracks`` with these results (source pixels); the status mark is written last."""
+    group = root[job.video_id]
+    if TRACKS_GROUP in group:
+        del group[TRACKS_GROUP]
+    g = group.create_group(TRACKS_GROUP)
+    g.attrs[st.ATTRS_KEY] = {**meta, "status": st.INCOMPLETE}
+    n, T = tracks.visible.shape
+    query_src = np.column_stack([[r.t for r in job.rows], [r.x for r in job.rows], [r.y for r in job.rows]])
+    for name, data, dims in (
+        ("positions", tracks.positions, ("query", "frame", "xy")),
+        ("visible", tracks.visible, ("query", "frame")),
+        ("score", tracks.score, ("query", "frame")),
+        ("queries", query_src.astype(np.float64), ("query", "txy")),
+        ("query_index", np.array([r.query for r in job.rows], np.int64), ("query",)),
+    ):
+        arr = g.create_array(name, shape=data.shape, dtype=data.dtype, chunks=data.shape or None,
+                             dimension_names=dims)
+        arr[...] = data
+    g.attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}
+
+
+# ---- tracking graphs -----------------------------------------------------------------------------
+
+
+def _open_features(store_path: str, video_id: str):
+    return st.open_root(store_path)[video_id]["features"]
+
+
+def _prepare_task(store_path: str, video_id: str, queries):
+    return prepare_queries(_open_features(store_path, video_id), queries)
+
+
+def _pack(tracks):
+    return np.concatenate([tracks.positions, tracks.score[..., None],
+                           tracks.visible[..., None].astype(np.float32)], axis=-1)
+
+
+def _chunk_task(store_path: str, video_id: str, start: int, stop: int, query_set, options, device):
+    chunk = _open_features(store_path, video_id)[start:stop]
+    return _pack(track_chunk(chunk, start, query_set, options, device))
+
+
+def _chain_task(store_path: str, video_id: str, queries, options, device):
+    return _pack(track_points(_open_features(store_path, video_id), queries, options, device))
+
+
+def track_graph(store_path: str, video_id: str, queries, options, n_frames: int,
+                grid_size: tuple[int, int], device: str | None = None):
+    """The tracking graph of one video.
+
+    Args:
+        store_path: the liftvid store (path or URL), opened by each task.
+        video_id: the video's group.
+        queries: ``(N, 3) [t, x, y]`` grid coordinates, valid for the video.
+        options: :class:`liftvid.track.TrackOptions`. In chain mode frames depend on earlier
+            frames, so the video is one task (it still reads one chunk of frames at a time).
+        n_frames, grid_size: the features' T and (h, w).
+        device: torch device of the tasks (``None``: CUDA when the worker has one).
+
+    Returns:
+        A Dask array ``(N, T, 4) float32`` = (x, y, score, visible), grid coordinates, chunked
+        along frames as the tracker's frame chunks.
+    """
+    n = len(queries)
+    if options.chain:
+        return jobs.array_from_blocks(_chain_task, [(store_path, video_id, queries, options, device)],
+                                      [(n, n_frames, 4)], np.float32)
+    size = frames_per_chunk(n, grid_size, options, device or "cpu")
+    query_set = jobs.shared_task(_prepare_task, store_path, video_id, queries)
+    spans = [(a, min(a + size, n_frames)) for a in range(0, n_frames, size)]
+    return jobs.array_from_blocks(_chunk_task,
+                                  [(store_path, video_id, a, b, query_set, options, device) for a, b in spans],
+                                  [(n, b - a, 4) for a, b in spans], np.float32, axis=1)
+
+
+def write_overlay(path: Path, info: dict, frame_index: np.ndarray, positions: np.ndarray,
+                  visible: np.ndarray) -> Path:
+    """An mp4 of the source frames with the tracks drawn on (:func:`draw_tracks`)."""
+    fps = float(info.get("fps") or DEFAULT_FPS)
+    stride = int((info.get("sampling") or {}).get("stride") or 1)
+    source = VideoSource.from_record(info)
+    frames = (viz.track_overlay(f, positions, visible, t) for t, f in
+              enumerate(read_source_frames(source, frame_index, info["source_size"], info.get("fps"))))
+    return write_video(path, frames, fps=fps / stride)
+
+
+def overlay_path(out_csv: Path, video_id: str) -> Path:
+    """``<out>_<video_id>.mp4`` beside the tracks CSV."""
+    return out_csv.with_name(f"{out_csv.stem}_{video_id}.mp4")
+
+
+def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | Path,
+                options: TrackOptions | None = None, scheduler: str = "threads",
+                workers: int | None = None, chain: bool | None = None, overlay: bool = False,
+                device: str | None = None, write_store: bool = True) -> TrackSummary:
+    """Track the points of a queries CSV through the videos of a liftvid store.
+
+    Args:
+        store_path: a liftvid store (path or URL).
+        queries_csv: ``video_id,t,x,y`` rows; x, y in source-frame pixels (continuous, 0 = the
+            frame's top/left edge, pixel k's centre at k + 0.5), t an index into the stored frames.
+        out_csv: written with ``video_id,query,t,x,y,visible,score`` (source pixels); ``query``
+            numbers each video's rows of ``queries_csv`` in file order, from 0.
+        options: tracker parameters; ``chain`` (when given) overrides ``options.chain``.
+        scheduler: ``threads``, ``processes``, ``sync`` or ``tcp://host:port``.
+        workers: local worker threads/processes.
+        overlay: also write ``<out stem>_<video>.mp4`` per video, source frames with trails.
+        device: torch device of the tasks (default CUDA when present).
+        write_store: also write each video's ``tracks`` group into the store.
+
+    Returns:
+        :class:`TrackSummary`: skipped queries (named with their reason) and failed videos.
+
+    Raises:
+        ValueError: no usable store, an empty/malformed queries file, or no query that can be tracked.
+    """
+    import time
+
+    t0 = time.perf_counter()
+    options = options or TrackOptions()
+    if chain is not None and chain != options.chain:
+        options = replace(options, chain=chain)
+    jobs.check_scheduler(scheduler)
+    out_csv = Path(out_csv)
+    root = st.open_root(store_path)
+    rows = read_queries_csv(queries_csv)
+    plan, skipped = plan_queries(root, rows)
+    summary = TrackSummary(out_csv=out_csv, skipped=skipped)
+    if not plan:
+        first = f"; first: {skipped[0]}" if skipped else ""
+        raise ValueError(f"{queries_csv}: none of {len(rows)} queries can be tracked{first}")
+    graphs = {job.video_id: track_graph(str(store_path), job.video_id, job.grid_queries, options,
+                                             job.n_frames, job.grid_size, device) for job in plan}
+    computed = jobs.compute_each(graphs, scheduler=scheduler, workers=workers)
+    results = []
+    for job in plan:
+        value = computed[job.video_id]
+        if isinstance(value, Exception):
+            summary.failed[job.video_id] = f"{type(value).__name__}: {value}"
+            continue
+        tracks = _unpack(np.asarray(value))
+        tracks.positions = grid_to_source(tracks.positions, job.grid_size, job.source_size).astype(np.float32)
+        results.append((job, tracks))
+        log.info("%s: %d queries × %d frames tracked", job.video_id, len(job.rows), job.n_frames)
+        summary.queries[job.video_id] = len(job.rows)
+        summary.frames[job.video_id] = job.n_frames
+    write_tracks_csv(out_csv, [(job.video_id, [r.query for r in job.rows], tracks) for job, tracks in results])
+    if write_store and results:
+        wroot = st.open_root(store_path, mode="a")
+        meta = {"queries_csv": str(queries_csv), "units": "source pixels [x, y], 0 = top/left frame edge",
+                "options": asdict(options)}
+        for job, tracks in results:
+            write_tracks_group(wroot, job, tracks, meta)
+    if overlay:
+        for job, tracks in results:
+            info = st.video_info(root, job.video_id)
+            frame_index = root[job.video_id]["frame_index"][...]
+            try:
+                summary.overlays.append(write_overlay(overlay_path(out_csv, job.video_id), info, frame_index,
+                                                      tracks.positions, tracks.visible))
+            except Exception as exc:  # an overlay is a by-product: report it, keep the tracks
+                summary.failed[f"{job.video_id} (overlay)"] = f"{type(exc).__name__}: {exc}"
+    summary.seconds = time.perf_counter() - t0
+    return summary

@@ -383,11 +383,11 @@ def eval_tapvid(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write per-video and mean metrics as JSON.")] = None,
 ) -> None:
     """TAP-Vid metrics: average Jaccard, <δ^x_avg (1-16 px at 256×256) and occlusion accuracy."""
-    import json
 
     from rich.console import Console
     from rich.table import Table
 
+    from .io.outputs import write_json_whole
     from .pipelines.evaluate import evaluate_tapvid, store_source_sizes
 
     console = Console(highlight=False, soft_wrap=True)
@@ -411,8 +411,8 @@ def eval_tapvid(
         console.print(f"[yellow]note:[/] {len(report.missing_videos)} ground-truth video(s) not in {tracks}, "
                       f"not evaluated: {', '.join(report.missing_videos[:8])}")
     if json_out:
-        json_out.write_text(json.dumps({"query_mode": query_mode, "mean": report.mean, "per_video": report.per_video,
-                                        "missing_videos": report.missing_videos}, indent=2))
+        write_json_whole(json_out, {"query_mode": query_mode, "mean": report.mean, "per_video": report.per_video,
+                                    "missing_videos": report.missing_videos})
 
 
 @eval_app.command("tapvid-queries")
@@ -706,6 +706,7 @@ def bench(
 
     from rich.table import Table
 
+    from .io.outputs import write_json_whole
     from .pipelines.bench import BenchOptions, run_benchmark
 
     out = console()
@@ -730,7 +731,7 @@ def bench(
     out.print(f"(d)/(e) = {result.speedup_vs_naive:,.1f}×   (d)/min(a,b,c) = {result.fraction_of_bottleneck:.2f}"
                   f"   slowest stage: {result.bottleneck}")
     if json_out:
-        json_out.write_text(json.dumps(result.to_dict(), indent=2))
+        write_json_whole(json_out, result.to_dict())
 
 
 if __name__ == "__main__":

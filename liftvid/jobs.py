@@ -57,9 +57,7 @@ def compute_each(collections: Mapping[str, Any], scheduler: str = "threads",
                 except Exception as exc:  # one collection's failure is its result
                     out[name] = exc
             return out
-    kwargs = {"scheduler": scheduler}
-    if workers is not None and scheduler != "sync":
-        kwargs["num_workers"] = workers
+    kwargs = _local_kwargs(scheduler, workers)
     try:
         values = dask.compute(*[collections[n] for n in names], **kwargs)
         return dict(zip(names, values))
@@ -72,6 +70,38 @@ def compute_each(collections: Mapping[str, Any], scheduler: str = "threads",
             except Exception as exc:
                 out[name] = exc
         return out
+
+
+def die_with_parent(parent: int) -> None:
+    """Initializer of local worker processes: they die with the process that started them.
+
+    On Linux the kernel sends the worker SIGKILL when its parent dies (``PR_SET_PDEATHSIG``), so a
+    killed or terminated CLI leaves no worker going on with queued videos without the store's lock;
+    a parent already gone by the time this runs ends the worker at once.
+    """
+    import ctypes
+    import os
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
+
+
+def _local_kwargs(scheduler: str, workers: int | None) -> dict[str, Any]:
+    """``dask.compute`` keywords of a local scheduler."""
+    import functools
+    import os
+
+    kwargs: dict[str, Any] = {"scheduler": scheduler}
+    if workers is not None and scheduler != "sync":
+        kwargs["num_workers"] = workers
+    if scheduler == "processes":
+        kwargs["initializer"] = functools.partial(die_with_parent, os.getpid())
+    return kwargs
 
 
 class TaskError(Exception):
@@ -135,9 +165,7 @@ def run_per_video(func: Callable[..., Any], tasks: Mapping[str, tuple], schedule
                 if not finished:
                     time.sleep(0.02)
             return {vid: out[vid] for vid in graph}
-    kwargs: dict[str, Any] = {"scheduler": scheduler}
-    if workers is not None and scheduler != "sync":
-        kwargs["num_workers"] = workers
+    kwargs = _local_kwargs(scheduler, workers)
     with _TaskDone({value.key: vid for vid, value in graph.items()}, on_done):
         values = dask.compute(*graph.values(), **kwargs)
     return dict(zip(graph, values))

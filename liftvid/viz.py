@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from .io.masks import DAVIS_PALETTE
+from .io.outputs import written_whole
 
 PCA_SIGMAS = 2.5  # a component's ±2.5 standard deviations span its colour channel's 0…255
 MASK_ALPHA = 0.55  # weight of an object's colour over the frame
@@ -370,7 +371,8 @@ def write_png(path: str | Path, image: np.ndarray, colours: int | None = None) -
     image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
     if colours:
         image = image.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    image.save(path, optimize=path.suffix.lower() == ".png")
+    with written_whole(path) as tmp:
+        image.save(tmp, optimize=path.suffix.lower() == ".png")
     return path
 
 
@@ -388,8 +390,9 @@ def write_gif(path: str | Path, frames: Iterable[np.ndarray], fps: float = 12.0)
     sample = np.concatenate([np.asarray(im) for im in images[::step]], axis=0)
     palette = Image.fromarray(sample).quantize(GIF_MAX_COLOURS, method=Image.Quantize.MEDIANCUT)
     converted = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
-    converted[0].save(path, save_all=True, append_images=converted[1:], duration=max(20, round(1000 / fps)),
-                      loop=0, optimize=False)
+    with written_whole(path) as tmp:
+        converted[0].save(tmp, save_all=True, append_images=converted[1:], duration=max(20, round(1000 / fps)),
+                          loop=0, optimize=False)
     return path
 
 
@@ -410,7 +413,9 @@ def write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: float = 12
     if suffix in VIDEO_SUFFIXES:
         from .io.encode import write_video
 
-        return write_video(path, frames, fps=fps)
+        with written_whole(path) as tmp:
+            write_video(tmp, frames, fps=fps)
+        return Path(path)
     if suffix == ".gif":
         return write_gif(path, frames, fps)
     frames = list(frames)

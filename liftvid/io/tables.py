@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .outputs import written_whole
 from ..ops.metrics import DAVIS_MEASURES, DavisReport, sample_tapvid_queries
 from ..ops.track import Tracks
 
@@ -91,8 +92,7 @@ def write_tracks_csv(path: Path, results: Iterable[tuple[str, Sequence[int], Tra
         results: per video ``(video_id, query numbers (N,), tracks)`` with ``tracks.positions
             (N, T, 2)`` in source pixels, ``visible (N, T) bool`` and ``score (N, T) float32``.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
+    with written_whole(path) as tmp, tmp.open("w", newline="") as f:
         f.write(",".join(TRACK_COLUMNS) + "\n")
         for video_id, queries, tracks in results:
             vid = _csv_field(video_id)
@@ -114,11 +114,11 @@ def write_davis_csv(report: DavisReport, folder: str | Path) -> tuple[Path, Path
     g_path = folder / f"global_results-{report.subset}.csv"
     s_path = folder / f"per-sequence_results-{report.subset}.csv"
     overall = report.overall()
-    with g_path.open("w", newline="") as fh:
+    with written_whole(g_path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(DAVIS_MEASURES)
         w.writerow([f"{overall[m]:.6f}" for m in DAVIS_MEASURES])
-    with s_path.open("w", newline="") as fh:
+    with written_whole(s_path) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["Sequence", "J-Mean", "F-Mean"])
         for o in report.objects:
@@ -215,7 +215,7 @@ def write_tapvid_queries(gt_path: str | Path, out_csv: str | Path, query_mode: s
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     counts = {}
-    with out_csv.open("w", newline="") as f:
+    with written_whole(out_csv) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("video_id", "t", "x", "y"))
         for name, v in videos.items():

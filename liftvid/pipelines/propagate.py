@@ -7,6 +7,7 @@ chunk's masks as it comes.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 
 from .. import jobs, viz
 from ..io import store as st
+from ..io.outputs import PARTIAL, partial_folder, refuse_over_inputs, replace_folder, replace_node, written_whole
 from ..io.masks import MAX_OBJECTS, MaskError, find_mask, frame_name, mask_ids, read_mask, write_mask
 from ..io.encode import write_video
 from ..io.video import DEFAULT_FPS, VideoSource, read_source_frames
@@ -161,16 +163,16 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
     frames = (read_source_frames(VideoSource.from_record(info, video_id), frame_index[pos:], info["source_size"],
                                  info.get("fps")) if options.overlay else None)
 
-    out = Path(out_dir) / video_id
-    out.mkdir(parents=True, exist_ok=True)
+    # results are built beside the old ones and swapped in when complete: a failure keeps the old
+    final = Path(out_dir) / video_id
+    out = partial_folder(final)
     store_masks = None
+    partial = f"{MASKS_ARRAY}{PARTIAL}"
     if options.write_store:
         group = root[video_id]
-        if MASKS_ARRAY in group:
-            del group[MASKS_ARRAY]
         t_chunk = max(1, min(T, MASK_CHUNK_BYTES // max(1, H * W)))
-        store_masks = group.create_array(MASKS_ARRAY, shape=(T, H, W), chunks=(t_chunk, H, W), dtype="uint8",
-                                         dimension_names=MASK_DIMS, fill_value=0)
+        store_masks = group.create_array(partial, shape=(T, H, W), chunks=(t_chunk, H, W), dtype="uint8",
+                                         dimension_names=MASK_DIMS, fill_value=0, overwrite=True)
         meta = {"status": st.INCOMPLETE, "start_frame": int(options.start_frame), "mask": str(mask_path),
                 "objects": n_objects, "protocol": options.protocol()}
         store_masks.attrs[st.ATTRS_KEY] = meta
@@ -190,17 +192,28 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
                 yield first + i, m
 
     overlay = None
-    if options.overlay:
-        fps = float(info.get("fps") or DEFAULT_FPS) / int((info.get("sampling") or {}).get("stride") or 1)
-        overlay = Path(out_dir) / f"{video_id}.mp4"
-        write_video(overlay, (viz.mask_overlay(frame, m) for (_, m), frame in zip(masks_out(), frames)), fps=fps)
-    else:
-        for _ in masks_out():
-            pass
+    try:
+        if options.overlay:
+            fps = float(info.get("fps") or DEFAULT_FPS) / int((info.get("sampling") or {}).get("stride") or 1)
+            overlay = Path(out_dir) / f"{video_id}.mp4"
+            with written_whole(overlay) as tmp:
+                write_video(tmp, (viz.mask_overlay(frame, m) for (_, m), frame in zip(masks_out(), frames)), fps=fps)
+        else:
+            for _ in masks_out():
+                pass
+    except OSError as exc:  # a full disk, a read-only folder: the previous results are untouched
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+        raise PropagateError(f"{video_id}: cannot write its results ({exc.strerror or exc}, in "
+                             f"{exc.filename or out_dir}); the previous results are kept") from None
+    replace_folder(out, final, {"video_id": video_id, "store": str(store_path), "mask": str(mask_path),
+                                "start_frame": int(options.start_frame), "frames": int(T - pos)})
     if store_masks is not None:
-        store_masks.attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}  # the completion mark, last
+        replace_node(group, partial, MASKS_ARRAY)
+        group[MASKS_ARRAY].attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}  # the completion mark, last
     return VideoPropagation(video_id, "complete", frames=T - pos, objects=n_objects,
-                            seconds=time.perf_counter() - t0, masks_dir=str(out),
+                            seconds=time.perf_counter() - t0, masks_dir=str(final),
                             overlay=str(overlay) if overlay else None)
 
 
@@ -249,6 +262,7 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
     if options.write_store and st.is_url(store_path) and str(store_path).startswith("memory://") \
             and scheduler == "processes":
         raise ValueError("a memory:// store is not shared with worker processes; use --scheduler threads")
+    refuse_over_inputs(out_dir, {"masks": masks, "store": st.local_path(store_path)})
     complete = st.list_videos(root)
     todo = list(videos) if videos else complete
     summary = PropagateSummary(str(store_path), str(out_dir))
@@ -275,9 +289,12 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
     if progress is not None:
         for vid in failed:
             progress(VideoPropagation(vid, "failed", error=failed[vid]), len(todo))
-    results = jobs.run_per_video(propagate_video, tasks, scheduler, workers,
-                                 on_done=None if progress is None else
-                                 lambda vid, res: progress(outcome(vid, res), len(todo)))
+    # one writer per store: the lock extract holds (a propagate during `extract --overwrite`, or two
+    # propagates writing one video's masks, would mix results of different features or masks)
+    with st.StoreLock(store_path) if options.write_store else contextlib.nullcontext():
+        results = jobs.run_per_video(propagate_video, tasks, scheduler, workers,
+                                     on_done=None if progress is None else
+                                     lambda vid, res: progress(outcome(vid, res), len(todo)))
     for vid in todo:
         if vid in failed:
             summary.results.append(VideoPropagation(vid, "failed", error=failed[vid]))

@@ -8,6 +8,7 @@ block shares.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ import numpy as np
 from .. import jobs, viz
 from ..io import store as st
 from ..io.encode import write_video
+from ..io.outputs import PARTIAL, OutputError, refuse_over_inputs, replace_node, written_whole
 from ..io.tables import QueryRow, read_queries_csv, write_tracks_csv
 from ..io.video import DEFAULT_FPS, VideoSource, read_source_frames
 from ..ops.geometry import grid_to_source, source_to_grid
@@ -127,11 +129,11 @@ def _unpack(block: np.ndarray) -> Tracks:
 
 
 def write_tracks_group(root, job: _VideoJob, tracks: Tracks, meta: dict) -> None:
-    """Replace ``<video>/tracks`` with these results (source pixels); the status mark is written last."""
+    """Replace ``<video>/tracks`` with these results (source pixels): written beside the old group,
+    swapped in when complete, and the status mark is written last."""
     group = root[job.video_id]
-    if TRACKS_GROUP in group:
-        del group[TRACKS_GROUP]
-    g = group.create_group(TRACKS_GROUP)
+    partial = f"{TRACKS_GROUP}{PARTIAL}"
+    g = group.create_group(partial, overwrite=True)
     g.attrs[st.ATTRS_KEY] = {**meta, "status": st.INCOMPLETE}
     n, T = tracks.visible.shape
     query_src = np.column_stack([[r.t for r in job.rows], [r.x for r in job.rows], [r.y for r in job.rows]])
@@ -145,7 +147,8 @@ def write_tracks_group(root, job: _VideoJob, tracks: Tracks, meta: dict) -> None
         arr = g.create_array(name, shape=data.shape, dtype=data.dtype, chunks=data.shape or None,
                              dimension_names=dims)
         arr[...] = data
-    g.attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}
+    replace_node(group, partial, TRACKS_GROUP)
+    group[TRACKS_GROUP].attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}
 
 
 # ---- tracking graphs -----------------------------------------------------------------------------
@@ -210,7 +213,9 @@ def write_overlay(path: Path, info: dict, frame_index: np.ndarray, positions: np
     source = VideoSource.from_record(info)
     frames = (viz.track_overlay(f, positions, visible, t) for t, f in
               enumerate(read_source_frames(source, frame_index, info["source_size"], info.get("fps"))))
-    return write_video(path, frames, fps=fps / stride)
+    with written_whole(path) as tmp:
+        write_video(tmp, frames, fps=fps / stride)
+    return path
 
 
 def overlay_path(out_csv: Path, video_id: str) -> Path:
@@ -252,14 +257,28 @@ def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | 
     jobs.check_scheduler(scheduler)
     out_csv = Path(out_csv)
     root = st.open_root(store_path)
+    if out_csv.is_dir():
+        raise OutputError(f"--out {out_csv}: is a folder; give the tracks CSV file to write, e.g. {out_csv / 'tracks.csv'}")
+    refuse_over_inputs(out_csv, {"queries file": queries_csv, "store": st.local_path(store_path)})
     rows = read_queries_csv(queries_csv)
     plan, skipped = plan_queries(root, rows)
     summary = TrackSummary(out_csv=out_csv, skipped=skipped)
     if not plan:
         first = f"; first: {skipped[0]}" if skipped else ""
         raise ValueError(f"{queries_csv}: none of {len(rows)} queries can be tracked{first}")
+    # one writer per store (extract --overwrite or another track could change what is read)
+    with st.StoreLock(store_path) if write_store else contextlib.nullcontext():
+        return _track_planned(store_path, root, plan, summary, options, scheduler, workers, device,
+                              write_store, overlay, queries_csv, out_csv, t0)
+
+
+def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummary, options: TrackOptions,
+                   scheduler: str, workers: int | None, device: str | None, write_store: bool, overlay: bool,
+                   queries_csv, out_csv: Path, t0: float) -> TrackSummary:
+    import time
+
     graphs = {job.video_id: track_graph(str(store_path), job.video_id, job.grid_queries, options,
-                                             job.n_frames, job.grid_size, device) for job in plan}
+                                        job.n_frames, job.grid_size, device) for job in plan}
     computed = jobs.compute_each(graphs, scheduler=scheduler, workers=workers)
     results = []
     for job in plan:
@@ -273,7 +292,11 @@ def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | 
         log.info("%s: %d queries × %d frames tracked", job.video_id, len(job.rows), job.n_frames)
         summary.queries[job.video_id] = len(job.rows)
         summary.frames[job.video_id] = job.n_frames
-    write_tracks_csv(out_csv, [(job.video_id, [r.query for r in job.rows], tracks) for job, tracks in results])
+    try:
+        write_tracks_csv(out_csv, [(job.video_id, [r.query for r in job.rows], tracks) for job, tracks in results])
+    except OSError as exc:
+        raise OutputError(f"{out_csv}: cannot write the tracks ({exc.strerror or exc}); the previous file, if "
+                          "any, is kept") from None
     if write_store and results:
         wroot = st.open_root(store_path, mode="a")
         meta = {"queries_csv": str(queries_csv), "units": "source pixels [x, y], 0 = top/left frame edge",

@@ -37,7 +37,7 @@ class ExtractOptions:
     backbone: str = "dino_vits16"
     weights: str | None = None
     layer: int = -1
-    facet: str = "key"
+    facet: str | None = None  # None: the --resize protocol's (token-norm for dino:S, else key)
     lift: str | None = None
     lift_iterations: int = 1
     resize: str = "square:224"
@@ -54,6 +54,13 @@ class ExtractOptions:
     compile: bool = False  # torch.compile the backbone + LiFT (first batches of each shape compile)
     shard: bool = False  # one-frame chunks inside shards of a batch: one-frame reads read one frame
     seed: int = 0
+
+    def __post_init__(self):
+        if self.facet is None:
+            try:
+                self.facet = Resize.parse(self.resize).default_facet
+            except ValueError:  # reported with its fix where the resize is used
+                self.facet = "key"
 
 
 @dataclass
@@ -113,12 +120,13 @@ def resolve_device(device: str) -> torch.device:
 class FeatureExtractor(torch.nn.Module):
     """Backbone (+ LiFT) on uint8 frames: ``(B, H, W, 3) uint8`` → ``(B, h, w, C) float16``.
 
-    Normalisation happens on the device. ``precision``: ``"auto"`` (bf16 autocast on CUDA, fp32
-    elsewhere), ``"bf16"``, ``"fp16"`` (autocast) or ``"fp32"``.
+    Normalisation happens on the device, with ``mean``/``std`` (default: the backbone's; the
+    ``--resize`` protocol chooses them, :meth:`Resize.normalisation`). ``precision``: ``"auto"``
+    (bf16 autocast on CUDA, fp32 elsewhere), ``"bf16"``, ``"fp16"`` (autocast) or ``"fp32"``.
     """
 
     def __init__(self, backbone: Backbone, lift: LiFT | None = None, lift_iterations: int = 1,
-                 precision: str = "auto"):
+                 precision: str = "auto", mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
@@ -126,8 +134,9 @@ class FeatureExtractor(torch.nn.Module):
         self.backbone = backbone
         self.lift = lift
         self.lift_iterations = lift_iterations if lift is not None else 0
-        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        mean, std = backbone.mean if mean is None else mean, backbone.std if std is None else std
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def stride(self) -> float:
@@ -135,7 +144,8 @@ class FeatureExtractor(torch.nn.Module):
         return self.backbone.patch_size / 2 ** self.lift_iterations
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, 3) uint8`` → ``(B, 3, H, W) float32`` normalised with the backbone's mean/std."""
+        """``(B, H, W, 3) uint8`` → ``(B, 3, H, W) float32``: ``/255`` (ToTensor), then ``(x - mean) / std``
+        (torchvision's Normalize, DINO's color_normalize), in float32 as both scripts do."""
         x = frames.permute(0, 3, 1, 2).float().div_(255)
         return (x - self.mean) / self.std
 
@@ -174,7 +184,9 @@ def build_extractor(options: ExtractOptions, device: torch.device) -> tuple[Feat
             raise ValueError(f"--lift-iterations {options.lift_iterations}: must be at least 1")
         lift, _ = load_lift_checkpoint(options.lift, backbone)
         lift_info = _lift_info(options)
-    extractor = FeatureExtractor(backbone, lift, options.lift_iterations, options.precision).to(device).eval()
+    mean, std = Resize.parse(options.resize).normalisation(backbone.mean, backbone.std)
+    extractor = FeatureExtractor(backbone, lift, options.lift_iterations, options.precision,
+                                 mean, std).to(device).eval()
     if device.type == "cuda":
         extractor = extractor.to(memory_format=torch.channels_last)
     if options.compile:
@@ -367,7 +379,7 @@ _WORKER_LOCK = threading.Lock()
 def _worker_extractor(options: ExtractOptions) -> FeatureExtractor:
     """The models of ``options``, built once per worker process and reused by its tasks."""
     key = (options.backbone, options.weights, options.layer, options.facet, options.lift,
-           options.lift_iterations, options.device, options.seed)
+           options.lift_iterations, options.device, options.seed, options.resize)  # resize: mean/std
     with _WORKER_LOCK:
         if key not in _WORKER_EXTRACTORS:
             _WORKER_EXTRACTORS.clear()
@@ -435,8 +447,9 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
         lift_info = _lift_info(options)
     _check_resize(resize, extractor.backbone.patch_size)
     backbone = extractor.backbone
-    config = st.make_config(backbone.describe(), lift_info, str(resize), backbone.mean, backbone.std,
-                            extractor.stride)
+    mean, std = resize.normalisation(backbone.mean, backbone.std)
+    config = st.make_config(backbone.describe(), lift_info, str(resize), mean, std, extractor.stride,
+                            protocol=resize.record())
     with st.StoreLock(store_path):
         try:
             if scheduler is not None:

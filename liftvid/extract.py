@@ -40,7 +40,7 @@ class ExtractOptions:
     facet: str | None = None  # None: the --resize protocol's (token-norm for dino:S, else key)
     lift: str | None = None
     lift_iterations: int = 1
-    resize: str = "square:224"
+    resize: str = "lift-davis"  # the LiFT DAVIS protocol (video.PRESETS)
     stride: int = 1
     max_frames: int | None = None
     batch_size: int = 32

@@ -45,6 +45,7 @@ class VideoDecodeError(RuntimeError):
 # ---------------------------------------------------------------- resizing
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)  # torchvision's Normalize in LiFT's eval_davis.py
 DINO_STD = (0.228, 0.224, 0.225)  # DINO's eval_video_segmentation.py color_normalize (0.228, not 0.229)
 DINO_LONG_MULTIPLE = 64  # DINO's read_frame rounds the long side down to a multiple of 64
 PRESETS = {"lift-davis": "square:224", "dino-davis": "dino:480"}
@@ -55,10 +56,11 @@ MASK_UPSAMPLING = ("bilinear by scale_factor=patch_size (align_corners=False, al
                    "per-object min-max normalise, argmax, PIL NEAREST to the source size")
 RESIZE_HELP = (
     "How frames become model input, decoded at their own size and resized once, whatever the "
-    "container: lift-davis (= square:224, the LiFT release's eval_davis.py: PIL BICUBIC, antialiased, "
-    "backbone mean/std, ImageNet for dino_*); dino-davis (= dino:480, DINO's eval_video_segmentation.py: "
+    "container: lift-davis (square:224 as the LiFT release's eval_davis.py: PIL BICUBIC, antialiased, "
+    "ImageNet mean/std); dino-davis (= dino:480, DINO's eval_video_segmentation.py: "
     "cv2.resize bilinear without antialiasing, short side 480, long side rounded down to a multiple of "
-    "64, std 0.228/0.224/0.225, facet token-norm unless --facet is given); square:S (S×S, PIL BICUBIC); "
+    "64, std 0.228/0.224/0.225, facet token-norm unless --facet is given); square:S (S×S, PIL BICUBIC, "
+    "the backbone's mean/std, as every mode below); "
     "short:S (short side S, long side S·long/short rounded to the nearest pixel then down to a multiple "
     "of the patch size, PIL BICUBIC); dino:S (DINO's rule at short side S); native (each side rounded "
     "down to a multiple of the patch size, PIL BICUBIC, no resize when it already is). Append +fast to "
@@ -80,6 +82,8 @@ class Resize:
     mode: str
     size: int | None = None
     fast: bool = False
+    preset: str | None = None  # "lift-davis": square:224 with the protocol's ImageNet mean/std
+
 
     @classmethod
     def parse(cls, text: str) -> "Resize":
@@ -89,7 +93,10 @@ class Resize:
         fast = spec.endswith(FAST_SUFFIX)
         if fast:
             spec = spec[: -len(FAST_SUFFIX)]
+        preset = "lift-davis" if spec == "lift-davis" else None
         spec = PRESETS.get(spec, spec)
+        if preset:
+            return cls("square", 224, fast, preset)
         if spec == "native":
             return cls("native", None, fast)
         mode, _, size = spec.partition(":")
@@ -105,7 +112,7 @@ class Resize:
             raise ValueError(f"resize {self.mode}: size must be {'None' if self.mode == 'native' else 'given'}")
 
     def __str__(self) -> str:
-        base = self.mode if self.size is None else f"{self.mode}:{self.size}"
+        base = self.preset or (self.mode if self.size is None else f"{self.mode}:{self.size}")
         return base + (FAST_SUFFIX if self.fast else "")
 
     @property
@@ -116,9 +123,12 @@ class Resize:
 
     def normalisation(self, mean: Sequence[float], std: Sequence[float]) -> tuple[tuple, tuple]:
         """The ``(mean, std)`` the model input is normalised with, given the backbone's: DINO's
-        (ImageNet mean, std 0.228/0.224/0.225) for ``dino:S``, else the backbone's own."""
+        (ImageNet mean, std 0.228/0.224/0.225) for ``dino:S``, ImageNet's for ``lift-davis``, else
+        the backbone's own."""
         if self.mode == "dino":
             return IMAGENET_MEAN, DINO_STD
+        if self.preset == "lift-davis":
+            return IMAGENET_MEAN, IMAGENET_STD
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
     def record(self) -> dict:

@@ -40,7 +40,8 @@ def test_resize_presets_carry_their_protocol():
     lift, dino = Resize.parse("lift-davis"), Resize.parse("dino-davis")
     assert lift.default_facet == "key" and dino.default_facet == "token-norm"
     bb_mean, bb_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    assert lift.normalisation(bb_mean, bb_std) == (bb_mean, bb_std)
+    assert lift.normalisation((0.5,) * 3, (0.5,) * 3) == (bb_mean, bb_std)  # the protocol's, not the backbone's
+    assert Resize.parse("square:224").normalisation((0.5,) * 3, (0.5,) * 3) == ((0.5,) * 3, (0.5,) * 3)
     assert dino.normalisation(bb_mean, bb_std) == (bb_mean, (0.228, 0.224, 0.225))
     assert "BICUBIC" in lift.record()["filter"] and "cv2" in dino.record()["filter"]
     assert "decoder" in Resize.parse("dino-davis+fast").record()["filter"]

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .io.video import DEFAULT_FPS
+from .io.video import DEFAULT_FPS, RESIZE_HELP
 
 app = typer.Typer(
     name="liftvid",
@@ -101,8 +101,9 @@ def extract(
     lift: Annotated[Optional[Path], typer.Option(help="LiFT checkpoint (the paper's release or `liftvid train`). Without it the backbone's own grid is stored.", exists=False)] = None,
     lift_iterations: Annotated[int, typer.Option(help="Apply LiFT k times (each doubles the grid).", min=1)] = 1,
     layer: Annotated[int, typer.Option(help="Block to read features from (-1 = last).")] = -1,
-    facet: Annotated[str, typer.Option(help="key, query, value or token.")] = "key",
-    resize: Annotated[str, typer.Option(help="square:S (the paper's DAVIS protocol), short:S (keep aspect) or native; sides are multiples of the patch size.")] = "square:224",
+    facet: Annotated[Optional[str], typer.Option(help="key, query, value (attention projections of the block's normed input), token (block output) or token-norm (block output through the final LayerNorm: DINO's get_intermediate_layers). Default: token-norm with --resize dino-davis / dino:S, else key.", show_default=False)] = None,
+    resize: Annotated[str, typer.Option(help=RESIZE_HELP)] = "lift-davis",
+    fast_resize: Annotated[bool, typer.Option("--fast-resize", help="Resize in the decoder (swscale; PIL BILINEAR for frame folders) instead of the --resize rule: faster, not the protocol's pixels (workflows/bench_resize.py measures the difference).")] = False,
     stride: Annotated[int, typer.Option(help="Keep every N-th frame.", min=1)] = 1,
     max_frames: Annotated[Optional[int], typer.Option(help="Keep at most N frames per video.", min=1)] = None,
     batch_size: Annotated[int, typer.Option(help="Frames per model batch.", min=1)] = 32,
@@ -135,7 +136,8 @@ def extract(
                       "its features mean nothing (smoke runs and benchmarks only)")
     options = ExtractOptions(backbone=backbone, weights=weights, layer=layer, facet=facet,
                              lift=str(lift) if lift else None, lift_iterations=lift_iterations,
-                             resize=resize, stride=stride, max_frames=max_frames, batch_size=batch_size,
+                             resize=resize + ("+fast" if fast_resize and not resize.endswith("+fast") else ""),
+                             stride=stride, max_frames=max_frames, batch_size=batch_size,
                              device=device, fps=fps, overwrite=overwrite, seed=seed,
                              decode_workers=decode_workers, decode_threads=decode_threads, precision=precision,
                              compile=compile_model, shard=shard)
@@ -702,7 +704,6 @@ def bench(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers as JSON.")] = None,
 ) -> None:
     """Measure decode, model, write, end-to-end and a naive reference side by side, in frames/s."""
-    import json
 
     from rich.table import Table
 

@@ -221,7 +221,6 @@ def _children(pid: int) -> set[int]:
 
 
 def _alive(pid: int) -> bool:
-    import os
 
     try:
         with open(f"/proc/{pid}/stat") as f:

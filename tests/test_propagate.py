@@ -207,7 +207,7 @@ def test_labels_to_masks_upsamples_normalises_and_resizes():
     soft[0, 0] = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
     soft[0, 1] = torch.tensor([[0.0, 0.3], [0.0, 0.0]])  # weak everywhere: min–max makes it win its cell
     soft[0, 2, 1, 1] = 0.0  # all-zero object: never wins
-    ids = labels_to_masks(soft, (6, 6), stride=4)
+    ids = labels_to_masks(soft, (6, 6), scale=4)
     assert ids.shape == (1, 6, 6) and ids.dtype == np.uint8
     np.testing.assert_array_equal(ids[0, :2, 4:], 1)
     assert ids[0, 5, 0] == 0 and not (ids == 2).any()

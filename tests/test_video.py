@@ -14,12 +14,26 @@ from liftvid.io.video import IMAGE_EXTENSIONS, Resize, VideoDecodeError, VideoIn
 # ---------------------------------------------------------------- Resize
 
 
-@pytest.mark.parametrize("text, mode, size", [("square:224", "square", 224), ("short:448", "short", 448),
-                                               ("native", "native", None), (" Square:32 ", "square", 32)])
-def test_resize_parse_and_str(text, mode, size):
+@pytest.mark.parametrize("text, mode, size, fast", [
+    ("square:224", "square", 224, False), ("short:448", "short", 448, False), ("native", "native", None, False),
+    (" Square:32 ", "square", 32, False), ("lift-davis", "square", 224, False), ("dino-davis", "dino", 480, False),
+    ("dino:240", "dino", 240, False), ("square:224+fast", "square", 224, True), ("dino-davis+fast", "dino", 480, True),
+])
+def test_resize_parse_and_str(text, mode, size, fast):
     r = Resize.parse(text)
-    assert (r.mode, r.size) == (mode, size)
+    assert (r.mode, r.size, r.fast) == (mode, size, fast)
     assert Resize.parse(str(r)) == r
+
+
+def test_resize_presets_carry_their_protocol():
+    lift, dino = Resize.parse("lift-davis"), Resize.parse("dino-davis")
+    assert lift.default_facet == "key" and dino.default_facet == "token-norm"
+    bb_mean, bb_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    assert lift.normalisation((0.5,) * 3, (0.5,) * 3) == (bb_mean, bb_std)  # the protocol's, not the backbone's
+    assert Resize.parse("square:224").normalisation((0.5,) * 3, (0.5,) * 3) == ((0.5,) * 3, (0.5,) * 3)
+    assert dino.normalisation(bb_mean, bb_std) == (bb_mean, (0.228, 0.224, 0.225))
+    assert "BICUBIC" in lift.record()["filter"] and "cv2" in dino.record()["filter"]
+    assert "decoder" in Resize.parse("dino-davis+fast").record()["filter"]
 
 
 @pytest.mark.parametrize("text", ["square", "square:", "square:-16", "square:0", "wide:224", "224", "short:abc"])
@@ -39,6 +53,11 @@ def test_resize_parse_rejects_with_example(text):
     ("native", (480, 854), 16, (480, 848)),
     ("native", (480, 854), 14, (476, 854)),
     ("native", (16, 17), 16, (16, 16)),
+    # DINO's read_frame: short side S, long side floored to a multiple of 64 (854 -> 832, not 848)
+    ("dino:480", (480, 854), 16, (480, 832)),
+    ("dino:480", (854, 480), 8, (832, 480)),
+    ("dino:480", (480, 480), 16, (480, 448)),     # a square frame: the width is the "long" side
+    ("dino:480", (500, 480), 16, (448, 480)),     # portrait: the height is rounded
 ])
 def test_resize_target_size(spec, source, patch, expected):
     out = Resize.parse(spec).target_size(source, patch)
@@ -147,9 +166,11 @@ def _clip(video_dir, name="clip_a.mp4") -> VideoSource:
 
 
 @pytest.mark.parametrize("spec, frame_size", [("square:32", (32, 32)), ("short:32", (32, 48)),
-                                              ("native", (64, 96)), ("square:48", (48, 48))])
+                                              ("native", (64, 96)), ("square:48", (48, 48)),
+                                              ("dino:48", (48, 64)), ("square:32+fast", (32, 32))])
 def test_batches_equal_one_read_at_every_resize(video_dir, spec, frame_size):
     import decord
+    from PIL import Image
 
     reader = open_video(_clip(video_dir), Resize.parse(spec), 16)
     assert (reader.n_frames, reader.source_size, reader.frame_size) == (12, (64, 96), frame_size)
@@ -160,10 +181,19 @@ def test_batches_equal_one_read_at_every_resize(video_dir, spec, frame_size):
         assert frames.shape == (len(idx), *frame_size, 3)
     got = np.concatenate([f for _, f in batches])
     assert np.array_equal(np.concatenate([i for i, _ in batches]), np.arange(12))
-    if frame_size[1] != 48:  # 48 wide is one of decord's bad widths: decoded wider, then shrunk
-        h, w = frame_size
-        whole = decord.VideoReader(str(video_dir / "clip_a.mp4"), width=w, height=h).get_batch(range(12)).asnumpy()
-        assert np.array_equal(got, whole)
+    h, w = frame_size
+    path = str(video_dir / "clip_a.mp4")
+    if spec.endswith("+fast"):  # the decoder resizes: decord's own output at that size
+        expected = decord.VideoReader(path, width=w, height=h).get_batch(range(12)).asnumpy()
+    else:  # decoded at native size, then the rule once: PIL BICUBIC, or cv2 bilinear for dino:S
+        import cv2
+
+        native = decord.VideoReader(path).get_batch(range(12)).asnumpy()
+        if spec.startswith("dino"):
+            expected = np.stack([cv2.resize(f[..., ::-1], (w, h))[..., ::-1] for f in native])
+        else:
+            expected = np.stack([np.asarray(Image.fromarray(f).resize((w, h), Image.BICUBIC)) for f in native])
+    assert np.array_equal(got, expected)
     # strided and shuffled requests give the same frames as the one read
     assert np.array_equal(read_frames(reader, sample_indices(12, stride=4), batch_size=2), got[::4])
     order = np.array([7, 2, 2, 11, 0])

@@ -47,14 +47,20 @@ def _version() -> str:
 
 
 def make_config(backbone: dict, lift: dict | None, resize: str, mean, std,
-                feature_stride: float, feature_dtype: str = "float16") -> dict:
-    """The store-level ``attrs["liftvid"]`` dict (JSON-serialisable)."""
+                feature_stride: float, feature_dtype: str = "float16", protocol: dict | None = None) -> dict:
+    """The store-level ``attrs["liftvid"]`` dict (JSON-serialisable).
+
+    ``protocol``: the pixel rule beyond the size (:meth:`liftvid.video.Resize.record`: resize
+    filter, rounding, where it is applied, mask upsampling), kept in ``preprocessing``. It is part of
+    the store's identity, so a store written by a liftvid without this record (another pixel rule)
+    is refused when appended to, instead of mixing features of two rules.
+    """
     return {
         "schema_version": SCHEMA_VERSION,
         "liftvid_version": _version(),
         "backbone": dict(backbone),
         "lift": dict(lift) if lift else None,
-        "preprocessing": {"resize": str(resize), "mean": list(mean), "std": list(std)},
+        "preprocessing": {"resize": str(resize), "mean": list(mean), "std": list(std), **dict(protocol or {})},
         "feature_dtype": feature_dtype,
         "feature_stride": feature_stride,
     }

@@ -1,6 +1,9 @@
 """Video sources: finding videos and frame folders, resizing rules, sampling and batched decoding.
 
-Files decode with decord straight at the model's input size. Frames are always read forward from
+Every source decodes at its own size into uint8 RGB, and each frame is then resized once by the
+``--resize`` rule (:class:`Resize`: PIL BICUBIC, or OpenCV bilinear for DINO's protocol), so a
+picture gives the same model input as an mp4, a ``.ts`` file or a frame folder; resizing in the
+decoder is only the explicit ``+fast`` option. Frames are always read forward from
 the start of the file, never by seeking: decord's seeks land on the wrong frame in some containers
 (MPEG-PS, some AVI/WebM files; dmlc/decord#54, #91, #195), so with forward reads a batched pass
 gives exactly the frames of one decode of the whole video. MPEG transport and program streams go
@@ -23,7 +26,7 @@ import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-RESIZE_MODES = ("square", "short", "native")
+RESIZE_MODES = ("square", "short", "dino", "native")
 DEFAULT_FPS = 24.0  # frame rate of a frame folder, and of a file whose container gives none
 
 PREFETCH_BATCHES = 1  # decoded batches waiting for the consumer (plus one being decoded)
@@ -42,25 +45,66 @@ class VideoDecodeError(RuntimeError):
 
 # ---------------------------------------------------------------- resizing
 
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)  # torchvision's Normalize in LiFT's eval_davis.py
+DINO_STD = (0.228, 0.224, 0.225)  # DINO's eval_video_segmentation.py color_normalize (0.228, not 0.229)
+DINO_LONG_MULTIPLE = 64  # DINO's read_frame rounds the long side down to a multiple of 64
+PRESETS = {"lift-davis": "square:224", "dino-davis": "dino:480"}
+FAST_SUFFIX = "+fast"
+NATIVE_SPAN_BYTES = 64 << 20  # native-size frames decoded in one call: bounds memory before resizing
+# the protocols' mask upsampling (propagate.labels_to_masks), recorded with the pixel rule
+MASK_UPSAMPLING = ("bilinear by scale_factor=patch_size (align_corners=False, also on a LiFT grid), "
+                   "per-object min-max normalise, argmax, PIL NEAREST to the source size")
+RESIZE_HELP = (
+    "How frames become model input, decoded at their own size and resized once, whatever the "
+    "container: lift-davis (square:224 as the LiFT release's eval_davis.py: PIL BICUBIC, antialiased, "
+    "ImageNet mean/std); dino-davis (= dino:480, DINO's eval_video_segmentation.py: "
+    "cv2.resize bilinear without antialiasing, short side 480, long side rounded down to a multiple of "
+    "64, std 0.228/0.224/0.225, facet token-norm unless --facet is given); square:S (S×S, PIL BICUBIC, "
+    "the backbone's mean/std, as every mode below); "
+    "short:S (short side S, long side S·long/short rounded to the nearest pixel then down to a multiple "
+    "of the patch size, PIL BICUBIC); dino:S (DINO's rule at short side S); native (each side rounded "
+    "down to a multiple of the patch size, PIL BICUBIC, no resize when it already is). Append +fast to "
+    "resize in the decoder instead (faster, not the protocol's pixels).")
+
 
 @dataclass(frozen=True)
 class Resize:
-    """The ``--resize`` rule: ``square:S``, ``short:S`` (keep aspect, short side S) or ``native``."""
+    """The ``--resize`` rule: the model input size and the one resize that produces it.
+
+    ``square:S``, ``short:S``, ``native``: PIL ``BICUBIC`` (antialiased, what torchvision's
+    ``Resize(..., BICUBIC)`` does on a PIL image; the LiFT DAVIS protocol at ``square:224``).
+    ``dino:S``: DINO's ``read_frame``, ``cv2.resize`` bilinear (no antialiasing) to short side S
+    with the long side rounded down to a multiple of 64. The presets :data:`PRESETS` name the two
+    papers' DAVIS protocols. ``fast``: the decoder resizes (swscale for files, PIL ``BILINEAR``
+    for frame folders): faster, not bit-equal to the rule.
+    """
 
     mode: str
     size: int | None = None
+    fast: bool = False
+    preset: str | None = None  # "lift-davis": square:224 with the protocol's ImageNet mean/std
+
 
     @classmethod
     def parse(cls, text: str) -> "Resize":
-        """``"square:224"``, ``"short:448"`` or ``"native"``; ``ValueError`` with a fix otherwise."""
+        """``"square:224"``, ``"short:448"``, ``"dino:480"``, ``"native"``, a preset
+        (``"lift-davis"``, ``"dino-davis"``), each optionally with ``+fast``; ``ValueError`` otherwise."""
         spec = str(text).strip().lower()
+        fast = spec.endswith(FAST_SUFFIX)
+        if fast:
+            spec = spec[: -len(FAST_SUFFIX)]
+        preset = "lift-davis" if spec == "lift-davis" else None
+        spec = PRESETS.get(spec, spec)
+        if preset:
+            return cls("square", 224, fast, preset)
         if spec == "native":
-            return cls("native", None)
+            return cls("native", None, fast)
         mode, _, size = spec.partition(":")
-        if mode in ("square", "short") and size.strip().isdigit() and int(size) > 0:
-            return cls(mode, int(size))
-        raise ValueError(f"--resize {text!r}: expected square:S, short:S or native with S a positive "
-                         f"multiple of the patch size, e.g. square:224")
+        if mode in ("square", "short", "dino") and size.strip().isdigit() and int(size) > 0:
+            return cls(mode, int(size), fast)
+        raise ValueError(f"--resize {text!r}: expected lift-davis, dino-davis, square:S, short:S, dino:S or "
+                         f"native (optionally +fast) with S a positive multiple of the patch size, e.g. square:224")
 
     def __post_init__(self):
         if self.mode not in RESIZE_MODES:
@@ -69,7 +113,39 @@ class Resize:
             raise ValueError(f"resize {self.mode}: size must be {'None' if self.mode == 'native' else 'given'}")
 
     def __str__(self) -> str:
-        return self.mode if self.size is None else f"{self.mode}:{self.size}"
+        base = self.preset or (self.mode if self.size is None else f"{self.mode}:{self.size}")
+        return base + (FAST_SUFFIX if self.fast else "")
+
+    @property
+    def default_facet(self) -> str:
+        """The facet of the protocol: DINO's ``get_intermediate_layers`` output (``token-norm``)
+        for ``dino:S``, else the paper's ``key``."""
+        return "token-norm" if self.mode == "dino" else "key"
+
+    def normalisation(self, mean: Sequence[float], std: Sequence[float]) -> tuple[tuple, tuple]:
+        """The ``(mean, std)`` the model input is normalised with, given the backbone's: DINO's
+        (ImageNet mean, std 0.228/0.224/0.225) for ``dino:S``, ImageNet's for ``lift-davis``, else
+        the backbone's own."""
+        if self.mode == "dino":
+            return IMAGENET_MEAN, DINO_STD
+        if self.preset == "lift-davis":
+            return IMAGENET_MEAN, IMAGENET_STD
+        return tuple(float(v) for v in mean), tuple(float(v) for v in std)
+
+    def record(self) -> dict:
+        """The pixel rule as the store's provenance records it (``preprocessing``)."""
+        if self.mode == "dino":
+            rule = "cv2.resize INTER_LINEAR (no antialiasing)"
+            rounding = "short side S, long side floor(S*long/short / 64) * 64 (DINO read_frame)"
+        else:
+            rule = "PIL BICUBIC (antialiased)"
+            rounding = {"square": "S x S",
+                        "short": "short side S, long side round(S*long/short) rounded down to a multiple of the patch",
+                        "native": "each side rounded down to a multiple of the patch"}[self.mode]
+        if self.fast:
+            rule = "in the decoder (decord/PyAV swscale, PIL BILINEAR for frame folders; inexact)"
+        return {"filter": rule, "rounding": rounding, "applied": "once, on uint8 RGB frames decoded at native size"
+                if not self.fast else "by the decoder", "mask_upsampling": MASK_UPSAMPLING}
 
     def target_size(self, source_size: tuple[int, int], patch_size: int) -> tuple[int, int]:
         """The model input ``(H', W')`` for a source of ``(H, W)``; both sides multiples of ``patch_size``.
@@ -85,6 +161,9 @@ class Resize:
             example = max(p, round(self.size / p) * p)
             raise ValueError(f"--resize {self}: {self.size} is not a multiple of the patch size {p}, "
                              f"e.g. {self.mode}:{example}")
+        if self.mode == "dino" and DINO_LONG_MULTIPLE % p:
+            raise ValueError(f"--resize {self}: DINO's rule rounds the long side to a multiple of "
+                             f"{DINO_LONG_MULTIPLE}, which the patch size {p} does not divide; use short:{self.size}")
         height, width = int(source_size[0]), int(source_size[1])
         if height < 1 or width < 1:
             raise ValueError(f"source size {height}x{width} is empty")
@@ -94,11 +173,45 @@ class Resize:
             short, long = min(height, width), max(height, width)
             long_side = max(p, int(round(self.size * long / short)) // p * p)
             return (self.size, long_side) if height <= width else (long_side, self.size)
+        if self.mode == "dino":
+            # read_frame, operation for operation: the float quotient floored to a multiple of 64
+            s, m = self.size, DINO_LONG_MULTIPLE
+            if height > width:
+                out = (int(((s * height) / width) // m * m), s)
+            else:
+                out = (s, int(((s * width) / height) // m * m))
+            if min(out) < p:
+                raise ValueError(f"--resize {self}: the source ({height}x{width}) gives an empty "
+                                 f"{out[0]}x{out[1]} input; use a larger S")
+            return out
         out = (height // p * p, width // p * p)
         if min(out) < p:
             raise ValueError(f"--resize native: the source ({height}x{width}) is smaller than the patch "
                              f"size {p}; use --resize square:{max(p, 224 // p * p)}")
         return out
+
+    def apply(self, frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """One ``(H, W, 3) uint8`` RGB frame at native size → ``(H', W', 3) uint8`` at ``size`` by the rule.
+
+        A frame already at ``size`` is returned as it is (both libraries copy it unchanged).
+        """
+        height, width = int(size[0]), int(size[1])
+        if frame.shape[:2] == (height, width):
+            return frame
+        if self.mode == "dino":
+            import cv2
+
+            # per-channel filter: resizing RGB equals DINO's BGR resize followed by the flip
+            return cv2.resize(np.ascontiguousarray(frame), (width, height), interpolation=cv2.INTER_LINEAR)
+        from PIL import Image
+
+        return np.asarray(Image.fromarray(frame).resize((width, height), Image.BICUBIC))
+
+
+def read_span(frame_size: tuple[int, int]) -> int:
+    """Frames decoded in one call at ``frame_size``: :data:`READ_SPAN`, fewer for large frames."""
+    frame_bytes = max(1, int(frame_size[0]) * int(frame_size[1]) * 3)
+    return max(1, min(READ_SPAN, NATIVE_SPAN_BYTES // frame_bytes))
 
 
 # ---------------------------------------------------------------- finding sources
@@ -258,13 +371,14 @@ def _decord_width_ok(width: int) -> bool:
 
 
 class _DecordFrames:
-    """Forward-only reads of consecutive frames with decord, at ``size`` ``(H, W)`` or native."""
+    """Forward-only reads of consecutive frames with decord, at native size or (``--resize …+fast``)
+    at ``size`` ``(H, W)``, which decord's swscale resizes to."""
 
-    def __init__(self, path: Path, size: tuple[int, int] | None, num_threads: int):
+    def __init__(self, path: Path, size: tuple[int, int] | None, num_threads: int, span: int = READ_SPAN):
         import decord
 
         decord.logging.set_level(decord.logging.QUIET)  # errors reach the caller as exceptions
-        self.path, self.size, self.num_threads = path, size, num_threads
+        self.path, self.size, self.num_threads, self.span = path, size, num_threads, span
         self.decode_width = None if size is None else size[1]
         self._open()
         if size is not None and not _decord_width_ok(size[1]):
@@ -304,7 +418,7 @@ class _DecordFrames:
             self._open()
         try:
             while self.pos < start:
-                self._get(self.pos, min(start, self.pos + READ_SPAN))
+                self._get(self.pos, min(start, self.pos + self.span))
             return self._get(start, stop)
         except VideoDecodeError:
             raise
@@ -317,8 +431,8 @@ class _DecordFrames:
         try:
             self._open()
             while self.pos < start:
-                where = f"frames {self.pos}-{min(start, self.pos + READ_SPAN) - 1}"
-                self._get(self.pos, min(start, self.pos + READ_SPAN))
+                where = f"frames {self.pos}-{min(start, self.pos + self.span) - 1}"
+                self._get(self.pos, min(start, self.pos + self.span))
             for frame in range(start, stop):
                 where = f"frame {frame}"
                 self._get(frame, frame + 1)
@@ -340,7 +454,8 @@ def _resize_width(frames: np.ndarray, width: int) -> np.ndarray:
 
 
 class _PyAVFrames:
-    """Forward-only reads with PyAV, for the containers decord misreads (:data:`PYAV_FORMATS`)."""
+    """Forward-only reads with PyAV, for the containers decord misreads (:data:`PYAV_FORMATS`) and
+    the widths decord cannot decode natively; native size, or swscale BICUBIC to ``size`` (fast path)."""
 
     def __init__(self, path: Path, size: tuple[int, int] | None, num_threads: int):
         import av
@@ -384,7 +499,9 @@ class _PyAVFrames:
         self.pos += 1
         if not convert:
             return None
-        height, width = self.size or (frame.height, frame.width)
+        if self.size is None:
+            return frame.to_ndarray(format="rgb24")
+        height, width = self.size
         return frame.reformat(width=width, height=height, format="rgb24", interpolation="BICUBIC").to_ndarray()
 
     def read(self, start: int, stop: int) -> np.ndarray:
@@ -407,7 +524,8 @@ class _PyAVFrames:
 
 
 class _FolderFrames:
-    """A folder of JPEG/PNG frames, sorted by name, resized (bilinear) with PIL."""
+    """A folder of JPEG/PNG frames, sorted by name, read with PIL as RGB at native size, or (fast
+    path) resized to ``size`` with PIL ``BILINEAR``."""
 
     def __init__(self, path: Path, size: tuple[int, int] | None):
         from PIL import Image
@@ -458,11 +576,12 @@ class VideoReader:
         n_frames: frames in the source.
         fps: frames per second (a frame folder's is the ``fps`` given to :func:`open_video`).
         source_size: ``(H, W)`` of the source frames.
-        frame_size: ``(H', W')`` the frames are decoded at (model input).
+        frame_size: ``(H', W')`` of the frames handed out (model input).
+        resize: the rule applied to each decoded frame (``None``: the decoder gives ``frame_size``).
     """
 
     def __init__(self, source: VideoSource, decoder, fps: float, source_size: tuple[int, int],
-                 frame_size: tuple[int, int], timestamps: np.ndarray):
+                 frame_size: tuple[int, int], timestamps: np.ndarray, resize: Resize | None = None):
         self.source = source
         self.n_frames = int(decoder.n_frames)
         self.fps = float(fps)
@@ -470,6 +589,7 @@ class VideoReader:
         self.frame_size = (int(frame_size[0]), int(frame_size[1]))
         self._timestamps = timestamps
         self._decoder = decoder
+        self._resize = resize
         self._lock = threading.Lock()  # one decode at a time: decoders are stateful
 
     def __repr__(self) -> str:
@@ -495,17 +615,20 @@ class VideoReader:
         return indices
 
     def _decode(self, indices: np.ndarray) -> np.ndarray:
-        """``(B, H', W', 3) uint8`` frames ``indices`` (any order, repeats allowed)."""
+        """``(B, H', W', 3) uint8`` frames ``indices`` (any order, repeats allowed), each decoded,
+        then resized once by the rule (only the wanted frames of a decoded block are resized)."""
         wanted = np.unique(indices)
         frames: dict[int, np.ndarray] = {}
+        span = getattr(self._decoder, "span", READ_SPAN)
         with self._lock:
             i = 0
             while i < len(wanted):
                 start = int(wanted[i])
-                stop = min(start + READ_SPAN, int(wanted[-1]) + 1)
+                stop = min(start + span, int(wanted[-1]) + 1)
                 block = self._decoder.read(start, stop)
                 for k in wanted[(wanted >= start) & (wanted < stop)]:
-                    frames[int(k)] = block[k - start]
+                    frame = block[k - start]
+                    frames[int(k)] = frame if self._resize is None else self._resize.apply(frame, self.frame_size)
                     i += 1
         return np.stack([frames[int(k)] for k in indices])
 
@@ -573,7 +696,12 @@ def _valid_timestamps(ts: np.ndarray) -> bool:
 
 def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float = DEFAULT_FPS,
                num_threads: int = 0) -> VideoReader:
-    """Open ``source`` for decoding at the size ``resize`` gives for ``patch_size``.
+    """Open ``source`` for frames at the size ``resize`` gives for ``patch_size``.
+
+    Every source decodes at its own size into uint8 RGB (decord, PyAV or PIL) and each frame is
+    resized once by ``resize``'s rule (:meth:`Resize.apply`), so one picture gives one model input
+    whatever the container. With ``resize.fast`` the decoder resizes instead (inexact). A file
+    whose width decord cannot decode natively (:func:`_decord_width_ok`) goes through PyAV.
 
     ``fps`` is the frame rate of a frame folder, and of a file whose container gives none.
     ``num_threads`` are the decoder's threads (0: its default).
@@ -592,32 +720,43 @@ def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float 
     else:
         container_format, coded = _probe(path)
         backend = _PyAVFrames if container_format in PYAV_FORMATS else _DecordFrames
-        probe = backend(path, None, num_threads)
+        span = read_span(coded)
+        probe = backend(path, None, num_threads, span) if backend is _DecordFrames else backend(path, None, num_threads)
         if probe.n_frames < 1:
             raise VideoDecodeError(f"{path}: cannot decode: the video has no frames")
         native = coded
         if backend is _DecordFrames:
             # the decoded size, after any rotation decord applies; a width decord cannot give
-            # natively (see _decord_width_ok) keeps the coded size
+            # natively (see _decord_width_ok) keeps the coded size, and exact reads go through PyAV
             try:
                 native = tuple(probe.read(0, 1).shape[1:3])
             except VideoDecodeError:
-                pass
-        probe.close()
+                if not resize.fast:
+                    probe.close()
+                    backend = _PyAVFrames
+                    probe = backend(path, None, num_threads)
         rate = probe.fps if np.isfinite(probe.fps) and probe.fps > 0 else float(fps)
-        make = lambda size: backend(path, size, num_threads)  # noqa: E731
+        if backend is _DecordFrames:
+            make = lambda size: _DecordFrames(path, size, num_threads, read_span(size or native))  # noqa: E731
+        else:
+            make = lambda size: _PyAVFrames(path, size, num_threads)  # noqa: E731
     try:
         frame_size = resize.target_size(native, patch_size)
     except ValueError as exc:
+        probe.close()
         raise VideoDecodeError(f"{path}: {exc}") from None
-    decoder = make(frame_size)
-    if decoder.n_frames != probe.n_frames:
-        raise VideoDecodeError(f"{path}: cannot decode: {probe.n_frames} frames at native size but "
-                               f"{decoder.n_frames} at {frame_size[0]}x{frame_size[1]}")
+    if resize.fast:
+        probe.close()
+        decoder = make(frame_size)
+        if decoder.n_frames != probe.n_frames:
+            raise VideoDecodeError(f"{path}: cannot decode: {probe.n_frames} frames at native size but "
+                                   f"{decoder.n_frames} at {frame_size[0]}x{frame_size[1]}")
+    else:
+        decoder = probe  # native size: the rule resizes each decoded frame
     ts = getattr(probe, "timestamps", None)
     if ts is None or not _valid_timestamps(ts):
         ts = np.arange(probe.n_frames, dtype=np.float64) / rate
-    return VideoReader(source, decoder, rate, native, frame_size, ts)
+    return VideoReader(source, decoder, rate, native, frame_size, ts, None if resize.fast else resize)
 
 
 def read_frames(reader: VideoReader, indices: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:

@@ -14,7 +14,8 @@ from torch import nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-FACETS = ("key", "query", "value", "token")
+FACETS = ("key", "query", "value", "token", "token-norm")
+TOKEN_FACETS = ("token", "token-norm")  # block outputs: embed_dim channels
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,9 @@ class Backbone(nn.Module):
             ``.pth``), or ``"random"`` for a seeded random init (smoke runs, benchmarks, tests).
         layer: block index, negative counts from the end (``-1`` = last block).
         facet: ``key``, ``query``, ``value`` (attention projections of ``norm1(x)``, laid out
-            head-minor as the paper's code does: channel ``d·heads + h``) or ``token`` (block output).
+            head-minor as the paper's code does: channel ``d·heads + h``), ``token`` (block output) or
+            ``token-norm`` (block output through the model's final LayerNorm: DINO's
+            ``get_intermediate_layers(x, n=1)[0]`` for the last block, what DINO's DAVIS script uses).
         seed: seed of the random init (``weights="random"``, and the trunk before a file is loaded).
 
     ``forward(images (B, 3, H, W) float, normalised with .mean/.std) -> (B, C, H/p, W/p)`` with
@@ -262,7 +265,7 @@ class Backbone(nn.Module):
         self.patch_size = int(model.patch_embed.patch_size[0])
         attn = model.blocks[self.layer].attn
         qkv_dim = attn.num_heads * (attn.head_dim if hasattr(attn, "head_dim") else model.embed_dim // attn.num_heads)
-        self.channels = int(model.embed_dim if facet == "token" else qkv_dim)
+        self.channels = int(model.embed_dim if facet in TOKEN_FACETS else qkv_dim)
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         self.mean = tuple(float(v) for v in (spec.mean if spec else cfg.get("mean", IMAGENET_MEAN)))
         self.std = tuple(float(v) for v in (spec.std if spec else cfg.get("std", IMAGENET_STD)))
@@ -321,8 +324,10 @@ class Backbone(nn.Module):
         x, rope = self._tokens_into_block(images)
         blk = self.model.blocks[self.layer]
         npt = self.model.num_prefix_tokens
-        if self.facet == "token":
+        if self.facet in TOKEN_FACETS:
             x = blk(x, rope=rope) if self._is_eva else blk(x)
+            if self.facet == "token-norm":
+                x = self.model.norm(x)
             return x[:, npt:].reshape(b, h, w, -1).permute(0, 3, 1, 2)
         q, k, v = _split_qkv(blk.attn, blk.norm1(x))
         t = {"query": q, "key": k, "value": v}[self.facet][:, npt:]  # (B, hw, heads, d)

@@ -3,6 +3,8 @@ choice of device and compute precision."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..ops.device import resolve_device
@@ -18,12 +20,14 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class FeatureExtractor(torch.nn.Module):
     """Backbone (+ LiFT) on uint8 frames: ``(B, H, W, 3) uint8`` → ``(B, h, w, C) float16``.
 
-    Normalisation happens on the device. ``precision``: ``"auto"`` (bf16 autocast on CUDA, fp32
-    elsewhere), ``"bf16"``, ``"fp16"`` (autocast) or ``"fp32"``.
+    Normalisation happens on the device, with ``mean``/``std`` (default: the backbone's; the
+    ``--resize`` protocol chooses them, :meth:`liftvid.io.video.Resize.normalisation`).
+    ``precision``: ``"auto"`` (bf16 autocast on CUDA, fp32 elsewhere), ``"bf16"``, ``"fp16"``
+    (autocast) or ``"fp32"``.
     """
 
     def __init__(self, backbone: Backbone, lift: LiFT | None = None, lift_iterations: int = 1,
-                 precision: str = "auto"):
+                 precision: str = "auto", mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
@@ -31,8 +35,9 @@ class FeatureExtractor(torch.nn.Module):
         self.backbone = backbone
         self.lift = lift
         self.lift_iterations = lift_iterations if lift is not None else 0
-        self.register_buffer("mean", torch.tensor(backbone.mean).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(backbone.std).view(1, 3, 1, 1), persistent=False)
+        mean, std = backbone.mean if mean is None else mean, backbone.std if std is None else std
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     @property
     def pixels_per_cell(self) -> float:
@@ -40,7 +45,8 @@ class FeatureExtractor(torch.nn.Module):
         return self.backbone.patch_size / 2 ** self.lift_iterations
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W, 3) uint8`` → ``(B, 3, H, W) float32`` normalised with the backbone's mean/std."""
+        """``(B, H, W, 3) uint8`` → ``(B, 3, H, W) float32``: ``/255`` (ToTensor), then ``(x - mean) / std``
+        (torchvision's Normalize, DINO's color_normalize), in float32 as both scripts do."""
         x = frames.permute(0, 3, 1, 2).float().div_(255)
         return (x - self.mean) / self.std
 

@@ -37,10 +37,10 @@ class ExtractOptions:
     backbone: str = "dino_vits16"
     weights: str | None = None
     layer: int = -1
-    facet: str = "key"
+    facet: str | None = None  # None: the --resize protocol's (token-norm for dino:S, else key)
     lift: str | None = None
     lift_iterations: int = 1
-    resize: str = "square:224"
+    resize: str = "lift-davis"  # the LiFT DAVIS protocol (video.PRESETS)
     stride: int = 1
     max_frames: int | None = None
     batch_size: int = 32
@@ -54,6 +54,13 @@ class ExtractOptions:
     compile: bool = False  # torch.compile the backbone + LiFT (first batches of each shape compile)
     shard: bool = False  # one-frame chunks inside shards of a batch: one-frame reads read one frame
     seed: int = 0
+
+    def __post_init__(self):
+        if self.facet is None:
+            try:
+                self.facet = Resize.parse(self.resize).default_facet
+            except ValueError:  # reported with its fix where the resize is used
+                self.facet = "key"
 
 
 @dataclass
@@ -119,7 +126,9 @@ def build_extractor(options: ExtractOptions, device: torch.device) -> tuple[Feat
             raise ValueError(f"--lift-iterations {options.lift_iterations}: must be at least 1")
         lift, _ = load_lift_checkpoint(options.lift, backbone)
         lift_info = _lift_info(options)
-    extractor = FeatureExtractor(backbone, lift, options.lift_iterations, options.precision).to(device).eval()
+    mean, std = Resize.parse(options.resize).normalisation(backbone.mean, backbone.std)
+    extractor = FeatureExtractor(backbone, lift, options.lift_iterations, options.precision,
+                                 mean, std).to(device).eval()
     if device.type == "cuda":
         extractor = extractor.to(memory_format=torch.channels_last)
     if options.compile:
@@ -312,7 +321,7 @@ _WORKER_LOCK = threading.Lock()
 def _worker_extractor(options: ExtractOptions) -> FeatureExtractor:
     """The models of ``options``, built once per worker process and reused by its tasks."""
     key = (options.backbone, options.weights, options.layer, options.facet, options.lift,
-           options.lift_iterations, options.device, options.seed)
+           options.lift_iterations, options.device, options.seed, options.resize)  # resize: mean/std
     with _WORKER_LOCK:
         if key not in _WORKER_EXTRACTORS:
             _WORKER_EXTRACTORS.clear()
@@ -380,8 +389,9 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
         lift_info = _lift_info(options)
     _check_resize(resize, extractor.backbone.patch_size)
     backbone = extractor.backbone
-    config = st.make_config(backbone.describe(), lift_info, str(resize), backbone.mean, backbone.std,
-                            extractor.pixels_per_cell)
+    mean, std = resize.normalisation(backbone.mean, backbone.std)
+    config = st.make_config(backbone.describe(), lift_info, str(resize), mean, std, extractor.pixels_per_cell,
+                            protocol=resize.record())
     with st.StoreLock(store_path):
         try:
             if scheduler is not None:

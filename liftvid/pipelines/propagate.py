@@ -51,7 +51,8 @@ class PropagateOptions:
     chunk_frames: int | None = None
 
     def protocol(self) -> dict:
-        return {"n_last": self.n_last, "topk": self.topk, "radius": self.radius, "temperature": self.temperature}
+        return {"n_last": self.n_last, "topk": self.topk, "radius": self.radius, "temperature": self.temperature,
+                "upsampling": "bilinear x patch_size, min-max, argmax, nearest"}
 
 
 @dataclass
@@ -127,13 +128,20 @@ def _check_video(root, video_id: str) -> tuple[Any, dict, np.ndarray]:
     return features, info, frame_index
 
 
+def upsampling_scale(config: dict) -> float:
+    """The protocol's mask upsampling factor for a store: its backbone's patch size (also with
+    LiFT, as the official code), or the feature stride for a store that records no patch size."""
+    return float((config.get("backbone") or {}).get("patch_size") or config["feature_stride"])
+
+
 def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str,
-                    options: PropagateOptions, stride: float | None = None) -> VideoPropagation:
+                    options: PropagateOptions, scale: float | None = None) -> VideoPropagation:
     """Propagate one video's first mask through its stored features (one Dask task).
 
     Writes ``<out_dir>/<video_id>/<frame:05d>.png`` (DAVIS palette) from the start frame on, the
     store's ``<video_id>/masks`` array (frames before the start frame are 0) and, with
-    ``options.overlay``, ``<out_dir>/<video_id>.mp4``.
+    ``options.overlay``, ``<out_dir>/<video_id>.mp4``. ``scale`` is the mask upsampling factor
+    (default :func:`upsampling_scale` of the store).
 
     Raises:
         PropagateError, MaskError: bad inputs, naming the video and the file.
@@ -144,7 +152,7 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
     t0 = time.perf_counter()
     root = st.open_root(store_path, mode="r+" if options.write_store else "r")
     features, info, frame_index = _check_video(root, video_id)
-    stride = float(stride or st.read_config(root)["feature_stride"])
+    scale = float(scale or upsampling_scale(st.read_config(root)))
     T, h, w, _ = features.shape
     H, W = (int(s) for s in info["source_size"])
     hits = np.flatnonzero(frame_index == options.start_frame)
@@ -180,7 +188,7 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
     def masks_out() -> Iterator[tuple[int, np.ndarray]]:
         for a, soft in iter_propagate(_Window(features, pos), labels, options.n_last, options.topk,
                                       options.radius, options.temperature, device, options.chunk_frames):
-            ids = labels_to_masks(soft, (H, W), stride)
+            ids = labels_to_masks(soft, (H, W), scale)
             if a == 0:
                 ids[0] = mask  # the annotated frame is written as given (DINO writes seg_ori)
             first = pos + a
@@ -268,7 +276,7 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
     summary = PropagateSummary(str(store_path), str(out_dir))
     if not todo:
         raise ValueError(f"{store_path}: no complete video in the store (see `liftvid info {store_path}`)")
-    stride = float(st.read_config(root)["feature_stride"])
+    scale = upsampling_scale(st.read_config(root))
     tasks, failed = {}, {}
     for vid in todo:
         try:
@@ -277,7 +285,7 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
         except (PropagateError, MaskError) as exc:
             failed[vid] = str(exc)
             continue
-        tasks[vid] = (str(store_path), vid, str(path), str(out_dir), options, stride)
+        tasks[vid] = (str(store_path), vid, str(path), str(out_dir), options, scale)
     if not (Path(masks).is_file() and len(todo) == 1):
         summary.unmatched_masks = [m for m in mask_ids(masks) if m not in root]
     def outcome(vid: str, res: Any) -> VideoPropagation:

@@ -52,3 +52,51 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is absent")
     return SHARED_DATA
+
+
+# `liftvid <args>` in a child process that stops, at a point fixed by its progress, until it is
+# killed: at its n-th feature-batch write (``write``) or its n-th "complete" status (``complete``,
+# before the status is written). It touches ``marker`` when it gets there. Tests that need a run
+# caught mid-way wait for the marker instead of polling the store and hoping to be scheduled in
+# time on a loaded machine.
+_HELD_RUN = r"""
+import pathlib, sys, time
+import liftvid.cli, liftvid.pipelines.extract as ex, liftvid.io.store as st
+marker, kind, n = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+seen = [0]
+
+def hold(real):
+    def held(*args, **kwargs):
+        seen[0] += 1
+        if seen[0] == n:
+            marker.write_text("held")
+            time.sleep(600)  # until the test kills this run
+        return real(*args, **kwargs)
+    return held
+
+if kind == "write":
+    ex._write_batch = hold(ex._write_batch)
+else:
+    st.mark_complete = hold(st.mark_complete)
+liftvid.cli.app(sys.argv[4:], prog_name="liftvid")
+"""
+
+
+def start_held_run(args: list[str], marker: Path, kind: str, n: int, **popen):
+    """Start ``liftvid <args>`` held at its ``n``-th ``kind`` (``write`` or ``complete``); returns
+    the Popen. Wait for it with :func:`wait_until_held`, then kill it."""
+    import subprocess
+    import sys
+
+    return subprocess.Popen([sys.executable, "-c", _HELD_RUN, str(marker), kind, str(n), *args], **popen)
+
+
+def wait_until_held(proc, marker: Path, timeout: float = 300) -> None:
+    """Block until the held run has reached its point (a generous timeout: the machine may be loaded)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before reaching its hold point"
+        assert time.monotonic() < deadline, "the run did not reach its hold point"
+        time.sleep(0.05)

@@ -194,3 +194,51 @@ def test_backbone_stays_frozen_in_train_mode(tiny):
     torch.nn.ModuleDict({"bb": tiny}).train()  # a parent switching to training mode
     assert not tiny.model.training
     assert not any(p.requires_grad for p in tiny.parameters())
+
+
+def _captured_norm1(model, images, layer):
+    """``blocks[layer].norm1``'s output in timm's own forward (rotary embeddings, registers and all)."""
+    captured = {}
+    handle = model.blocks[layer].norm1.register_forward_hook(lambda m, args, out: captured.setdefault("x", out))
+    with torch.no_grad():
+        model.forward_features(images)
+    handle.remove()
+    return captured["x"]
+
+
+@pytest.mark.parametrize("name,patch,prefix", [("vit_small_patch14_dinov2", 14, 1),
+                                               ("vit_small_patch14_reg4_dinov2", 14, 5),
+                                               ("vit_small_patch16_dinov3", 16, 5)])
+def test_dinov2_dinov3_key_facet_channel_layout(name, patch, prefix, monkeypatch):
+    """The key facet of DINOv2 (with and without registers) and DINOv3 (Eva, rotary), computed
+    here from timm's blocks[i].norm1 output and the qkv projection's weights: k = the middle third
+    of ``norm1(x) @ W_qkv^T + b``, split (heads, d) per token; CLS and registers dropped; channel
+    ``d·heads + h`` holds head h's dimension d (head-minor)."""
+    import timm
+
+    real_create = timm.create_model
+    # two blocks instead of twelve (the layout is the same; random init of 22M weights is the cost)
+    monkeypatch.setattr(timm, "create_model", lambda *a, **kw: real_create(*a, **{**kw, "depth": 2}))
+    layer = 1
+    bb = Backbone(name, weights="random", facet="key", layer=layer)
+    assert len(bb.model.blocks) == 2
+    torch.manual_seed(0)
+    images = torch.randn(2, 3, 3 * patch, 2 * patch)
+    with torch.no_grad():
+        ours = bb(images)
+        x = _captured_norm1(bb.model, images, layer)  # (B, prefix + 6, D)
+        attn = bb.model.blocks[layer].attn
+        bias = attn.qkv.bias
+        if bias is None and getattr(attn, "q_bias", None) is not None:
+            bias = torch.cat((attn.q_bias, attn.k_bias, attn.v_bias))
+        qkv = F.linear(x, attn.qkv.weight, bias)
+    assert bb.model.num_prefix_tokens == prefix and x.shape[1] == prefix + 6
+    heads, dim = attn.num_heads, qkv.shape[-1] // 3
+    d_head = dim // heads
+    key = qkv[:, prefix:, dim:2 * dim].numpy()  # (B, 6 tokens, heads·d), head-major as timm splits it
+    expected = torch.zeros(2, dim, 3, 2)
+    for h in range(heads):
+        for d in range(d_head):
+            expected[:, d * heads + h] = torch.from_numpy(key[:, :, h * d_head + d].reshape(2, 3, 2))
+    assert ours.shape == (2, 384, 3, 2)
+    torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)

@@ -160,40 +160,86 @@ def test_memory_store_with_worker_processes_is_refused(tmp_path, four_videos):
     assert f"{url}: a memory:// store lives in this process" in result.output
 
 
+def _hold_a_write_of(video: str, marker: str, release: str, at: int = 5) -> None:
+    """Run on each worker (``client.run``): the first worker to reach the ``at``-th write of
+    ``video`` claims ``marker`` (writing its pid there) and stops in that write until ``release``
+    exists; the others, and a rerun of the task, pass. ``_unhold`` undoes it."""
+    import os
+    import time
+
+    import liftvid.pipelines.extract as ex
+
+    real = getattr(ex, "_write_batch_unheld", ex._write_batch)
+    ex._write_batch_unheld = real
+    writes = [0]
+
+    def held(array, start, feats, *rest):
+        if array.path.split("/")[0] == video:
+            writes[0] += 1
+            if writes[0] == at:
+                try:
+                    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+                except FileExistsError:
+                    fd = None
+                if fd is not None:
+                    os.write(fd, str(os.getpid()).encode())
+                    os.close(fd)
+                    deadline = time.monotonic() + 300
+                    while not os.path.exists(release) and time.monotonic() < deadline:
+                        time.sleep(0.05)
+        return real(array, start, feats, *rest)
+
+    ex._write_batch = held
+
+
+def _unhold() -> None:
+    import liftvid.pipelines.extract as ex
+
+    ex._write_batch = getattr(ex, "_write_batch_unheld", ex._write_batch)
+
+
 def test_a_worker_killed_mid_video_is_survived(tmp_path, cluster):
     """SIGKILL of the worker process writing a video: the scheduler reruns that task elsewhere, which
-    rewrites the group from scratch; the store ends equal to a single-process one."""
+    rewrites the group from scratch; the store ends equal to a single-process one.
+
+    The worker writing ``long0`` is held in its 5th batch write, so the kill surely lands mid-video
+    on that worker (not on whichever worker looked busy a moment ago, perhaps done by then)."""
     import threading
 
     local, client = cluster
     inputs = tmp_path / "in"
     inputs.mkdir()
     for i in range(2):
-        write_video(inputs / f"long{i}.mp4", synthetic_frames(48, 32, 32, seed=70 + i), fps=24)
+        write_video(inputs / f"long{i}.mp4", synthetic_frames(12, 32, 32, seed=70 + i), fps=24)
     options = ExtractOptions(**{**OPTIONS.__dict__, "batch_size": 1})
     extract_videos([inputs], tmp_path / "single.zarr", options)  # one thread, as the workers
     store = tmp_path / "dist.zarr"
+    marker, release = tmp_path / "held", tmp_path / "release"
     pids = client.run(os.getpid)
+    client.run(_hold_a_write_of, "long0", str(marker), str(release))
     outcome = []
     run = threading.Thread(target=lambda: outcome.append(
         extract_videos([inputs], store, options, scheduler=local.scheduler_address)))
     run.start()
-    victim = None
-    deadline = time.time() + 60
-    while victim is None and time.time() < deadline and run.is_alive():
-        for address, keys in client.processing().items():
-            if keys and (store / "long0" / "features" / "c").exists():
-                victim = address
-        time.sleep(0.01)
-    assert victim, "no video was being written"
-    os.kill(pids[victim], signal.SIGKILL)  # that worker process dies with its video half-written
-    root = zarr.open_group(str(store), mode="r")
-    assert "incomplete" in [root[v].attrs["liftvid"]["status"] for v in root.group_keys()]
-    run.join(timeout=120)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() or not marker.read_text():
+            assert run.is_alive(), "the run ended before a worker reached long0's 5th write"
+            assert time.monotonic() < deadline, "no worker reached long0's 5th write"
+            time.sleep(0.05)
+        victim_pid = int(marker.read_text())
+        assert victim_pid in pids.values()
+        os.kill(victim_pid, signal.SIGKILL)  # that worker process dies with its video half-written
+        root = zarr.open_group(str(store), mode="r")
+        assert st.video_info(root, "long0")["status"] == "incomplete"
+        run.join(timeout=300)
+    finally:
+        release.touch()
+        client.run(_unhold)
     assert not run.is_alive() and [r.status for r in outcome[0].results] == ["complete", "complete"]
     _assert_stores_equal(tmp_path / "single.zarr", store)
     client.wait_for_workers(2, timeout=60)  # the nanny restarted it, for the tests after this one
-    assert pids[victim] not in client.run(os.getpid).values()
+    assert victim_pid not in client.run(os.getpid).values()
 
 
 def test_bad_scheduler_is_one_line(tmp_path, four_videos):

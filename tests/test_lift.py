@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -55,13 +56,98 @@ def test_output_doubles_grid_for_each_patch_size(patch):
     assert out2.shape == (2, 64, 4 * h, 4 * w)
 
 
-def test_iterations_upsample_the_image_between_passes():
-    lift = LiFT(32, 16).eval()
-    x, f = torch.randn(1, 3, 32, 32), torch.randn(1, 32, 2, 2)
+# ---- the forward against the paper's module, written here from DESIGN.md "LiFT module" ---------
+
+
+def _paper_lift(state: dict, images: torch.Tensor, feats: torch.Tensor, patch: int) -> torch.Tensor:
+    """The released LiFT forward, functionally, from its state dict (eval-mode BN): image_convs_1
+    (two Conv 3x3 s2 + BN + ReLU) -> scale_adapter (MaxPool 2 for p16, identity for p8) ->
+    image_convs_2 (Conv 3x3 s2 + BN + ReLU); cat(ViT features, image_convs_2) -> up1.up
+    (ConvTranspose 2x2 s2) -> cat(that, scale-adapted image features) -> up1.conv_1 (two Conv 3x3
+    no bias + BN + ReLU) -> outc (Conv 1x1)."""
+    def bn_relu(x, name):
+        mean, var = state[f"{name}.running_mean"], state[f"{name}.running_var"]
+        x = (x - mean[:, None, None]) / torch.sqrt(var[:, None, None] + 1e-5)
+        return torch.relu(x * state[f"{name}.weight"][:, None, None] + state[f"{name}.bias"][:, None, None])
+
+    def conv(x, name, stride=1, padding=1, bias=True):
+        return torch.nn.functional.conv2d(x, state[f"{name}.weight"], state[f"{name}.bias"] if bias else None,
+                                          stride=stride, padding=padding)
+
+    imgs_1 = bn_relu(conv(images, "image_convs_1.0", stride=2), "image_convs_1.1")
+    imgs_1 = bn_relu(conv(imgs_1, "image_convs_1.3", stride=2), "image_convs_1.4")
+    if patch == 16:
+        imgs_1 = torch.nn.functional.max_pool2d(imgs_1, 2, 2)
+    imgs_2 = bn_relu(conv(imgs_1, "image_convs_2.0", stride=2), "image_convs_2.1")
+    x = torch.cat([feats, imgs_2], dim=1)  # ViT features first
+    x = torch.nn.functional.conv_transpose2d(x, state["up1.up.weight"], state["up1.up.bias"], stride=2)
+    x = torch.cat([x, imgs_1], dim=1)  # upsampled first, then the image features
+    x = bn_relu(conv(x, "up1.conv_1.double_conv.0", bias=False), "up1.conv_1.double_conv.1")
+    x = bn_relu(conv(x, "up1.conv_1.double_conv.3", bias=False), "up1.conv_1.double_conv.4")
+    return conv(x, "outc", padding=0)
+
+
+def _random_state(lift: LiFT, seed: int) -> dict:
+    """Every parameter and BN statistic random (no identity BN, no zero bias to hide behind)."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for k, v in lift.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            state[k] = v
+        elif k.endswith("running_var"):
+            state[k] = torch.rand(v.shape, generator=g) + 0.5
+        else:
+            state[k] = torch.randn(v.shape, generator=g) * (0.3 if v.ndim > 1 else 0.5)
+    return state
+
+
+@pytest.mark.parametrize("patch", [16, 8])
+def test_forward_equals_the_papers_module(patch):
+    channels, (h, w) = 48, (3, 4)
+    lift = LiFT(channels, patch)
+    state = _random_state(lift, seed=patch)
+    lift.load_state_dict(state)
+    lift.eval().double()  # float64: the two summation orders then agree to ~1e-12, not ~1e-5
+    state = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
+    g = torch.Generator().manual_seed(1)
+    images = torch.randn(2, 3, h * patch, w * patch, generator=g, dtype=torch.float64)
+    feats = torch.randn(2, channels, h, w, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        once = lift(x, f)
-        x2 = torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        torch.testing.assert_close(lift_features(lift, x, f, 2), lift(x2, once))
+        ours = lift(images, feats)
+        paper = _paper_lift(state, images, feats, patch)
+    assert ours.shape == paper.shape == (2, channels, 2 * h, 2 * w)
+    torch.testing.assert_close(ours, paper, rtol=1e-9, atol=1e-9)
+
+
+def _bilinear_up2(x: np.ndarray) -> np.ndarray:
+    """2x bilinear upsampling, half-pixel centres (align_corners=False), edges clamped, written out:
+    output 2k blends inputs k-1 and k as 1/4 : 3/4, output 2k+1 inputs k and k+1 as 3/4 : 1/4."""
+    def along(a, axis):
+        a = np.moveaxis(a, axis, -1)
+        prev = np.concatenate([a[..., :1], a[..., :-1]], axis=-1)
+        nxt = np.concatenate([a[..., 1:], a[..., -1:]], axis=-1)
+        out = np.empty((*a.shape[:-1], 2 * a.shape[-1]), a.dtype)
+        out[..., 0::2] = 0.25 * prev + 0.75 * a
+        out[..., 1::2] = 0.75 * a + 0.25 * nxt
+        return np.moveaxis(out, -1, axis)
+    return along(along(x, -1), -2)
+
+
+def test_iterations_run_the_module_again_on_the_image_upsampled_twice():
+    lift = LiFT(32, 16)
+    state = _random_state(lift, seed=3)
+    lift.load_state_dict(state)
+    lift.eval().double()
+    state = {k: v.double() if v.is_floating_point() else v for k, v in state.items()}
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1, 3, 32, 48, generator=g, dtype=torch.float64)
+    f = torch.randn(1, 32, 2, 3, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        once = _paper_lift(state, x, f, 16)
+        twice = _paper_lift(state, torch.from_numpy(_bilinear_up2(x.numpy())), once, 16)
+        ours = lift_features(lift, x, f, 2)
+    assert ours.shape == (1, 32, 8, 12)
+    torch.testing.assert_close(ours, twice, rtol=1e-9, atol=1e-9)
 
 
 def test_liftvid_checkpoint_round_trip_and_mismatches(tmp_path):

@@ -2,13 +2,14 @@
 definitions), and the evaluation of a results folder against a DAVIS tree."""
 
 import csv
+import math
 
 import numpy as np
 import pytest
 
 from liftvid.io.masks import write_mask
 from liftvid.io.tables import write_davis_csv
-from liftvid.ops.metrics import db_eval_boundary, db_eval_iou, db_statistics, evaluate_sequence, seg2bmap
+from liftvid.ops.metrics import db_eval_boundary, db_eval_iou, db_statistics, dilate_disk, evaluate_sequence, seg2bmap
 from liftvid.pipelines.evaluate import evaluate_davis
 
 
@@ -97,3 +98,73 @@ def test_evaluate_davis_folder_csv_and_missing_sequence(tmp_path):
     rows = list(csv.DictReader(g_path.open()))
     assert float(rows[0]["J-Mean"]) == pytest.approx(0.5)
     assert [r["Sequence"] for r in csv.DictReader(s_path.open())] == ["s1_1"]
+
+
+# ---- the tolerance disk at DAVIS's 480p sizes, against scipy ------------------------------------
+
+
+def _skimage_disk(radius: int) -> np.ndarray:
+    """skimage.morphology.disk(radius): the pixels with dy² + dx² ≤ radius² (the toolkit's element)."""
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    return yy ** 2 + xx ** 2 <= radius ** 2
+
+
+@pytest.mark.parametrize("shape, radius", [((480, 854), 8), ((480, 910), 9)])
+def test_dilate_disk_at_the_480p_radii_equals_scipy(shape, radius):
+    """The toolkit's tolerance at 480p: ceil(0.008 · diagonal) = ceil(7.84) = 8 for 480×854 (most
+    sequences), ceil(8.23) = 9 for 480×910. Boundary-like sparse masks, pixels near every edge."""
+    from scipy.ndimage import binary_dilation
+
+    assert math.ceil(0.008 * math.hypot(*shape)) == radius  # the radius db_eval_boundary uses here
+    rng = np.random.default_rng(13)
+    masks = rng.random((2, *shape)) < 0.002
+    masks[0, 0, 0] = masks[0, -1, -1] = masks[1, 3, -2] = masks[1, -5, 1] = True  # corners: clipping
+    masks[1, 200:203, 400:700] = True  # a thick segment
+    ours = dilate_disk(masks, radius)
+    expected = np.stack([binary_dilation(m, structure=_skimage_disk(radius), border_value=0) for m in masks])
+    assert ours.dtype == bool and ours.shape == masks.shape
+    np.testing.assert_array_equal(ours, expected)
+
+
+def test_f_at_480p_uses_the_eight_pixel_disk():
+    """A 480×854 block shifted by 8 columns is matched fully (every boundary pixel within the disk),
+    by 9 columns not: the vertical edges (480 − 100 rows each side) then fall outside it."""
+    gt = block((480, 854), (100, 300), (200, 500))
+    assert db_eval_boundary(gt, block((480, 854), (100, 300), (208, 508))) == pytest.approx(1.0)
+    assert db_eval_boundary(gt, block((480, 854), (100, 300), (209, 509))) < 0.99
+
+
+# ---- void pixels (255) through evaluate_davis ---------------------------------------------------
+
+
+def _indexed_png(path, ids: np.ndarray) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = Image.fromarray(ids.astype(np.uint8), mode="L").convert("P")
+    image.putpalette([0, 0, 0, 128, 0, 0] + [0, 0, 0] * 253 + [224, 224, 192])
+    image.save(path)
+
+
+def test_void_pixels_count_as_background_as_the_toolkit_reads_them(tmp_path):
+    """DAVIS annotations mark uncertain pixels 255 (void). The 2017 toolkit's semi-supervised
+    evaluation reads them as background (get_all_masks sets them to 0 and passes no void mask to
+    J), so a prediction covering void is a false positive and void never makes an object."""
+    davis, results = tmp_path / "DAVIS", tmp_path / "res"
+    gt = np.zeros((3, 8, 8), np.uint8)
+    gt[:, 2:6, 2:6] = 1  # 16 pixels of object 1
+    gt[:, 0, :] = 255  # a void band along the top, in every frame, the first included
+    gt[1, 6, 2:6] = 255  # and a void row under the object in the scored frame
+    for t, m in enumerate(gt):
+        _indexed_png(davis / "Annotations" / "480p" / "s" / f"{t:05d}.png", m)
+    pred = np.zeros((3, 8, 8), np.uint8)
+    pred[:, 2:7, 2:6] = 1  # the object and the void row below it: 20 pixels
+    pred[1, 0, 0:4] = 1  # and 4 pixels of the top void band
+    for t, m in enumerate(pred):
+        write_mask(results / "s" / f"{t:05d}.png", m)
+    report = evaluate_davis(results, davis, sequences=["s"])
+    assert not report.missing
+    assert [o.object_id for o in report.objects] == [1]  # void (255) is not an object id
+    # frame 1 only (not the first, not the last): intersection 16, union 16 + 4 + 4 = 24
+    np.testing.assert_allclose(report.objects[0].j, [16 / 24])
+    assert report.overall()["J-Mean"] == pytest.approx(2 / 3)

@@ -458,7 +458,7 @@ def _pending_sources(root, sources: list[VideoSource], summary: ExtractSummary,
     todo = []
     for source in sources:
         source_key = str(source.path)
-        video_id = st.resolve_video_id(root, st.safe_group_name(source.video_id), source_key)
+        video_id = st.resolve_video_id(root, source.video_id, source_key)  # maps Zarr-reserved names
         if st.video_status(root, video_id) == st.COMPLETE and st.check_video_intact(root, video_id) is None:
             result = VideoResult(video_id, source_key, "skipped", int(root[video_id]["features"].shape[0]))
             summary.results.append(result)

@@ -378,6 +378,8 @@ def safe_group_name(name: str) -> str:
     ``zarr.*``, names starting with ``.`` or ``__``, or holding a ``/`` or ``\\`` get the
     suffix ``-video`` (slashes become ``_``). Deterministic, so a rerun finds its group."""
     clean = name.replace("/", "_").replace("\\", "_")
+    if clean == name and name.endswith(SAFE_NAME_SUFFIX) and len(name) > len(SAFE_NAME_SUFFIX):
+        return name  # already safe: the mapping is idempotent
     if (clean != name or not clean or clean in _RESERVED_NAMES or clean.startswith((".", "__", "zarr."))
             or clean.lower() in _RESERVED_NAMES):
         return f"{clean}{SAFE_NAME_SUFFIX}"

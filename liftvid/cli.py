@@ -193,9 +193,68 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
         style = {"complete": "green", "failed": "red"}.get(video.status, "yellow")
         label = f"[{style}]{escape(video.status)}[/]" + (f": {escape(video.error)}" if video.error else "")
         table.add_row(escape(video.video_id), frames, shape_text, src, size, label)
+    for name, error in summary.damaged.items():
+        table.add_row(escape(name), "-", "-", "-", "-", f"[red]damaged[/]: {escape(error)}")
     out.print(table)
     n = len(summary.videos)
     out.print(f"{n} video{'s' if n != 1 else ''}, {summary.complete} complete")
+
+
+@app.command()
+def verify(
+    store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path or URL).", show_default=False)],
+    video: Annotated[Optional[list[str]], typer.Option(help="Check only this video (repeatable).")] = None,
+    mark: Annotated[bool, typer.Option("--mark", help="Mark damaged videos 'damaged' so that the next `liftvid extract` redoes them.")] = False,
+) -> None:
+    """Check every complete video: chunks present, checksums by reading every chunk, shapes against attrs.
+
+    Prints OK or what is damaged per video, and the command that redoes it; exit 1 when anything is damaged.
+    """
+    from rich.markup import escape
+
+    from .io import store as st
+
+    try:
+        root = st.open_root(store)
+        damaged_meta = st.damaged_groups(root)
+        videos = st.list_videos(root)
+        if video:
+            unknown = [v for v in video if v not in videos and v not in damaged_meta]
+            if unknown:
+                fail(f"{store}: no complete video {', '.join(map(repr, unknown))}")
+            videos = [v for v in videos if v in video]
+            damaged_meta = {k: v for k, v in damaged_meta.items() if k in video}
+    except ValueError as exc:
+        fail(str(exc))
+    out = console()
+    bad: dict[str, list[str]] = {name: [error] for name, error in damaged_meta.items()}
+    for vid in videos:
+        problems = st.verify_video(root, vid)
+        if problems:
+            bad[vid] = problems
+        else:
+            out.print(f"[green]OK[/] {escape(vid)}")
+    for vid, problems in sorted(bad.items()):
+        out.print(f"[red]damaged[/] {escape(vid)}: {escape(problems[0])}")
+        for line in problems[1:]:
+            out.print(f"  {escape(line)}")
+        if vid in damaged_meta:
+            out.print(f"  redo: rerun `liftvid extract` with its video on {escape(store)} (a damaged group is redone)")
+        else:
+            out.print(f"  redo: {escape(st.redo_command(root, vid))}")
+    if mark and bad:
+        with st.StoreLock(store):
+            writable = st.open_root(store, mode="a")
+            for vid, problems in bad.items():
+                if vid not in damaged_meta:  # damaged metadata: extract redoes it already
+                    info = st.video_info(writable, vid)
+                    info.update(status=st.DAMAGED, error="; ".join(problems)[:500])
+                    writable[vid].attrs[st.ATTRS_KEY] = info
+        out.print(f"marked {len(bad)} video{'s' if len(bad) != 1 else ''} damaged; `liftvid extract` redoes them")
+    n = len(videos) + len(damaged_meta)
+    out.print(f"{n - len(bad)} of {n} video{'s' if n != 1 else ''} OK")
+    if bad:
+        raise typer.Exit(1)
 
 
 @app.command()

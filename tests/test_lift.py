@@ -175,7 +175,7 @@ def test_unreadable_checkpoints(tmp_path):
     with pytest.raises(LiftCheckpointError, match="missing.pt: LiFT checkpoint not found"):
         load_lift_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"\x00\x01junk")
-    with pytest.raises(LiftCheckpointError, match="junk.pt: cannot read LiFT checkpoint"):
+    with pytest.raises(LiftCheckpointError, match="junk.pt: not a LiFT checkpoint: not a readable"):
         load_lift_checkpoint(tmp_path / "junk.pt")
     torch.save({"foo": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(LiftCheckpointError, match="other.pt: not a LiFT checkpoint"):

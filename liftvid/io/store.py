@@ -28,6 +28,17 @@ FEATURE_DIMS = ("frame", "y", "x", "channel")
 TARGET_CHUNK_BYTES = 4 << 20  # a few MB along T: big enough for throughput, small for one-frame reads
 
 COMPLETE, INCOMPLETE, FAILED = "complete", "incomplete", "failed"
+DAMAGED = "damaged"  # set by `liftvid verify --mark`: the next extract redoes the video
+# arrays every video group has; anything else in the group (masks, tracks…) is a command's result
+CORE_ARRAYS = ("features", "frame_index", "timestamps")
+
+# schema versions this liftvid reads, and the configuration entries reading a store needs
+KNOWN_SCHEMA_VERSIONS = (1,)
+_REQUIRED_KEYS = ("schema_version", "backbone", "preprocessing", "feature_dtype", "feature_stride")
+# names Zarr itself uses inside a group's folder (and zarr.<hex>.partial temporaries), which a video
+# group must never take; zarr v3 also reserves names starting with "__"
+_RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"})  # "c" is free: groups have no chunks
+SAFE_NAME_SUFFIX = "-video"
 
 # configuration entries that must agree between runs appending to one store
 _IDENTITY_KEYS = ("backbone", "lift", "preprocessing", "feature_dtype", "feature_stride")
@@ -85,13 +96,49 @@ def _missing_backend(path, exc: ImportError) -> StoreError:
                       f"{str(exc).splitlines()[0]}{extra.get(scheme, '')}")
 
 
+def _metadata_file(path, group: str = "") -> str:
+    """The ``zarr.json`` of the root (or of ``group``) of the store at ``path``, for messages."""
+    return f"{str(path).rstrip('/')}/{group + '/' if group else ''}zarr.json"
+
+
+def _bad_metadata(path, exc: Exception, group: str = "") -> StoreError:
+    return StoreError(f"{_metadata_file(path, group)}: damaged Zarr metadata, not readable JSON "
+                      f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'empty'})")
+
+
+def check_config(path, config: Any, require: tuple[str, ...] = _REQUIRED_KEYS) -> dict:
+    """The store's ``attrs["liftvid"]``, checked: a schema version this liftvid reads and the
+    entries in ``require``.
+
+    Raises:
+        StoreError: an unknown or missing ``schema_version``, or a missing entry (one line naming
+            the store's ``zarr.json``).
+    """
+    where = _metadata_file(path)
+    if not isinstance(config, dict):
+        raise StoreError(f"{where}: attrs['liftvid'] is {type(config).__name__}, not a liftvid configuration")
+    version = config.get("schema_version")
+    if isinstance(version, bool) or version not in KNOWN_SCHEMA_VERSIONS:
+        shown = "missing" if "schema_version" not in config else repr(version)
+        raise StoreError(f"{where}: liftvid store schema_version {shown}; this liftvid reads "
+                         f"{', '.join(map(str, KNOWN_SCHEMA_VERSIONS))} (a newer liftvid, or not a liftvid store)")
+    missing = [k for k in require if k not in config]
+    if missing:
+        raise StoreError(f"{where}: the liftvid configuration lacks {', '.join(map(repr, missing))}; "
+                         "the store is damaged or was not written by `liftvid extract`")
+    return config
+
+
 def open_root(path: str | os.PathLike, mode: str = "r"):
     """Open the store's root group (a local path or an fsspec URL such as ``memory://x``).
 
     Raises:
-        StoreError: ``mode="r"`` and there is no liftvid store at ``path``, or the URL's fsspec
-            backend (s3fs for ``s3://``) is not installed.
+        StoreError: ``mode="r"`` and there is no liftvid store at ``path``, its root metadata is
+            damaged, its schema version unknown or its configuration incomplete; or the URL's
+            fsspec backend (s3fs for ``s3://``) is not installed.
     """
+    import json
+
     import zarr
 
     target = zarr_target(path)
@@ -102,13 +149,18 @@ def open_root(path: str | os.PathLike, mode: str = "r"):
             raise _missing_backend(path, exc) from None
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
             raise StoreError(f"{path}: no liftvid store here (run `liftvid extract … {path}` first)") from None
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, ValueError) as exc:
+            raise _bad_metadata(path, exc) from None
         if ATTRS_KEY not in root.attrs:
             raise StoreError(f"{path}: a Zarr group, but not a liftvid store (no attrs['liftvid'])")
+        check_config(path, root.attrs[ATTRS_KEY])
         return root
     try:
         return zarr.open_group(target, mode=mode, zarr_format=3)
     except ImportError as exc:
         raise _missing_backend(path, exc) from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise _bad_metadata(path, exc) from None
 
 
 def read_config(root) -> dict:
@@ -141,7 +193,8 @@ def _remove_stray_temporaries(path) -> None:
     if local is None or not local.is_dir():
         return
     for stray in [*local.glob("zarr.*.partial"), *local.glob("*/zarr.*.partial")]:
-        stray.unlink(missing_ok=True)
+        if stray.is_file():  # never a video group's folder
+            stray.unlink(missing_ok=True)
 
 
 def init_store(path: str | os.PathLike, config: dict, overwrite: bool = False):
@@ -163,9 +216,15 @@ def init_store(path: str | os.PathLike, config: dict, overwrite: bool = False):
     except ImportError as exc:
         raise _missing_backend(path, exc) from None
     except Exception as exc:
+        import json
+
+        if isinstance(exc, (json.JSONDecodeError, UnicodeDecodeError)):
+            raise _bad_metadata(path, exc) from None
         raise StoreError(f"{path}: cannot open or create a Zarr store: {str(exc).splitlines()[0][:160]}") from None
     _remove_stray_temporaries(path)
     existing = root.attrs.get(ATTRS_KEY)
+    if existing is not None and not overwrite:
+        check_config(path, existing, require=())
     if existing is not None:
         diff = _first_difference(_identity(existing), _identity(config))
         if diff is None:
@@ -187,8 +246,13 @@ class StoreLock:
 
     The lock is an ``flock`` on a hidden file beside the store (``.out.zarr.lock``; inside the
     store Zarr would list it as a stray node). The kernel drops it when the process dies, even by
-    SIGKILL, so a killed run never leaves a stale lock. URL stores are not locked.
+    SIGKILL, so a killed run never leaves a stale lock (the file stays; the next run takes it
+    over). A clean release deletes the file while still holding the lock; a run that opened the
+    file just before it went checks after locking that the file it holds is still the one at the
+    path (same inode), and otherwise starts again on the new one. URL stores are not locked.
     """
+
+    _ATTEMPTS = 50  # a release deleting the file between our open and flock: retry on the new one
 
     def __init__(self, path: str | os.PathLike):
         local = local_path(path)
@@ -202,21 +266,37 @@ class StoreLock:
         import socket
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
-            os.close(fd)
-            raise StoreError(f"{self.path.with_name(self.path.name[1:-5])}: being written by {holder} "
-                             f"(lock {self.path}); wait for that run to finish") from None
+        for _ in range(self._ATTEMPTS):
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+                os.close(fd)
+                raise StoreError(f"{self.path.with_name(self.path.name[1:-5])}: being written by {holder} "
+                                 f"(lock {self.path}); wait for that run to finish") from None
+            try:
+                same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # a releasing run deleted the file we locked: lock the one at the path now
+        else:
+            raise StoreError(f"{self.path}: the lock file keeps being replaced; is another run starting and stopping?")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"liftvid extract pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
         self._fd = fd
         return self
 
     def release(self) -> None:
+        """Delete the lock file (while still holding the lock), then drop the lock."""
         if self._fd is not None:
+            try:
+                if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
+                    os.unlink(self.path)
+            except OSError:
+                pass  # already gone, or a read-only folder: the lock still drops with the close
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
@@ -232,16 +312,87 @@ def video_info(root, video_id: str) -> dict:
     return dict(root[video_id].attrs.get(ATTRS_KEY, {}))
 
 
+def store_label(root) -> str:
+    """The store's path (local) or URL-ish description, for messages."""
+    from zarr.storage import LocalStore
+
+    store = root.store
+    if isinstance(store, LocalStore):
+        return str(Path(store.root) / root.path) if root.path else str(store.root)
+    return str(getattr(store, "path", None) or store)
+
+
+def _sync(coroutine):
+    from zarr.core.sync import sync
+
+    return sync(coroutine)
+
+
+def _child_names(root) -> list[str]:
+    """Names directly under the root, read from the store's listing (not from the children's
+    metadata, so that one damaged ``zarr.json`` does not hide the others)."""
+    async def names():
+        return [name async for name in root.store.list_dir(root.path)]
+
+    return sorted(n for n in _sync(names()) if n != "zarr.json" and not (n.startswith("zarr.") and n.endswith(".partial")))
+
+
+def _open_child(root, name: str):
+    """``(group or None, error or None)``: None, None for a name that is no group (a stray file)."""
+    import zarr
+
+    try:
+        node = root[name]
+    except KeyError:
+        return None, None
+    except Exception as exc:  # JSONDecodeError, a metadata document Zarr refuses…
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'empty'}"
+    return (node, None) if isinstance(node, zarr.Group) else (None, None)
+
+
+def video_status(root, video_id: str) -> str | None:
+    """The video's recorded status, or None when there is no such group or its metadata is damaged."""
+    group, _ = _open_child(root, video_id)
+    info = None if group is None else group.attrs.get(ATTRS_KEY)
+    return info.get("status") if isinstance(info, dict) else None
+
+
+def damaged_groups(root) -> dict[str, str]:
+    """``{name: error}`` of the groups under the root whose metadata cannot be read (a damaged
+    ``<video>/zarr.json``): every other command skips them; ``extract`` redoes them."""
+    out = {}
+    for name in _child_names(root):
+        _, error = _open_child(root, name)
+        if error is not None:
+            out[name] = f"{store_label(root)}/{name}/zarr.json: damaged Zarr metadata ({error})"
+    return out
+
+
 def list_videos(root, status: str | None = COMPLETE) -> list[str]:
-    """Video ids in the store, sorted; only those with ``status`` (``None`` = all)."""
+    """Video ids in the store, sorted; only those with ``status`` (``None`` = all). A group whose
+    metadata cannot be read is left out (see :func:`damaged_groups`)."""
     out = []
-    for name in sorted(root.group_keys()):
-        info = root[name].attrs.get(ATTRS_KEY)
-        if info is None:
+    for name in _child_names(root):
+        group, _ = _open_child(root, name)
+        info = None if group is None else group.attrs.get(ATTRS_KEY)
+        if not isinstance(info, dict):
             continue
         if status is None or info.get("status") == status:
             out.append(name)
     return out
+
+
+def safe_group_name(name: str) -> str:
+    """A video id that never collides with Zarr's own names: ``zarr.json``, ``.zattrs``… and
+    ``zarr.*``, names starting with ``.`` or ``__``, or holding a ``/`` or ``\\`` get the
+    suffix ``-video`` (slashes become ``_``). Deterministic, so a rerun finds its group."""
+    clean = name.replace("/", "_").replace("\\", "_")
+    if clean == name and name.endswith(SAFE_NAME_SUFFIX) and len(name) > len(SAFE_NAME_SUFFIX):
+        return name  # already safe: the mapping is idempotent
+    if (clean != name or not clean or clean in _RESERVED_NAMES or clean.startswith((".", "__", "zarr."))
+            or clean.lower() in _RESERVED_NAMES):
+        return f"{clean}{SAFE_NAME_SUFFIX}"
+    return clean
 
 
 def _same_source(recorded: str | None, source: str) -> bool:
@@ -257,11 +408,15 @@ def resolve_video_id(root, video_id: str, source: str) -> str:
 
     Deterministic across reruns, so a rerun finds the group it wrote before.
     """
+    video_id = safe_group_name(video_id)
+    names = set(_child_names(root))
     candidate, n = video_id, 1
-    while candidate in root:
-        info = root[candidate].attrs.get(ATTRS_KEY)
-        # no attrs: a group a killed run created but never described; it is ours to redo
-        if info is None or _same_source(info.get("source"), source):
+    while candidate in names:
+        group, error = _open_child(root, candidate)
+        info = None if group is None else group.attrs.get(ATTRS_KEY)
+        # no attrs: a group a killed run created but never described; damaged metadata: a group
+        # that can only be redone; either is ours to redo
+        if not isinstance(info, dict) or _same_source(info.get("source"), source):
             break
         n += 1
         candidate = f"{video_id}-{n}"
@@ -298,16 +453,19 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
     Returns:
         The video's ``zarr.Group``.
     """
-    # overwrite: also clears what a killed run left of the group (even without its zarr.json); the
-    # attrs go in with the group's one metadata write, so no group ever exists without a status
+    # overwrite: also clears what a killed run left of the group (even without its zarr.json, or
+    # with a damaged one); the attrs go in with the group's one metadata write, so no group ever
+    # exists without a status
     group = root.create_group(video_id, overwrite=True,
                               attributes={ATTRS_KEY: {**info, "status": INCOMPLETE, "error": None}})
     h, w = grid_size
     t_chunk = min(max(n_frames, 1), t_chunk or chunk_frames(grid_size, channels, np.dtype(dtype).itemsize))
     layout = ({"chunks": (1, h, w, channels), "shards": (t_chunk, h, w, channels)} if shard
               else {"chunks": (t_chunk, h, w, channels)})
-    group.create_array("features", shape=(n_frames, h, w, channels), **layout,
-                       dtype=dtype, dimension_names=FEATURE_DIMS, compressors=compressors, fill_value=0)
+    # NaN fill: a chunk that is missing reads as NaN, which no feature is, instead of zeros
+    fill = np.nan if np.dtype(dtype).kind == "f" else 0
+    group.create_array("features", shape=(n_frames, h, w, channels), **layout, dtype=dtype,
+                       dimension_names=FEATURE_DIMS, compressors=checksummed(compressors), fill_value=fill)
     fi = group.create_array("frame_index", shape=(n_frames,), chunks=(max(n_frames, 1),), dtype="int64",
                             dimension_names=("frame",), fill_value=-1)
     ts = group.create_array("timestamps", shape=(n_frames,), chunks=(max(n_frames, 1),), dtype="float64",
@@ -316,6 +474,52 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
         fi[:] = np.asarray(frame_index, dtype=np.int64)
         ts[:] = np.asarray(timestamps, dtype=np.float64)
     return group
+
+
+def checksummed(compressors: Any = "auto") -> tuple:
+    """The bytes-to-bytes codecs of a feature array: ``compressors`` (``"auto"``: Zstd, Zarr's
+    default) followed by a CRC32C checksum of every stored chunk, so that a damaged chunk fails
+    to read instead of decoding to other numbers."""
+    from zarr.codecs import Crc32cCodec, ZstdCodec
+
+    if isinstance(compressors, str) and compressors == "auto":
+        compressors = (ZstdCodec(level=0, checksum=False),)
+    elif compressors is None:
+        compressors = ()
+    elif not isinstance(compressors, (list, tuple)):
+        compressors = (compressors,)
+    return (*(c for c in compressors if not isinstance(c, Crc32cCodec)), Crc32cCodec())
+
+
+def _storage_shape(array) -> tuple[int, ...]:
+    """Shape of one stored object of ``array``: its shard, or its chunk when it is not sharded."""
+    return tuple(getattr(array, "shards", None) or array.chunks)
+
+
+def _expected_keys(array) -> dict[str, tuple[slice, ...]]:
+    """``{store key: region}`` of every stored object (chunk or shard) a full array has."""
+    shape, size = array.shape, _storage_shape(array)
+    grid = tuple(-(-n // c) for n, c in zip(shape, size))
+    out = {}
+    for idx in np.ndindex(*grid):
+        key = array.metadata.encode_chunk_key(idx)
+        out[key] = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, size, shape))
+    return out
+
+
+def _stored_keys(array) -> set[str]:
+    """Keys of the chunks (or shards) of ``array`` present in the store (one listing)."""
+    prefix = f"{array.path}/"
+
+    async def keys():
+        return [k async for k in array.store.list_prefix(prefix)]
+
+    return {k[len(prefix):] for k in _sync(keys()) if k != f"{prefix}zarr.json"}
+
+
+def _frames_text(region: tuple[slice, ...]) -> str:
+    first, stop = region[0].start, region[0].stop
+    return f"frame {first}" if stop - first == 1 else f"frames {first}-{stop - 1}"
 
 
 def _local_dir(group) -> Path | None:
@@ -381,7 +585,9 @@ def mark_complete(group) -> None:
     (:func:`sync_group` before the status is written, and again after)."""
     sync_group(group)
     info = dict(group.attrs[ATTRS_KEY])
-    info.update(status=COMPLETE, error=None)
+    # what a reader checks the store against: the stored objects of each core array
+    stored = {name: len(_stored_keys(group[name])) for name in CORE_ARRAYS if name in group}
+    info.update(status=COMPLETE, error=None, stored_chunks=stored)
     group.attrs[ATTRS_KEY] = info
     folder = _local_dir(group)
     if folder is not None:
@@ -393,6 +599,147 @@ def mark_failed(root, video_id: str, info: dict, error: str) -> None:
     """Record a video that could not be extracted: a group with no arrays, status ``failed``."""
     root.create_group(video_id, overwrite=True,
                       attributes={ATTRS_KEY: {**info, "status": FAILED, "error": error}})
+
+
+def redo_command(root, video_id: str) -> str:
+    """The command that redoes one video of the store: ``liftvid verify --mark`` (so that
+    ``extract`` no longer skips it) then ``liftvid extract`` of its source with the options the
+    store was written with."""
+    import shlex
+
+    config = dict(root.attrs.get(ATTRS_KEY) or {})
+    label = store_label(root)
+    try:
+        info = video_info(root, video_id)
+    except Exception:
+        info = {}
+    bb, pre, lift = config.get("backbone") or {}, config.get("preprocessing") or {}, config.get("lift")
+    args = [str(info.get("source", "<its video>")), label]
+    if bb.get("name"):
+        args += ["--backbone", str(bb["name"])]
+    weights = str(bb.get("weights") or "")
+    if weights.startswith("random:seed="):
+        args += ["--weights", "random", "--seed", weights.split("=", 1)[1]]
+    elif weights and not weights.startswith("timm:"):
+        args += ["--weights", weights]
+    if bb.get("layer") is not None:
+        args += ["--layer", str(bb["layer"])]
+    if bb.get("facet"):
+        args += ["--facet", str(bb["facet"])]
+    if pre.get("resize"):
+        args += ["--resize", str(pre["resize"])]
+    if lift:
+        args += ["--lift", str(lift.get("checkpoint")), "--lift-iterations", str(lift.get("iterations", 1))]
+    sampling = info.get("sampling") or {}
+    if sampling.get("stride", 1) != 1:
+        args += ["--stride", str(sampling["stride"])]
+    if sampling.get("max_frames"):
+        args += ["--max-frames", str(sampling["max_frames"])]
+    extract = "liftvid extract " + " ".join(shlex.quote(a) for a in args)
+    return f"liftvid verify {shlex.quote(label)} --video {shlex.quote(video_id)} --mark && {extract}"
+
+
+def check_video_intact(root, video_id: str) -> str | None:
+    """A cheap check of a complete video (one listing per array, no chunk read): ``None``, or one
+    line saying what is damaged (a missing chunk, a stored-chunk count other than the one recorded
+    at completion, a damaged ``zarr.json``) and the command that redoes it. Corrupt chunk contents
+    are found by :func:`verify_video`, which reads them.
+    """
+    where = f"{store_label(root)}: video {video_id!r}"
+    group, error = _open_child(root, video_id)
+    if group is None:
+        return f"{where}: damaged Zarr metadata ({error or 'not a group'}); rerun `liftvid extract` to redo it"
+    problem = _missing_chunks(group)
+    if problem is None:
+        return None
+    return f"{where} is damaged: {problem}; redo it: {redo_command(root, video_id)}"
+
+
+def _missing_chunks(group) -> str | None:
+    recorded = (group.attrs.get(ATTRS_KEY) or {}).get("stored_chunks") or {}
+    for name in CORE_ARRAYS:
+        if name not in group:
+            return f"no {name} array"
+        array = group[name]
+        expected = _expected_keys(array)
+        present = _stored_keys(array)
+        missing = [k for k in expected if k not in present]
+        if missing and (name == "features" or name in recorded):
+            regions = ", ".join(_frames_text(expected[k]) for k in missing[:4]) + (" …" if len(missing) > 4 else "")
+            return f"{name}: {len(missing)} of {len(expected)} chunk(s) missing ({regions})"
+        if name in recorded and len(present & expected.keys()) != int(recorded[name]):
+            return f"{name}: {len(present & expected.keys())} chunk(s) stored, {recorded[name]} recorded at completion"
+    return None
+
+
+def _read_problems(name: str, array, features: bool) -> list[str]:
+    """Read every stored object of ``array``: checksum and decompression failures, and NaN (what
+    a missing feature chunk reads as) in features."""
+    out = []
+    present = _stored_keys(array)
+    for key, region in _expected_keys(array).items():
+        if key not in present:
+            continue
+        try:
+            block = np.asarray(array[region])
+        except Exception as exc:
+            out.append(f"{name} {_frames_text(region)} (chunk {key}): corrupt, unreadable "
+                       f"({type(exc).__name__}: {str(exc).splitlines()[0][:80] if str(exc) else ''})")
+            continue
+        if features and block.dtype.kind == "f" and np.isnan(block).any():
+            out.append(f"{name} {_frames_text(region)} (chunk {key}): holds NaN, the fill of missing data")
+    return out
+
+
+def verify_video(root, video_id: str) -> list[str]:
+    """Check one video of the store thoroughly: its metadata, that its arrays' shapes agree with
+    each other and with its attrs, that every chunk recorded is present, and, reading every
+    chunk, that each decodes and passes its checksum. Arrays other writers added (masks, tracks)
+    are read for decoding errors too.
+
+    Returns:
+        The problems found, one line each (empty: the video is intact).
+    """
+    group, error = _open_child(root, video_id)
+    if group is None:
+        return [f"{video_id}/zarr.json: damaged Zarr metadata ({error or 'not a group'})"]
+    info = dict(group.attrs.get(ATTRS_KEY) or {})
+    if info.get("status") != COMPLETE:
+        return [f"status {info.get('status', 'missing')!r}, not complete"
+                + (f" ({info['error']})" if info.get("error") else "")]
+    problems = []
+    missing_arrays = [n for n in CORE_ARRAYS if n not in group]
+    if missing_arrays:
+        return [f"no {', '.join(missing_arrays)} array"]
+    feats, fi, ts = (group[n] for n in CORE_ARRAYS)
+    if feats.ndim != 4:
+        return [f"features have shape {feats.shape}, not (frame, y, x, channel)"]
+    T, h, w, c = feats.shape
+    for name, arr in (("frame_index", fi), ("timestamps", ts)):
+        if arr.shape != (T,):
+            problems.append(f"{name} has shape {arr.shape}, features {T} frames")
+    if "grid_size" in info and list(info["grid_size"]) != [h, w]:
+        problems.append(f"features are on a {h}x{w} grid, the attrs record {info['grid_size']}")
+    channels = ((root.attrs.get(ATTRS_KEY) or {}).get("backbone") or {}).get("channels")
+    if channels is not None and int(channels) != c:
+        problems.append(f"features have {c} channels, the store's backbone {channels}")
+    if "stored_chunks" not in info:
+        problems.append("no chunk count recorded at completion (written by an older liftvid)")
+    missing = _missing_chunks(group)
+    if missing:
+        problems.append(missing)
+    problems += _read_problems("features", feats, features=True)
+    for name, arr in (("frame_index", fi), ("timestamps", ts)):
+        problems += _read_problems(name, arr, features=False)
+    if not problems and T and (np.asarray(fi[:]) < 0).any():
+        problems.append("frame_index holds -1, the fill of missing data")
+    for name, arr in sorted(group.arrays()):
+        if name not in CORE_ARRAYS:
+            problems += _read_problems(name, arr, features=False)
+    for sub_name, sub in sorted(group.groups()):
+        for name, arr in sorted(sub.arrays()):
+            problems += _read_problems(f"{sub_name}/{name}", arr, features=False)
+    return problems
 
 
 def stored_bytes(group) -> int:
@@ -414,6 +761,30 @@ def local_path(path: str | os.PathLike) -> Path | None:
     return None if is_url(text) else Path(text)
 
 
+class DamagedChunkError(StoreError):
+    """A chunk that fails its checksum or does not decode, named by store, video and array."""
+
+
+class NamedReads:
+    """A Zarr array whose read failures (a CRC32C mismatch, a Zstd error) are re-raised as one
+    :class:`DamagedChunkError` naming the store, the video, the array and the region read."""
+
+    def __init__(self, array, where: str):
+        self.array, self.where = array, where
+        self.shape, self.dtype, self.ndim, self.chunks = array.shape, array.dtype, array.ndim, array.chunks
+
+    def __getitem__(self, region):
+        try:
+            return self.array[region]
+        except Exception as exc:
+            first = region[0] if isinstance(region, tuple) and region else region
+            span = (f" frames {first.start}-{first.stop - 1}" if isinstance(first, slice) and first.stop
+                    else "")
+            detail = str(exc).splitlines()[0][:100] if str(exc) else ""
+            raise DamagedChunkError(f"{self.where}/{self.array.basename}{span}: a damaged chunk "
+                                    f"({type(exc).__name__}: {detail}); `liftvid verify` lists the damage") from None
+
+
 @dataclass(frozen=True)
 class VideoSummary:
     """One video group as ``liftvid info`` lists it."""
@@ -433,6 +804,7 @@ class StoreSummary:
     path: str
     config: dict
     videos: list[VideoSummary]
+    damaged: dict[str, str]  # group → why its metadata cannot be read
 
     @property
     def complete(self) -> int:
@@ -454,4 +826,4 @@ def summarize_store(path: str | os.PathLike) -> StoreSummary:
         videos.append(VideoSummary(vid, meta.get("status", "?"), meta.get("error"),
                                    tuple(group["features"].shape) if has else None,
                                    tuple(meta.get("source_size", [])), stored_bytes(group) if has else None))
-    return StoreSummary(str(path), read_config(root), videos)
+    return StoreSummary(str(path), read_config(root), videos, damaged_groups(root))

@@ -156,6 +156,64 @@ class TapVidVideo:
             yield np.asarray(frame, np.uint8)
 
 
+# the globals a TAP-Vid pickle may name: numpy's array, dtype and scalar reconstructors under their
+# numpy 1 (numpy.core) and numpy 2 (numpy._core) paths, for protocols 0-5 (5 rebuilds arrays through
+# _frombuffer), and _codecs.encode (protocols 0-2 store bytes as latin-1 text)
+_TAPVID_GLOBALS = frozenset({
+    *((core, name) for core in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "ndarray"), ("numpy._core.multiarray", "ndarray"),
+    ("_codecs", "encode"),
+})
+_TAPVID_REFUSAL = "a TAP-Vid pickle holds only arrays, lists, dicts, strings and numbers"
+
+
+class UnsafePickleError(ValueError):
+    """A pickle that names a global outside what a TAP-Vid file holds (it could run code)."""
+
+
+def _latin1_encode(text, encoding="latin1", errors="strict"):
+    """``_codecs.encode`` as protocols 0-2 use it for bytes, and nothing else."""
+    if not isinstance(text, str) or encoding.replace("-", "").lower() not in ("latin1", "iso88591"):
+        raise UnsafePickleError(f"_codecs.encode with {encoding!r}")
+    return text.encode("latin1", errors)
+
+
+def safe_load_pickle(path: str | Path):
+    """Load a pickle that may hold only dicts, lists, tuples, str, bytes, numbers, bool, None and
+    numpy arrays, dtypes and scalars; it never imports or calls anything else, so a hostile file
+    cannot run code.
+
+    Raises:
+        UnsafePickleError: the pickle names any other global (the message names the file and it).
+        ValueError: not a readable pickle.
+    """
+    import importlib
+    import pickle
+
+    path = Path(path)
+
+    class _Restricted(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            if (module, name) == ("_codecs", "encode"):
+                return _latin1_encode
+            if (module, name) in _TAPVID_GLOBALS:
+                return getattr(importlib.import_module(module), name)
+            raise UnsafePickleError(f"{path}: refuses to load {module}.{name}: {_TAPVID_REFUSAL}")
+
+    try:
+        with path.open("rb") as f:
+            return _Restricted(f).load()
+    except UnsafePickleError as exc:
+        if str(exc).startswith(f"{path}:"):
+            raise
+        raise UnsafePickleError(f"{path}: refuses to load {exc}: {_TAPVID_REFUSAL}") from None
+    except Exception as exc:
+        raise ValueError(f"{path}: not a readable pickle ({type(exc).__name__}: {str(exc)[:160]})") from None
+
+
 def load_tapvid(path: str | Path, keep_video: bool = False) -> dict[str, TapVidVideo]:
     """Read a TAP-Vid pickle (DAVIS: a dict name → {video, points, occluded}; Kinetics/RGB-stacking:
     a list of such dicts, named by their index).
@@ -163,16 +221,10 @@ def load_tapvid(path: str | Path, keep_video: bool = False) -> dict[str, TapVidV
     Raises:
         ValueError: missing file or not TAP-Vid's format.
     """
-    import pickle
-
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such TAP-Vid pickle")
-    try:
-        with path.open("rb") as f:
-            data = pickle.load(f)
-    except Exception as exc:
-        raise ValueError(f"{path}: not a readable pickle ({type(exc).__name__}: {exc})") from None
+    data = safe_load_pickle(path)
     items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else None
     if items is None:
         raise ValueError(f"{path}: expected a dict or list of videos, got {type(data).__name__}")
@@ -187,6 +239,8 @@ def load_tapvid(path: str | Path, keep_video: bool = False) -> dict[str, TapVidV
             raise ValueError(f"{path}: video {name!r}: points {points.shape} / occluded {occluded.shape} "
                              "are not (N, T, 2) / (N, T)")
         video = entry["video"]
+        if not hasattr(video, "__len__") or len(video) == 0:
+            raise ValueError(f"{path}: video {name!r} has no frames ('video' is empty)")
         first = video[0]
         if isinstance(first, (bytes, bytearray)):
             import io

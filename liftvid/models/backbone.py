@@ -123,6 +123,24 @@ def _unwrap_state_dict(obj: object) -> dict[str, torch.Tensor]:
     return out
 
 
+def checkpoint_read_error(path: Path, exc: Exception, what: str) -> str:
+    """One line for a ``torch.load(weights_only=True)`` failure: a file that names a global no
+    checkpoint of weights holds (a pickle that could run code) is refused as such; an empty,
+    truncated or random file is not a checkpoint. Never suggests ``weights_only=False``."""
+    import re
+
+    text = str(exc)
+    if path.is_file() and path.stat().st_size == 0:
+        return f"{path}: not a {what}: the file is empty (0 bytes)"
+    if "Weights only load failed" in text:
+        named = re.search(r"GLOBAL ([\w.]+)", text)
+        if named:
+            return (f"{path}: refused: it names {named.group(1)}, which a {what} never holds "
+                    "(its pickle could run code); not loaded")
+        return f"{path}: not a {what}: not a readable PyTorch checkpoint of tensors (not loaded)"
+    return f"{path}: not a {what}: not a readable PyTorch checkpoint ({type(exc).__name__})"
+
+
 def load_weights_file(model: nn.Module, path: str | Path) -> None:
     """Load a local checkpoint (timm format, safetensors, or the DINO release ``.pth``) into ``model``.
 
@@ -145,7 +163,7 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
     except BackboneError as exc:
         raise BackboneError(f"{path}: {exc}") from None
     except Exception as exc:
-        raise BackboneError(f"{path}: cannot read weights: {str(exc).splitlines()[0][:160]}") from None
+        raise BackboneError(checkpoint_read_error(path, exc, "weights file")) from None
     # drop classification / DINO projection heads: we only use the trunk
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.", "head_drop."))}
     filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)

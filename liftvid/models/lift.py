@@ -158,7 +158,9 @@ def read_lift_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise LiftCheckpointError(f"{path}: cannot read LiFT checkpoint: {str(exc).splitlines()[0][:160]}") from None
+        from .backbone import checkpoint_read_error
+
+        raise LiftCheckpointError(checkpoint_read_error(path, exc, "LiFT checkpoint")) from None
     meta = {}
     if isinstance(raw, dict) and "state_dict" in raw and isinstance(raw["state_dict"], dict):
         meta = raw.get("liftvid") or {}

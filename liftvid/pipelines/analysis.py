@@ -12,13 +12,11 @@ from pathlib import Path
 import numpy as np
 
 from .. import jobs
-from ..io.store import (ATTRS_KEY, COMPLETE, FEATURE_DIMS, StoreError, list_videos, open_root, read_config,
-                        video_info)
+from ..io.store import (ATTRS_KEY, COMPLETE, CORE_ARRAYS, DAMAGED, FEATURE_DIMS, DamagedChunkError, NamedReads, StoreError,
+                        check_video_intact, damaged_groups, list_videos, open_root, read_config, video_info)
 from ..ops.geometry import cell_centres
 
 
-# arrays every video group has; anything else in the group (masks, tracks…) joins the Dataset as found
-_CORE_ARRAYS = ("features", "frame_index", "timestamps")
 # labels of small trailing dimensions that other writers use (track.py: positions (…, xy), queries (…, txy))
 _LABELLED_DIMS = {"xy": ["x", "y"], "txy": ["t", "x", "y"]}
 
@@ -30,10 +28,12 @@ class VideoNotFoundError(StoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-def _lazy(array):
-    """A Zarr array as a Dask array with the Zarr chunks, named by what it reads (no read here)."""
+def _lazy(array, where: str | None = None):
+    """A Zarr array as a Dask array with the Zarr chunks, named by what it reads (no read here).
+    With ``where`` (store and video), a chunk that fails to read raises
+    :class:`~liftvid.io.store.DamagedChunkError` naming them."""
     token = jobs.graph_token(str(array.store), array.path, array.shape, array.chunks, str(array.dtype))
-    return jobs.lazy_array(array, f"liftvid-{array.basename}-{token}")
+    return jobs.lazy_array(array if where is None else NamedReads(array, where), f"liftvid-{array.basename}-{token}")
 
 
 def _dims(array, prefix: str) -> tuple[str, ...]:
@@ -57,7 +57,7 @@ def _extra_variables(group) -> dict:
 
     out = {}
     for name, arr in sorted(group.arrays()):
-        if name not in _CORE_ARRAYS and finished(arr):
+        if name not in CORE_ARRAYS and finished(arr):
             out[name] = xr.Variable(_dims(arr, name), _lazy(arr), attrs=dict(arr.attrs.get(ATTRS_KEY) or {}))
     for sub_name, sub in sorted(group.groups()):
         if not finished(sub):
@@ -89,6 +89,7 @@ class FeatureStore:
         self.config = read_config(root)
         self._all = {vid: video_info(root, vid) for vid in list_videos(root, status=None)}
         self.videos = [vid for vid, info in self._all.items() if info.get("status") == COMPLETE]
+        self._all.update({vid: {"status": DAMAGED, "error": error} for vid, error in damaged_groups(root).items()})
 
     @property
     def failed(self) -> dict[str, str]:
@@ -117,6 +118,9 @@ class FeatureStore:
         import xarray as xr
 
         self._check(video_id)
+        damage = check_video_intact(self.root, video_id)
+        if damage:
+            raise DamagedChunkError(damage)
         group = self.root[video_id]
         info = self._all[video_id]
         features = group["features"]
@@ -128,7 +132,7 @@ class FeatureStore:
             "y": ("y", ys, {"units": "source px", "long_name": "row of the cell centre in the source frame"}),
             "x": ("x", xs, {"units": "source px", "long_name": "column of the cell centre in the source frame"}),
         }
-        variables = {"features": xr.Variable(FEATURE_DIMS, _lazy(features))}
+        variables = {"features": xr.Variable(FEATURE_DIMS, _lazy(features, f"{self.path}: video {video_id!r}"))}
         variables.update(_extra_variables(group))
         for dim, labels in _LABELLED_DIMS.items():
             if any(dim in v.dims for v in variables.values()):

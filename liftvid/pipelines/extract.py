@@ -406,12 +406,15 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
 
 def _pending_sources(root, sources: list[VideoSource], summary: ExtractSummary,
                      progress: ExtractProgress) -> list[tuple[VideoSource, str]]:
-    """Sources still to extract, with their group names; complete ones are reported as skipped."""
+    """Sources still to extract, with their group names; complete ones are reported as skipped.
+
+    Group names never take Zarr's own (``zarr.json.mp4`` → ``zarr.json-video``); a complete
+    group that lost chunks, or whose metadata is damaged, is redone."""
     todo = []
     for source in sources:
         source_key = str(source.path)
-        video_id = st.resolve_video_id(root, source.video_id, source_key)
-        if video_id in root and st.video_info(root, video_id).get("status") == st.COMPLETE:
+        video_id = st.resolve_video_id(root, source.video_id, source_key)  # maps Zarr-reserved names
+        if st.video_status(root, video_id) == st.COMPLETE and st.check_video_intact(root, video_id) is None:
             result = VideoResult(video_id, source_key, "skipped", int(root[video_id]["features"].shape[0]))
             summary.results.append(result)
             progress.video_finished(result)

@@ -110,6 +110,8 @@ def _check_video(root, video_id: str) -> tuple[Any, dict, np.ndarray]:
     if info.get("status") != st.COMPLETE:
         raise PropagateError(f"{video_id}: its features are {info.get('status', 'missing')} in the store"
                              + (f" ({info['error']})" if info.get("error") else "") + "; rerun `liftvid extract`")
+    if damage := st.check_video_intact(root, video_id):  # missing chunks read as NaN: refuse, do not propagate
+        raise PropagateError(damage)
     group = root[video_id]
     features = group["features"]
     frame_index = np.asarray(group["frame_index"][:])

@@ -102,6 +102,9 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
                 why = f"unknown video id {vid!r} (the store has: {known or 'no complete videos'})"
             skipped += [SkippedQuery(r.line, vid, r.query, why) for r in vrows]
             continue
+        if damage := st.check_video_intact(root, vid):  # missing chunks read as NaN: refuse the video
+            skipped += [SkippedQuery(r.line, vid, r.query, damage) for r in vrows]
+            continue
         info = st.video_info(root, vid)
         n_frames, h, w, _ = root[vid]["features"].shape
         source_size = tuple(int(v) for v in info["source_size"])

@@ -212,48 +212,25 @@ def verify(
     """
     from rich.markup import escape
 
-    from .io import store as st
+    from .io.store import verify_store
 
     try:
-        root = st.open_root(store)
-        damaged_meta = st.damaged_groups(root)
-        videos = st.list_videos(root)
-        if video:
-            unknown = [v for v in video if v not in videos and v not in damaged_meta]
-            if unknown:
-                fail(f"{store}: no complete video {', '.join(map(repr, unknown))}")
-            videos = [v for v in videos if v in video]
-            damaged_meta = {k: v for k, v in damaged_meta.items() if k in video}
+        report = verify_store(store, videos=video, mark=mark)
     except ValueError as exc:
         fail(str(exc))
     out = console()
-    bad: dict[str, list[str]] = {name: [error] for name, error in damaged_meta.items()}
-    for vid in videos:
-        problems = st.verify_video(root, vid)
-        if problems:
-            bad[vid] = problems
-        else:
-            out.print(f"[green]OK[/] {escape(vid)}")
-    for vid, problems in sorted(bad.items()):
-        out.print(f"[red]damaged[/] {escape(vid)}: {escape(problems[0])}")
-        for line in problems[1:]:
+    for vid in report.intact:
+        out.print(f"[green]OK[/] {escape(vid)}")
+    for vid, damage in sorted(report.damaged.items()):
+        out.print(f"[red]damaged[/] {escape(vid)}: {escape(damage.problems[0])}")
+        for line in damage.problems[1:]:
             out.print(f"  {escape(line)}")
-        if vid in damaged_meta:
-            out.print(f"  redo: rerun `liftvid extract` with its video on {escape(store)} (a damaged group is redone)")
-        else:
-            out.print(f"  redo: {escape(st.redo_command(root, vid))}")
-    if mark and bad:
-        with st.StoreLock(store):
-            writable = st.open_root(store, mode="a")
-            for vid, problems in bad.items():
-                if vid not in damaged_meta:  # damaged metadata: extract redoes it already
-                    info = st.video_info(writable, vid)
-                    info.update(status=st.DAMAGED, error="; ".join(problems)[:500])
-                    writable[vid].attrs[st.ATTRS_KEY] = info
-        out.print(f"marked {len(bad)} video{'s' if len(bad) != 1 else ''} damaged; `liftvid extract` redoes them")
-    n = len(videos) + len(damaged_meta)
-    out.print(f"{n - len(bad)} of {n} video{'s' if n != 1 else ''} OK")
-    if bad:
+        out.print(f"  redo: {escape(damage.redo)}")
+    if report.marked:
+        out.print(f"marked {report.marked} video{'s' if report.marked != 1 else ''} damaged; `liftvid extract` redoes them")
+    n = len(report.intact) + len(report.damaged)
+    out.print(f"{len(report.intact)} of {n} video{'s' if n != 1 else ''} OK")
+    if report.damaged:
         raise typer.Exit(1)
 
 

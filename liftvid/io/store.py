@@ -827,3 +827,59 @@ def summarize_store(path: str | os.PathLike) -> StoreSummary:
                                    tuple(group["features"].shape) if has else None,
                                    tuple(meta.get("source_size", [])), stored_bytes(group) if has else None))
     return StoreSummary(str(path), read_config(root), videos, damaged_groups(root))
+
+
+@dataclass(frozen=True)
+class VideoDamage:
+    """What :func:`verify_store` found wrong with one video, and the command that redoes it."""
+
+    problems: list[str]
+    redo: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """``liftvid verify``: the intact videos and the damaged ones; ``marked`` counts those marked."""
+
+    intact: list[str]
+    damaged: dict[str, VideoDamage]
+    marked: int = 0
+
+
+def verify_store(path: str | os.PathLike, videos: list[str] | None = None, mark: bool = False) -> VerifyReport:
+    """Check every complete video of a store (or ``videos``) with :func:`verify_video`; groups whose
+    metadata cannot be read are damaged too. With ``mark``, damaged videos are marked
+    :data:`DAMAGED` (holding the store's lock) so that the next ``extract`` redoes them.
+
+    Raises:
+        StoreError: no store at ``path``, or a video named in ``videos`` that it does not hold.
+    """
+    root = open_root(path)
+    damaged_meta = damaged_groups(root)
+    names = list_videos(root)
+    if videos:
+        unknown = [v for v in videos if v not in names and v not in damaged_meta]
+        if unknown:
+            raise StoreError(f"{path}: no complete video {', '.join(map(repr, unknown))}")
+        names = [v for v in names if v in videos]
+        damaged_meta = {k: v for k, v in damaged_meta.items() if k in videos}
+    damaged = {name: VideoDamage([error], f"rerun `liftvid extract` with its video on {path} (a damaged group is redone)")
+               for name, error in damaged_meta.items()}
+    intact = []
+    for vid in names:
+        problems = verify_video(root, vid)
+        if problems:
+            damaged[vid] = VideoDamage(problems, redo_command(root, vid))
+        else:
+            intact.append(vid)
+    marked = 0
+    if mark and damaged:
+        with StoreLock(path):
+            writable = open_root(path, mode="a")
+            for vid, damage in damaged.items():
+                if vid not in damaged_meta:  # damaged metadata: extract redoes it already
+                    info = video_info(writable, vid)
+                    info.update(status=DAMAGED, error="; ".join(damage.problems)[:500])
+                    writable[vid].attrs[ATTRS_KEY] = info
+            marked = len(damaged)
+    return VerifyReport(intact, damaged, marked)

@@ -42,29 +42,47 @@ def test_pca_frames_have_the_count_and_size_asked_for(ds):
     assert viz.pca_frames(ds.features, slice(2, 8), size=(10, 20)).shape == (6, 10, 20, 3)
 
 
-def test_pca_colours_are_stable_and_consistent_across_frames(ds):
-    a = viz.pca_frames(ds.features, size=(64, 96))
-    b = viz.pca_frames(ds.features.values, size=(64, 96))  # NumPy input, same video: same image
-    np.testing.assert_array_equal(a, b)
-    # one basis for the whole video: colouring frame 7 alone with the video's fit gives frame 7
-    fit = viz.fit_pca(ds.features)
-    np.testing.assert_array_equal(viz.pca_frames(ds.features, [7], size=(64, 96), fit=fit)[0], a[7])
-    assert len(np.unique(a.reshape(-1, 3), axis=0)) > 4  # not a flat colour
+def _numpy_pca(x: np.ndarray, k: int = 3):
+    """An independent PCA by SVD (float64): mean, the top-k right singular vectors with the
+    documented sign rule (each component's largest-magnitude loading positive), and the standard
+    deviations along them (n − 1 normalisation)."""
+    flat = x.reshape(-1, x.shape[-1]).astype(np.float64)
+    mean = flat.mean(0)
+    _, s, vt = np.linalg.svd(flat - mean, full_matrices=False)
+    comps = vt[:k].copy()
+    for row in comps:
+        row *= np.sign(row[np.abs(row).argmax()])
+    return mean, comps, s[:k] / np.sqrt(len(flat) - 1)
+
+
+def test_pca_colours_against_an_independent_pca(ds):
+    """Every frame's colours from the video's PCA computed here: score / (2 · PCA_SIGMAS · std)
+    + 1/2, clipped to [0, 1], as red, green, blue; and the source-size image is each grid cell
+    repeated over its pixels (nearest)."""
+    x = ds.features.values.astype(np.float32)  # (12, 2, 3, 192)
+    mean, comps, std = _numpy_pca(x)
+    scores = (x.astype(np.float64) - mean) @ comps.T / (2 * viz.PCA_SIGMAS * std) + 0.5
+    expected = np.clip(scores, 0, 1) * 255
+    ours = viz.pca_frames(ds.features)
+    assert ours.shape == (12, 2, 3, 3) and ours.dtype == np.uint8
+    assert np.abs(ours.astype(np.float64) - expected).max() <= 0.51  # rounding, float32 vs float64
+    assert len(np.unique(ours.reshape(-1, 3), axis=0)) > 4  # not a flat colour
+    big = viz.pca_frames(ds.features, [7, 2], size=(64, 96))
+    np.testing.assert_array_equal(big, ours[[7, 2]].repeat(32, axis=1).repeat(32, axis=2))
+    # NumPy input: the same colours
+    np.testing.assert_array_equal(viz.pca_frames(x), ours)
 
 
 def test_fit_pca_matches_numpy_and_fixes_signs():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(5, 4, 4, 8)) * np.arange(8, 0, -1)  # variance falls with the channel
+    mean, comps, std = _numpy_pca(x)
     fit = viz.fit_pca(x)
-    flat = x.reshape(-1, 8)
-    _, s, vt = np.linalg.svd(flat - flat.mean(0), full_matrices=False)
-    for k in range(3):
-        assert abs(abs(fit.components[k] @ vt[k]) - 1) < 1e-5
-        assert fit.components[k][np.abs(fit.components[k]).argmax()] > 0
-    np.testing.assert_allclose(fit.std, s[:3] / np.sqrt(len(flat) - 1), rtol=1e-4)
-    flipped = viz.fit_pca(-x)  # the same directions: the sign convention gives the same components
-    np.testing.assert_allclose(np.abs(flipped.components), np.abs(fit.components), atol=1e-5)
-    assert all(c[np.abs(c).argmax()] > 0 for c in flipped.components)
+    np.testing.assert_allclose(fit.mean, mean, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(fit.components, comps, atol=1e-5)  # signs included
+    np.testing.assert_allclose(fit.std, std, rtol=1e-4)
+    # -x has the same axes; the sign rule then gives the very same components
+    np.testing.assert_allclose(viz.fit_pca(-x).components, comps, atol=1e-5)
 
 
 def test_similarity_peaks_at_the_query(ds):

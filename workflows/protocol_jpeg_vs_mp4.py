@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from liftvid import store as st
-from liftvid.extract import ExtractOptions, extract_videos
-from liftvid.video import Resize, find_sources, open_video, read_frames
+from liftvid.io import store as st
+from liftvid.pipelines.extract import ExtractOptions, extract_videos
+from liftvid.io.video import Resize, find_sources, open_video, read_frames
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liftvid.io.video import Resize, find_sources, open_video, read_frames
+from liftvid import Resize, find_sources, open_video, read_frames
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

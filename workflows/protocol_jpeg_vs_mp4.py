@@ -18,9 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from liftvid.io import store as st
-from liftvid.pipelines.extract import ExtractOptions, extract_videos
-from liftvid.io.video import Resize, find_sources, open_video, read_frames
+from liftvid import ExtractOptions, Resize, extract_videos, find_sources, open_store, open_video, read_frames
 
 
 def main() -> None:
@@ -55,8 +53,7 @@ def main() -> None:
             options = ExtractOptions(backbone=args.backbone, weights=args.weights, resize=args.resize,
                                      max_frames=args.max_frames, device="cpu", precision="fp32", batch_size=8)
             extract_videos([path], tmp / f"{name}.zarr", options)
-            root = st.open_root(tmp / f"{name}.zarr")
-            feats[name] = root[source.video_id]["features"][:].astype(np.float32)
+            feats[name] = open_store(tmp / f"{name}.zarr")[source.video_id].features.values.astype(np.float32)
         diff = np.abs(feats["mp4"] - feats["jpeg"])
         scale = float(np.abs(feats["mp4"]).max())
         print(f"{source.video_id}: {len(native)} frames {native.shape[1]}x{native.shape[2]}, {args.backbone} "

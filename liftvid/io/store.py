@@ -403,6 +403,16 @@ def _same_source(recorded: str | None, source: str) -> bool:
     return recorded == source or os.path.realpath(recorded) == os.path.realpath(source)
 
 
+def _recorded_sources(root, info: dict) -> list[str | None]:
+    """The paths a video group names for its source: as recorded, and relative to the store's
+    folder (a store moved together with its videos)."""
+    out = [info.get("source")]
+    folder, relative = _local_dir(root), info.get("source_relative")
+    if folder is not None and relative:
+        out.append(str(folder / relative))
+    return out
+
+
 def resolve_video_id(root, video_id: str, source: str) -> str:
     """The group name for ``source``: ``video_id``, or ``video_id-2``… when another source has it.
 
@@ -416,7 +426,7 @@ def resolve_video_id(root, video_id: str, source: str) -> str:
         info = None if group is None else group.attrs.get(ATTRS_KEY)
         # no attrs: a group a killed run created but never described; damaged metadata: a group
         # that can only be redone; either is ours to redo
-        if not isinstance(info, dict) or _same_source(info.get("source"), source):
+        if not isinstance(info, dict) or any(_same_source(r, source) for r in _recorded_sources(root, info)):
             break
         n += 1
         candidate = f"{video_id}-{n}"
@@ -456,6 +466,7 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
     # overwrite: also clears what a killed run left of the group (even without its zarr.json, or
     # with a damaged one); the attrs go in with the group's one metadata write, so no group ever
     # exists without a status
+    info = with_relative_source(root, info)
     group = root.create_group(video_id, overwrite=True,
                               attributes={ATTRS_KEY: {**info, "status": INCOMPLETE, "error": None}})
     h, w = grid_size
@@ -598,7 +609,17 @@ def mark_complete(group) -> None:
 def mark_failed(root, video_id: str, info: dict, error: str) -> None:
     """Record a video that could not be extracted: a group with no arrays, status ``failed``."""
     root.create_group(video_id, overwrite=True,
-                      attributes={ATTRS_KEY: {**info, "status": FAILED, "error": error}})
+                      attributes={ATTRS_KEY: {**with_relative_source(root, info), "status": FAILED, "error": error}})
+
+
+def with_relative_source(root, info: dict) -> dict:
+    """``info`` with ``source_relative``: the source path relative to a local store's folder, so
+    that a store moved together with its videos still finds them (URL stores record none)."""
+    folder = _local_dir(root)
+    source = info.get("source")
+    if folder is None or not source or "://" in str(source):
+        return dict(info)
+    return {**info, "source_relative": os.path.relpath(os.path.abspath(source), os.path.abspath(folder))}
 
 
 def redo_command(root, video_id: str) -> str:

@@ -226,13 +226,23 @@ class VideoSource:
     kind: str
 
     def record(self) -> dict:
-        """The ``source``/``source_kind`` entries a store records for the video."""
-        return {"source": str(self.path), "source_kind": self.kind}
+        """The ``source``/``source_kind`` entries a store records for the video: the absolute path
+        (the store also records it relative to itself, :func:`liftvid.io.store.begin_video`), so
+        that commands run from another folder find the video."""
+        return {"source": os.path.abspath(self.path), "source_kind": self.kind}
 
     @classmethod
-    def from_record(cls, info: dict, video_id: str = "") -> "VideoSource":
-        """The source a store's video attributes (:meth:`record`) name."""
-        return cls(Path(info["source"]), video_id, info.get("source_kind", "file"))
+    def from_record(cls, info: dict, video_id: str = "", store: str | os.PathLike | None = None) -> "VideoSource":
+        """The source a store's video attributes (:meth:`record`) name: the recorded path if it
+        exists, else the path relative to the store (a store moved together with its videos),
+        else the recorded path as it is (the caller reports it missing)."""
+        recorded = Path(info["source"])
+        candidates = [recorded]
+        relative = info.get("source_relative")
+        if relative and store is not None and "://" not in str(store):
+            candidates.append(Path(store) / relative)
+        found = next((c for c in candidates if c.exists()), recorded)
+        return cls(found, video_id, info.get("source_kind", "file"))
 
 
 def _natural_key(name: str) -> list:

@@ -170,7 +170,7 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
         raise MaskError(f"{mask_path}: {n_objects} objects, at most {MAX_OBJECTS}")
     labels = masks_to_labels(mask, (h, w), n_objects)
     device = resolve_device(options.device or "auto")
-    frames = (read_source_frames(VideoSource.from_record(info, video_id), frame_index[pos:], info["source_size"],
+    frames = (read_source_frames(VideoSource.from_record(info, video_id, store_path), frame_index[pos:], info["source_size"],
                                  info.get("fps")) if options.overlay else None)
 
     # results are built beside the old ones and swapped in when complete: a failure keeps the old

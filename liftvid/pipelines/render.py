@@ -30,7 +30,7 @@ def iter_source_frames(ds: Any, frames: Sequence[int] | None = None, batch: int 
     """
     positions = _frame_list(ds.sizes["frame"], frames)
     index = np.asarray(ds["frame_index"].values)[positions]
-    source = VideoSource.from_record(ds.attrs, ds.attrs.get("video_id", ""))
+    source = VideoSource.from_record(ds.attrs, ds.attrs.get("video_id", ""), ds.attrs.get("store"))
     yield from read_source_frames(source, index, _sizes(ds), ds.attrs.get("fps"), batch)
 
 

@@ -209,11 +209,11 @@ def track_graph(store_path: str, video_id: str, queries, options, n_frames: int,
 
 
 def write_overlay(path: Path, info: dict, frame_index: np.ndarray, positions: np.ndarray,
-                  visible: np.ndarray) -> Path:
+                  visible: np.ndarray, store: str | None = None) -> Path:
     """An mp4 of the source frames with the tracks drawn on (:func:`draw_tracks`)."""
     fps = float(info.get("fps") or DEFAULT_FPS)
     stride = int((info.get("sampling") or {}).get("stride") or 1)
-    source = VideoSource.from_record(info)
+    source = VideoSource.from_record(info, store=store)
     frames = (viz.track_overlay(f, positions, visible, t) for t, f in
               enumerate(read_source_frames(source, frame_index, info["source_size"], info.get("fps"))))
     with written_whole(path) as tmp:
@@ -312,7 +312,7 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
             frame_index = root[job.video_id]["frame_index"][...]
             try:
                 summary.overlays.append(write_overlay(overlay_path(out_csv, job.video_id), info, frame_index,
-                                                      tracks.positions, tracks.visible))
+                                                      tracks.positions, tracks.visible, str(store_path)))
             except Exception as exc:  # an overlay is a by-product: report it, keep the tracks
                 summary.failed[f"{job.video_id} (overlay)"] = f"{type(exc).__name__}: {exc}"
     summary.seconds = time.perf_counter() - t0

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from .io.video import DEFAULT_FPS, RESIZE_HELP
 
@@ -21,6 +22,20 @@ eval_app = typer.Typer(help="Evaluate results: DAVIS J&F for masks, TAP-Vid metr
 app.add_typer(eval_app, name="eval")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"liftvid {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                               help="Print liftvid's version and exit.")] = False) -> None:
+    """Dense LiFT features for videos: extract, propagate masks, track points, evaluate."""
+
+
 def console(stderr: bool = False):
     """A rich console; when output is not a terminal (pipes, files, tests) lines are not wrapped."""
     import sys
@@ -32,10 +47,14 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, soft_wrap=not tty, width=None if tty else 200)
 
 
+def plural(n: int, noun: str, many: str | None = None) -> str:
+    """``1 video``, ``2 videos``, ``1 query``, ``3 queries``."""
+    return f"{n} {noun if n == 1 else many or noun + 's'}"
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one red error line to stderr and exit non-zero."""
     from rich.console import Console
-    from rich.markup import escape
 
     # escaped: paths and hints may hold brackets ("clip[1].mp4", "pip install 'liftvid[s3]'")
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(message))}")
@@ -87,8 +106,6 @@ class _RichExtractProgress:
     def video_finished(self, result) -> None:
         self.progress.advance(self.videos, 1)
         if result.status == "failed":
-            from rich.markup import escape
-
             self.progress.console.print(f"[red]failed[/] {escape(_failure(result))}")
 
 
@@ -125,7 +142,6 @@ def extract(
     """
     from rich.progress import Progress
 
-    from rich.markup import escape
 
     from .pipelines.extract import ExtractOptions, extract_videos
     from .jobs import check_scheduler
@@ -162,7 +178,6 @@ def extract(
 def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path or URL).", show_default=False)]) -> None:
     """Show a store's configuration and, per video, shape, frames, size on disk and status."""
     from rich.filesize import decimal
-    from rich.markup import escape
     from rich.table import Table
 
     from .io.store import summarize_store
@@ -210,7 +225,6 @@ def verify(
 
     Prints OK or what is damaged per video, and the command that redoes it; exit 1 when anything is damaged.
     """
-    from rich.markup import escape
 
     from .io.store import verify_store
 
@@ -304,8 +318,8 @@ def propagate(
         table.add_column(col, justify="right" if col in ("frames", "objects", "seconds") else "left")
     for r in summary.results:
         ok = r.status == "complete"
-        table.add_row(r.video_id, str(r.frames) if ok else "-", str(r.objects) if ok else "-",
-                      f"{r.seconds:.2f}" if ok else "-", "[green]complete[/]" if ok else f"[red]failed[/]: {r.error}")
+        table.add_row(escape(r.video_id), str(r.frames) if ok else "-", str(r.objects) if ok else "-",
+                      f"{r.seconds:.2f}" if ok else "-", "[green]complete[/]" if ok else f"[red]failed[/]: {escape(str(r.error))}")
     con.print(table)
     done = len(summary.results) - len(summary.failed)
     rate = summary.frames / summary.seconds if summary.seconds else 0.0
@@ -313,7 +327,7 @@ def propagate(
               f"{len(summary.failed)} failed")
     if summary.unmatched_masks:
         names = ", ".join(summary.unmatched_masks[:8]) + (" …" if len(summary.unmatched_masks) > 8 else "")
-        con.print(f"[yellow]note:[/] masks for {len(summary.unmatched_masks)} video(s) not in the store: {names}")
+        con.print(f"[yellow]note:[/] masks for {plural(len(summary.unmatched_masks), 'video')} not in the store: {escape(names)}")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -357,8 +371,10 @@ def eval_davis(
     if report.objects:
         g_path, s_path = write_davis_csv(report, csv_dir or results)
         con.print(f"wrote {g_path} and {s_path}")
+    for note in report.notes:
+        con.print(f"[yellow]note:[/] {escape(note)}")
     for seq, why in report.missing.items():
-        con.print(f"[red]not evaluated[/] {seq}: {why}")
+        con.print(f"[red]not evaluated[/] {escape(seq)}: {escape(why)}")
     if report.missing or not report.objects:
         raise typer.Exit(1)
 
@@ -397,17 +413,18 @@ def track(
         fail(str(exc))
     shown = 20
     for skipped in summary.skipped[:shown]:
-        console.print(f"[yellow]skipped[/] {queries}: {skipped}")
+        console.print(f"[yellow]skipped[/] {escape(str(queries))}: {escape(str(skipped))}")
     if len(summary.skipped) > shown:
         console.print(f"[yellow]skipped[/] … and {len(summary.skipped) - shown} more")
     rate = summary.point_frames / summary.seconds if summary.seconds else 0.0
-    console.print(f"{out}: {sum(summary.queries.values())} queries in {len(summary.queries)} video(s), "
+    console.print(f"{escape(str(out))}: {plural(sum(summary.queries.values()), 'query', 'queries')} in "
+                  f"{plural(len(summary.queries), 'video')}, "
                   f"{summary.point_frames:,} point-frames in {summary.seconds:.1f} s ({rate:,.0f} point-frames/s); "
                   f"{len(summary.skipped)} skipped")
     for path in summary.overlays:
         console.print(f"overlay {path}")
     for vid, error in summary.failed.items():
-        console.print(f"[red]failed[/] {vid}: {error}")
+        console.print(f"[red]failed[/] {escape(vid)}: {escape(str(error))}")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -446,7 +463,7 @@ def eval_tapvid(
     for note in report.notes:
         console.print(f"[yellow]note:[/] {note}")
     if report.missing_videos:
-        console.print(f"[yellow]note:[/] {len(report.missing_videos)} ground-truth video(s) not in {tracks}, "
+        console.print(f"[yellow]note:[/] {plural(len(report.missing_videos), 'ground-truth video')} not in {escape(str(tracks))}, "
                       f"not evaluated: {', '.join(report.missing_videos[:8])}")
     if json_out:
         write_json_whole(json_out, {"query_mode": query_mode, "mean": report.mean, "per_video": report.per_video,
@@ -467,7 +484,7 @@ def eval_tapvid_queries(
         counts = write_tapvid_queries(gt, out, query_mode=query_mode, frames_dir=frames)
     except ValueError as exc:
         fail(str(exc))
-    typer.echo(f"{out}: {sum(counts.values())} queries in {len(counts)} videos ({query_mode})"
+    typer.echo(f"{out}: {plural(sum(counts.values()), 'query', 'queries')} in {plural(len(counts), 'video')} ({query_mode})"
                + (f"; frames in {frames}/<video>/" if frames else ""))
 
 
@@ -476,7 +493,6 @@ def eval_tapvid_queries(
 
 def _esc(value) -> str:
     """``value`` as literal text in rich markup."""
-    from rich.markup import escape
 
     return escape(str(value))
 
@@ -583,7 +599,7 @@ def train(
     except KeyboardInterrupt:
         fail(f"interrupted: {out} holds the last finished epoch (if any); rerun with --resume to continue", code=130)
     steps = summary.epochs[-1].steps if summary.epochs else 0
-    console.print(f"{_esc(out)}: {len(summary.epochs)} epochs trained ({steps} steps) in {summary.seconds:.1f} s on "
+    console.print(f"{_esc(out)}: {plural(len(summary.epochs), 'epoch')} trained ({plural(steps, 'step')}) in {summary.seconds:.1f} s on "
                   f"{summary.frames_available} frames ({summary.held_out_frames} held out); use it with "
                   f"`liftvid extract … --backbone {_esc(backbone)} --lift {_esc(out)}`")
     for source, error in summary.skipped:

@@ -16,6 +16,7 @@ itself also works), a folder of ``<video_id>.png``, or one file for one video.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,8 @@ MAX_OBJECTS = 255  # uint8 ids and the 256-entry palette
 VOID_LABEL = 255  # DAVIS: "void" pixels in indexed annotations, read as background
 THRESHOLD = 128  # binary/soft masks: object where value ≥ THRESHOLD (of 255)
 DAVIS_SUBDIR = Path("Annotations") / "480p"
+
+log = logging.getLogger(__name__)
 
 
 class MaskError(ValueError):
@@ -97,6 +100,9 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
         ids[ids == VOID_LABEL] = 0
     elif mode.startswith("I"):
         ids = data.astype(np.int64)
+        values = np.unique(ids)
+        if len(values) == 2 and values[0] == 0 and values[1] > MAX_OBJECTS:
+            ids = (ids > 0).astype(np.int64)  # a binary 16-bit mask (0/65535): one object
         if ids.min() < 0 or ids.max() > MAX_OBJECTS:
             raise MaskError(f"{path}: object ids range {ids.min()}…{ids.max()}, but masks hold at most "
                             f"{MAX_OBJECTS} objects (uint8 ids and the DAVIS palette); split the objects "
@@ -118,6 +124,10 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
             grey = np.asarray(Image.fromarray(rgb).convert("L"))
             ids = _threshold(grey)
     if size is not None and ids.shape != tuple(size):
+        (h, w), (H, W) = ids.shape, size
+        if abs(h * W - w * H) > 0.01 * h * W:  # another aspect ratio: the mask is stretched
+            log.warning("%s: mask is %d×%d, the video %d×%d (another aspect ratio); stretched to it (nearest)",
+                        path, h, w, H, W)
         ids = resize_nearest(ids, tuple(size))
     return np.ascontiguousarray(ids)
 
@@ -176,8 +186,10 @@ def find_mask(source: str | Path, video_id: str, frame_number: int = 0, n_videos
     if not source.is_dir():
         raise MaskError(f"{source}: no such mask file or folder")
     root = _annotation_root(source)
-    if (root / video_id).is_dir():
-        path = root / video_id / frame_name(frame_number)
+    folder = root / video_id
+    # an empty <seq>/ folder does not hide <seq>.png
+    if folder.is_dir() and (any(folder.glob("*.png")) or not (root / f"{video_id}.png").is_file()):
+        path = folder / frame_name(frame_number)
         if path.is_file():
             return path
         raise MaskError(f"{video_id}: no mask {path} for frame {frame_number}")

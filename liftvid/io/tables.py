@@ -35,6 +35,16 @@ class QueryRow:
     y: float
 
 
+def _csv_rows(path: Path):
+    """Open a user CSV: UTF-8 with or without a byte-order mark (Excel writes one)."""
+    return path.open(newline="", encoding="utf-8-sig")
+
+
+def _not_text(path: Path, exc: UnicodeDecodeError) -> ValueError:
+    return ValueError(f"{path}: not a UTF-8 text CSV (byte {exc.start}: {exc.reason}); expected the header "
+                      f"{','.join(QUERY_COLUMNS)} and one row per query")
+
+
 def read_queries_csv(path: str | Path) -> list[QueryRow]:
     """Read ``video_id,t,x,y`` rows (source-frame pixels; ``t`` indexes the stored frames).
 
@@ -46,7 +56,16 @@ def read_queries_csv(path: str | Path) -> list[QueryRow]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such queries file")
-    with path.open(newline="") as f:
+    try:
+        return _read_queries(path)
+    except UnicodeDecodeError as exc:
+        raise _not_text(path, exc) from None
+    except csv.Error as exc:
+        raise ValueError(f"{path}: not a readable CSV ({exc})") from None
+
+
+def _read_queries(path: Path) -> list[QueryRow]:
+    with _csv_rows(path) as f:
         reader = csv.DictReader(f)
         header = [c.strip() for c in (reader.fieldnames or [])]
         missing = [c for c in QUERY_COLUMNS if c not in header]
@@ -309,8 +328,16 @@ def read_tracks_csv(path: str | Path) -> dict[str, PredictedTracks]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such tracks file")
+    try:
+        return _read_tracks(path)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a UTF-8 text CSV (byte {exc.start}: {exc.reason}); expected the CSV of "
+                         "`liftvid track`") from None
+
+
+def _read_tracks(path: Path) -> dict[str, PredictedTracks]:
     rows: dict[str, dict[int, dict[int, tuple[float, float, bool]]]] = {}
-    with path.open(newline="") as f:
+    with _csv_rows(path) as f:
         reader = csv.DictReader(f)
         missing = [c for c in ("video_id", "query", "t", "x", "y", "visible") if c not in (reader.fieldnames or [])]
         if missing:

@@ -14,7 +14,7 @@ from __future__ import annotations
 # minus the last quarter); the benchmark numbers are means over all objects of all sequences.
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -160,6 +160,7 @@ class DavisReport:
     objects: list[DavisObjectScore]
     missing: dict[str, str]  # sequence → why it was not evaluated
     subset: str = "val"
+    notes: list[str] = field(default_factory=list)  # warnings (results resized to the annotations…)
 
     def overall(self) -> dict[str, float]:
         """The benchmark row: each measure averaged over all objects (the toolkit's global row)."""

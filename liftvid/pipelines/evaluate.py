@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
 from ..io import store as st
 from ..io.masks import MaskError, read_mask
+from ..ops.propagate import resize_nearest
 from ..io.tables import load_tapvid, read_tracks_csv
 from ..ops.metrics import (DAVIS_BOUND_TH, TAPVID_QUERY_MODES, TAPVID_SIZE, DavisObjectScore, DavisReport,
                            compute_tapvid_metrics, evaluate_sequence, sample_tapvid_queries)
@@ -55,19 +55,31 @@ def evaluate_davis(results_dir: str | Path, davis_root: str | Path, subset: str 
     ann_root = root / "Annotations" / resolution
     objects: list[DavisObjectScore] = []
     missing: dict[str, str] = {}
+    notes: list[str] = []
     for seq in names:
         gt_files = sorted((ann_root / seq).glob("*.png"))
         if not gt_files:
             missing[seq] = f"no annotations in {ann_root / seq}"
             continue
+        if len(gt_files) < 3:
+            missing[seq] = (f"{ann_root / seq}: {len(gt_files)} annotated frame(s); the evaluation scores every "
+                            "frame but the first and the last against its indexed annotation, so it needs the "
+                            "annotation of every frame (DAVIS's Annotations/480p holds them for train and val)")
+            continue
         try:
-            gt = np.stack([np.array(Image.open(p)) for p in gt_files]).astype(np.int64)
-            gt[gt == 255] = 0  # void, as the toolkit reads it
+            # ground truth read by the rule propagate reads masks by (indexed ids, void as background;
+            # plain 0/255 PNGs thresholded), so the same files mean the same objects in both
+            gt = np.stack([read_mask(p) for p in gt_files]).astype(np.int64)
             n_objects = int(gt[0].max())
-            files = gt_files[1:-1]
-            pred = np.stack([read_mask(results / seq / p.name, size=gt.shape[1:]) for p in files]) \
-                if files else np.zeros((0, *gt.shape[1:]), np.uint8)
-            if pred.size and int(pred.max()) > n_objects:
+            preds = []
+            for p in gt_files[1:-1]:
+                mask = read_mask(results / seq / p.name)
+                if mask.shape != gt.shape[1:] and not any(seq in n for n in notes):
+                    notes.append(f"{results / seq}: results are {mask.shape[0]}×{mask.shape[1]}, the annotations "
+                                 f"{gt.shape[1]}×{gt.shape[2]}; results resized to them (nearest)")
+                preds.append(resize_nearest(mask, gt.shape[1:]))
+            pred = np.stack(preds)
+            if int(pred.max()) > n_objects:
                 raise MaskError(f"{results / seq}: object id {int(pred.max())} but the annotation has "
                                 f"{n_objects} object(s)")
             objects.extend(evaluate_sequence(seq, gt[1:-1], pred, n_objects, bound_th))
@@ -76,7 +88,7 @@ def evaluate_davis(results_dir: str | Path, davis_root: str | Path, subset: str 
             continue
         if progress is not None:
             progress(seq)
-    return DavisReport(objects, missing, subset)
+    return DavisReport(objects, missing, subset, notes)
 
 
 # ---- TAP-Vid --------------------------------------------------------------------------------------

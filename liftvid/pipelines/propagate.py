@@ -120,13 +120,13 @@ def _check_video(root, video_id: str) -> tuple[Any, dict, np.ndarray]:
     for name, n in lengths.items():
         if n != T:
             raise PropagateError(f"{video_id}: features have {T} frames but {name} has {n}; the video's group "
-                                 "is inconsistent, re-extract it with `liftvid extract … --overwrite`")
+                                 f"is inconsistent; redo it: {st.redo_command(root, video_id)}")
     if T and info.get("source_frames") and int(frame_index.max()) >= int(info["source_frames"]):
         raise PropagateError(f"{video_id}: features refer to frame {int(frame_index.max())} but the source has "
-                             f"{info['source_frames']} frames; re-extract the video")
+                             f"{info['source_frames']} frames; redo it: {st.redo_command(root, video_id)}")
     if list(info.get("grid_size", [h, w])) != [h, w]:
         raise PropagateError(f"{video_id}: features are on a {h}×{w} grid but the store recorded "
-                             f"{info['grid_size']}; re-extract the video")
+                             f"{info['grid_size']}; redo it: {st.redo_command(root, video_id)}")
     return features, info, frame_index
 
 

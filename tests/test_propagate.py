@@ -75,7 +75,7 @@ def long_case():
 def test_tiles_and_sub_batches_do_not_change_the_result(monkeypatch, long_case, tile, sims_bytes, batched):
     """Tiles of any side (100: the whole grid), sub-batches of any length (sims_bytes 1: one
     frame) and the GPU's one-bmm path (run here on the CPU) give the loop reference's labels."""
-    import liftvid.pipelines.propagate as prop
+    import liftvid.ops.propagate as prop
 
     if sims_bytes is not None:
         monkeypatch.setattr(prop, "SIMS_BYTES", sims_bytes)

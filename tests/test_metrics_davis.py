@@ -168,3 +168,16 @@ def test_void_pixels_count_as_background_as_the_toolkit_reads_them(tmp_path):
     # frame 1 only (not the first, not the last): intersection 16, union 16 + 4 + 4 = 24
     np.testing.assert_allclose(report.objects[0].j, [16 / 24])
     assert report.overall()["J-Mean"] == pytest.approx(2 / 3)
+
+
+def test_boundary_matches_on_the_cropped_dilation_equal_the_full_frame_dilation():
+    from liftvid.ops.metrics import _matched
+
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        q = np.zeros((2, 60, 90), bool)
+        y, x = rng.integers(0, 55), rng.integers(0, 85)  # objects up to the border
+        q[0, y:y + 5, x:x + 5] = True
+        q[1] = rng.random((60, 90)) > 0.995
+        p = rng.random((2, 60, 90)) > 0.7
+        np.testing.assert_array_equal(_matched(p, q, 8), (p & dilate_disk(q, 8)).sum(axis=(1, 2)))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import jobs
 from ..io import store as st
 from ..io.masks import MaskError, read_mask
 from ..ops.propagate import resize_nearest
@@ -33,17 +34,61 @@ def davis_sequences(davis_root: str | Path, subset: str = "val", resolution: str
     return sorted(p.name for p in ann.iterdir() if p.is_dir())
 
 
+@dataclass
+class SequenceScores:
+    """One sequence's outcome: its objects' scores, or why it was not evaluated, and any note."""
+
+    objects: list[DavisObjectScore] = field(default_factory=list)
+    missing: str | None = None
+    note: str | None = None
+
+
+def evaluate_davis_sequence(results: Path, ann_root: Path, seq: str, bound_th: float = DAVIS_BOUND_TH) -> SequenceScores:
+    """J and F of one sequence's results (``results/<seq>/*.png``) against ``ann_root/<seq>/*.png``
+    (one task of :func:`evaluate_davis`)."""
+    gt_files = sorted((ann_root / seq).glob("*.png"))
+    if not gt_files:
+        return SequenceScores(missing=f"no annotations in {ann_root / seq}")
+    if len(gt_files) < 3:
+        return SequenceScores(missing=(
+            f"{ann_root / seq}: {len(gt_files)} annotated frame(s); the evaluation scores every frame but the "
+            "first and the last against its indexed annotation, so it needs the annotation of every frame "
+            "(DAVIS's Annotations/480p holds them for train and val)"))
+    note = None
+    try:
+        # ground truth read by the rule propagate reads masks by (indexed ids, void as background;
+        # plain 0/255 PNGs thresholded), so the same files mean the same objects in both
+        gt = np.stack([read_mask(p) for p in gt_files]).astype(np.int64)
+        n_objects = int(gt[0].max())
+        preds = []
+        for p in gt_files[1:-1]:
+            mask = read_mask(results / seq / p.name)
+            if mask.shape != gt.shape[1:] and note is None:
+                note = (f"{results / seq}: results are {mask.shape[0]}×{mask.shape[1]}, the annotations "
+                        f"{gt.shape[1]}×{gt.shape[2]}; results resized to them (nearest)")
+            preds.append(resize_nearest(mask, gt.shape[1:]))
+        pred = np.stack(preds)
+        if int(pred.max()) > n_objects:
+            raise MaskError(f"{results / seq}: object id {int(pred.max())} but the annotation has "
+                            f"{n_objects} object(s)")
+    except MaskError as exc:
+        return SequenceScores(missing=str(exc), note=note)
+    return SequenceScores(evaluate_sequence(seq, gt[1:-1], pred, n_objects, bound_th), note=note)
+
+
 def evaluate_davis(results_dir: str | Path, davis_root: str | Path, subset: str = "val",
                    sequences: list[str] | None = None, resolution: str = "480p",
                    bound_th: float = DAVIS_BOUND_TH,
-                   progress: Callable[[str], None] | None = None) -> DavisReport:
+                   progress: Callable[[str], None] | None = None,
+                   scheduler: str = "threads", workers: int | None = None) -> DavisReport:
     """Semi-supervised DAVIS-2017 evaluation of a results folder (``<seq>/<frame>.png``).
 
     Ground truth is ``<davis_root>/Annotations/<resolution>/<seq>/*.png``; every frame but the first
-    and last is scored. Result PNGs are read as object ids (see :func:`liftvid.masks.read_mask`),
+    and last is scored. Result PNGs are read as object ids (see :func:`liftvid.io.masks.read_mask`),
     resized to the annotation size (nearest) when they differ. A sequence whose results are
     missing or hold more objects than its annotation is recorded in ``report.missing`` and the
-    others go on.
+    others go on. Sequences are evaluated in parallel, one task each (``scheduler``, ``workers``:
+    see :func:`liftvid.jobs.run_per_video`); the report lists them in the subset's order.
 
     Raises:
         ValueError: ``davis_root`` is not a DAVIS folder, or ``results_dir`` does not exist.
@@ -53,41 +98,22 @@ def evaluate_davis(results_dir: str | Path, davis_root: str | Path, subset: str 
         raise ValueError(f"{results}: results folder not found")
     names = list(sequences) if sequences else davis_sequences(root, subset, resolution)
     ann_root = root / "Annotations" / resolution
+    tasks = {seq: (results, ann_root, seq, bound_th) for seq in names}
+    done = jobs.run_per_video(evaluate_davis_sequence, tasks, scheduler, workers,
+                              on_done=None if progress is None else lambda seq, _: progress(seq))
     objects: list[DavisObjectScore] = []
     missing: dict[str, str] = {}
     notes: list[str] = []
     for seq in names:
-        gt_files = sorted((ann_root / seq).glob("*.png"))
-        if not gt_files:
-            missing[seq] = f"no annotations in {ann_root / seq}"
+        outcome = done[seq]
+        if isinstance(outcome, BaseException):
+            missing[seq] = f"{type(outcome).__name__}: {outcome}"
             continue
-        if len(gt_files) < 3:
-            missing[seq] = (f"{ann_root / seq}: {len(gt_files)} annotated frame(s); the evaluation scores every "
-                            "frame but the first and the last against its indexed annotation, so it needs the "
-                            "annotation of every frame (DAVIS's Annotations/480p holds them for train and val)")
-            continue
-        try:
-            # ground truth read by the rule propagate reads masks by (indexed ids, void as background;
-            # plain 0/255 PNGs thresholded), so the same files mean the same objects in both
-            gt = np.stack([read_mask(p) for p in gt_files]).astype(np.int64)
-            n_objects = int(gt[0].max())
-            preds = []
-            for p in gt_files[1:-1]:
-                mask = read_mask(results / seq / p.name)
-                if mask.shape != gt.shape[1:] and not any(seq in n for n in notes):
-                    notes.append(f"{results / seq}: results are {mask.shape[0]}×{mask.shape[1]}, the annotations "
-                                 f"{gt.shape[1]}×{gt.shape[2]}; results resized to them (nearest)")
-                preds.append(resize_nearest(mask, gt.shape[1:]))
-            pred = np.stack(preds)
-            if int(pred.max()) > n_objects:
-                raise MaskError(f"{results / seq}: object id {int(pred.max())} but the annotation has "
-                                f"{n_objects} object(s)")
-            objects.extend(evaluate_sequence(seq, gt[1:-1], pred, n_objects, bound_th))
-        except MaskError as exc:
-            missing[seq] = str(exc)
-            continue
-        if progress is not None:
-            progress(seq)
+        objects.extend(outcome.objects)
+        if outcome.missing:
+            missing[seq] = outcome.missing
+        if outcome.note:
+            notes.append(outcome.note)
     return DavisReport(objects, missing, subset, notes)
 
 

@@ -18,6 +18,7 @@ import os
 import queue
 import re
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -206,6 +207,20 @@ class Resize:
         from PIL import Image
 
         return np.asarray(Image.fromarray(frame).resize((width, height), Image.BICUBIC))
+
+
+RESIZE_THREADS = max(1, min(4, os.cpu_count() or 1))  # PIL and OpenCV release the GIL while resizing
+_RESIZE_POOL: ThreadPoolExecutor | None = None
+_RESIZE_POOL_LOCK = threading.Lock()
+
+
+def _resize_pool() -> ThreadPoolExecutor:
+    """The process's resize threads, shared by every reader (made on first use)."""
+    global _RESIZE_POOL
+    with _RESIZE_POOL_LOCK:
+        if _RESIZE_POOL is None:
+            _RESIZE_POOL = ThreadPoolExecutor(max_workers=RESIZE_THREADS, thread_name_prefix="liftvid-resize")
+        return _RESIZE_POOL
 
 
 def read_span(frame_size: tuple[int, int]) -> int:
@@ -636,10 +651,13 @@ class VideoReader:
                 start = int(wanted[i])
                 stop = min(start + span, int(wanted[-1]) + 1)
                 block = self._decoder.read(start, stop)
-                for k in wanted[(wanted >= start) & (wanted < stop)]:
-                    frame = block[k - start]
-                    frames[int(k)] = frame if self._resize is None else self._resize.apply(frame, self.frame_size)
-                    i += 1
+                keys = [int(k) for k in wanted[(wanted >= start) & (wanted < stop)]]
+                picked = [block[k - start] for k in keys]
+                if self._resize is not None:  # frame by frame, the same pixels in any thread
+                    rule, size = self._resize, self.frame_size
+                    picked = list(_resize_pool().map(lambda f: rule.apply(f, size), picked))
+                frames.update(zip(keys, picked))
+                i += len(keys)
         return np.stack([frames[int(k)] for k in indices])
 
     def batches(self, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

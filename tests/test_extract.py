@@ -350,7 +350,9 @@ def test_compile_gives_the_same_features(tmp_path, video_dir, lift_ckpt, monkeyp
     assert plain.frames == compiled.frames == 9 and len(calls) == 1
     a = zarr.open_group(str(tmp_path / "plain.zarr"), mode="r")["clip_b"]["features"][:]
     b = zarr.open_group(str(tmp_path / "compiled.zarr"), mode="r")["clip_b"]["features"][:]
-    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-2, rtol=1e-2)
+    # the eager backend runs the captured graph's own ops, in the same order, on the same kernels:
+    # the stored float16 features are the same bits
+    np.testing.assert_array_equal(a, b)
 
 
 def test_precision_bf16_is_close_to_fp32_and_unknown_is_refused(tmp_path, video_dir):

@@ -234,12 +234,11 @@ def test_lift_checkpoint_that_does_not_fit_is_refused_before_decoding(tmp_path, 
     assert result.exit_code == 1
     assert "lift384.pt: LiFT has 384 channels but backbone" in result.output
     assert not (tmp_path / "out.zarr").exists()  # refused before anything was written
-    tiny = Backbone(TINY_VIT, weights="random")
     bad_patch = tmp_path / "lift_p8.pt"
     torch.save({"state_dict": LiFT(192, 8).state_dict(), "liftvid": {"patch_size": 8}}, bad_patch)
     result = _extract([video_dir], tmp_path / "out.zarr", "--lift", bad_patch)
     assert result.exit_code == 1 and "made for patch size 8 but backbone" in result.output
-    assert tiny.patch_size == 16
+    assert f"{TINY_VIT} has patch size 16" in result.output
 
 
 def test_unknown_backbone_lists_aliases(tmp_path, video_dir):
@@ -351,7 +350,9 @@ def test_compile_gives_the_same_features(tmp_path, video_dir, lift_ckpt, monkeyp
     assert plain.frames == compiled.frames == 9 and len(calls) == 1
     a = zarr.open_group(str(tmp_path / "plain.zarr"), mode="r")["clip_b"]["features"][:]
     b = zarr.open_group(str(tmp_path / "compiled.zarr"), mode="r")["clip_b"]["features"][:]
-    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), atol=2e-2, rtol=1e-2)
+    # the eager backend runs the captured graph's own ops, in the same order, on the same kernels:
+    # the stored float16 features are the same bits
+    np.testing.assert_array_equal(a, b)
 
 
 def test_precision_bf16_is_close_to_fp32_and_unknown_is_refused(tmp_path, video_dir):

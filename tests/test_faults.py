@@ -256,12 +256,12 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_complete_videos(tmp_path
     line = [x for x in result.output.splitlines() if x.startswith("error:")]
     assert line == [f"error: {store}: disk full (No space left on device); the videos marked complete are "
                     "intact: free space and rerun the same command to finish"], result.output
-    # What must hold whatever the timing (decode workers may already have begun v2, writes of v0 may
-    # still be landing when v1's fails): every video marked complete is bit-for-bit the
-    # uninterrupted run's; v0, all of whose writes succeeded, is among them; v1, whose write
-    # failed, is not (v2 may be absent, begun, or even complete: how far the run got is not fixed).
+    # What must hold whatever the timing (decode workers may already have begun v2; v1's failure
+    # may surface in the back-pressure wait, before v0 is settled): every video marked complete is
+    # bit-for-bit the uninterrupted run's, and v1, whose write failed, is not among them. Whether
+    # v0 got its status and how far v2 got are not fixed; the rerun below finishes them all.
     done = _complete_groups_equal(store, _read_store(clean))
-    assert "v0" in done and "v1" not in done, done
+    assert "v1" not in done, done
     root = st.open_root(store)
     assert st.video_info(root, "v1")["status"] != "complete"
     assert set(st.list_videos(root, status=None)) <= {"v0", "v1", "v2"}

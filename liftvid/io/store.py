@@ -11,6 +11,15 @@ Layout (DESIGN.md)::
 A video's ``status`` becomes ``"complete"`` only after all its arrays are written (the mark is the
 last write), so a run killed at any moment leaves at worst an ``"incomplete"`` group, which the
 next run deletes and redoes.
+
+The store proves what it holds: every chunk of the core arrays ends in a CRC32C checksum (after
+the compressor), so a damaged chunk fails to read, and the read error names the store, video and
+array; features are filled with NaN, so a missing chunk cannot pass for data; the completion mark
+records each array's stored-chunk count (``stored_chunks``). :func:`check_video_intact` compares
+the stored chunks with the full grid and the record (one listing); :func:`verify_video` also
+reads every chunk (``liftvid verify``). A group whose ``zarr.json`` is damaged is left out of
+listings, reported by :func:`damaged_groups`, and redone by ``extract``. Group names never take
+Zarr's own (:func:`safe_group_name`).
 """
 
 from __future__ import annotations
@@ -478,9 +487,9 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
     group.create_array("features", shape=(n_frames, h, w, channels), **layout, dtype=dtype,
                        dimension_names=FEATURE_DIMS, compressors=checksummed(compressors), fill_value=fill)
     fi = group.create_array("frame_index", shape=(n_frames,), chunks=(max(n_frames, 1),), dtype="int64",
-                            dimension_names=("frame",), fill_value=-1)
+                            dimension_names=("frame",), fill_value=-1, compressors=checksummed())
     ts = group.create_array("timestamps", shape=(n_frames,), chunks=(max(n_frames, 1),), dtype="float64",
-                            dimension_names=("frame",), fill_value=np.nan)
+                            dimension_names=("frame",), fill_value=np.nan, compressors=checksummed())
     if n_frames:
         fi[:] = np.asarray(frame_index, dtype=np.int64)
         ts[:] = np.asarray(timestamps, dtype=np.float64)

@@ -276,3 +276,29 @@ def test_cli_feature_dtype_float32_is_recorded(tmp_path, clips):
                               "--device", "cpu", "--feature-dtype", "int8"])
     assert bad.exit_code == 1
     assert bad.output.strip().splitlines()[-1] == "error: --feature-dtype int8: use one of float16, float32"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_device_check_runs_end_to_end_on_the_cpu(tmp_path):
+    """workflows/device_check.sh --device cpu --quick: every step of the GPU check, tiny, so it cannot rot."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable,
+           "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(["bash", str(root / "workflows" / "device_check.sh"), "--device", "cpu", "--quick"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "device_check.json").read_text())
+    names = [s["name"] for s in report["steps"]]
+    assert names == ["pytest -m cuda", "bench square:32", "bench_propagate", "bench_track", "memory",
+                     "bench short:32", "bench square:32 compile", "bench short:32 compile"]
+    assert all(s["rc"] == 0 for s in report["steps"]) and report["ok"]
+    bench = report["steps"][1]["result"]
+    assert bench["end_to_end_fps"] > 0 and bench["naive_fps"] > 0 and bench["options"]["resize"] == "square:32"
+    assert [row["grid"] for row in report["steps"][2]["result"]["rows"]] == [8, 12]
+    assert report["steps"][4]["result"]["status"] == ["complete"]

@@ -613,6 +613,13 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
                     feed.cancel()
                 settle(MAX_VIDEOS_AWAITING_WRITES)
             settle(0)
+        except BaseException:
+            # a run stopping (full disk, Ctrl-C) still marks complete the videos whose writes all landed
+            for video, _, _ in in_flight:
+                wait(video.futures)
+                if all(f.exception() is None for f in video.futures):
+                    st.mark_complete(video.group)
+            raise
         finally:
             for feed, _, _ in feeds:
                 feed.cancel()

@@ -235,7 +235,9 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
         grid = (frame_size[0] // patch * scale, frame_size[1] // patch * scale)
         result = BenchResult(options=asdict(options), device=str(device), frames=sum(counts))
         result.details = {"videos": len(sources), "frame_size": frame_size, "grid": grid,
-                          "channels": extractor.backbone.channels}
+                          "channels": extractor.backbone.channels, "threads": torch.get_num_threads(),
+                          "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                          "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
 
         _, result.decode_fps = measure_decode(sources, resize, patch, options.batch_size, options.decode_workers,
                                               options.decode_threads)

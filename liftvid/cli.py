@@ -130,7 +130,8 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
     decode_workers: Annotated[int, typer.Option(help="Videos decoding at once, ahead of the model.", min=1)] = 2,
     decode_threads: Annotated[int, typer.Option(help="decord threads per video (0: decord's default).", min=0)] = 0,
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32; features are stored float16.")] = "auto",
+    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    feature_dtype: Annotated[str, typer.Option(help="Stored features: float16 (half the disk; a video whose features exceed ±65504 fails) or float32.")] = "float16",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT (pays off on long GPU runs).")] = False,
     shard: Annotated[bool, typer.Option("--shard", help="Store one-frame chunks inside batch-sized shards: reading one frame reads one frame.")] = False,
     scheduler: Annotated[Optional[str], typer.Option(help="Run one Dask task per video: 'processes' or tcp://host:port of a dask.distributed cluster (`liftvid cluster`); the store must be reachable from every worker. Default: in-process pipeline.")] = None,
@@ -156,7 +157,7 @@ def extract(
                              stride=stride, max_frames=max_frames, batch_size=batch_size,
                              device=device, fps=fps, overwrite=overwrite, seed=seed,
                              decode_workers=decode_workers, decode_threads=decode_threads, precision=precision,
-                             compile=compile_model, shard=shard)
+                             compile=compile_model, shard=shard, feature_dtype=feature_dtype)
     try:
         with Progress(*_progress_columns(), console=err, transient=False) as bars:
             summary = extract_videos(inputs, store, options, progress=_RichExtractProgress(bars),
@@ -751,6 +752,7 @@ def bench(
     naive_frames: Annotated[int, typer.Option(help="Frames for the naive per-frame reference.", min=1)] = 50,
     model_batches: Annotated[int, typer.Option(help="Batches timed for model-only.", min=1)] = 20,
     precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    feature_dtype: Annotated[str, typer.Option(help="Stored features: float16 or float32.")] = "float16",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT.")] = False,
     shard: Annotated[bool, typer.Option("--shard", help="One-frame chunks inside batch-sized shards.")] = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers as JSON.")] = None,
@@ -767,7 +769,7 @@ def bench(
                            device=device, min_frames=min_frames, decode_workers=decode_workers,
                            decode_threads=decode_threads,
                            naive_frames=naive_frames, model_batches=model_batches, precision=precision,
-                           compile=compile_model, shard=shard)
+                           compile=compile_model, shard=shard, feature_dtype=feature_dtype)
     try:
         result = run_benchmark(inputs, options, report=lambda stage, fps: out.print(f"  {stage:<11} {fps:12,.1f} frames/s"))
     except ValueError as exc:

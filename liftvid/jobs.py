@@ -33,6 +33,10 @@ def compute_each(collections: Mapping[str, Any], scheduler: str = "threads",
                  workers: int | None = None) -> dict[str, Any]:
     """Compute several Dask collections in one graph; one failure does not stop the others.
 
+    For pure collections only (arrays, pure delayed): on a local scheduler a failure aborts the
+    graph and every collection is then recomputed alone. Tasks with side effects (writing a video)
+    go through :func:`run_per_video`, where a task's exception is its result and nothing reruns.
+
     Args:
         collections: name → Dask collection (array, delayed…).
         scheduler: see the module docstring.
@@ -108,6 +112,27 @@ class TaskError(Exception):
     """A task's exception that could not travel back from a worker process as itself."""
 
 
+class ClusterResourceError(ValueError):
+    """The cluster has no worker offering a resource the tasks ask for: they would wait forever."""
+
+
+def check_cluster_resources(client, resources: Mapping[str, float], address: str) -> None:
+    """Raise :class:`ClusterResourceError` unless some worker of ``client``'s cluster offers every
+    resource of ``resources`` in the amount asked (a task no worker can take waits forever)."""
+    try:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    except TypeError:  # distributed before n_workers
+        workers = client.scheduler_info()["workers"]
+    if not workers:
+        raise ClusterResourceError(f"{address}: the cluster has no workers; start some with `liftvid cluster`")
+    offered = [w.get("resources") or {} for w in workers.values()]
+    for name, amount in resources.items():
+        if not any(r.get(name, 0) >= amount for r in offered):
+            hint = ("start workers with `liftvid cluster` on a GPU machine or pass --device cpu"
+                    if name == "GPU" else f"start workers with --resources {name}={amount:g}")
+            raise ClusterResourceError(f"{address}: no worker of {len(workers)} offers the {name} resource; {hint}")
+
+
 def _guarded(func: Callable[..., Any], *args: Any) -> Any:
     """Run one task; its exception becomes its result, so one video cannot abort the graph."""
     try:
@@ -120,9 +145,23 @@ def _guarded(func: Callable[..., Any], *args: Any) -> Any:
         return exc
 
 
+def per_video_graph(func: Callable[..., Any], tasks: Mapping[str, tuple],
+                    resources: Mapping[str, float] | None = None, name: str | None = None) -> dict[str, Any]:
+    """video id → one guarded Dask task ``func(*args)`` keyed ``<name>-<video id>`` (``name``:
+    default the function's), annotated with ``resources`` when given."""
+    import contextlib
+
+    import dask
+
+    with dask.annotate(resources=dict(resources)) if resources else contextlib.nullcontext():
+        return {vid: dask.delayed(_guarded, pure=False)(func, *args, dask_key_name=f"{name or _key_prefix(func)}-{vid}")
+                for vid, args in tasks.items()}
+
+
 def run_per_video(func: Callable[..., Any], tasks: Mapping[str, tuple], scheduler: str = "threads",
                   workers: int | None = None,
-                  on_done: Callable[[str, Any], None] | None = None) -> dict[str, Any]:
+                  on_done: Callable[[str, Any], None] | None = None,
+                  resources: Mapping[str, float] | None = None, name: str | None = None) -> dict[str, Any]:
     """Run ``func(*args)`` for every ``video_id → args`` of ``tasks``, one Dask task per video.
 
     Args:
@@ -133,10 +172,17 @@ def run_per_video(func: Callable[..., Any], tasks: Mapping[str, tuple], schedule
         workers: local threads/processes (``None``: one per core); a cluster has its own.
         on_done: called on this process as ``on_done(video_id, result_or_exception)`` when each
             video finishes, in completion order (progress bars).
+        resources: worker resources each task asks for on a ``tcp://`` cluster (e.g. ``{"GPU": 1}``);
+            ignored by local schedulers.
+        name: prefix of the task keys (``<name>-<video id>``, as the dashboard shows them);
+            default the function's name.
 
     Returns:
-        video id → ``func``'s result, or the exception it raised (the other videos still run).
-        The results do not depend on the scheduler.
+        video id → ``func``'s result, or the exception it raised (the other videos still run;
+        a failed task is never rerun). The results do not depend on the scheduler.
+
+    Raises:
+        ClusterResourceError: no worker of the cluster offers ``resources``; nothing was submitted.
     """
     import dask
 
@@ -145,14 +191,16 @@ def run_per_video(func: Callable[..., Any], tasks: Mapping[str, tuple], schedule
         raise ValueError(f"workers must be ≥ 1, got {workers}")
     if not tasks:
         return {}
-    graph = {vid: dask.delayed(_guarded, pure=False)(func, *args, dask_key_name=f"{_key_prefix(func)}-{vid}")
-             for vid, args in tasks.items()}
-    if scheduler.startswith("tcp://"):
+    distributed = scheduler.startswith("tcp://")
+    graph = per_video_graph(func, tasks, resources if distributed else None, name)
+    if distributed:
         import time
 
         from distributed import Client
 
         with Client(scheduler, set_as_default=False) as client:
+            if resources:
+                check_cluster_resources(client, resources, scheduler)
             pending = dict(zip(client.compute(list(graph.values())), graph))
             out = {}
             while pending:  # (distributed.as_completed wants a default client; this one is not)
@@ -264,7 +312,8 @@ def graph_token(*parts: Any) -> str:
 
 def run_extraction(extract_one: Callable[..., Any], todo, store_path: str, options, scheduler: str,
                    workers: int | None = None, gpu: bool = False) -> dict[str, Any]:
-    """Extract ``todo`` = [(VideoSource, video_id), …] with one Dask task per video.
+    """Extract ``todo`` = [(VideoSource, video_id), …] with one Dask task per video
+    (:func:`run_per_video`: a failed video is that video's result, the others run once).
 
     Args:
         extract_one: the per-video task, ``extract_one(source, video_id, store_path, options)``
@@ -275,20 +324,14 @@ def run_extraction(extract_one: Callable[..., Any], todo, store_path: str, optio
 
     Returns:
         video_id → :class:`liftvid.extract.VideoResult`, or the exception its task raised.
+
+    Raises:
+        ClusterResourceError: ``gpu`` on a cluster none of whose workers offers ``GPU``.
     """
-    import contextlib
-
-    import dask
-
     check_scheduler(scheduler)
-    if not todo:
-        return {}
-    wants_gpu = gpu and scheduler.startswith("tcp://")
-    with dask.annotate(resources={"GPU": 1}) if wants_gpu else contextlib.nullcontext():
-        tasks = {video_id: dask.delayed(extract_one, pure=False)(source, video_id, store_path, options,
-                                                                    dask_key_name=f"extract-{video_id}")
-                 for source, video_id in todo}
-    return compute_each(tasks, scheduler, workers)
+    tasks = {video_id: (source, video_id, store_path, options) for source, video_id in todo}
+    return run_per_video(extract_one, tasks, scheduler, workers, resources={"GPU": 1} if gpu else None,
+                         name="extract")
 
 
 # ---- local clusters (issue 6) -------------------------------------------------------------------

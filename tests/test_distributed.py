@@ -100,14 +100,15 @@ def test_gpu_tasks_ask_for_the_gpu_resource(tmp_path, four_videos, cluster, monk
     store = str(tmp_path / "gpu.zarr")
     extract_videos([four_videos / "v3.mp4"], store, OPTIONS)  # writes the configuration
     annotations = {}
-    compute_each = jobs.compute_each
+    per_video_graph = jobs.per_video_graph
 
-    def spy(collections, scheduler, workers=None):
-        for vid, c in collections.items():
+    def spy(func, tasks, resources=None):
+        graph = per_video_graph(func, tasks, resources)
+        for vid, c in graph.items():
             annotations[vid] = [layer.annotations for layer in c.__dask_graph__().layers.values()]
-        return compute_each(collections, scheduler, workers)
+        return graph
 
-    monkeypatch.setattr(jobs, "compute_each", spy)
+    monkeypatch.setattr(jobs, "per_video_graph", spy)
     todo = [(s, "v1") for s in find_sources([four_videos / "v1.mp4"])]
     # runs on this cluster because its workers offer GPU=1 (elsewhere such a task waits for one)
     out = jobs.run_extraction(extract_one, todo, store, OPTIONS, local.scheduler_address, gpu=True)

@@ -14,11 +14,13 @@ from .lift import LiFT, lift_features
 __all__ = ["PRECISIONS", "FeatureExtractor", "resolve_device"]
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 autocast on CUDA, fp32 elsewhere
+FEATURE_DTYPES = ("float16", "float32")  # stored feature dtypes
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class FeatureExtractor(torch.nn.Module):
-    """Backbone (+ LiFT) on uint8 frames: ``(B, H, W, 3) uint8`` → ``(B, h, w, C) float16``.
+    """Backbone (+ LiFT) on uint8 frames: ``(B, H, W, 3) uint8`` → ``(B, h, w, C)`` of
+    ``feature_dtype`` (float16 or float32).
 
     Normalisation happens on the device, with ``mean``/``std`` (default: the backbone's; the
     ``--resize`` protocol chooses them, :meth:`liftvid.io.video.Resize.normalisation`).
@@ -27,11 +29,15 @@ class FeatureExtractor(torch.nn.Module):
     """
 
     def __init__(self, backbone: Backbone, lift: LiFT | None = None, lift_iterations: int = 1,
-                 precision: str = "auto", mean: Sequence[float] | None = None, std: Sequence[float] | None = None):
+                 precision: str = "auto", mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
+                 feature_dtype: str = "float16"):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+        if feature_dtype not in FEATURE_DTYPES:
+            raise ValueError(f"--feature-dtype {feature_dtype}: use one of {', '.join(FEATURE_DTYPES)}")
         self.precision = precision
+        self.feature_dtype = feature_dtype
         self.backbone = backbone
         self.lift = lift
         self.lift_iterations = lift_iterations if lift is not None else 0
@@ -64,4 +70,4 @@ class FeatureExtractor(torch.nn.Module):
         precision = self.precision if self.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
         with torch.autocast(device.type, dtype=_AUTOCAST.get(precision, torch.bfloat16), enabled=precision != "fp32"):
             feats = self.features(self.normalise(frames))
-        return feats.permute(0, 2, 3, 1).to(torch.float16)
+        return feats.permute(0, 2, 3, 1).to(getattr(torch, self.feature_dtype))

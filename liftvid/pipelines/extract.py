@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -27,7 +27,9 @@ from ..models.backbone import Backbone, file_sha256
 from ..models.extractor import FeatureExtractor, resolve_device
 from ..models.lift import load_lift_checkpoint
 
-MAX_PENDING_WRITES = 4  # batches in flight to the writer thread: bounds host memory
+MAX_PENDING_WRITES = 4  # batches of one video in flight to the writer threads: bounds host memory
+MAX_VIDEOS_AWAITING_WRITES = 2  # videos computed whose last writes have not landed yet
+FLOAT16_MAX = 65504.0
 
 
 @dataclass
@@ -50,7 +52,8 @@ class ExtractOptions:
     decode_threads: int = 0  # decord's threads per video (0 = its default)
     decode_workers: int = 2  # videos decoding at once, ahead of the model
     write_workers: int = 2  # threads compressing and writing chunks
-    precision: str = "auto"  # compute precision, one of PRECISIONS; features are stored float16
+    precision: str = "auto"  # compute precision, one of PRECISIONS
+    feature_dtype: str = "float16"  # stored features, one of FEATURE_DTYPES
     compile: bool = False  # torch.compile the backbone + LiFT (first batches of each shape compile)
     shard: bool = False  # one-frame chunks inside shards of a batch: one-frame reads read one frame
     seed: int = 0
@@ -108,6 +111,11 @@ class _NoProgress:
     def video_finished(self, result): pass
 
 
+class FeatureRangeError(ValueError):
+    """A batch of features that is not finite once cast to the stored dtype (float16 saturates at
+    ±65504): the video fails with this message, the run goes on."""
+
+
 def _lift_info(options: ExtractOptions) -> dict | None:
     if options.lift is None:
         return None
@@ -128,7 +136,7 @@ def build_extractor(options: ExtractOptions, device: torch.device) -> tuple[Feat
         lift_info = _lift_info(options)
     mean, std = Resize.parse(options.resize).normalisation(backbone.mean, backbone.std)
     extractor = FeatureExtractor(backbone, lift, options.lift_iterations, options.precision,
-                                 mean, std).to(device).eval()
+                                 mean, std, options.feature_dtype).to(device).eval()
     if device.type == "cuda":
         extractor = extractor.to(memory_format=torch.channels_last)
     if options.compile:
@@ -202,29 +210,16 @@ class _VideoFeed:
         self.stop.set()
 
 
-class _PinnedPool:
-    """Page-locked host buffers for non-blocking device→host copies, reused across batches."""
+def _stages_on_host(extractor: FeatureExtractor) -> bool:
+    """Whether features are staged through page-locked host buffers (a CUDA extractor)."""
+    return extractor.mean.device.type == "cuda"
 
-    def __init__(self, size: int):
-        self.free: queue.Queue = queue.Queue()
-        self.size = size
-        self.made = 0
 
-    def get(self, shape: tuple[int, ...]) -> torch.Tensor:
-        while True:
-            try:
-                buf = self.free.get_nowait()
-            except queue.Empty:
-                if self.made < self.size:
-                    self.made += 1
-                    return torch.empty(shape, dtype=torch.float16).pin_memory()
-                buf = self.free.get()
-            if tuple(buf.shape) == tuple(shape):
-                return buf
-            self.made -= 1  # a batch of another shape: drop it, make a new one
-
-    def put(self, buf: torch.Tensor) -> None:
-        self.free.put(buf)
+def _range_error(source, start: int, n: int, dtype: str) -> FeatureRangeError:
+    if dtype == "float16":
+        return FeatureRangeError(f"{source}: features of frames {start}–{start + n - 1} exceed float16's range "
+                                 f"(±{FLOAT16_MAX:g}); rerun with --feature-dtype float32")
+    return FeatureRangeError(f"{source}: the model gave non-finite features for frames {start}–{start + n - 1}")
 
 
 @dataclass
@@ -245,25 +240,46 @@ class _VideoInFlight:
         return self.result
 
 
-def _write_batch(array, start: int, feats, event=None, pool: _PinnedPool | None = None) -> None:
+def _write_batch(array, start: int, feats, event=None, finite=None, source: str = "") -> None:
+    """Write one batch at ``start``; on the CUDA path wait for its copy (``event``) and check the
+    copied ``finite`` flag first. The page-locked buffer goes back to torch's caching host allocator
+    when the last reference drops, whether the write succeeds or fails."""
     if event is not None:
         event.synchronize()  # the non-blocking device→host copy has landed
+    if finite is not None and not bool(finite):
+        raise _range_error(source, start, len(feats), str(array.dtype))
     array[start:start + len(feats)] = feats.numpy() if isinstance(feats, torch.Tensor) else feats
-    if pool is not None:
-        pool.put(feats)
+
+
+def _wait_for_writes(futures: list[Future], limit: int) -> None:
+    """Block until at most ``limit`` of ``futures`` are unfinished; re-raise the first failed one at
+    once (a full disk stops the video after its first failed write, not after the queue drains)."""
+    while True:
+        for f in futures:
+            if f.done() and f.exception() is not None:
+                raise f.exception()
+        pending = [f for f in futures if not f.done()]
+        if len(pending) <= limit:
+            return
+        wait(pending, return_when=FIRST_COMPLETED)
 
 
 def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id: str,
                   options: ExtractOptions, writer: ThreadPoolExecutor, progress: ExtractProgress,
-                  pinned: _PinnedPool | None = None) -> _VideoInFlight:
+                  pinned: bool = False) -> _VideoInFlight:
     """Compute one video's features into ``root[video_id]`` and hand the writes to ``writer``.
 
     Every batch write covers whole chunks (the chunk length divides the batch size), so writes of
     one video run in parallel without touching a chunk twice. The caller marks the group complete
     once all writes have landed (:meth:`_VideoInFlight.finish`).
 
+    ``pinned``: stage features through page-locked host buffers with non-blocking copies (CUDA).
+
     Raises:
         VideoDecodeError: the video cannot be opened or decoded (the caller records it).
+        FeatureRangeError: features not finite in the stored dtype (the caller records it).
+        OSError: a failed write (full disk, object store), at the first one; nothing of this video
+            is still writing when it propagates.
     """
     t0 = time.perf_counter()
     source = feed.source
@@ -281,7 +297,8 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     channels = extractor.backbone.channels
     t_chunk = st.chunk_frames(grid, channels, batch_size=options.batch_size)
     group = st.begin_video(root, video_id, info, len(indices), grid, channels, indices,
-                           reader.timestamps(indices), t_chunk=t_chunk, shard=options.shard)
+                           reader.timestamps(indices), dtype=extractor.feature_dtype, t_chunk=t_chunk,
+                           shard=options.shard)
     progress.video_started(video_id, len(indices))
     features = group["features"]
     futures: list[Future] = []
@@ -290,21 +307,27 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
         while (item := feed.get()) is not _END:
             _, frames = item
             tensor = torch.from_numpy(frames)
-            if pinned is not None:
+            if pinned:
                 feats = extractor(tensor.pin_memory())
-                host = pinned.get(tuple(feats.shape))
+                # torch's caching host allocator recycles page-locked buffers once a write drops them
+                host = torch.empty(tuple(feats.shape), dtype=feats.dtype, pin_memory=True)
                 host.copy_(feats, non_blocking=True)
+                finite = torch.empty((), dtype=torch.bool, pin_memory=True)
+                finite.copy_(torch.isfinite(feats).all(), non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
-                futures.append(writer.submit(_write_batch, features, written, host, event, pinned))
+                futures.append(writer.submit(_write_batch, features, written, host, event, finite,
+                                             str(source.path)))
             else:
-                feats = extractor(tensor).contiguous().numpy()
-                futures.append(writer.submit(_write_batch, features, written, feats))
+                feats = extractor(tensor).contiguous()
+                if not bool(torch.isfinite(feats).all()):
+                    raise _range_error(source.path, written, len(frames), extractor.feature_dtype)
+                futures.append(writer.submit(_write_batch, features, written, feats.numpy()))
             written += len(frames)
             progress.frames_done(len(frames))
-            # bound host memory: never more than a few batches queued for writing
-            while sum(not f.done() for f in futures) > MAX_PENDING_WRITES:
-                next(f for f in futures if not f.done()).result()
+            # bound host memory: never more than a few batches queued for writing; a failed write
+            # fails the video now
+            _wait_for_writes(futures, MAX_PENDING_WRITES)
         if written != len(indices):
             raise VideoDecodeError(f"{source.path}: decoded {written} of {len(indices)} frames")
     except BaseException:
@@ -314,14 +337,31 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
                                              time.perf_counter() - t0), futures)
 
 
+# every ExtractOptions field that changes the models build_extractor makes (or what they compute)
+MODEL_FIELDS = ("backbone", "weights", "layer", "facet", "lift", "lift_iterations", "device", "seed", "resize",
+                "precision", "compile", "feature_dtype")
+
+
+def _model_key(options: ExtractOptions) -> tuple:
+    """The worker model cache key: the values of :data:`MODEL_FIELDS`, and the LiFT file's
+    modification time and size (a checkpoint rewritten in place is a new model)."""
+    key = tuple(getattr(options, name) for name in MODEL_FIELDS)
+    if options.lift is not None:
+        try:
+            stat = os.stat(options.lift)
+            key += (stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            pass  # build_extractor reports the missing file
+    return key
+
+
 _WORKER_EXTRACTORS: dict[tuple, FeatureExtractor] = {}
 _WORKER_LOCK = threading.Lock()
 
 
 def _worker_extractor(options: ExtractOptions) -> FeatureExtractor:
     """The models of ``options``, built once per worker process and reused by its tasks."""
-    key = (options.backbone, options.weights, options.layer, options.facet, options.lift,
-           options.lift_iterations, options.device, options.seed, options.resize)  # resize: mean/std
+    key = _model_key(options)
     with _WORKER_LOCK:
         if key not in _WORKER_EXTRACTORS:
             _WORKER_EXTRACTORS.clear()
@@ -338,14 +378,14 @@ def extract_one(source: VideoSource, video_id: str, store_path: str, options: Ex
     extractor = _worker_extractor(options)
     root = st.open_root(store_path, mode="a")
     resize = Resize.parse(options.resize)
-    pinned = _PinnedPool(MAX_PENDING_WRITES + 2) if extractor.mean.device.type == "cuda" else None
+    pinned = _stages_on_host(extractor)
     feed = _VideoFeed(source, resize, extractor.backbone.patch_size, options)
     with ThreadPoolExecutor(max_workers=1) as decoder, \
             ThreadPoolExecutor(max_workers=max(1, options.write_workers)) as writer:
         decoder.submit(feed.run)
         try:
             return extract_video(extractor, root, feed, video_id, options, writer, _NoProgress(), pinned).finish()
-        except VideoDecodeError as exc:
+        except (VideoDecodeError, FeatureRangeError) as exc:
             st.mark_failed(root, video_id, source.record(), str(exc))
             return VideoResult(video_id, str(source.path), st.FAILED, error=str(exc))
         finally:
@@ -391,7 +431,7 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
     backbone = extractor.backbone
     mean, std = resize.normalisation(backbone.mean, backbone.std)
     config = st.make_config(backbone.describe(), lift_info, str(resize), mean, std, extractor.pixels_per_cell,
-                            protocol=resize.record())
+                            protocol=resize.record(), feature_dtype=extractor.feature_dtype)
     with st.StoreLock(store_path):
         try:
             if scheduler is not None:
@@ -460,49 +500,77 @@ def _extract_distributed(sources, store_path, config, options, progress, t0, sch
     return summary
 
 
+def _failed(root, source: VideoSource, video_id: str, message: str) -> VideoResult:
+    st.mark_failed(root, video_id, source.record(), message)
+    return VideoResult(video_id, str(source.path), st.FAILED, error=message)
+
+
 def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], resize: Resize, store_path,
                      config: dict, options: ExtractOptions, progress: ExtractProgress, t0: float) -> ExtractSummary:
+    """The in-process pipeline. Memory stays bounded whatever the number of videos: at most
+    ``decode_workers + 1`` videos are open (the one the model reads and those queued for the
+    decoders), and at most
+    :data:`MAX_VIDEOS_AWAITING_WRITES` computed videos wait for their writes."""
     root = st.init_store(store_path, config, overwrite=options.overwrite)
     backbone = extractor.backbone
     summary = ExtractSummary(str(store_path))
     progress.start(len(sources))
     patch = backbone.patch_size
-    pinned = _PinnedPool(MAX_PENDING_WRITES + 2) if extractor.mean.device.type == "cuda" else None
-    feeds: list[_VideoFeed] = []
-    in_flight: deque[_VideoInFlight] = deque()
+    pinned = _stages_on_host(extractor)
+    ahead = max(1, options.decode_workers)  # queued feeds besides the one the model reads
+    feeds: deque[tuple[_VideoFeed, VideoSource, str]] = deque()
+    in_flight: deque[tuple[_VideoInFlight, VideoSource, str]] = deque()
 
-    def settle(block: bool) -> None:
-        while in_flight and (block or in_flight[0].done()):
-            result = in_flight.popleft().finish()
-            summary.results.append(result)
-            progress.video_finished(result)
+    def report(result: VideoResult) -> None:
+        summary.results.append(result)
+        progress.video_finished(result)
+
+    def settle(limit: int) -> None:
+        """Finish videos in input order: those whose writes have landed, then more (waiting) until
+        at most ``limit`` await their writes."""
+        while in_flight and (in_flight[0][0].done() or len(in_flight) > limit):
+            video, source, video_id = in_flight.popleft()
+            try:
+                report(video.finish())
+            except FeatureRangeError as exc:  # found by the writer after the copy landed
+                report(_failed(root, source, video_id, str(exc)))
 
     with ThreadPoolExecutor(max_workers=max(1, options.decode_workers), thread_name_prefix="liftvid-decode") as decoders, \
             ThreadPoolExecutor(max_workers=max(1, options.write_workers), thread_name_prefix="liftvid-write") as writer:
         try:
-            todo = _pending_sources(root, sources, summary, progress)
-            # decoders pick videos in order; at most decode_workers are open at once
-            for source, _ in todo:
-                feed = _VideoFeed(source, resize, patch, options)
-                feeds.append(feed)
-                decoders.submit(feed.run)
-            for feed, (source, video_id) in zip(feeds, todo):
+            todo = iter(_pending_sources(root, sources, summary, progress))
+
+            def top_up() -> None:
+                # decoders pick videos in order, a few ahead of the model, never the whole list
+                while len(feeds) < ahead and (item := next(todo, None)) is not None:
+                    source, video_id = item
+                    feed = _VideoFeed(source, resize, patch, options)
+                    feeds.append((feed, source, video_id))
+                    decoders.submit(feed.run)
+
+            top_up()
+            while feeds:
+                feed, source, video_id = feeds.popleft()
+                top_up()
                 try:
-                    in_flight.append(extract_video(extractor, root, feed, video_id, options, writer,
-                                                   progress, pinned))
-                except VideoDecodeError as exc:
-                    settle(block=True)  # keep the results in input order
-                    message = str(exc)
-                    st.mark_failed(root, video_id, source.record(), message)
-                    result = VideoResult(video_id, str(source.path), st.FAILED, error=message)
-                    summary.results.append(result)
-                    progress.video_finished(result)
+                    video = extract_video(extractor, root, feed, video_id, options, writer, progress, pinned)
+                    in_flight.append((video, source, video_id))
+                except (VideoDecodeError, FeatureRangeError) as exc:
+                    settle(0)  # keep the results in input order
+                    report(_failed(root, source, video_id, str(exc)))
                 finally:
                     feed.cancel()
-                settle(block=False)
-            settle(block=True)
+                settle(MAX_VIDEOS_AWAITING_WRITES)
+            settle(0)
+        except BaseException:
+            # a run stopping (full disk, Ctrl-C) still marks complete the videos whose writes all landed
+            for video, _, _ in in_flight:
+                wait(video.futures)
+                if all(f.exception() is None for f in video.futures):
+                    st.mark_complete(video.group)
+            raise
         finally:
-            for feed in feeds:
+            for feed, _, _ in feeds:
                 feed.cancel()
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -34,10 +34,11 @@ _EXPORTS = {
     "read_queries_csv": "io.tables", "write_davis_csv": "io.tables", "read_tracks_csv": "io.tables", "load_tapvid": "io.tables",
     "write_video": "io.encode", "synthetic_frames": "io.encode", "write_synthetic_video": "io.encode",
     # pipelines
-    "store_config": "io.store",
+    "VideoInfo": "io.store",
     "ExtractOptions": "pipelines.extract", "extract_videos": "pipelines.extract",
     "build_extractor": "pipelines.extract",
     "PropagateOptions": "pipelines.propagate", "propagate_store": "pipelines.propagate",
+    "upsampling_scale": "pipelines.propagate",
     "track_store": "pipelines.track", "track_graph": "pipelines.track",
     "TrainOptions": "pipelines.train", "train_lift": "pipelines.train", "step_throughput": "pipelines.train",
     "evaluate_davis": "pipelines.evaluate", "evaluate_tapvid": "pipelines.evaluate",

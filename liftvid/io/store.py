@@ -316,6 +316,64 @@ class StoreLock:
         self.release()
 
 
+@dataclass(frozen=True)
+class VideoInfo:
+    """What a video group records in its ``attrs["liftvid"]``, typed (:func:`read_video_info`).
+
+    Sizes are ``(H, W)``: the source frames, the model input, the feature grid. ``fps`` is the
+    source's frame rate and ``stride`` the frame sampling of extraction (every ``stride``-th frame).
+    """
+
+    status: str
+    source: str | None = None
+    source_kind: str = "file"
+    source_relative: str | None = None
+    source_size: tuple[int, int] | None = None
+    frame_size: tuple[int, int] | None = None
+    grid_size: tuple[int, int] | None = None
+    fps: float | None = None
+    source_frames: int | None = None
+    stride: int = 1
+    max_frames: int | None = None
+    error: str | None = None
+
+    @classmethod
+    def from_attrs(cls, attrs: dict) -> "VideoInfo":
+        """From a group's ``attrs["liftvid"]`` (or an ``open_store`` Dataset's attrs)."""
+        def size(key):
+            value = attrs.get(key)
+            return tuple(int(v) for v in value) if value else None
+
+        sampling = attrs.get("sampling") or {}
+        return cls(status=str(attrs.get("status", "?")), source=attrs.get("source"),
+                   source_kind=attrs.get("source_kind", "file"), source_relative=attrs.get("source_relative"),
+                   source_size=size("source_size"), frame_size=size("frame_size"), grid_size=size("grid_size"),
+                   fps=float(attrs["fps"]) if attrs.get("fps") else None,
+                   source_frames=int(attrs["source_frames"]) if attrs.get("source_frames") else None,
+                   stride=int(sampling.get("stride") or 1), max_frames=sampling.get("max_frames"),
+                   error=attrs.get("error"))
+
+    @property
+    def stored_fps(self) -> float:
+        """The frame rate of the stored frames: the source's divided by the sampling stride."""
+        from .video import DEFAULT_FPS
+
+        return (self.fps or DEFAULT_FPS) / self.stride
+
+    def video_source(self, video_id: str = "", store: str | os.PathLike | None = None):
+        """The :class:`~liftvid.io.video.VideoSource` to decode, found from ``store`` (see
+        :meth:`~liftvid.io.video.VideoSource.from_record`)."""
+        from .video import VideoSource
+
+        return VideoSource.from_record({"source": self.source, "source_kind": self.source_kind,
+                                        "source_relative": self.source_relative}, video_id, store)
+
+
+def read_video_info(root, video_id: str) -> VideoInfo:
+    """A video group's :class:`VideoInfo`."""
+    return VideoInfo.from_attrs(video_info(root, video_id))
+
+
 def video_info(root, video_id: str) -> dict:
     """A video group's ``attrs["liftvid"]``."""
     return dict(root[video_id].attrs.get(ATTRS_KEY, {}))

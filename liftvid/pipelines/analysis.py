@@ -13,7 +13,8 @@ import numpy as np
 
 from .. import jobs
 from ..io.store import (ATTRS_KEY, COMPLETE, CORE_ARRAYS, DAMAGED, FEATURE_DIMS, DamagedChunkError, NamedReads, StoreError,
-                        check_video_intact, damaged_groups, list_videos, open_root, read_config, video_info)
+                        VideoInfo, check_video_intact, damaged_groups, list_videos, open_root, read_config,
+                        video_info)
 from ..ops.geometry import cell_centres
 
 
@@ -125,7 +126,7 @@ class FeatureStore:
         info = self._all[video_id]
         features = group["features"]
         T, h, w, _ = features.shape
-        ys, xs = cell_centres((h, w), tuple(info["source_size"]))
+        ys, xs = cell_centres((h, w), VideoInfo.from_attrs(info).source_size)
         coords = {
             "frame_index": ("frame", np.asarray(group["frame_index"][:]), {"long_name": "source frame number"}),
             "time": ("frame", np.asarray(group["timestamps"][:]), {"units": "s"}),

@@ -197,4 +197,4 @@ def store_source_sizes(store_path: str) -> dict[str, tuple[int, int]]:
     """``video_id → (H, W)`` source size of every complete video of a store (the pixels a tracks
     CSV refers to)."""
     root = st.open_root(store_path)
-    return {v: tuple(st.video_info(root, v)["source_size"]) for v in st.list_videos(root)}
+    return {v: st.read_video_info(root, v).source_size for v in st.list_videos(root)}

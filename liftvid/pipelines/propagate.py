@@ -20,7 +20,7 @@ from ..io import store as st
 from ..io.outputs import PARTIAL, partial_folder, refuse_over_inputs, replace_folder, replace_node, written_whole
 from ..io.masks import MAX_OBJECTS, MaskError, find_mask, frame_name, mask_ids, read_mask, write_mask
 from ..io.encode import write_video
-from ..io.video import DEFAULT_FPS, VideoSource, read_source_frames
+from ..io.video import read_source_frames
 from ..models.extractor import resolve_device
 from ..ops.propagate import N_LAST, RADIUS, TEMPERATURE, TOPK, iter_propagate, labels_to_masks, masks_to_labels
 
@@ -101,15 +101,15 @@ class _Window:
         return self.array[self.start + (item.start or 0):self.start + item.stop]
 
 
-def _check_video(root, video_id: str) -> tuple[Any, dict, np.ndarray]:
-    """The video's features array, attrs and frame index, or a PropagateError saying what is wrong."""
+def _check_video(root, video_id: str) -> tuple[Any, st.VideoInfo, np.ndarray]:
+    """The video's features array, recorded facts and frame index, or a PropagateError saying what is wrong."""
 
     if video_id not in root:
         raise PropagateError(f"{video_id}: not in the store (run `liftvid extract` on it first)")
-    info = st.video_info(root, video_id)
-    if info.get("status") != st.COMPLETE:
-        raise PropagateError(f"{video_id}: its features are {info.get('status', 'missing')} in the store"
-                             + (f" ({info['error']})" if info.get("error") else "") + "; rerun `liftvid extract`")
+    info = st.read_video_info(root, video_id)
+    if info.status != st.COMPLETE:
+        raise PropagateError(f"{video_id}: its features are {info.status} in the store"
+                             + (f" ({info.error})" if info.error else "") + "; rerun `liftvid extract`")
     if damage := st.check_video_intact(root, video_id):  # missing chunks read as NaN: refuse, do not propagate
         raise PropagateError(damage)
     group = root[video_id]
@@ -121,12 +121,12 @@ def _check_video(root, video_id: str) -> tuple[Any, dict, np.ndarray]:
         if n != T:
             raise PropagateError(f"{video_id}: features have {T} frames but {name} has {n}; the video's group "
                                  f"is inconsistent; redo it: {st.redo_command(root, video_id)}")
-    if T and info.get("source_frames") and int(frame_index.max()) >= int(info["source_frames"]):
+    if T and info.source_frames and int(frame_index.max()) >= info.source_frames:
         raise PropagateError(f"{video_id}: features refer to frame {int(frame_index.max())} but the source has "
-                             f"{info['source_frames']} frames; redo it: {st.redo_command(root, video_id)}")
-    if list(info.get("grid_size", [h, w])) != [h, w]:
+                             f"{info.source_frames} frames; redo it: {st.redo_command(root, video_id)}")
+    if info.grid_size is not None and info.grid_size != (h, w):
         raise PropagateError(f"{video_id}: features are on a {h}×{w} grid but the store recorded "
-                             f"{info['grid_size']}; redo it: {st.redo_command(root, video_id)}")
+                             f"{list(info.grid_size)}; redo it: {st.redo_command(root, video_id)}")
     return features, info, frame_index
 
 
@@ -154,9 +154,10 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
     t0 = time.perf_counter()
     root = st.open_root(store_path, mode="r+" if options.write_store else "r")
     features, info, frame_index = _check_video(root, video_id)
+    features = st.NamedReads(features, f"{store_path}: video {video_id!r}")  # a corrupt chunk is named
     scale = float(scale or upsampling_scale(st.read_config(root)))
     T, h, w, _ = features.shape
-    H, W = (int(s) for s in info["source_size"])
+    H, W = info.source_size
     hits = np.flatnonzero(frame_index == options.start_frame)
     if not len(hits):
         raise PropagateError(f"{video_id}: start frame {options.start_frame} is not among its stored frames "
@@ -170,8 +171,8 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
         raise MaskError(f"{mask_path}: {n_objects} objects, at most {MAX_OBJECTS}")
     labels = masks_to_labels(mask, (h, w), n_objects)
     device = resolve_device(options.device or "auto")
-    frames = (read_source_frames(VideoSource.from_record(info, video_id, store_path), frame_index[pos:], info["source_size"],
-                                 info.get("fps")) if options.overlay else None)
+    frames = (read_source_frames(info.video_source(video_id, store_path), frame_index[pos:], info.source_size,
+                                 info.fps) if options.overlay else None)
 
     # results are built beside the old ones and swapped in when complete: a failure keeps the old
     final = Path(out_dir) / video_id
@@ -204,7 +205,7 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
     overlay = None
     try:
         if options.overlay:
-            fps = float(info.get("fps") or DEFAULT_FPS) / int((info.get("sampling") or {}).get("stride") or 1)
+            fps = info.stored_fps
             overlay = Path(out_dir) / f"{video_id}.mp4"
             with written_whole(overlay) as tmp:
                 write_video(tmp, (viz.mask_overlay(frame, m) for (_, m), frame in zip(masks_out(), frames)), fps=fps)

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io.video import DEFAULT_FPS, VideoSource, read_source_frames
+from ..io.store import VideoInfo
+from ..io.video import read_source_frames
 from ..viz import (PCAFit, TRAIL_FRAMES, _frame_list, cosine_map, fit_pca, heatmap, iter_pca_frames, mask_overlay,
                    query_feature, side_by_side, similarity_overlay, similarity_range, track_overlay)
 
@@ -30,8 +31,9 @@ def iter_source_frames(ds: Any, frames: Sequence[int] | None = None, batch: int 
     """
     positions = _frame_list(ds.sizes["frame"], frames)
     index = np.asarray(ds["frame_index"].values)[positions]
-    source = VideoSource.from_record(ds.attrs, ds.attrs.get("video_id", ""), ds.attrs.get("store"))
-    yield from read_source_frames(source, index, _sizes(ds), ds.attrs.get("fps"), batch)
+    info = VideoInfo.from_attrs(ds.attrs)
+    source = info.video_source(ds.attrs.get("video_id", ""), ds.attrs.get("store"))
+    yield from read_source_frames(source, index, info.source_size, info.fps, batch)
 
 
 def source_frames(ds: Any, frames: Sequence[int] | None = None) -> np.ndarray:
@@ -42,8 +44,7 @@ def source_frames(ds: Any, frames: Sequence[int] | None = None) -> np.ndarray:
 
 def video_fps(ds: Any) -> float:
     """The frame rate of a Dataset's stored frames (the source's, divided by the sampling stride)."""
-    stride = int((ds.attrs.get("sampling") or {}).get("stride") or 1)
-    return float(ds.attrs.get("fps") or DEFAULT_FPS) / stride
+    return VideoInfo.from_attrs(ds.attrs).stored_fps
 
 
 def render_pca(ds: Any, frames: Sequence[int] | None = None, with_source: bool = False,

@@ -22,7 +22,7 @@ from ..io import store as st
 from ..io.encode import write_video
 from ..io.outputs import PARTIAL, OutputError, refuse_over_inputs, replace_node, written_whole
 from ..io.tables import QueryRow, read_queries_csv, write_tracks_csv
-from ..io.video import DEFAULT_FPS, VideoSource, read_source_frames
+from ..io.video import read_source_frames
 from ..ops.geometry import grid_to_source, source_to_grid
 from ..ops.track import TrackOptions, Tracks, frames_per_chunk, prepare_queries, track_chunk, track_points
 
@@ -105,9 +105,9 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
         if damage := st.check_video_intact(root, vid):  # missing chunks read as NaN: refuse the video
             skipped += [SkippedQuery(r.line, vid, r.query, damage) for r in vrows]
             continue
-        info = st.video_info(root, vid)
+        info = st.read_video_info(root, vid)
         n_frames, h, w, _ = root[vid]["features"].shape
-        source_size = tuple(int(v) for v in info["source_size"])
+        source_size = info.source_size
         grid_size = (int(h), int(w))
         good = []
         for r in vrows:
@@ -158,7 +158,8 @@ def write_tracks_group(root, job: _VideoJob, tracks: Tracks, meta: dict) -> None
 
 
 def _open_features(store_path: str, video_id: str):
-    return st.open_root(store_path)[video_id]["features"]
+    # a chunk that fails its checksum is named (store, video, frames), not zarr's bare error
+    return st.NamedReads(st.open_root(store_path)[video_id]["features"], f"{store_path}: video {video_id!r}")
 
 
 def _prepare_task(store_path: str, video_id: str, queries):
@@ -208,16 +209,14 @@ def track_graph(store_path: str, video_id: str, queries, options, n_frames: int,
                                   [(n, b - a, 4) for a, b in spans], np.float32, axis=1)
 
 
-def write_overlay(path: Path, info: dict, frame_index: np.ndarray, positions: np.ndarray,
+def write_overlay(path: Path, info: st.VideoInfo, frame_index: np.ndarray, positions: np.ndarray,
                   visible: np.ndarray, store: str | None = None) -> Path:
     """An mp4 of the source frames with the tracks drawn on (:func:`draw_tracks`)."""
-    fps = float(info.get("fps") or DEFAULT_FPS)
-    stride = int((info.get("sampling") or {}).get("stride") or 1)
-    source = VideoSource.from_record(info, store=store)
+    source = info.video_source(store=store)
     frames = (viz.track_overlay(f, positions, visible, t) for t, f in
-              enumerate(read_source_frames(source, frame_index, info["source_size"], info.get("fps"))))
+              enumerate(read_source_frames(source, frame_index, info.source_size, info.fps)))
     with written_whole(path) as tmp:
-        write_video(tmp, frames, fps=fps / stride)
+        write_video(tmp, frames, fps=info.stored_fps)
     return path
 
 
@@ -308,7 +307,7 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
             write_tracks_group(wroot, job, tracks, meta)
     if overlay:
         for job, tracks in results:
-            info = st.video_info(root, job.video_id)
+            info = st.read_video_info(root, job.video_id)
             frame_index = root[job.video_id]["frame_index"][...]
             try:
                 summary.overlays.append(write_overlay(overlay_path(out_csv, job.video_id), info, frame_index,

@@ -636,7 +636,9 @@ def _viz_write(store: str, video: str, out: Path, frames: Optional[str], fps: Op
         path = viz.write_frames(out, make(ds, picked), fps or render.video_fps(ds))
     except ValueError as exc:
         fail(str(exc))
-    console(stderr=True).print(f"{path}: {len(picked)} frames of {video}")
+    except OSError as exc:  # a read-only folder, a full disk: nothing half-written is left
+        fail(f"{exc.filename or out}: cannot write {out.name} ({exc.strerror or exc})")
+    console(stderr=True).print(f"{escape(str(path))}: {len(picked)} frames of {escape(video)}")
 
 
 @viz_app.command("pca")

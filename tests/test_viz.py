@@ -216,3 +216,24 @@ def test_cli_masks_and_tracks_draw_what_the_store_holds(video_dir, tmp_path):
             assert image[20, 20, 0] > image[20, 20, 1]  # object 1: DAVIS red
         else:
             assert (image[40, 40] != image[75, 5]).any()
+
+
+def test_cli_to_a_read_only_folder_is_one_line_and_leaves_nothing(store_path, tmp_path):
+    import os
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    os.chmod(folder, 0o555)
+    try:
+        if os.access(folder, os.W_OK):  # root ignores the mode: make the target an existing folder instead
+            target = folder / "pca.png"
+            target.mkdir()
+        else:
+            target = folder / "pca.png"
+        result = runner.invoke(app, ["viz", "pca", str(store_path), "--video", "clip_a", "--out", str(target),
+                                     "--frames", "1"])
+        assert result.exit_code == 1 and "cannot write pca.png" in result.output
+        assert "Traceback" not in result.output
+        assert sorted(p.name for p in folder.iterdir()) in ([], ["pca.png"])
+    finally:
+        os.chmod(folder, 0o755)

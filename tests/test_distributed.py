@@ -102,8 +102,8 @@ def test_gpu_tasks_ask_for_the_gpu_resource(tmp_path, four_videos, cluster, monk
     annotations = {}
     per_video_graph = jobs.per_video_graph
 
-    def spy(func, tasks, resources=None):
-        graph = per_video_graph(func, tasks, resources)
+    def spy(func, tasks, resources=None, name=None):
+        graph = per_video_graph(func, tasks, resources, name)
         for vid, c in graph.items():
             annotations[vid] = [layer.annotations for layer in c.__dask_graph__().layers.values()]
         return graph

@@ -26,6 +26,7 @@ from ..ops.propagate import resize_nearest
 MAX_OBJECTS = 255  # uint8 ids and the 256-entry palette
 VOID_LABEL = 255  # DAVIS: "void" pixels in indexed annotations, read as background
 THRESHOLD = 128  # binary/soft masks: object where value ≥ THRESHOLD (of 255)
+BINARY_WHITE = (2**16 - 1, 2**31 - 1, 2**32 - 1)  # white of 16/32-bit images: 0/white is a binary mask
 DAVIS_SUBDIR = Path("Annotations") / "480p"
 
 log = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ def read_mask(path: str | Path, size: tuple[int, int] | None = None) -> np.ndarr
     elif mode.startswith("I"):
         ids = data.astype(np.int64)
         values = np.unique(ids)
-        if len(values) == 2 and values[0] == 0 and values[1] > MAX_OBJECTS:
-            ids = (ids > 0).astype(np.int64)  # a binary 16-bit mask (0/65535): one object
+        if len(values) == 2 and values[0] == 0 and values[1] in BINARY_WHITE:
+            ids = (ids > 0).astype(np.int64)  # a binary 16/32-bit mask (0 and white): one object
         if ids.min() < 0 or ids.max() > MAX_OBJECTS:
             raise MaskError(f"{path}: object ids range {ids.min()}…{ids.max()}, but masks hold at most "
                             f"{MAX_OBJECTS} objects (uint8 ids and the DAVIS palette); split the objects "

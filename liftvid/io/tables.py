@@ -40,9 +40,8 @@ def _csv_rows(path: Path):
     return path.open(newline="", encoding="utf-8-sig")
 
 
-def _not_text(path: Path, exc: UnicodeDecodeError) -> ValueError:
-    return ValueError(f"{path}: not a UTF-8 text CSV (byte {exc.start}: {exc.reason}); expected the header "
-                      f"{','.join(QUERY_COLUMNS)} and one row per query")
+def _not_text(path: Path, exc: UnicodeDecodeError, expected: str) -> ValueError:
+    return ValueError(f"{path}: not a UTF-8 text CSV (byte {exc.start}: {exc.reason}); expected {expected}")
 
 
 def read_queries_csv(path: str | Path) -> list[QueryRow]:
@@ -59,7 +58,7 @@ def read_queries_csv(path: str | Path) -> list[QueryRow]:
     try:
         return _read_queries(path)
     except UnicodeDecodeError as exc:
-        raise _not_text(path, exc) from None
+        raise _not_text(path, exc, f"the header {','.join(QUERY_COLUMNS)} and one row per query") from None
     except csv.Error as exc:
         raise ValueError(f"{path}: not a readable CSV ({exc})") from None
 
@@ -331,8 +330,7 @@ def read_tracks_csv(path: str | Path) -> dict[str, PredictedTracks]:
     try:
         return _read_tracks(path)
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{path}: not a UTF-8 text CSV (byte {exc.start}: {exc.reason}); expected the CSV of "
-                         "`liftvid track`") from None
+        raise _not_text(path, exc, "the CSV of `liftvid track`") from None
 
 
 def _read_tracks(path: Path) -> dict[str, PredictedTracks]:

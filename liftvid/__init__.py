@@ -26,7 +26,7 @@ _EXPORTS = {
     "frames_per_chunk": "ops.track", "default_tile": "ops.propagate",
     "cell_centres": "ops.geometry", "grid_to_source": "ops.geometry", "source_to_grid": "ops.geometry",
     "compute_tapvid_metrics": "ops.metrics", "evaluate_sequence": "ops.metrics",
-    "DAVIS_MEASURES": "ops.metrics",
+    "DAVIS_MEASURES": "ops.metrics", "db_eval_boundary": "ops.metrics", "db_eval_iou": "ops.metrics",
     # io
     "find_sources": "io.video", "open_video": "io.video", "read_frames": "io.video", "Resize": "io.video",
     "VideoSource": "io.video",
@@ -50,17 +50,17 @@ _EXPORTS = {
     "video_fps": "pipelines.render",
     "shared_task": "jobs", "array_from_blocks": "jobs", "compute_each": "jobs",
 }
-# public modules: pictures (liftvid.viz) and the Dask layer (liftvid.jobs)
-_MODULES = ("viz", "jobs")
+# public modules: pictures, the Dask layer, and the store's schema (for tools that write stores)
+_MODULES = {"viz": "viz", "jobs": "jobs", "store": "io.store"}
 
-__all__ = sorted(_EXPORTS) + list(_MODULES) + ["__version__"]
+__all__ = sorted(_EXPORTS) + sorted(_MODULES) + ["__version__"]
 
 
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
     if name in _MODULES:
-        return import_module(f".{name}", __name__)
+        return import_module(f".{_MODULES[name]}", __name__)
     raise AttributeError(f"module 'liftvid' has no attribute {name!r}")
 
 

@@ -18,8 +18,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from liftvid import evaluate_davis, write_mask
-from liftvid.ops.metrics import db_eval_boundary, disk
+from liftvid import db_eval_boundary, evaluate_davis, write_mask
+
+
+def skimage_disk(radius: int) -> np.ndarray:
+    """``skimage.morphology.disk(radius)``, which the toolkit dilates with."""
+    r = np.arange(-radius, radius + 1)
+    return ((r[:, None] ** 2 + r[None, :] ** 2) <= radius * radius).astype(np.uint8)
 
 
 def toolkit_seg2bmap(seg, width=None, height=None):
@@ -45,7 +50,7 @@ def toolkit_f_measure(foreground_mask, gt_mask, bound_th=0.008):
     bound_pix = bound_th if bound_th >= 1 else np.ceil(bound_th * np.linalg.norm(foreground_mask.shape))
     fg_boundary = toolkit_seg2bmap(foreground_mask)
     gt_boundary = toolkit_seg2bmap(gt_mask)
-    kernel = disk(int(bound_pix))
+    kernel = skimage_disk(int(bound_pix))
     fg_dil = cv2.dilate(fg_boundary.astype(np.uint8), kernel)
     gt_dil = cv2.dilate(gt_boundary.astype(np.uint8), kernel)
     gt_match = gt_boundary * fg_dil

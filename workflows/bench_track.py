@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from liftvid import jobs
-from liftvid.io import store as st
+from liftvid import store as st
 from liftvid import TrackOptions, frames_per_chunk, resolve_device, track_graph, track_points, track_store
 
 PIXELS_PER_CELL = 4  # synthetic source frames: LiFT-doubled ViT-S/16 at 224 gives 4 px per cell

@@ -228,7 +228,7 @@ def test_cli_track_and_eval(two_videos, tmp_path):
     result = runner.invoke(app, ["track", str(store), "--queries", str(queries), "--out", str(out),
                                  "--scheduler", "sync", "--no-write-store", "--min-similarity", "0.4"])
     assert result.exit_code == 0, result.output
-    assert "8 queries in 2 video(s)" in result.output and "point-frames/s" in result.output
+    assert "8 queries in 2 videos" in result.output and "point-frames/s" in result.output
     assert len(read_rows(out)) == 8 * N_FRAMES
     # TAP-Vid evaluation of video "a" against ground truth made from the true warp
     pts = np.array([[float(r["x"]), float(r["y"])] for r in read_rows(queries) if r["video_id"] == "a"])
@@ -245,7 +245,7 @@ def test_cli_track_and_eval(two_videos, tmp_path):
     mean = json.loads((tmp_path / "m.json").read_text())["mean"]
     assert mean["occlusion_accuracy"] == 1.0 and mean["pts_within_4"] == 1.0  # < 2 px at 256×256
     result = runner.invoke(app, ["eval", "tapvid-queries", str(gt), "--out", str(tmp_path / "q2.csv")])
-    assert result.exit_code == 0 and "5 queries in 1 videos" in result.output
+    assert result.exit_code == 0 and "5 queries in 1 video " in result.output
 
 
 def test_cli_errors_are_one_line(two_videos, tmp_path):

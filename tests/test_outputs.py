@@ -261,3 +261,19 @@ def test_local_worker_processes_die_with_a_killed_parent(tmp_path, signal_name):
     finally:
         if parent.poll() is None:
             parent.kill()
+
+
+def test_a_full_disk_while_writing_the_store_tracks_is_one_line_and_keeps_the_old_group(track_case, tmp_path,
+                                                                                       monkeypatch):
+    store, queries = track_case
+    track_store(store, queries, tmp_path / "tracks.csv", scheduler="sync")
+    old = st.open_root(store)["a"]["tracks"]["positions"][:]
+    import liftvid.pipelines.track as tr
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tr, "replace_node", full)
+    result = CliRunner().invoke(app, ["track", str(store), "--queries", str(queries), "--out", str(tmp_path / "t2.csv")])
+    assert result.exit_code == 1 and "No space left on device" in result.output and "Traceback" not in result.output
+    np.testing.assert_array_equal(st.open_root(store)["a"]["tracks"]["positions"][:], old)

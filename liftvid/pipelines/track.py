@@ -304,7 +304,12 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
         meta = {"queries_csv": str(queries_csv), "units": "source pixels [x, y], 0 = top/left frame edge",
                 "options": asdict(options)}
         for job, tracks in results:
-            write_tracks_group(wroot, job, tracks, meta)
+            try:
+                write_tracks_group(wroot, job, tracks, meta)
+            except OSError as exc:  # a full disk: the previous tracks group stays (written beside, swapped in)
+                raise OutputError(f"{store_path}: cannot write the tracks of {job.video_id} into the store "
+                                  f"({exc.strerror or exc}); {out_csv} is written, the previous tracks are "
+                                  "kept") from None
     if overlay:
         for job, tracks in results:
             info = st.read_video_info(root, job.video_id)

@@ -703,8 +703,10 @@ def cluster(
     port: Annotated[int, typer.Option(help="Scheduler port (0: any free port).", min=0)] = 8786,
     dashboard: Annotated[str, typer.Option(help="Dashboard address ('' for none).")] = ":8787",
 ) -> None:
-    """Start a local Dask cluster for `extract --scheduler`: one worker per visible GPU (resource
-    GPU=1 each), or N CPU workers. Prints the scheduler address and runs until Ctrl-C."""
+    """Start a local Dask cluster for `extract --scheduler` (one worker per GPU, or N CPU workers).
+
+    Each GPU worker offers the resource GPU=1. Prints the scheduler address and runs until Ctrl-C.
+    """
     import signal
     import time
 

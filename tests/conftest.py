@@ -100,3 +100,20 @@ def wait_until_held(proc, marker: Path, timeout: float = 300) -> None:
         assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before reaching its hold point"
         assert time.monotonic() < deadline, "the run did not reach its hold point"
         time.sleep(0.05)
+
+
+def random_lift_checkpoint(path: Path) -> Path:
+    """A seeded random LiFT for the tiny ViT, with non-trivial BN statistics, saved as liftvid writes it."""
+    import torch
+
+    from liftvid.models.backbone import Backbone
+    from liftvid.models.lift import LiFT, save_lift_checkpoint
+
+    torch.manual_seed(0)
+    bb = Backbone(TINY_VIT, weights="random")
+    lift = LiFT(bb.channels, bb.patch_size)
+    for module in lift.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return save_lift_checkpoint(path, lift, bb)

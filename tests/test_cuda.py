@@ -14,13 +14,11 @@ import zarr
 from typer.testing import CliRunner
 
 from liftvid.io import store as st
-from liftvid.models.backbone import Backbone
 from liftvid.cli import app
 from liftvid.io.encode import synthetic_frames, write_video
 from liftvid.pipelines.extract import ExtractOptions, extract_videos
-from liftvid.models.lift import LiFT, save_lift_checkpoint
 
-from .conftest import TINY_VIT
+from .conftest import TINY_VIT, random_lift_checkpoint
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -38,14 +36,7 @@ def clips(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lift_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    bb = Backbone(TINY_VIT, weights="random")
-    lift = LiFT(bb.channels, bb.patch_size)
-    for module in lift.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return str(save_lift_checkpoint(tmp_path_factory.mktemp("lift") / "lift.pt", lift, bb))
+    return str(random_lift_checkpoint(tmp_path_factory.mktemp("lift") / "lift.pt"))
 
 
 def _options(lift_ckpt, **kw) -> ExtractOptions:

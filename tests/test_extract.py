@@ -19,7 +19,7 @@ from liftvid.pipelines.extract import ExtractOptions, extract_videos
 from liftvid.models.lift import LiFT, save_lift_checkpoint
 from liftvid.io.video import Resize, find_sources, open_video, read_frames, sample_indices
 
-from .conftest import TINY_VIT, start_held_run, wait_until_held
+from .conftest import TINY_VIT, random_lift_checkpoint, start_held_run, wait_until_held
 
 runner = CliRunner()
 BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "4", "--device", "cpu"]
@@ -28,14 +28,7 @@ BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "4", "--d
 @pytest.fixture(scope="module")
 def lift_ckpt(tmp_path_factory) -> Path:
     """A randomly initialised LiFT with non-trivial BN statistics, saved as liftvid writes it."""
-    torch.manual_seed(0)
-    bb = Backbone(TINY_VIT, weights="random")
-    lift = LiFT(bb.channels, bb.patch_size)
-    for module in lift.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    return save_lift_checkpoint(tmp_path_factory.mktemp("lift") / "lift.pt", lift, bb)
+    return random_lift_checkpoint(tmp_path_factory.mktemp("lift") / "lift.pt")
 
 
 def _extract(inputs, store, *extra):

@@ -19,7 +19,7 @@ from liftvid.models.backbone import Backbone
 from liftvid.io.encode import synthetic_frames
 from liftvid.io.video import Resize, find_sources, open_video, read_frames
 
-from .conftest import TINY_VIT
+from .conftest import TINY_VIT, random_lift_checkpoint
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DINO_STD = (0.228, 0.224, 0.225)
@@ -235,20 +235,14 @@ def test_propagate_store_upsamples_by_the_patch_size_on_a_lift_grid(tmp_path):
 
 def test_davis_tree_features_are_the_lift_protocols(tmp_path, one_torch_thread):
     from liftvid.pipelines.extract import ExtractOptions, extract_videos
-    from liftvid.models.lift import LiFT, lift_features, load_lift_checkpoint, save_lift_checkpoint
+    from liftvid.models.lift import lift_features, load_lift_checkpoint
 
     seq = tmp_path / "DAVIS" / "JPEGImages" / "480p" / "blob"
     seq.mkdir(parents=True)
     for i, frame in enumerate(synthetic_frames(3, 60, 100, seed=7)):
         Image.fromarray(frame).save(seq / f"{i:05d}.jpg", quality=90)
-    torch.manual_seed(0)
-    bb = Backbone(TINY_VIT, weights="random")
-    lift = LiFT(bb.channels, bb.patch_size)
-    for module in lift.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.1, 0.1)
-            module.running_var.uniform_(0.5, 1.5)
-    ckpt = save_lift_checkpoint(tmp_path / "lift.pt", lift, bb)
+    ckpt = random_lift_checkpoint(tmp_path / "lift.pt")
+    bb = Backbone(TINY_VIT, weights="random")  # seeded: the backbone the checkpoint and the store use
     options = ExtractOptions(backbone=TINY_VIT, weights="random", lift=str(ckpt), resize="lift-davis",
                              batch_size=2, device="cpu", precision="fp32")
     store = tmp_path / "s.zarr"

@@ -873,6 +873,9 @@ class NamedReads:
                                     f"({type(exc).__name__}: {detail}); `liftvid verify` lists the damage") from None
 
 
+FLOAT16_BYTES = 2  # the reference of `liftvid info`'s ratio: features as float16
+
+
 @dataclass(frozen=True)
 class VideoSummary:
     """One video group as ``liftvid info`` lists it."""
@@ -883,6 +886,25 @@ class VideoSummary:
     shape: tuple[int, ...] | None  # features (T, h, w, C); None for a video without features
     source_size: tuple[int, ...]
     stored_bytes: int | None
+    # complete videos only (None otherwise): bytes of the features' stored chunks (or shards), and
+    # what the same frames take as float16 of the backbone's channels, T·h·w·C·2 with C from the
+    # store's config["backbone"]["channels"] (not the stored channel count, which an encoding may cut)
+    feature_bytes: int | None = None
+    float16_bytes: int | None = None
+
+    @property
+    def bytes_per_frame(self) -> float | None:
+        """Bytes on disk per frame of features (None: not complete, or no frames)."""
+        if self.feature_bytes is None or not self.shape or not self.shape[0]:
+            return None
+        return self.feature_bytes / self.shape[0]
+
+    @property
+    def float16_ratio(self) -> float | None:
+        """float16 bytes of the backbone's channels / bytes on disk (2: stored in half the space)."""
+        if not self.feature_bytes or self.float16_bytes is None:
+            return None
+        return self.float16_bytes / self.feature_bytes
 
 
 @dataclass(frozen=True)
@@ -898,23 +920,61 @@ class StoreSummary:
     def complete(self) -> int:
         return sum(v.status == COMPLETE for v in self.videos)
 
+    def _measured(self) -> list[VideoSummary]:
+        return [v for v in self.videos if v.bytes_per_frame is not None and v.float16_bytes is not None]
+
+    @property
+    def bytes_per_frame(self) -> float | None:
+        """Features' bytes on disk per frame over the complete videos (None: none)."""
+        videos = self._measured()
+        frames = sum(v.shape[0] for v in videos)
+        return sum(v.feature_bytes for v in videos) / frames if frames else None
+
+    @property
+    def float16_ratio(self) -> float | None:
+        """float16 bytes of the backbone's channels / bytes on disk, over the complete videos."""
+        videos = self._measured()
+        stored = sum(v.feature_bytes for v in videos)
+        return sum(v.float16_bytes for v in videos) / stored if stored else None
+
+
+def chunk_bytes(array) -> int:
+    """Bytes of the stored chunks (or shards) of ``array``: its data, without its metadata."""
+    prefix = f"{array.path}/"
+
+    async def total():
+        keys = [k async for k in array.store.list_prefix(prefix) if k != f"{prefix}zarr.json"]
+        return sum([int(await array.store.getsize(k)) for k in keys])
+
+    return _sync(total())
+
 
 def summarize_store(path: str | os.PathLike) -> StoreSummary:
-    """Read a store's configuration and, per video group, status, shape, source size and size on disk.
+    """Read a store's configuration and, per video group, status, shape, source size, size on
+    disk and, for complete videos, the features' bytes on disk and as float16 of the backbone's
+    channels (:attr:`VideoSummary.bytes_per_frame`, :attr:`VideoSummary.float16_ratio`).
 
     Raises:
         StoreError: no liftvid store at ``path``.
     """
     root = open_root(path)
+    config = read_config(root)
+    channels = (config.get("backbone") or {}).get("channels")
     videos = []
     for vid in list_videos(root, status=None):
         meta = video_info(root, vid)
         group = root[vid]
         has = "features" in group
-        videos.append(VideoSummary(vid, meta.get("status", "?"), meta.get("error"),
-                                   tuple(group["features"].shape) if has else None,
-                                   tuple(meta.get("source_size", [])), stored_bytes(group) if has else None))
-    return StoreSummary(str(path), read_config(root), videos, damaged_groups(root))
+        shape = tuple(group["features"].shape) if has else None
+        measured = has and meta.get("status") == COMPLETE and len(shape) == 4
+        float16 = None
+        if measured:
+            T, h, w, c = shape
+            float16 = T * h * w * int(channels if channels is not None else c) * FLOAT16_BYTES
+        videos.append(VideoSummary(vid, meta.get("status", "?"), meta.get("error"), shape,
+                                   tuple(meta.get("source_size", [])), stored_bytes(group) if has else None,
+                                   chunk_bytes(group["features"]) if measured else None, float16))
+    return StoreSummary(str(path), config, videos, damaged_groups(root))
 
 
 @dataclass(frozen=True)

@@ -36,13 +36,14 @@ def _features(n_frames: int, channels: int, seed: int) -> np.ndarray:
     return (base + 0.01 * rng.standard_normal((n_frames, H, W, channels))).astype(np.float16)
 
 
-def _add_video(root, vid: str, features: np.ndarray, complete: bool = True, shard: bool = False) -> None:
+def _add_video(root, vid: str, features: np.ndarray, complete: bool = True, shard: bool = False,
+               compressors="auto") -> None:
     T, h, w, c = features.shape
     info = {"source": f"/nowhere/{vid}.mp4", "source_kind": "file", "source_size": [h * 16, w * 16],
             "frame_size": [h * 16, w * 16], "grid_size": [h, w], "fps": 12.0, "source_frames": T,
             "sampling": {"stride": 1, "max_frames": None}}
     group = st.begin_video(root, vid, info, T, (h, w), c, np.arange(T), np.arange(T) / 12.0,
-                           t_chunk=T_CHUNK, shard=shard)
+                           t_chunk=T_CHUNK, shard=shard, compressors=compressors)
     group["features"][...] = features
     if complete:
         st.mark_complete(group)
@@ -123,3 +124,67 @@ def test_empty_store_prints_no_bytes(tmp_path):
     result = runner.invoke(app, ["info", str(store)])
     assert result.exit_code == 0, result.output
     assert result.output.strip().splitlines()[-1] == "0 videos, 0 complete"
+
+
+# ---- the default compressor ---------------------------------------------------------------------
+
+
+def _every_float16_but_nan(n_frames: int, channels: int) -> np.ndarray:
+    """``(n_frames, H, W, channels)`` float16 of random bit patterns: subnormals, ±0, ±inf, ±65504
+    and everything between, NaN excepted (the fill of missing data)."""
+    bits = np.random.default_rng(3).integers(0, 1 << 16, size=(n_frames, H, W, channels), dtype=np.uint16)
+    values = bits.view(np.float16)
+    values[np.isnan(values)] = np.float16(1.5)
+    values.flat[:6] = np.array([0.0, -0.0, np.inf, -np.inf, 65504, 6e-8], dtype=np.float16)
+    return values
+
+
+def test_default_compressor_round_trips_bit_exactly_and_names_a_flipped_byte(tmp_path):
+    n_frames = 10  # chunks of frames 0-3, 4-7, 8-9
+    store = tmp_path / "s.zarr"
+    root = st.init_store(store, _config())
+    features = _every_float16_but_nan(n_frames, BACKBONE_CHANNELS)
+    _add_video(root, "a", features)
+    _add_video(root, "b", _features(n_frames, BACKBONE_CHANNELS, seed=1))
+
+    meta = json.loads((store / "a" / "features" / "zarr.json").read_text())
+    assert [c["name"] for c in meta["codecs"]] == ["bytes", "blosc", "crc32c"]
+    assert meta["codecs"][1]["configuration"] == {"typesize": 2, "cname": "lz4", "clevel": 9,
+                                                  "shuffle": "bitshuffle", "blocksize": 0}
+    back = open_store(store)["a"].features.values
+    assert back.dtype == np.float16
+    np.testing.assert_array_equal(back.view(np.uint16), features.view(np.uint16))
+    assert runner.invoke(app, ["verify", str(store)]).exit_code == 0
+
+    chunk = store / "a" / "features" / "c" / "1" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    result = runner.invoke(app, ["verify", str(store)])
+    assert result.exit_code == 1, result.output
+    damaged = [line for line in result.output.splitlines() if line.startswith("damaged a:")]
+    assert len(damaged) == 1 and "features frames 4-7" in damaged[0] and "corrupt" in damaged[0]
+    assert "OK b" in result.output and "1 of 2 videos OK" in result.output
+
+
+def test_a_store_written_with_the_old_zstd_default_still_reads_and_verifies(tmp_path):
+    from zarr.codecs import ZstdCodec
+
+    store = tmp_path / "s.zarr"
+    root = st.init_store(store, _config())
+    features = _features(10, BACKBONE_CHANNELS, seed=0)
+    _add_video(root, "old", features, compressors=ZstdCodec(level=0, checksum=False))  # the old default
+    _add_video(root, "new", features)  # appended with the new default
+    names = {vid: [c["name"] for c in json.loads((store / vid / "features" / "zarr.json").read_text())["codecs"]]
+             for vid in ("old", "new")}
+    assert names == {"old": ["bytes", "zstd", "crc32c"], "new": ["bytes", "blosc", "crc32c"]}
+    ds = open_store(store)
+    for vid in ("old", "new"):
+        np.testing.assert_array_equal(ds[vid].features.values.view(np.uint16), features.view(np.uint16))
+    assert runner.invoke(app, ["verify", str(store)]).exit_code == 0
+    chunk = store / "old" / "features" / "c" / "0" / "0" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    chunk.write_bytes(bytes(data))
+    result = runner.invoke(app, ["verify", str(store)])
+    assert result.exit_code == 1 and "damaged old:" in result.output and "frames 0-3" in result.output

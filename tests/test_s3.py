@@ -287,3 +287,48 @@ def test_memory_stores_are_locked_in_process():
         with pytest.raises(st.StoreError, match=f"{url}: being written by liftvid extract pid {os.getpid()}"):
             st.StoreLock(url).acquire()
     st.StoreLock(url).acquire().release()
+
+
+def test_replace_node_on_s3_cut_short_leaves_no_half_node_and_redoes(s3_bucket, monkeypatch):
+    """Object stores have no rename: a swap killed mid-copy leaves no node that opens (the new one
+    is whole under its temporary name), and the next swap puts the new node in place whole."""
+    import zarr
+    from zarr.storage import FsspecStore
+
+    from liftvid.io.outputs import replace_node
+
+    root = zarr.open_group(f"{s3_bucket}/r.zarr", mode="a", zarr_format=3)
+    video = root.create_group("v")
+    old = video.create_array("masks", shape=(4, 6), chunks=(1, 6), dtype="uint8", fill_value=0)
+    old[:] = 1
+    new = video.create_array("masks.partial", shape=(3, 6), chunks=(1, 6), dtype="uint8", fill_value=0)
+    new[:] = np.arange(18, dtype=np.uint8).reshape(3, 6) + 2
+    deleted, real_delete = [], FsspecStore.delete
+
+    async def recording_delete(self, key):
+        deleted.append(key)
+        return await real_delete(self, key)
+
+    writes, real_set = {"n": 0}, FsspecStore.set
+
+    async def failing_set(self, key, value):
+        writes["n"] += 1
+        if writes["n"] == 2:  # the second key copied: one chunk landed, the metadata did not
+            raise OSError(28, "No space left on device")
+        return await real_set(self, key, value)
+
+    monkeypatch.setattr(FsspecStore, "delete", recording_delete)
+    monkeypatch.setattr(FsspecStore, "set", failing_set)
+    with pytest.raises(OSError):
+        replace_node(video, "masks.partial", "masks")
+    assert deleted[0] == "v/masks/zarr.json"  # the old node stopped being one before its chunks went
+    monkeypatch.setattr(FsspecStore, "set", real_set)
+    video = zarr.open_group(f"{s3_bucket}/r.zarr", mode="a")["v"]
+    assert "masks" not in video  # a chunk without metadata: no node, nothing that reads as data
+    np.testing.assert_array_equal(video["masks.partial"][:], np.arange(18).reshape(3, 6) + 2)
+    replace_node(video, "masks.partial", "masks")  # the rerun
+    video = zarr.open_group(f"{s3_bucket}/r.zarr", mode="r")["v"]
+    np.testing.assert_array_equal(video["masks"][:], np.arange(18).reshape(3, 6) + 2)
+    assert sorted(video.array_keys()) == ["masks"]
+    keys = sorted(k.rsplit("/v/", 1)[1] for k in s3fs.S3FileSystem().find(f"{s3_bucket}/r.zarr/v".removeprefix("s3://")))
+    assert keys == ["masks/c/0/0", "masks/c/1/0", "masks/c/2/0", "masks/zarr.json", "zarr.json"], keys

@@ -20,8 +20,10 @@ A run killed without releasing leaves its lease: a rerun on the same host takes 
 :data:`LEASE_SECONDS`, environment ``LIFTVID_LEASE_SECONDS``). Expiry compares the holder's clock
 with the reader's: hosts must agree on the time to well within ``ttl`` (NTP does).
 
-Only S3 (``s3://``, ``s3a://``; AWS and servers with conditional writes: MinIO, moto, R2…) is
-implemented. GCS (``ifGenerationMatch``) is not: gcsfs exposes no conditional write.
+Only S3 (``s3://``, ``s3a://``: AWS and S3-compatible servers with conditional writes) is
+implemented and tested (against moto's server). GCS, which has the same primitives
+(``ifGenerationMatch=0`` to create, ``ifGenerationMatch=<generation>`` to replace or delete), is
+not yet: ``gs://`` stores are not locked, and :class:`~liftvid.io.store.StoreLock` warns so.
 """
 
 from __future__ import annotations

@@ -79,14 +79,13 @@ def _queries(path: Path) -> Path:
     return path
 
 
-def _propagate_and_track(store, masks: Path, queries: Path, out: Path, times: int = 1) -> None:
-    for _ in range(times):
-        r = runner.invoke(app, ["propagate", str(store), "--masks", str(masks), "--out", str(out / "pred"),
-                                "--device", "cpu", "--scheduler", "sync"])
-        assert r.exit_code == 0, r.output
-        r = runner.invoke(app, ["track", str(store), "--queries", str(queries), "--out", str(out / "t.csv"),
-                                "--device", "cpu", "--scheduler", "sync"])
-        assert r.exit_code == 0, r.output
+def _propagate_and_track(store, masks: Path, queries: Path, out: Path) -> None:
+    r = runner.invoke(app, ["propagate", str(store), "--masks", str(masks), "--out", str(out / "pred"),
+                            "--device", "cpu", "--scheduler", "sync"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["track", str(store), "--queries", str(queries), "--out", str(out / "t.csv"),
+                            "--device", "cpu", "--scheduler", "sync"])
+    assert r.exit_code == 0, r.output
 
 
 def test_extract_propagate_track_open_store_round_trip(tmp_path, clips, s3_bucket, local_store):
@@ -100,8 +99,7 @@ def test_extract_propagate_track_open_store_round_trip(tmp_path, clips, s3_bucke
     assert r.exit_code == 0, r.output
     assert "2 extracted" in r.output
     _assert_stores_equal(url, local)
-    # twice on s3://: the second run replaces the masks and tracks it wrote (replace_node)
-    _propagate_and_track(url, masks, queries, tmp_path / "s3", times=2)
+    _propagate_and_track(url, masks, queries, tmp_path / "s3")
     _propagate_and_track(local, masks, queries, tmp_path / "local")
     _assert_stores_equal(url, local)  # features, masks, tracks: every array and attribute
     stored = _read_store(url)
@@ -124,6 +122,9 @@ def test_extract_propagate_track_open_store_round_trip(tmp_path, clips, s3_bucke
         for name in a.data_vars:
             np.testing.assert_array_equal(a[name].values, b[name].values, err_msg=f"{vid}/{name}")
         np.testing.assert_array_equal(a["frame_index"].values, b["frame_index"].values)
+    # messages and the commands they suggest name the store by its URL
+    assert st.store_label(st.open_root(url)) == url
+    assert f"liftvid verify {url} --video v0 --mark && liftvid extract " in st.redo_command(st.open_root(url), "v0")
     info = runner.invoke(app, ["info", url])
     assert info.exit_code == 0 and "2 videos, 2 complete" in info.output, info.output
     verify = runner.invoke(app, ["verify", url])
@@ -332,3 +333,13 @@ def test_replace_node_on_s3_cut_short_leaves_no_half_node_and_redoes(s3_bucket, 
     assert sorted(video.array_keys()) == ["masks"]
     keys = sorted(k.rsplit("/v/", 1)[1] for k in s3fs.S3FileSystem().find(f"{s3_bucket}/r.zarr/v".removeprefix("s3://")))
     assert keys == ["masks/c/0/0", "masks/c/1/0", "masks/c/2/0", "masks/zarr.json", "zarr.json"], keys
+
+
+def test_a_missing_bucket_and_unlocked_schemes_are_said(s3_server):
+    url = f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/x.zarr"
+    with pytest.raises(st.StoreError, match=f"{url}.lock: cannot take the store's lease .*bucket"):
+        st.StoreLock(url).acquire()
+    with pytest.raises(st.StoreError, match="a store at a bucket's root cannot be locked"):
+        st.StoreLock("s3://some-bucket").acquire()
+    with pytest.warns(UserWarning, match=r"gs://b/x.zarr: gs:// stores are not locked"):
+        st.StoreLock("gs://b/x.zarr").acquire().release()

@@ -465,7 +465,7 @@ def store_label(root) -> str:
     protocol = getattr(fs, "protocol", None)
     protocol = protocol[0] if isinstance(protocol, (tuple, list)) else protocol
     if path and protocol and protocol not in ("file", "local"):  # an object store: its URL
-        return f"{protocol}://{path}"
+        return f"{protocol}://{path.lstrip('/') if protocol == 'memory' else path}"
     return str(path or store)
 
 

@@ -125,6 +125,12 @@ def test_extract_propagate_track_open_store_round_trip(tmp_path, clips, s3_bucke
     # messages and the commands they suggest name the store by its URL
     assert st.store_label(st.open_root(url)) == url
     assert f"liftvid verify {url} --video v0 --mark && liftvid extract " in st.redo_command(st.open_root(url), "v0")
+    with st.StoreLock(url, command="extract"):  # propagate and track take the lease too
+        for args in (["propagate", url, "--masks", str(masks), "--out", str(tmp_path / "p2"), "--device", "cpu"],
+                     ["track", url, "--queries", str(queries), "--out", str(tmp_path / "t2.csv"), "--device", "cpu"]):
+            refused = runner.invoke(app, args)
+            assert refused.exit_code == 1 and f"{url}: being written by liftvid extract pid {os.getpid()}" \
+                in refused.output, refused.output
     info = runner.invoke(app, ["info", url])
     assert info.exit_code == 0 and "2 videos, 2 complete" in info.output, info.output
     verify = runner.invoke(app, ["verify", url])

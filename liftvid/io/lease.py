@@ -232,6 +232,9 @@ class ObjectLease:
         except ImportError:
             raise
         except Exception as exc:
+            if "Unknown parameter" in str(exc) and "Match" in str(exc):  # botocore before S3's conditional writes
+                raise StoreError(f"{self.url}: cannot take the store's lease: this botocore predates S3's "
+                                 "conditional writes (If-None-Match, If-Match); pip install -U s3fs botocore") from None
             raise StoreError(f"{self.url}: cannot take the store's lease ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
         if self.heartbeat > 0:

@@ -139,13 +139,24 @@ def _local_folder(group) -> Path | None:
     return Path(store.root) / group.path if isinstance(store, LocalStore) else None
 
 
+def _metadata_last(keys: list[str]) -> list[str]:
+    """``keys`` with the chunks first, then the ``zarr.json`` documents deepest first, so that the
+    node's own metadata (the one a reader opens first) is the last written."""
+    chunks = sorted(k for k in keys if not k.endswith("zarr.json"))
+    metadata = sorted((k for k in keys if k.endswith("zarr.json")), key=lambda k: (-k.count("/"), k))
+    return chunks + metadata
+
+
 def replace_node(group, partial: str, name: str) -> None:
     """Swap the finished array or subgroup ``group[partial]`` in as ``group[name]``.
 
     A local store renames folders (the old node goes only after the new one is in place). Object
-    and memory stores have no rename: the old node's keys are deleted, the new one's copied over
-    with its metadata last (so a copy cut short leaves no node that looks complete), then the
-    partial is deleted.
+    and memory stores have no rename: the old node's metadata is deleted first (the node's own
+    ``zarr.json`` first, so that a kill never leaves an old node that opens with chunks missing),
+    then the rest of its keys; the new one's keys are copied over, chunks first and metadata last
+    (its own ``zarr.json`` the very last, so that a copy cut short leaves no node that looks
+    complete), then the partial is deleted. A kill between the deletion and the end of the copy
+    leaves no node ``name`` (the whole new one is still at ``partial``; a rerun writes both again).
     """
     folder = _local_folder(group)
     if folder is not None:
@@ -166,10 +177,16 @@ def replace_node(group, partial: str, name: str) -> None:
     async def keys(prefix: str) -> list[str]:
         return [k async for k in store.list_prefix(prefix)]
 
-    if name in group:
-        del group[name]
-    source = sorted(sync(keys(f"{base}{partial}/")), key=lambda k: k.endswith("zarr.json"))
-    for key in source:
+    # the old node, or what a copy cut short left under its name (chunks without metadata, not a node)
+    old = sync(keys(f"{base}{name}/"))
+    for key in reversed(_metadata_last(old)):  # metadata first, the node's own zarr.json the very first
+        if not key.endswith("zarr.json"):
+            break
+        sync(store.delete(key))
+    if old:
+        sync(store.delete_dir(f"{base}{name}"))
+    source_prefix = f"{base}{partial}/"
+    for key in _metadata_last(sync(keys(source_prefix))):
         value = sync(store.get(key, prototype=default_buffer_prototype()))
-        sync(store.set(f"{base}{name}/" + key[len(f"{base}{partial}/"):], value))
-    del group[partial]
+        sync(store.set(f"{base}{name}/" + key[len(source_prefix):], value))
+    sync(store.delete_dir(f"{base}{partial}"))

@@ -250,29 +250,96 @@ def init_store(path: str | os.PathLike, config: dict, overwrite: bool = False):
     return root
 
 
-class StoreLock:
-    """An exclusive lock on a local store, held by one writing run at a time.
+def _running_command() -> str:
+    """The liftvid command this process runs (``liftvid propagate …`` → ``propagate``), for the
+    holder a lock records; ``extract`` when it is not the CLI (a library call)."""
+    import sys
 
-    The lock is an ``flock`` on a hidden file beside the store (``.out.zarr.lock``; inside the
-    store Zarr would list it as a stray node). The kernel drops it when the process dies, even by
-    SIGKILL, so a killed run never leaves a stale lock (the file stays; the next run takes it
-    over). A clean release deletes the file while still holding the lock; a run that opened the
-    file just before it went checks after locking that the file it holds is still the one at the
-    path (same inode), and otherwise starts again on the new one. URL stores are not locked.
+    argv0 = os.path.basename(sys.argv[0]) if sys.argv else ""
+    if argv0 in ("liftvid", "cli.py", "__main__.py") and len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
+        return sys.argv[1]
+    return "extract"
+
+
+# memory:// stores live in this process only: their writers are this process's threads
+import threading as _threading  # noqa: E402  (kept beside its one use)
+
+_MEMORY_HOLDERS: dict[str, str] = {}
+_MEMORY_MUTEX = _threading.Lock()
+
+
+class StoreLock:
+    """An exclusive lock on a store, held by one writing run at a time.
+
+    Local stores (paths, ``file://``): an ``flock`` on a hidden file beside the store
+    (``.out.zarr.lock``; inside the store Zarr would list it as a stray node). The kernel drops it
+    when the process dies, even by SIGKILL, so a killed run never leaves a stale lock (the file
+    stays; the next run takes it over). A clean release deletes the file while still holding the
+    lock; a run that opened the file just before it went checks after locking that the file it
+    holds is still the one at the path (same inode), and otherwise starts again on the new one.
+
+    ``s3://`` stores: a lease object beside the store (``out.zarr.lock``) created with a
+    conditional put and kept alive by a heartbeat (:class:`liftvid.io.lease.ObjectLease`).
+    ``memory://`` stores: a lock of this process (nobody else sees the store). Other URL schemes
+    (``gs://``…) are not locked: a warning says so.
+
+    Args:
+        path: the store (path or URL).
+        command: the liftvid command taking the lock, recorded for the message a refused writer
+            prints (default: the CLI's command, else ``extract``).
     """
 
     _ATTEMPTS = 50  # a release deleting the file between our open and flock: retry on the new one
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, command: str | None = None):
         local = local_path(path)
         self.path = None if local is None else local.parent / f".{local.name}.lock"
+        self.url = None if local is not None else str(path).rstrip("/")
+        self.command = command or _running_command()
         self._fd = None
+        self._lease = None
+        self._memory_key: str | None = None
+
+    def _holder(self) -> str:
+        import socket
+
+        return f"liftvid {self.command} pid {os.getpid()} on {socket.gethostname()}"
+
+    def _acquire_url(self) -> "StoreLock":
+        scheme = self.url.split("://", 1)[0].lower()
+        if scheme == "memory":
+            key = self.url[len("memory://"):].strip("/")
+            with _MEMORY_MUTEX:
+                holder = _MEMORY_HOLDERS.get(key)
+                if holder is not None:
+                    raise StoreError(f"{self.url}: being written by {holder} (in this process); wait for "
+                                     "that run to finish")
+                _MEMORY_HOLDERS[key] = self._holder()
+            self._memory_key = key
+            return self
+        from .lease import LEASE_SCHEMES, ObjectLease
+
+        if scheme in LEASE_SCHEMES:
+            try:
+                self._lease = ObjectLease(self.url, self.command).acquire()
+            except ImportError as exc:
+                raise _missing_backend(self.url, exc) from None
+            return self
+        import warnings
+
+        warnings.warn(f"{self.url}: {scheme}:// stores are not locked (only local, s3:// and memory:// "
+                      "stores are): run one writing command per store at a time", stacklevel=3)
+        return self
 
     def acquire(self) -> "StoreLock":
+        """Take the lock.
+
+        Raises:
+            StoreError: another run holds it (one line naming the holder and the lock).
+        """
         if self.path is None:
-            return self
+            return self._acquire_url()
         import fcntl
-        import socket
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
         for _ in range(self._ATTEMPTS):
@@ -294,12 +361,20 @@ class StoreLock:
         else:
             raise StoreError(f"{self.path}: the lock file keeps being replaced; is another run starting and stopping?")
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"liftvid extract pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        os.pwrite(fd, self._holder().encode(), 0)
         self._fd = fd
         return self
 
     def release(self) -> None:
-        """Delete the lock file (while still holding the lock), then drop the lock."""
+        """Delete the lock file (while still holding the lock), then drop the lock; for an object
+        store, stop the heartbeat and delete the lease."""
+        if self._lease is not None:
+            self._lease.release()
+            self._lease = None
+        if self._memory_key is not None:
+            with _MEMORY_MUTEX:
+                _MEMORY_HOLDERS.pop(self._memory_key, None)
+            self._memory_key = None
         if self._fd is not None:
             try:
                 if os.stat(self.path).st_ino == os.fstat(self._fd).st_ino:
@@ -386,7 +461,12 @@ def store_label(root) -> str:
     store = root.store
     if isinstance(store, LocalStore):
         return str(Path(store.root) / root.path) if root.path else str(store.root)
-    return str(getattr(store, "path", None) or store)
+    path, fs = getattr(store, "path", None), getattr(store, "fs", None)
+    protocol = getattr(fs, "protocol", None)
+    protocol = protocol[0] if isinstance(protocol, (tuple, list)) else protocol
+    if path and protocol and protocol not in ("file", "local"):  # an object store: its URL
+        return f"{protocol}://{path.lstrip('/') if protocol == 'memory' else path}"
+    return str(path or store)
 
 
 def _sync(coroutine):

@@ -1,0 +1,323 @@
+"""A writer's lease on an object-store store: the lock of ``s3://`` stores.
+
+Object stores have no ``flock`` and no rename, but S3 has conditional writes, and a lease is built
+from them alone:
+
+- **take**: ``PutObject`` of the lease object with ``If-None-Match: *``: of two runs creating it,
+  exactly one succeeds. The object is ``<store>.lock`` beside the store (``s3://b/out.zarr`` →
+  ``s3://b/out.zarr.lock``; outside the store's prefix, so Zarr's listings never see it), a JSON
+  record of the holder (command, pid, host, a random token) and an expiry time.
+- **hold**: a daemon thread rewrites the record with a later expiry every ``ttl / 4`` seconds
+  (the heartbeat), each write conditional on the ETag of the previous one (``If-Match``).
+- **take over**: a run that finds the lease expired (its expiry is past, or its holder ran on this
+  host and that process is gone, e.g. killed) replaces it with ``If-Match`` on the ETag it read,
+  so of two runs taking over the same lease exactly one wins; the other is refused.
+- **release**: delete the object, conditional on the ETag (``If-Match``), so that a run whose
+  lease was taken over never deletes its successor's lease.
+
+A run killed without releasing leaves its lease: a rerun on the same host takes it over at once
+(the holder's pid is gone); a run on another host waits for the expiry (``ttl``, default
+:data:`LEASE_SECONDS`, environment ``LIFTVID_LEASE_SECONDS``). Expiry compares the holder's clock
+with the reader's: hosts must agree on the time to well within ``ttl`` (NTP does).
+
+Only S3 (``s3://``, ``s3a://``: AWS and S3-compatible servers with conditional writes) is
+implemented and tested (against moto's server). GCS, which has the same primitives
+(``ifGenerationMatch=0`` to create, ``ifGenerationMatch=<generation>`` to replace or delete), is
+not yet: ``gs://`` stores are not locked, and :class:`~liftvid.io.store.StoreLock` warns so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from .store import StoreError
+
+LEASE_SECONDS = 60.0  # a lease not refreshed for this long is expired
+LEASE_ENV = "LIFTVID_LEASE_SECONDS"
+HEARTBEAT_FRACTION = 0.25  # refresh every ttl/4: three refreshes may fail before the lease expires
+LEASE_SUFFIX = ".lock"
+_ATTEMPTS = 20  # a lease released or taken over between our reads: look again
+LEASE_SCHEMES = ("s3", "s3a")
+
+
+@dataclass(frozen=True)
+class Holder:
+    """What a lease object records: who holds it, and until when (seconds since the epoch)."""
+
+    command: str
+    pid: int
+    host: str
+    token: str
+    expires: float
+
+    def describe(self, now: float) -> str:
+        left = self.expires - now
+        when = f"expires in {left:.0f} s" if left >= 0 else f"expired {-left:.0f} s ago"
+        return f"liftvid {self.command} pid {self.pid} on {self.host} ({when})"
+
+    @classmethod
+    def parse(cls, data: bytes) -> "Holder | None":
+        """The holder recorded in ``data``, or None for a record that is not one (damaged)."""
+        try:
+            d = json.loads(data)
+            return cls(str(d["command"]), int(d["pid"]), str(d["host"]), str(d["token"]), float(d["expires"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def lease_url(store_url: str) -> str:
+    """The lease object of the store at ``store_url``: ``<store>.lock`` beside it.
+
+    Raises:
+        StoreError: a store at a bucket's root (there is no "beside").
+    """
+    scheme, rest = str(store_url).split("://", 1)
+    rest = rest.rstrip("/")
+    if "/" not in rest:
+        raise StoreError(f"{store_url}: a store at a bucket's root cannot be locked; put it under a "
+                         f"prefix, e.g. {scheme}://{rest}/out.zarr")
+    return f"{scheme}://{rest}{LEASE_SUFFIX}"
+
+
+def default_ttl() -> float:
+    value = os.environ.get(LEASE_ENV)
+    if not value:
+        return LEASE_SECONDS
+    try:
+        ttl = float(value)
+    except ValueError:
+        raise StoreError(f"{LEASE_ENV}={value!r}: not a number of seconds") from None
+    if not ttl > 0:
+        raise StoreError(f"{LEASE_ENV}={value!r}: must be positive")
+    return ttl
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    """Whether an s3fs/botocore error is a failed condition (412, or 409 for a concurrent
+    conditional write), i.e. someone else wrote the object first."""
+    if isinstance(exc, FileExistsError):
+        return True
+    for err in (exc, exc.__cause__, exc.__context__):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict):
+            code = str((response.get("Error") or {}).get("Code", ""))
+            status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409") or status in (409, 412):
+                return True
+    return "pre-condition" in str(exc).lower() or "precondition" in str(exc).lower()
+
+
+def _missing(exc: BaseException) -> bool:
+    return isinstance(exc, FileNotFoundError)
+
+
+class _S3Objects:
+    """Conditional puts, gets and deletes of one key through s3fs's client."""
+
+    def __init__(self, url: str):
+        import fsspec
+
+        self.url = url
+        fs, path = fsspec.core.url_to_fs(url)
+        self.fs = fs
+        self.bucket, self.key, _ = fs.split_path(path)
+
+    def create(self, data: bytes) -> str:
+        """Put ``data`` only if there is no object; the new ETag. Raises on a failed condition."""
+        return self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=data, IfNoneMatch="*")["ETag"]
+
+    def replace(self, data: bytes, etag: str) -> str:
+        """Put ``data`` only if the object's ETag is ``etag``; the new ETag."""
+        return self.fs.call_s3("put_object", Bucket=self.bucket, Key=self.key, Body=data, IfMatch=etag)["ETag"]
+
+    def read(self) -> tuple[bytes, str] | None:
+        """``(data, etag)`` of one version of the object, or None when there is no object."""
+        from fsspec.asyn import sync
+
+        async def get():
+            out = await self.fs._call_s3("get_object", Bucket=self.bucket, Key=self.key)
+            async with out["Body"] as body:
+                return await body.read(), out["ETag"]
+
+        try:
+            return sync(self.fs.loop, get)
+        except Exception as exc:
+            if _missing(exc):
+                return None
+            raise
+
+    def delete(self, etag: str) -> None:
+        """Delete the object only if its ETag is ``etag``."""
+        self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=etag)
+
+    def delete_unconditionally(self) -> None:
+        self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
+
+
+def _alive_here(holder: Holder) -> bool:
+    """Whether the holder runs on this host and its process exists (other hosts: assumed alive)."""
+    if holder.host != socket.gethostname():
+        return True
+    try:
+        os.kill(holder.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, another user's
+    return True
+
+
+class ObjectLease:
+    """The lease on one object-store store (see the module docstring).
+
+    Args:
+        store_url: the store (``s3://bucket/out.zarr``).
+        command: the liftvid command holding it, for the message a refused writer prints.
+        ttl: seconds a lease lives without a heartbeat (default :func:`default_ttl`).
+        heartbeat: seconds between refreshes (default ``ttl / 4``); 0 disables the thread.
+        clock: the time source (seconds since the epoch).
+    """
+
+    def __init__(self, store_url: str, command: str = "extract", ttl: float | None = None,
+                 heartbeat: float | None = None, clock: Callable[[], float] = time.time):
+        self.store_url = str(store_url).rstrip("/")
+        self.url = lease_url(self.store_url)
+        self.command = command
+        self.ttl = default_ttl() if ttl is None else float(ttl)
+        self.heartbeat = self.ttl * HEARTBEAT_FRACTION if heartbeat is None else float(heartbeat)
+        self.clock = clock
+        self.token = uuid.uuid4().hex
+        self.etag: str | None = None
+        self.lost = False  # set when a refresh finds the lease taken over
+        self.took_over: Holder | None = None  # the expired holder replaced, if any
+        self._objects: _S3Objects | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._mutex = threading.Lock()  # one conditional write of ours at a time
+
+    def _record(self) -> bytes:
+        holder = Holder(self.command, os.getpid(), socket.gethostname(), self.token, self.clock() + self.ttl)
+        return json.dumps(asdict(holder)).encode()
+
+    def _refused(self, holder: Holder | None) -> StoreError:
+        who = holder.describe(self.clock()) if holder else "another run"
+        return StoreError(f"{self.store_url}: being written by {who} (lease {self.url}); wait for that run "
+                          "to finish")
+
+    def _expired(self, holder: Holder | None) -> bool:
+        if holder is None:  # a damaged record: nobody can be refreshing it
+            return True
+        return self.clock() > holder.expires or not _alive_here(holder)
+
+    def acquire(self) -> "ObjectLease":
+        """Take the lease (create it, or take over an expired one) and start the heartbeat.
+
+        Raises:
+            StoreError: another run holds a live lease (one line naming it and the lease object);
+                the object store refused the request.
+        """
+        try:
+            self._objects = _S3Objects(self.url)
+            self._take()
+        except StoreError:
+            raise
+        except ImportError:
+            raise
+        except Exception as exc:
+            if "Unknown parameter" in str(exc) and "Match" in str(exc):  # botocore before S3's conditional writes
+                raise StoreError(f"{self.url}: cannot take the store's lease: this botocore predates S3's "
+                                 "conditional writes (If-None-Match, If-Match); pip install -U s3fs botocore") from None
+            raise StoreError(f"{self.url}: cannot take the store's lease ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+        if self.heartbeat > 0:
+            self._thread = threading.Thread(target=self._beat, name=f"lease {self.url}", daemon=True)
+            self._thread.start()
+        return self
+
+    def _take(self) -> None:
+        objects = self._objects
+        for _ in range(_ATTEMPTS):
+            try:
+                self.etag = objects.create(self._record())
+                return
+            except Exception as exc:
+                if not _precondition_failed(exc):
+                    raise
+            current = objects.read()
+            if current is None:
+                continue  # released between our put and our read: create it again
+            data, etag = current
+            holder = Holder.parse(data)
+            if not self._expired(holder):
+                raise self._refused(holder)
+            try:
+                self.etag = objects.replace(self._record(), etag)
+                self.took_over = holder
+                return
+            except Exception as exc:
+                if not (_precondition_failed(exc) or _missing(exc)):
+                    raise
+                # another run took it over (or refreshed it, or released it) first: look again
+        raise StoreError(f"{self.url}: the lease keeps changing hands; is another run starting and stopping?")
+
+    def refresh(self) -> bool:
+        """Push the expiry forward (conditional on our last ETag). False once the lease is lost
+        (taken over by another run after it expired)."""
+        with self._mutex:
+            if self.lost or self.etag is None:
+                return False
+            try:
+                self.etag = self._objects.replace(self._record(), self.etag)
+                return True
+            except Exception as exc:
+                if _precondition_failed(exc) or _missing(exc):
+                    self.lost = True
+                    print(f"warning: {self.url}: this run's lease on {self.store_url} was taken over by "
+                          "another run (it was not refreshed in time); their writes may mix with ours",
+                          file=sys.stderr)
+                    return False
+                return True  # a transient error: try again at the next beat, the lease is still ours
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.heartbeat):
+            if not self.refresh():
+                return
+
+    def release(self) -> None:
+        """Stop the heartbeat and delete the lease (only if it is still ours)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with self._mutex:
+            if self.etag is None or self.lost:
+                return
+            try:
+                self._objects.delete(self.etag)
+            except Exception as exc:
+                if not (_precondition_failed(exc) or _missing(exc)):
+                    self._delete_if_ours()  # a server without conditional deletes
+            self.etag = None
+
+    def _delete_if_ours(self) -> None:
+        try:
+            current = self._objects.read()
+            holder = None if current is None else Holder.parse(current[0])
+            if holder is not None and holder.token == self.token:
+                self._objects.delete_unconditionally()
+        except Exception:
+            pass  # the lease expires on its own
+
+    def __enter__(self) -> "ObjectLease":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()

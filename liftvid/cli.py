@@ -274,7 +274,7 @@ def propagate(
     masks: Annotated[Path, typer.Option(help="First-frame masks: a DAVIS Annotations/480p tree (or the DAVIS root), a folder of <video_id>.png, or one file for one video.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Results folder: <out>/<video_id>/<frame>.png, DAVIS palette.", show_default=False)],
     video: Annotated[Optional[list[str]], typer.Option(help="Only this video (repeatable). Default: every complete video.")] = None,
-    start_frame: Annotated[int, typer.Option(help="Source frame number of the annotated frame; propagates from it to the end.", min=0)] = 0,
+    start_frame: Annotated[int, typer.Option(help="Source frame number of the annotated frame (from 0, as DAVIS's 00042.png is frame 42 and as track's t counts; with extract --stride, a stored one); propagates from it to the end.", min=0)] = 0,
     n_last: Annotated[int, typer.Option(help="Previous frames in the context, besides the annotated frame.", min=0)] = 7,
     topk: Annotated[int, typer.Option(help="Sources kept per target cell.", min=1)] = 5,
     radius: Annotated[int, typer.Option(help="Neighbourhood half-size in feature cells (square); 0 = unrestricted.", min=0)] = 12,
@@ -386,8 +386,8 @@ def eval_davis(
 @app.command()
 def track(
     store: Annotated[str, typer.Argument(help="A liftvid store (path or URL) written by `liftvid extract`.", show_default=False)],
-    queries: Annotated[Path, typer.Option(help="CSV video_id,t,x,y: x, y in source-frame pixels (0 = top/left edge), t = index of a stored frame.", show_default=False)],
-    out: Annotated[Path, typer.Option(help="Output CSV video_id,query,t,x,y,visible,score (source pixels).", show_default=False)],
+    queries: Annotated[Path, typer.Option(help="CSV video_id,t,x,y: x, y in source-frame pixels (0 = top/left edge), t = source frame number (from 0, as propagate --start-frame; with extract --stride, a stored one).", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Output CSV video_id,query,t,x,y,visible,score (source pixels; one row per stored frame, t its source frame number).", show_default=False)],
     scheduler: Annotated[str, typer.Option(help="threads, processes, sync or tcp://host:port (a Dask cluster).")] = "threads",
     workers: Annotated[Optional[int], typer.Option(help="Local worker threads/processes (default: one per core).", min=1)] = None,
     chain: Annotated[bool, typer.Option("--chain", help="Update each template from its confident recent matches (frames in order).")] = False,

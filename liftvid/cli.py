@@ -7,11 +7,60 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from .io.video import DEFAULT_FPS, RESIZE_HELP
 
+try:  # Typer ≥ 0.22 carries its own copy of click; older ones use click itself
+    from typer._click import exceptions as _usage
+except ImportError:  # pragma: no cover - the Typer of the test environment decides
+    from click import exceptions as _usage
+# click < 8.2 prints the help of a bare group itself and raises nothing
+_NoArgsIsHelp = getattr(_usage, "NoArgsIsHelpError", type("_NeverRaised", (Exception,), {}))
+
+
+def _print_error(message: str) -> None:
+    """The one style of every error line: ``error: <message>`` in red on stderr."""
+    from rich.console import Console
+
+    # escaped: paths and hints may hold brackets ("clip[1].mp4", "pip install 'liftvid[s3]'")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(message))}")
+
+
+class _Commands(TyperGroup):
+    """liftvid's command group: click's own usage errors (a missing argument, an unknown option, a
+    value out of range) print in liftvid's style, ``error: <message>`` then the usage and where the
+    help is, on stderr, exit 2; not Typer's boxed ``Error``."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        import sys
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NoArgsIsHelp as exc:  # the help is already printed
+            sys.exit(exc.exit_code)
+        except _usage.ClickException as exc:
+            message = exc.format_message().rstrip(".")
+            if message[1:2].islower():  # "Missing argument" → "missing argument", as liftvid's own lines
+                message = message[0].lower() + message[1:]
+            _print_error(message)
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None:
+                usage = ctx.get_usage().removeprefix("Usage: ")
+                typer.echo(f"  usage: {usage}  (see `{ctx.command_path} --help`)", err=True)
+            sys.exit(exc.exit_code)
+        except (typer.Abort, _usage.Abort):  # end of input at a prompt
+            _print_error("aborted")
+            sys.exit(1)
+        # without standalone mode click returns an Exit's code (`fail`, --help, Ctrl-C) or the result
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="liftvid",
+    cls=_Commands,
     help="Dense LiFT features for videos: extract, propagate masks, track points, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -54,10 +103,7 @@ def plural(n: int, noun: str, many: str | None = None) -> str:
 
 def fail(message: str, code: int = 1) -> None:
     """Print one red error line to stderr and exit non-zero."""
-    from rich.console import Console
-
-    # escaped: paths and hints may hold brackets ("clip[1].mp4", "pip install 'liftvid[s3]'")
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(message))}")
+    _print_error(message)
     raise typer.Exit(code)
 
 

@@ -101,6 +101,12 @@ def plural(n: int, noun: str, many: str | None = None) -> str:
     return f"{n} {noun if n == 1 else many or noun + 's'}"
 
 
+def _esc(value) -> str:
+    """``value`` as literal text in rich markup."""
+
+    return escape(str(value))
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one red error line to stderr and exit non-zero."""
     _print_error(message)
@@ -144,7 +150,7 @@ class _RichExtractProgress:
     def video_started(self, video_id: str, n_frames: int) -> None:
         if self.frames is not None:
             self.progress.remove_task(self.frames)
-        self.frames = self.progress.add_task(f"  {video_id}", total=n_frames, unit="frames")
+        self.frames = self.progress.add_task(f"  {escape(video_id)}", total=n_frames, unit="frames")
 
     def frames_done(self, n: int) -> None:
         self.progress.advance(self.frames, n)
@@ -237,11 +243,11 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
     out = console()
     bb, lift_cfg, pre = config["backbone"], config.get("lift"), config["preprocessing"]
     out.print(f"[bold]{escape(store)}[/]  liftvid store v{config['schema_version']} (written by liftvid {config.get('liftvid_version')})")
-    out.print(f"  backbone  {bb['name']} ({bb['timm_name']}), block {bb['layer']}, facet {bb['facet']}, "
-                  f"patch {bb['patch_size']}, {bb['channels']} channels, weights {bb['weights']}")
-    out.print("  LiFT      " + (f"{lift_cfg['checkpoint']} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
+    out.print(f"  backbone  {_esc(bb['name'])} ({_esc(bb['timm_name'])}), block {bb['layer']}, facet {bb['facet']}, "
+                  f"patch {bb['patch_size']}, {bb['channels']} channels, weights {_esc(bb['weights'])}")
+    out.print("  LiFT      " + (f"{_esc(lift_cfg['checkpoint'])} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
                                   if lift_cfg else "none (backbone grid)"))
-    out.print(f"  resize    {pre['resize']}, features {config['feature_dtype']}, "
+    out.print(f"  resize    {_esc(pre['resize'])}, features {config['feature_dtype']}, "
                   f"{config['feature_stride']:g} input px per cell")
     table = Table(show_edge=False)
     for col in ("video", "frames", "features (T, h, w, C)", "source H×W", "on disk", "status"):
@@ -259,7 +265,7 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
         table.add_row(escape(name), "-", "-", "-", "-", f"[red]damaged[/]: {escape(error)}")
     out.print(table)
     n = len(summary.videos)
-    out.print(f"{n} video{'s' if n != 1 else ''}, {summary.complete} complete")
+    out.print(f"{plural(n, 'video')}, {summary.complete} complete")
 
 
 @app.command()
@@ -288,9 +294,9 @@ def verify(
             out.print(f"  {escape(line)}")
         out.print(f"  redo: {escape(damage.redo)}")
     if report.marked:
-        out.print(f"marked {report.marked} video{'s' if report.marked != 1 else ''} damaged; `liftvid extract` redoes them")
+        out.print(f"marked {plural(report.marked, 'video')} damaged; `liftvid extract` redoes them")
     n = len(report.intact) + len(report.damaged)
-    out.print(f"{len(report.intact)} of {n} video{'s' if n != 1 else ''} OK")
+    out.print(f"{len(report.intact)} of {plural(n, 'video')} OK")
     if report.damaged:
         raise typer.Exit(1)
 
@@ -370,7 +376,7 @@ def propagate(
     con.print(table)
     done = len(summary.results) - len(summary.failed)
     rate = summary.frames / summary.seconds if summary.seconds else 0.0
-    con.print(f"{out}: {done} video{'s' if done != 1 else ''}, {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s); "
+    con.print(f"{_esc(out)}: {plural(done, 'video')}, {plural(summary.frames, 'frame')} in {summary.seconds:.1f} s ({rate:,.1f} frames/s); "
               f"{len(summary.failed)} failed")
     if summary.unmatched_masks:
         names = ", ".join(summary.unmatched_masks[:8]) + (" …" if len(summary.unmatched_masks) > 8 else "")
@@ -404,11 +410,11 @@ def eval_davis(
             report = evaluate_davis(results, davis, subset=subset, sequences=sequence, resolution=resolution)
     except ValueError as exc:
         fail(str(exc))
-    table = Table(title=f"DAVIS-2017 {subset} ({resolution})", show_edge=False)
+    table = Table(title=f"DAVIS-2017 {_esc(subset)} ({_esc(resolution)})", show_edge=False)
     for col in ("sequence", "objects", "J&F", "J-Mean", "F-Mean"):
         table.add_column(col, justify="left" if col == "sequence" else "right")
     for seq, row in report.sequences().items():
-        table.add_row(seq, str(row["objects"]), f"{row['J&F-Mean']:.3f}", f"{row['J-Mean']:.3f}", f"{row['F-Mean']:.3f}")
+        table.add_row(escape(seq), str(row["objects"]), f"{row['J&F-Mean']:.3f}", f"{row['J-Mean']:.3f}", f"{row['F-Mean']:.3f}")
     overall = report.overall()
     table.add_section()
     table.add_row("[bold]all objects[/]", str(len(report.objects)), f"[bold]{overall['J&F-Mean']:.3f}[/]",
@@ -417,7 +423,7 @@ def eval_davis(
     con.print("  ".join(f"{m} {overall[m]:.3f}" for m in ("J-Recall", "J-Decay", "F-Recall", "F-Decay")))
     if report.objects:
         g_path, s_path = write_davis_csv(report, csv_dir or results)
-        con.print(f"wrote {g_path} and {s_path}")
+        con.print(f"wrote {_esc(g_path)} and {_esc(s_path)}")
     for note in report.notes:
         con.print(f"[yellow]note:[/] {escape(note)}")
     for seq, why in report.missing.items():
@@ -469,7 +475,7 @@ def track(
                   f"{summary.point_frames:,} point-frames in {summary.seconds:.1f} s ({rate:,.0f} point-frames/s); "
                   f"{len(summary.skipped)} skipped")
     for path in summary.overlays:
-        console.print(f"overlay {path}")
+        console.print(f"overlay {_esc(path)}")
     for vid, error in summary.failed.items():
         console.print(f"[red]failed[/] {escape(vid)}: {escape(str(error))}")
     if summary.failed:
@@ -504,14 +510,14 @@ def eval_tapvid(
     for label, _ in columns:
         table.add_column(label, justify="right")
     for name, m in report.per_video.items():
-        table.add_row(name, *(f"{100 * m[key]:.1f}" for _, key in columns))
+        table.add_row(escape(name), *(f"{100 * m[key]:.1f}" for _, key in columns))
     table.add_row(f"[bold]mean of {len(report.per_video)}[/]", *(f"[bold]{100 * report.mean[key]:.1f}[/]" for _, key in columns))
     console.print(table)
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {_esc(note)}")
     if report.missing_videos:
         console.print(f"[yellow]note:[/] {plural(len(report.missing_videos), 'ground-truth video')} not in {escape(str(tracks))}, "
-                      f"not evaluated: {', '.join(report.missing_videos[:8])}")
+                      f"not evaluated: {_esc(', '.join(report.missing_videos[:8]))}")
     if json_out:
         write_json_whole(json_out, {"query_mode": query_mode, "mean": report.mean, "per_video": report.per_video,
                                     "missing_videos": report.missing_videos})
@@ -536,12 +542,6 @@ def eval_tapvid_queries(
 
 
 # ---- train (issue 3) ----------------------------------------------------------------------------
-
-
-def _esc(value) -> str:
-    """``value`` as literal text in rich markup."""
-
-    return escape(str(value))
 
 
 def _naming(source: str, error: str) -> str:
@@ -771,7 +771,7 @@ def cluster(
     finally:
         signal.signal(signal.SIGINT, handler)
     address = local.scheduler_address
-    kind = f"{gpus} GPU worker(s) (GPU=1 each)" if gpus else f"{workers or 1} CPU worker(s)"
+    kind = f"{plural(gpus, 'GPU worker')} (GPU=1 each)" if gpus else plural(workers or 1, "CPU worker")
     out.print(f"scheduler {address}")
     out.print(f"{kind}; dashboard {local.dashboard_link if dashboard else 'off'}")
     out.print(f"use: liftvid extract VIDEOS STORE --scheduler {address}   (Ctrl-C stops the cluster)")
@@ -824,7 +824,7 @@ def bench(
         result = run_benchmark(inputs, options, report=lambda stage, fps: out.print(f"  {stage:<11} {fps:12,.1f} frames/s"))
     except ValueError as exc:
         fail(str(exc))
-    table = Table(title=f"liftvid bench: {backbone} {'+ LiFT ' if lift else ''}{resize}, batch {batch_size}, "
+    table = Table(title=f"liftvid bench: {_esc(backbone)} {'+ LiFT ' if lift else ''}{_esc(resize)}, batch {batch_size}, "
                         f"{precision}{', compiled' if compile_model else ''}, {result.device}, {result.frames} frames")
     table.add_column("stage")
     table.add_column("frames/s", justify="right")

@@ -42,3 +42,29 @@ def test_bare_command_prints_its_help_and_no_error():
     result = _liftvid()
     assert result.returncode == 2 and "Usage" in result.stdout and "extract" in result.stdout
     assert "error" not in result.stderr.lower()
+
+
+def test_names_with_brackets_and_counts_of_one_print_as_they_are(tmp_path):
+    """Rich markup is not applied to names (a video ``cat[bold]``, a folder ``out[bold]``), and a count
+    of one is singular ("1 video of … is not in …", not "1 video(s) … are")."""
+    import pickle
+
+    import numpy as np
+    from typer.testing import CliRunner
+
+    from liftvid.cli import app
+
+    gt = tmp_path / "tapvid.pkl"
+    gt.write_bytes(pickle.dumps({"cat[bold]": {"video": np.zeros((4, 32, 64, 3), np.uint8),
+                                            "points": np.full((1, 4, 2), 0.5, np.float32),
+                                            "occluded": np.zeros((1, 4), bool)}}))
+    folder = tmp_path / "out[bold]"
+    folder.mkdir()
+    tracks = folder / "tracks.csv"
+    rows = [f"{vid},0,{t},32,16,1,1" for vid in ('"cat[bold]"', "zzz") for t in range(4)]
+    tracks.write_text("video_id,query,t,x,y,visible,score\n" + "\n".join(rows) + "\n")
+    result = CliRunner().invoke(app, ["eval", "tapvid", str(tracks), "--gt", str(gt)])
+    assert result.exit_code == 0, result.output
+    table_rows = [line.replace("│", " ").split() for line in result.output.splitlines()]
+    assert ["cat[bold]", "100.0", "100.0", "100.0"] in table_rows  # the point sits on the truth: AJ 100
+    assert f"note: 1 video of {tracks} is not in {gt}: zzz" in result.output

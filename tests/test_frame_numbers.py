@@ -12,7 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from liftvid.cli import app
-from liftvid.io.tables import stored_position
+from liftvid.io.tables import read_tracks_csv, stored_position
 
 from .conftest import TINY_VIT, synthetic_frames, write_video
 
@@ -82,6 +82,10 @@ def test_start_frame_and_t_name_the_same_source_frame(strided, tmp_path):
     assert abs(float(best["x"]) - QUERY_XY[0]) < 1 and abs(float(best["y"]) - QUERY_XY[1]) < 1
     group = zarr.open_group(str(store), mode="r")["clip"]["tracks"]
     assert group["queries"][0, 0] == START
+    # read back (eval tapvid's reader): the strided source numbers, each row at its stored frame
+    pred = read_tracks_csv(tracks)["clip"]
+    np.testing.assert_array_equal(pred.frames, frame_index)
+    np.testing.assert_allclose(pred.positions[0, :, 0], [float(r["x"]) for r in rows])
 
 
 def test_a_frame_that_was_not_stored_is_refused_by_both_naming_the_nearest(strided, tmp_path):

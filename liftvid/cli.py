@@ -229,7 +229,11 @@ def extract(
 
 @app.command()
 def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path or URL).", show_default=False)]) -> None:
-    """Show a store's configuration and, per video, shape, frames, size on disk and status."""
+    """Show a store's configuration and, per video, shape, frames, size on disk and status.
+
+    Also the features' bytes per frame on disk, and their ratio to the same frames as float16 of the
+    backbone's channels ("vs float16": 2× takes half the space), per video and for the store.
+    """
     from rich.filesize import decimal
     from rich.table import Table
 
@@ -250,8 +254,9 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
     out.print(f"  resize    {_esc(pre['resize'])}, features {config['feature_dtype']}, "
                   f"{config['feature_stride']:g} input px per cell")
     table = Table(show_edge=False)
-    for col in ("video", "frames", "features (T, h, w, C)", "source H×W", "on disk", "status"):
-        table.add_column(col, justify="right" if col in ("frames", "on disk") else "left")
+    numeric = ("frames", "on disk", "B/frame", "vs float16")
+    for col in ("video", "frames", "features (T, h, w, C)", "source H×W", "on disk", "B/frame", "vs float16", "status"):
+        table.add_column(col, justify="right" if col in numeric else "left")
     for video in summary.videos:
         if video.shape is not None:
             frames, shape_text, size = str(video.shape[0]), str(video.shape), decimal(video.stored_bytes)
@@ -260,12 +265,25 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
         src = "×".join(map(str, video.source_size)) or "-"
         style = {"complete": "green", "failed": "red"}.get(video.status, "yellow")
         label = f"[{style}]{escape(video.status)}[/]" + (f": {escape(video.error)}" if video.error else "")
-        table.add_row(escape(video.video_id), frames, shape_text, src, size, label)
+        table.add_row(escape(video.video_id), frames, shape_text, src, size, *_bytes_cells(video), label)
     for name, error in summary.damaged.items():
-        table.add_row(escape(name), "-", "-", "-", "-", f"[red]damaged[/]: {escape(error)}")
+        table.add_row(escape(name), "-", "-", "-", "-", "-", "-", f"[red]damaged[/]: {escape(error)}")
     out.print(table)
     n = len(summary.videos)
-    out.print(f"{plural(n, 'video')}, {summary.complete} complete")
+    line = f"{plural(n, 'video')}, {summary.complete} complete"
+    per_frame, ratio = _bytes_cells(summary)
+    if summary.bytes_per_frame is not None and summary.float16_ratio is not None:
+        float16 = summary.bytes_per_frame * summary.float16_ratio
+        line += (f"; features on disk {per_frame} bytes/frame, as float16 of the backbone's {bb['channels']} "
+                 f"channels {float16:,.0f}: ratio {ratio}")
+    out.print(line)
+
+
+def _bytes_cells(summary) -> tuple[str, str]:
+    """``liftvid info``'s bytes per frame and ratio to float16 of a video or store summary ("-": unknown)."""
+    if summary.bytes_per_frame is None or summary.float16_ratio is None:
+        return "-", "-"
+    return f"{summary.bytes_per_frame:,.0f}", f"{summary.float16_ratio:.2f}×"
 
 
 @app.command()

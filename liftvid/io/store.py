@@ -554,14 +554,38 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
     return group
 
 
+# The default compressor ("auto"), chosen by workflows/bench_storage.py (issue 12): 64 frames of
+# backpack + cat, dino_vits16 random weights + random LiFT at square:224 (28x28x384 float16, 602,112
+# B/frame raw, chunks of 4 frames), 2 CPU cores loaded by other jobs (load 5 and 13 in two runs),
+# best of 5 rounds, ratio to raw float16 and process CPU ms per frame to write / to read:
+#   zstd level 0 (the old default)   1.108x   write 4.35 / 4.22   read 1.44 / 1.39
+#   zstd levels 1, 3, 9              1.108x   (the level changes nothing: the mantissa bits are noise)
+#   zstd level 1                     1.108x   write 4.10 / 3.41   read 1.24 / 1.34
+#   blosc zstd-3 bitshuffle          1.143x   write 5.36 / 5.84   read 1.35 / 1.43
+#   blosc zstd-5 bitshuffle          1.187x   write 8.78 / 8.95   read 1.25 / 1.31
+#   blosc lz4-5 byte shuffle         1.010x   write 4.06 / 3.18   read 0.75 / 0.84
+#   blosc lz4-9 bitshuffle           1.145x   write 3.79 / 3.46   read 0.98 / 0.95   <- the default
+#   no compression (checksum only)   1.000x   write 3.07 / 2.69   read 0.50 / 0.54
+# (without LiFT, 14x14x384 in chunks of 16: zstd-0 1.091x, lz4-9 bitshuffle 1.146x, write 1.02 vs
+# 0.89 ms, read 0.39 vs 0.24 ms.) lz4-9 with bit shuffle is 3-5 % smaller than the old default, no
+# dearer to write and a third cheaper to read. Bit shuffle groups the float16 sign and exponent
+# bits, the only part that compresses (byte shuffle with lz4 finds nothing). zstd-5 bitshuffle is
+# 4 % smaller again at 2.5x the write CPU, which a GPU extract (issue 14: 2,000 frames/s with the
+# cores busy decoding) cannot spare; large savings come from int8/PCA, not from a lossless codec.
+# typesize is left to the array (2 for float16, 8 for frame_index); existing stores keep reading
+# (each array's zarr.json names its codecs). Random-weight features: trained ones may compress
+# differently (rerun the benchmark with --store on a store of real features).
+DEFAULT_COMPRESSOR = {"cname": "lz4", "clevel": 9, "shuffle": "bitshuffle"}
+
+
 def checksummed(compressors: Any = "auto") -> tuple:
-    """The bytes-to-bytes codecs of a feature array: ``compressors`` (``"auto"``: Zstd, Zarr's
-    default) followed by a CRC32C checksum of every stored chunk, so that a damaged chunk fails
-    to read instead of decoding to other numbers."""
-    from zarr.codecs import Crc32cCodec, ZstdCodec
+    """The bytes-to-bytes codecs of a feature array: ``compressors`` (``"auto"``: Blosc LZ4 with
+    bit shuffle, :data:`DEFAULT_COMPRESSOR`) followed by a CRC32C checksum of every stored chunk,
+    so that a damaged chunk fails to read instead of decoding to other numbers."""
+    from zarr.codecs import BloscCodec, Crc32cCodec
 
     if isinstance(compressors, str) and compressors == "auto":
-        compressors = (ZstdCodec(level=0, checksum=False),)
+        compressors = (BloscCodec(**DEFAULT_COMPRESSOR),)  # typesize: the array's item size
     elif compressors is None:
         compressors = ()
     elif not isinstance(compressors, (list, tuple)):
@@ -873,6 +897,9 @@ class NamedReads:
                                     f"({type(exc).__name__}: {detail}); `liftvid verify` lists the damage") from None
 
 
+FLOAT16_BYTES = 2  # the reference of `liftvid info`'s ratio: features as float16
+
+
 @dataclass(frozen=True)
 class VideoSummary:
     """One video group as ``liftvid info`` lists it."""
@@ -883,6 +910,25 @@ class VideoSummary:
     shape: tuple[int, ...] | None  # features (T, h, w, C); None for a video without features
     source_size: tuple[int, ...]
     stored_bytes: int | None
+    # complete videos only (None otherwise): bytes of the features' stored chunks (or shards), and
+    # what the same frames take as float16 of the backbone's channels, T·h·w·C·2 with C from the
+    # store's config["backbone"]["channels"] (not the stored channel count, which an encoding may cut)
+    feature_bytes: int | None = None
+    float16_bytes: int | None = None
+
+    @property
+    def bytes_per_frame(self) -> float | None:
+        """Bytes on disk per frame of features (None: not complete, or no frames)."""
+        if self.feature_bytes is None or not self.shape or not self.shape[0]:
+            return None
+        return self.feature_bytes / self.shape[0]
+
+    @property
+    def float16_ratio(self) -> float | None:
+        """float16 bytes of the backbone's channels / bytes on disk (2: stored in half the space)."""
+        if not self.feature_bytes or self.float16_bytes is None:
+            return None
+        return self.float16_bytes / self.feature_bytes
 
 
 @dataclass(frozen=True)
@@ -898,23 +944,61 @@ class StoreSummary:
     def complete(self) -> int:
         return sum(v.status == COMPLETE for v in self.videos)
 
+    def _measured(self) -> list[VideoSummary]:
+        return [v for v in self.videos if v.bytes_per_frame is not None and v.float16_bytes is not None]
+
+    @property
+    def bytes_per_frame(self) -> float | None:
+        """Features' bytes on disk per frame over the complete videos (None: none)."""
+        videos = self._measured()
+        frames = sum(v.shape[0] for v in videos)
+        return sum(v.feature_bytes for v in videos) / frames if frames else None
+
+    @property
+    def float16_ratio(self) -> float | None:
+        """float16 bytes of the backbone's channels / bytes on disk, over the complete videos."""
+        videos = self._measured()
+        stored = sum(v.feature_bytes for v in videos)
+        return sum(v.float16_bytes for v in videos) / stored if stored else None
+
+
+def chunk_bytes(array) -> int:
+    """Bytes of the stored chunks (or shards) of ``array``: its data, without its metadata."""
+    prefix = f"{array.path}/"
+
+    async def total():
+        keys = [k async for k in array.store.list_prefix(prefix) if k != f"{prefix}zarr.json"]
+        return sum([int(await array.store.getsize(k)) for k in keys])
+
+    return _sync(total())
+
 
 def summarize_store(path: str | os.PathLike) -> StoreSummary:
-    """Read a store's configuration and, per video group, status, shape, source size and size on disk.
+    """Read a store's configuration and, per video group, status, shape, source size, size on
+    disk and, for complete videos, the features' bytes on disk and as float16 of the backbone's
+    channels (:attr:`VideoSummary.bytes_per_frame`, :attr:`VideoSummary.float16_ratio`).
 
     Raises:
         StoreError: no liftvid store at ``path``.
     """
     root = open_root(path)
+    config = read_config(root)
+    channels = (config.get("backbone") or {}).get("channels")
     videos = []
     for vid in list_videos(root, status=None):
         meta = video_info(root, vid)
         group = root[vid]
         has = "features" in group
-        videos.append(VideoSummary(vid, meta.get("status", "?"), meta.get("error"),
-                                   tuple(group["features"].shape) if has else None,
-                                   tuple(meta.get("source_size", [])), stored_bytes(group) if has else None))
-    return StoreSummary(str(path), read_config(root), videos, damaged_groups(root))
+        shape = tuple(group["features"].shape) if has else None
+        measured = has and meta.get("status") == COMPLETE and len(shape) == 4
+        float16 = None
+        if measured:
+            T, h, w, c = shape
+            float16 = T * h * w * int(channels if channels is not None else c) * FLOAT16_BYTES
+        videos.append(VideoSummary(vid, meta.get("status", "?"), meta.get("error"), shape,
+                                   tuple(meta.get("source_size", [])), stored_bytes(group) if has else None,
+                                   chunk_bytes(group["features"]) if measured else None, float16))
+    return StoreSummary(str(path), config, videos, damaged_groups(root))
 
 
 @dataclass(frozen=True)

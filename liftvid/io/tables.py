@@ -33,7 +33,7 @@ def describe_frames(frame_index: np.ndarray) -> str:
     return f"{int(frame_index[0])}…{int(frame_index[-1])}{step} ({n} frame{'s' if n != 1 else ''})"
 
 
-# said with every frame number refused: users count frames as their player and file names do
+# said with every frame number refused, so that a user counting from 1 sees the rule
 FRAME_RULE = "frames are numbered from 0 in the source video, as DAVIS names 00042.png frame 42"
 
 
@@ -42,7 +42,7 @@ def stored_position(frame_index: np.ndarray, frame: float, label: str) -> int:
 
     The one rule for every frame number a user gives or reads (a queries CSV's ``t``, ``propagate
     --start-frame``, the ``t`` of a tracks CSV, the results' PNG names): the frame's number in the
-    source video, from 0, as a video player and DAVIS file names count (``00042.png`` is frame 42).
+    source video, from 0, as decoders and DAVIS file names count (``00042.png`` is frame 42).
     With ``extract --stride`` only the stored frames (the store's ``frame_index``) can be named.
 
     Args:

@@ -7,11 +7,60 @@ from typing import Annotated, Optional
 
 import typer
 from rich.markup import escape
+from typer.core import TyperGroup
 
 from .io.video import DEFAULT_FPS, RESIZE_HELP
 
+try:  # Typer ≥ 0.22 carries its own copy of click; older ones use click itself
+    from typer._click import exceptions as _usage
+except ImportError:  # pragma: no cover - the Typer of the test environment decides
+    from click import exceptions as _usage
+# click < 8.2 prints the help of a bare group itself and raises nothing
+_NoArgsIsHelp = getattr(_usage, "NoArgsIsHelpError", type("_NeverRaised", (Exception,), {}))
+
+
+def _print_error(message: str) -> None:
+    """The one style of every error line: ``error: <message>`` in red on stderr."""
+    from rich.console import Console
+
+    # escaped: paths and hints may hold brackets ("clip[1].mp4", "pip install 'liftvid[s3]'")
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(message))}")
+
+
+class _Commands(TyperGroup):
+    """liftvid's command group: click's own usage errors (a missing argument, an unknown option, a
+    value out of range) print in liftvid's style, ``error: <message>`` then the usage and where the
+    help is, on stderr, exit 2; not Typer's boxed ``Error``."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        import sys
+
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NoArgsIsHelp as exc:  # the help is already printed
+            sys.exit(exc.exit_code)
+        except _usage.ClickException as exc:
+            message = exc.format_message().rstrip(".")
+            if message[1:2].islower():  # "Missing argument" → "missing argument", as liftvid's own lines
+                message = message[0].lower() + message[1:]
+            _print_error(message)
+            ctx = getattr(exc, "ctx", None)
+            if ctx is not None:
+                usage = ctx.get_usage().removeprefix("Usage: ")
+                typer.echo(f"  usage: {usage}  (see `{ctx.command_path} --help`)", err=True)
+            sys.exit(exc.exit_code)
+        except (typer.Abort, _usage.Abort):  # end of input at a prompt
+            _print_error("aborted")
+            sys.exit(1)
+        # without standalone mode click returns an Exit's code (`fail`, --help, Ctrl-C) or the result
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
     name="liftvid",
+    cls=_Commands,
     help="Dense LiFT features for videos: extract, propagate masks, track points, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -52,12 +101,15 @@ def plural(n: int, noun: str, many: str | None = None) -> str:
     return f"{n} {noun if n == 1 else many or noun + 's'}"
 
 
+def _esc(value) -> str:
+    """``value`` as literal text in rich markup."""
+
+    return escape(str(value))
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one red error line to stderr and exit non-zero."""
-    from rich.console import Console
-
-    # escaped: paths and hints may hold brackets ("clip[1].mp4", "pip install 'liftvid[s3]'")
-    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(message))}")
+    _print_error(message)
     raise typer.Exit(code)
 
 
@@ -98,7 +150,7 @@ class _RichExtractProgress:
     def video_started(self, video_id: str, n_frames: int) -> None:
         if self.frames is not None:
             self.progress.remove_task(self.frames)
-        self.frames = self.progress.add_task(f"  {video_id}", total=n_frames, unit="frames")
+        self.frames = self.progress.add_task(f"  {escape(video_id)}", total=n_frames, unit="frames")
 
     def frames_done(self, n: int) -> None:
         self.progress.advance(self.frames, n)
@@ -195,11 +247,11 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
     out = console()
     bb, lift_cfg, pre = config["backbone"], config.get("lift"), config["preprocessing"]
     out.print(f"[bold]{escape(store)}[/]  liftvid store v{config['schema_version']} (written by liftvid {config.get('liftvid_version')})")
-    out.print(f"  backbone  {bb['name']} ({bb['timm_name']}), block {bb['layer']}, facet {bb['facet']}, "
-                  f"patch {bb['patch_size']}, {bb['channels']} channels, weights {bb['weights']}")
-    out.print("  LiFT      " + (f"{lift_cfg['checkpoint']} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
+    out.print(f"  backbone  {_esc(bb['name'])} ({_esc(bb['timm_name'])}), block {bb['layer']}, facet {bb['facet']}, "
+                  f"patch {bb['patch_size']}, {bb['channels']} channels, weights {_esc(bb['weights'])}")
+    out.print("  LiFT      " + (f"{_esc(lift_cfg['checkpoint'])} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
                                   if lift_cfg else "none (backbone grid)"))
-    out.print(f"  resize    {pre['resize']}, features {config['feature_dtype']}, "
+    out.print(f"  resize    {_esc(pre['resize'])}, features {config['feature_dtype']}, "
                   f"{config['feature_stride']:g} input px per cell")
     table = Table(show_edge=False)
     numeric = ("frames", "on disk", "B/frame", "vs float16")
@@ -218,7 +270,7 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
         table.add_row(escape(name), "-", "-", "-", "-", "-", "-", f"[red]damaged[/]: {escape(error)}")
     out.print(table)
     n = len(summary.videos)
-    line = f"{n} video{'s' if n != 1 else ''}, {summary.complete} complete"
+    line = f"{plural(n, 'video')}, {summary.complete} complete"
     per_frame, ratio = _bytes_cells(summary)
     if summary.bytes_per_frame is not None and summary.float16_ratio is not None:
         float16 = summary.bytes_per_frame * summary.float16_ratio
@@ -260,9 +312,9 @@ def verify(
             out.print(f"  {escape(line)}")
         out.print(f"  redo: {escape(damage.redo)}")
     if report.marked:
-        out.print(f"marked {report.marked} video{'s' if report.marked != 1 else ''} damaged; `liftvid extract` redoes them")
+        out.print(f"marked {plural(report.marked, 'video')} damaged; `liftvid extract` redoes them")
     n = len(report.intact) + len(report.damaged)
-    out.print(f"{len(report.intact)} of {n} video{'s' if n != 1 else ''} OK")
+    out.print(f"{len(report.intact)} of {plural(n, 'video')} OK")
     if report.damaged:
         raise typer.Exit(1)
 
@@ -292,7 +344,7 @@ def propagate(
     masks: Annotated[Path, typer.Option(help="First-frame masks: a DAVIS Annotations/480p tree (or the DAVIS root), a folder of <video_id>.png, or one file for one video.", show_default=False)],
     out: Annotated[Path, typer.Option(help="Results folder: <out>/<video_id>/<frame>.png, DAVIS palette.", show_default=False)],
     video: Annotated[Optional[list[str]], typer.Option(help="Only this video (repeatable). Default: every complete video.")] = None,
-    start_frame: Annotated[int, typer.Option(help="Source frame number of the annotated frame; propagates from it to the end.", min=0)] = 0,
+    start_frame: Annotated[int, typer.Option(help="Source frame number of the annotated frame (from 0, as DAVIS's 00042.png is frame 42 and as track's t counts; with extract --stride, a stored one); propagates from it to the end.", min=0)] = 0,
     n_last: Annotated[int, typer.Option(help="Previous frames in the context, besides the annotated frame.", min=0)] = 7,
     topk: Annotated[int, typer.Option(help="Sources kept per target cell.", min=1)] = 5,
     radius: Annotated[int, typer.Option(help="Neighbourhood half-size in feature cells (square); 0 = unrestricted.", min=0)] = 12,
@@ -342,7 +394,7 @@ def propagate(
     con.print(table)
     done = len(summary.results) - len(summary.failed)
     rate = summary.frames / summary.seconds if summary.seconds else 0.0
-    con.print(f"{out}: {done} video{'s' if done != 1 else ''}, {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s); "
+    con.print(f"{_esc(out)}: {plural(done, 'video')}, {plural(summary.frames, 'frame')} in {summary.seconds:.1f} s ({rate:,.1f} frames/s); "
               f"{len(summary.failed)} failed")
     if summary.unmatched_masks:
         names = ", ".join(summary.unmatched_masks[:8]) + (" …" if len(summary.unmatched_masks) > 8 else "")
@@ -376,11 +428,11 @@ def eval_davis(
             report = evaluate_davis(results, davis, subset=subset, sequences=sequence, resolution=resolution)
     except ValueError as exc:
         fail(str(exc))
-    table = Table(title=f"DAVIS-2017 {subset} ({resolution})", show_edge=False)
+    table = Table(title=f"DAVIS-2017 {_esc(subset)} ({_esc(resolution)})", show_edge=False)
     for col in ("sequence", "objects", "J&F", "J-Mean", "F-Mean"):
         table.add_column(col, justify="left" if col == "sequence" else "right")
     for seq, row in report.sequences().items():
-        table.add_row(seq, str(row["objects"]), f"{row['J&F-Mean']:.3f}", f"{row['J-Mean']:.3f}", f"{row['F-Mean']:.3f}")
+        table.add_row(escape(seq), str(row["objects"]), f"{row['J&F-Mean']:.3f}", f"{row['J-Mean']:.3f}", f"{row['F-Mean']:.3f}")
     overall = report.overall()
     table.add_section()
     table.add_row("[bold]all objects[/]", str(len(report.objects)), f"[bold]{overall['J&F-Mean']:.3f}[/]",
@@ -389,7 +441,7 @@ def eval_davis(
     con.print("  ".join(f"{m} {overall[m]:.3f}" for m in ("J-Recall", "J-Decay", "F-Recall", "F-Decay")))
     if report.objects:
         g_path, s_path = write_davis_csv(report, csv_dir or results)
-        con.print(f"wrote {g_path} and {s_path}")
+        con.print(f"wrote {_esc(g_path)} and {_esc(s_path)}")
     for note in report.notes:
         con.print(f"[yellow]note:[/] {escape(note)}")
     for seq, why in report.missing.items():
@@ -404,8 +456,8 @@ def eval_davis(
 @app.command()
 def track(
     store: Annotated[str, typer.Argument(help="A liftvid store (path or URL) written by `liftvid extract`.", show_default=False)],
-    queries: Annotated[Path, typer.Option(help="CSV video_id,t,x,y: x, y in source-frame pixels (0 = top/left edge), t = index of a stored frame.", show_default=False)],
-    out: Annotated[Path, typer.Option(help="Output CSV video_id,query,t,x,y,visible,score (source pixels).", show_default=False)],
+    queries: Annotated[Path, typer.Option(help="CSV video_id,t,x,y: x, y in source-frame pixels (0 = top/left edge), t = source frame number (from 0, as propagate --start-frame; with extract --stride, a stored one).", show_default=False)],
+    out: Annotated[Path, typer.Option(help="Output CSV video_id,query,t,x,y,visible,score (source pixels; one row per stored frame, t its source frame number).", show_default=False)],
     scheduler: Annotated[str, typer.Option(help="threads, processes, sync or tcp://host:port (a Dask cluster).")] = "threads",
     workers: Annotated[Optional[int], typer.Option(help="Local worker threads/processes (default: one per core).", min=1)] = None,
     chain: Annotated[bool, typer.Option("--chain", help="Update each template from its confident recent matches (frames in order).")] = False,
@@ -441,7 +493,7 @@ def track(
                   f"{summary.point_frames:,} point-frames in {summary.seconds:.1f} s ({rate:,.0f} point-frames/s); "
                   f"{len(summary.skipped)} skipped")
     for path in summary.overlays:
-        console.print(f"overlay {path}")
+        console.print(f"overlay {_esc(path)}")
     for vid, error in summary.failed.items():
         console.print(f"[red]failed[/] {escape(vid)}: {escape(str(error))}")
     if summary.failed:
@@ -476,14 +528,14 @@ def eval_tapvid(
     for label, _ in columns:
         table.add_column(label, justify="right")
     for name, m in report.per_video.items():
-        table.add_row(name, *(f"{100 * m[key]:.1f}" for _, key in columns))
+        table.add_row(escape(name), *(f"{100 * m[key]:.1f}" for _, key in columns))
     table.add_row(f"[bold]mean of {len(report.per_video)}[/]", *(f"[bold]{100 * report.mean[key]:.1f}[/]" for _, key in columns))
     console.print(table)
     for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {_esc(note)}")
     if report.missing_videos:
         console.print(f"[yellow]note:[/] {plural(len(report.missing_videos), 'ground-truth video')} not in {escape(str(tracks))}, "
-                      f"not evaluated: {', '.join(report.missing_videos[:8])}")
+                      f"not evaluated: {_esc(', '.join(report.missing_videos[:8]))}")
     if json_out:
         write_json_whole(json_out, {"query_mode": query_mode, "mean": report.mean, "per_video": report.per_video,
                                     "missing_videos": report.missing_videos})
@@ -508,12 +560,6 @@ def eval_tapvid_queries(
 
 
 # ---- train (issue 3) ----------------------------------------------------------------------------
-
-
-def _esc(value) -> str:
-    """``value`` as literal text in rich markup."""
-
-    return escape(str(value))
 
 
 def _naming(source: str, error: str) -> str:
@@ -743,7 +789,7 @@ def cluster(
     finally:
         signal.signal(signal.SIGINT, handler)
     address = local.scheduler_address
-    kind = f"{gpus} GPU worker(s) (GPU=1 each)" if gpus else f"{workers or 1} CPU worker(s)"
+    kind = f"{plural(gpus, 'GPU worker')} (GPU=1 each)" if gpus else plural(workers or 1, "CPU worker")
     out.print(f"scheduler {address}")
     out.print(f"{kind}; dashboard {local.dashboard_link if dashboard else 'off'}")
     out.print(f"use: liftvid extract VIDEOS STORE --scheduler {address}   (Ctrl-C stops the cluster)")
@@ -796,7 +842,7 @@ def bench(
         result = run_benchmark(inputs, options, report=lambda stage, fps: out.print(f"  {stage:<11} {fps:12,.1f} frames/s"))
     except ValueError as exc:
         fail(str(exc))
-    table = Table(title=f"liftvid bench: {backbone} {'+ LiFT ' if lift else ''}{resize}, batch {batch_size}, "
+    table = Table(title=f"liftvid bench: {_esc(backbone)} {'+ LiFT ' if lift else ''}{_esc(resize)}, batch {batch_size}, "
                         f"{precision}{', compiled' if compile_model else ''}, {result.device}, {result.frames} frames")
     table.add_column("stage")
     table.add_column("frames/s", justify="right")

@@ -278,7 +278,7 @@ def test_cluster_command_prints_address_and_stops_on_ctrl_c(tmp_path):
         rest = proc.stdout.read()  # (not communicate(): it would skip what readline buffered)
         assert proc.returncode == 0, "".join(lines) + rest
         text = "".join(lines) + rest
-        assert "2 CPU worker(s)" in text and "stopping the cluster" in text
+        assert "2 CPU workers" in text and "stopping the cluster" in text
         assert "--scheduler " + address in text
         assert "Traceback" not in text and "KeyboardInterrupt" not in text  # workers ignore Ctrl-C
         assert "Warning" not in text, text

@@ -404,3 +404,8 @@ def test_a_write_failing_in_the_back_pressure_wait_still_settles_the_finished_vi
         ex.extract_videos([inputs], store, _options())
     done = _complete_groups_equal(store, _read_store(clean))
     assert done == ["v0"], "v0's data all landed before v1 failed, but v0 was left incomplete"
+    # space freed: the rerun keeps v0 (no finished work redone) and does only v1
+    monkeypatch.setattr(ex, "_write_batch", write)
+    again = ex.extract_videos([inputs], store, _options())
+    assert {r.video_id: r.status for r in again.results} == {"v0": "skipped", "v1": "complete"}
+    _assert_stores_equal(clean, store)

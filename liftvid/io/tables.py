@@ -23,6 +23,50 @@ QUERY_COLUMNS = ("video_id", "t", "x", "y")
 TRACK_COLUMNS = ("video_id", "query", "t", "x", "y", "visible", "score")
 
 
+def describe_frames(frame_index: np.ndarray) -> str:
+    """``0…22 every 2 (12 frames)`` for a video's stored source frame numbers ``(T,) int``."""
+    n = len(frame_index)
+    if not n:
+        return "(none)"
+    steps = np.unique(np.diff(frame_index)) if n > 1 else np.array([1])
+    step = f" every {int(steps[0])}" if len(steps) == 1 and steps[0] != 1 else ""
+    return f"{int(frame_index[0])}…{int(frame_index[-1])}{step} ({n} frame{'s' if n != 1 else ''})"
+
+
+# said with every frame number refused, so that a user counting from 1 sees the rule
+FRAME_RULE = "frames are numbered from 0 in the source video, as DAVIS names 00042.png frame 42"
+
+
+def stored_position(frame_index: np.ndarray, frame: float, label: str) -> int:
+    """The position (0 … T-1) among a video's stored frames of the source frame number ``frame``.
+
+    The one rule for every frame number a user gives or reads (a queries CSV's ``t``, ``propagate
+    --start-frame``, the ``t`` of a tracks CSV, the results' PNG names): the frame's number in the
+    source video, from 0, as decoders and DAVIS file names count (``00042.png`` is frame 42).
+    With ``extract --stride`` only the stored frames (the store's ``frame_index``) can be named.
+
+    Args:
+        frame_index: ``(T,) int`` the stored frames' source numbers, increasing.
+        frame: the number asked for.
+        label: how the message names the request, e.g. ``"frame t=5"`` or ``"start frame 5"``.
+
+    Raises:
+        ValueError: ``frame`` is not an integer or not a stored frame; the message names the stored
+            frames and, inside their range, the nearest ones.
+    """
+    frame_index = np.asarray(frame_index)
+    if not math.isfinite(frame) or frame != round(frame):
+        raise ValueError(f"{label} is not an integer frame number")
+    frame = int(frame)
+    if not len(frame_index) or frame < frame_index[0] or frame > frame_index[-1]:
+        raise ValueError(f"{label} is outside the stored frames {describe_frames(frame_index)}; {FRAME_RULE}")
+    hit = int(np.searchsorted(frame_index, frame))
+    if frame_index[hit] == frame:
+        return hit
+    raise ValueError(f"{label} is not a stored frame (the store holds {describe_frames(frame_index)}; nearest: "
+                     f"{int(frame_index[hit - 1])} or {int(frame_index[hit])}); {FRAME_RULE}")
+
+
 @dataclass(frozen=True)
 class QueryRow:
     """One row of a queries CSV: ``query`` numbers a video's rows in file order (from 0)."""
@@ -45,7 +89,8 @@ def _not_text(path: Path, exc: UnicodeDecodeError, expected: str) -> ValueError:
 
 
 def read_queries_csv(path: str | Path) -> list[QueryRow]:
-    """Read ``video_id,t,x,y`` rows (source-frame pixels; ``t`` indexes the stored frames).
+    """Read ``video_id,t,x,y`` rows (x, y in source-frame pixels; ``t`` a source frame number,
+    :func:`stored_position`).
 
     Unparsable numbers become NaN (reported and skipped later, like any NaN).
 
@@ -102,19 +147,23 @@ def _csv_field(text: str) -> str:
     return buf.getvalue().rstrip("\r\n")
 
 
-def write_tracks_csv(path: Path, results: Iterable[tuple[str, Sequence[int], Tracks]]) -> None:
-    """Write ``video_id,query,t,x,y,visible,score`` rows: one per query and frame.
+def write_tracks_csv(path: Path, results: Iterable[tuple[str, Sequence[int], Tracks, np.ndarray]]) -> None:
+    """Write ``video_id,query,t,x,y,visible,score`` rows: one per query and stored frame.
 
     Args:
         path: the CSV to write.
-        results: per video ``(video_id, query numbers (N,), tracks)`` with ``tracks.positions
-            (N, T, 2)`` in source pixels, ``visible (N, T) bool`` and ``score (N, T) float32``.
+        results: per video ``(video_id, query numbers (N,), tracks, frame_index (T,))`` with
+            ``tracks.positions (N, T, 2)`` in source pixels, ``visible (N, T) bool``, ``score (N, T)
+            float32`` and ``frame_index`` the stored frames' source numbers: the ``t`` column, as
+            the queries' ``t`` counts (:func:`stored_position`).
     """
     with written_whole(path) as tmp, tmp.open("w", newline="") as f:
         f.write(",".join(TRACK_COLUMNS) + "\n")
-        for video_id, queries, tracks in results:
+        for video_id, queries, tracks, frame_index in results:
             vid = _csv_field(video_id)
-            frames = range(tracks.positions.shape[1])
+            frames = np.asarray(frame_index, np.int64).tolist()
+            if len(frames) != tracks.positions.shape[1]:
+                raise ValueError(f"{video_id}: {len(frames)} frame numbers for {tracks.positions.shape[1]} tracked frames")
             for i, query in enumerate(queries):
                 # one formatted string per row from plain Python lists: ~4x faster than csv.writer
                 xs, ys = tracks.positions[i, :, 0].tolist(), tracks.positions[i, :, 1].tolist()
@@ -310,19 +359,24 @@ def write_tapvid_queries(gt_path: str | Path, out_csv: str | Path, query_mode: s
 
 @dataclass
 class PredictedTracks:
-    """A video's rows of a tracks CSV: ``query (Q,)`` ids, ``positions (Q, T, 2)``, ``visible (Q, T)``."""
+    """A video's rows of a tracks CSV: ``query (Q,)`` ids, ``positions (Q, T, 2)``, ``visible (Q, T)``
+    at the source frames ``frames (T,) int64`` (0 … T-1 for a video extracted with stride 1)."""
 
     query: np.ndarray
     positions: np.ndarray
     visible: np.ndarray
+    frames: np.ndarray | None = None
 
 
 def read_tracks_csv(path: str | Path) -> dict[str, PredictedTracks]:
     """Read ``video_id,query,t,x,y,visible,score`` (as ``liftvid track`` writes it).
 
+    ``t`` is a source frame number (:func:`stored_position`): a video's frames are 0 … T-1, or
+    0, s, 2s, … for a store extracted with ``--stride s``; every query must have every one.
+
     Raises:
         ValueError: missing file, missing columns, a non-numeric value, or a query without every
-            frame 0…T-1.
+            frame.
     """
     path = Path(path)
     if not path.is_file():
@@ -349,16 +403,22 @@ def _read_tracks(path: Path) -> dict[str, PredictedTracks]:
             rows.setdefault(r["video_id"], {}).setdefault(q, {})[t] = (x, y, vis)
     out = {}
     for vid, queries in rows.items():
-        n_frames = 1 + max(max(fr) for fr in queries.values())
+        seen = sorted(set().union(*queries.values()))
+        if seen[0] < 0:
+            raise ValueError(f"{path}: video {vid!r} has frame t={seen[0]}; frame numbers count from 0")
+        step = math.gcd(*seen) or 1  # the extraction stride: frames 0, s, 2s, …
+        frame_numbers = np.arange(0, seen[-1] + 1, step, dtype=np.int64)
+        n_frames = len(frame_numbers)
         ids = np.array(sorted(queries), np.int64)
         pos = np.full((len(ids), n_frames, 2), np.nan)
         vis = np.zeros((len(ids), n_frames), bool)
         for i, q in enumerate(ids):
             frames = queries[q]
             if len(frames) != n_frames:
-                raise ValueError(f"{path}: video {vid!r} query {q} has {len(frames)} of {n_frames} frames")
+                raise ValueError(f"{path}: video {vid!r} query {q} has {len(frames)} of {n_frames} frames "
+                                 f"({describe_frames(frame_numbers)})")
             for t, (x, y, v) in frames.items():
-                pos[i, t] = (x, y)
-                vis[i, t] = v
-        out[vid] = PredictedTracks(ids, pos, vis)
+                pos[i, t // step] = (x, y)
+                vis[i, t // step] = v
+        out[vid] = PredictedTracks(ids, pos, vis, frame_numbers)
     return out

@@ -162,7 +162,8 @@ def evaluate_tapvid(tracks_csv: str | Path, gt_path: str | Path, query_mode: str
     report.missing_videos = [v for v in gt if v not in pred]
     extra = sorted(set(pred) - set(gt))
     if extra:
-        report.notes.append(f"{len(extra)} video(s) of {tracks_csv} are not in {gt_path}: {', '.join(extra[:5])}")
+        report.notes.append(f"{len(extra)} video{'s' if len(extra) != 1 else ''} of {tracks_csv} "
+                            f"{'are' if len(extra) != 1 else 'is'} not in {gt_path}: {', '.join(extra[:5])}")
     if not set(pred) & set(gt):
         raise ValueError(f"{tracks_csv}: no video in common with {gt_path} "
                          f"(CSV: {', '.join(sorted(pred)[:3])}…; TAP-Vid: {', '.join(list(gt)[:3])}…)")

@@ -20,6 +20,7 @@ from ..io import store as st
 from ..io.outputs import PARTIAL, partial_folder, refuse_over_inputs, replace_folder, replace_node, written_whole
 from ..io.masks import MAX_OBJECTS, MaskError, find_mask, frame_name, mask_ids, read_mask, write_mask
 from ..io.encode import write_video
+from ..io.tables import stored_position
 from ..io.video import read_source_frames
 from ..models.extractor import resolve_device
 from ..ops.propagate import N_LAST, RADIUS, TEMPERATURE, TOPK, iter_propagate, labels_to_masks, masks_to_labels
@@ -130,6 +131,15 @@ def _check_video(root, video_id: str) -> tuple[Any, st.VideoInfo, np.ndarray]:
     return features, info, frame_index
 
 
+def _start_position(video_id: str, frame_index: np.ndarray, start_frame: int) -> int:
+    """Where source frame ``start_frame`` is among the stored frames: a source frame number, as a
+    queries CSV's ``t`` (one rule, :func:`liftvid.io.tables.stored_position`)."""
+    try:
+        return stored_position(frame_index, start_frame, f"start frame {start_frame}")
+    except ValueError as exc:
+        raise PropagateError(f"{video_id}: {exc}") from None
+
+
 def upsampling_scale(config: dict) -> float:
     """The protocol's mask upsampling factor for a store: its backbone's patch size (also with
     LiFT, as the official code), or the feature stride for a store that records no patch size."""
@@ -158,11 +168,7 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
     scale = float(scale or upsampling_scale(st.read_config(root)))
     T, h, w, _ = features.shape
     H, W = info.source_size
-    hits = np.flatnonzero(frame_index == options.start_frame)
-    if not len(hits):
-        raise PropagateError(f"{video_id}: start frame {options.start_frame} is not among its stored frames "
-                             f"({_describe_frames(frame_index)})")
-    pos = int(hits[0])
+    pos = _start_position(video_id, frame_index, options.start_frame)
     mask = read_mask(mask_path, size=(H, W))
     n_objects = int(mask.max())
     if n_objects == 0:
@@ -228,14 +234,6 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
                             overlay=str(overlay) if overlay else None)
 
 
-def _describe_frames(frame_index: np.ndarray) -> str:
-    if not len(frame_index):
-        return "none"
-    steps = np.unique(np.diff(frame_index)) if len(frame_index) > 1 else np.array([1])
-    step = f" every {int(steps[0])}" if len(steps) == 1 and steps[0] != 1 else ""
-    return f"{len(frame_index)} frames {int(frame_index[0])}…{int(frame_index[-1])}{step}"
-
-
 def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Path,
                     options: PropagateOptions | None = None, videos: list[str] | None = None,
                     scheduler: str = "threads", workers: int | None = None,
@@ -283,7 +281,7 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
     tasks, failed = {}, {}
     for vid in todo:
         try:
-            _check_video(root, vid)
+            _start_position(vid, _check_video(root, vid)[2], options.start_frame)  # before the mask's name
             path = find_mask(masks, vid, options.start_frame, n_videos=len(todo))
         except (PropagateError, MaskError) as exc:
             failed[vid] = str(exc)

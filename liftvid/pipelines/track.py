@@ -21,7 +21,7 @@ from .. import jobs, viz
 from ..io import store as st
 from ..io.encode import write_video
 from ..io.outputs import PARTIAL, OutputError, refuse_over_inputs, replace_node, written_whole
-from ..io.tables import QueryRow, read_queries_csv, write_tracks_csv
+from ..io.tables import QueryRow, read_queries_csv, stored_position, write_tracks_csv
 from ..io.video import read_source_frames
 from ..ops.geometry import grid_to_source, source_to_grid
 from ..ops.track import TrackOptions, Tracks, frames_per_chunk, prepare_queries, track_chunk, track_points
@@ -61,15 +61,16 @@ class TrackSummary:
         return sum(self.queries[v] * self.frames[v] for v in self.queries)
 
 
-def _check_row(row: QueryRow, n_frames: int, source_size: tuple[int, int]) -> str | None:
-    """Why ``row`` cannot be tracked, or None."""
+def _check_row(row: QueryRow, frame_index: np.ndarray, source_size: tuple[int, int]) -> str | None:
+    """Why ``row`` cannot be tracked, or None. ``row.t`` is a source frame number that must be one
+    of the stored frames ``frame_index (T,)`` (:func:`liftvid.io.tables.stored_position`)."""
     H, W = source_size
     if not all(math.isfinite(v) for v in (row.t, row.x, row.y)):
         return f"NaN or non-numeric value (t={row.t}, x={row.x}, y={row.y})"
-    if row.t != round(row.t):
-        return f"frame t={row.t:g} is not an integer"
-    if row.t < 0 or row.t >= n_frames:
-        return f"frame t={row.t:g} is outside the stored frames 0…{n_frames - 1}"
+    try:
+        stored_position(frame_index, row.t, f"frame t={row.t:g}")
+    except ValueError as exc:
+        return str(exc)
     if not (0 <= row.x <= W and 0 <= row.y <= H):
         return f"point ({row.x:g}, {row.y:g}) is outside the {W}×{H} frame (x in [0, {W}], y in [0, {H}])"
     return None
@@ -79,10 +80,11 @@ def _check_row(row: QueryRow, n_frames: int, source_size: tuple[int, int]) -> st
 class _VideoJob:
     video_id: str
     rows: list[QueryRow]
-    grid_queries: np.ndarray  # (N, 3) [t, x, y] grid coordinates
+    grid_queries: np.ndarray  # (N, 3) [t, x, y] grid coordinates, t the stored position
     n_frames: int
     grid_size: tuple[int, int]
     source_size: tuple[int, int]
+    frame_index: np.ndarray  # (T,) int64 source frame numbers of the stored frames (the CSVs' t)
 
 
 def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[SkippedQuery]]:
@@ -107,11 +109,12 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
             continue
         info = st.read_video_info(root, vid)
         n_frames, h, w, _ = root[vid]["features"].shape
+        frame_index = np.asarray(root[vid]["frame_index"][:], np.int64)
         source_size = info.source_size
         grid_size = (int(h), int(w))
         good = []
         for r in vrows:
-            why = _check_row(r, n_frames, source_size)
+            why = _check_row(r, frame_index, source_size)
             if why:
                 skipped.append(SkippedQuery(r.line, vid, r.query, why))
             else:
@@ -122,8 +125,9 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
         xy = source_to_grid(src, grid_size, source_size)
         # x = W (the right edge) maps half a cell beyond the last centre: keep it on the grid's extent
         xy = np.clip(xy, -0.5, np.array([grid_size[1], grid_size[0]]) - 0.5)
-        grid_queries = np.column_stack([[r.t for r in good], xy])
-        jobs.append(_VideoJob(vid, good, grid_queries, int(n_frames), grid_size, source_size))
+        at = [stored_position(frame_index, r.t, f"frame t={r.t:g}") for r in good]  # source number → position
+        grid_queries = np.column_stack([at, xy])
+        jobs.append(_VideoJob(vid, good, grid_queries, int(n_frames), grid_size, source_size, frame_index))
     return jobs, skipped
 
 
@@ -234,8 +238,10 @@ def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | 
     Args:
         store_path: a liftvid store (path or URL).
         queries_csv: ``video_id,t,x,y`` rows; x, y in source-frame pixels (continuous, 0 = the
-            frame's top/left edge, pixel k's centre at k + 0.5), t an index into the stored frames.
-        out_csv: written with ``video_id,query,t,x,y,visible,score`` (source pixels); ``query``
+            frame's top/left edge, pixel k's centre at k + 0.5), t a source frame number that was
+            stored (:func:`liftvid.io.tables.stored_position`, as ``propagate --start-frame``).
+        out_csv: written with ``video_id,query,t,x,y,visible,score`` (source pixels, t the source
+            frame number of each stored frame); ``query``
             numbers each video's rows of ``queries_csv`` in file order, from 0.
         options: tracker parameters; ``chain`` (when given) overrides ``options.chain``.
         scheduler: ``threads``, ``processes``, ``sync`` or ``tcp://host:port``.
@@ -295,7 +301,8 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
         summary.queries[job.video_id] = len(job.rows)
         summary.frames[job.video_id] = job.n_frames
     try:
-        write_tracks_csv(out_csv, [(job.video_id, [r.query for r in job.rows], tracks) for job, tracks in results])
+        write_tracks_csv(out_csv, [(job.video_id, [r.query for r in job.rows], tracks, job.frame_index)
+                                   for job, tracks in results])
     except OSError as exc:
         raise OutputError(f"{out_csv}: cannot write the tracks ({exc.strerror or exc}); the previous file, if "
                           "any, is kept") from None

@@ -549,7 +549,8 @@ def train_lift(inputs: Sequence[str | Path], out: str | Path, options: TrainOpti
         steps = math.ceil(frames_per_epoch / options.batch_size)
         progress.start(run.epochs_done + 1, options.epochs, steps)
         if run.epochs_done >= options.epochs:
-            progress.message(f"{out}: already trained for {run.epochs_done} epochs (--epochs {options.epochs})")
+            progress.message(f"{out}: already trained for {run.epochs_done} epoch{'s' if run.epochs_done != 1 else ''} "
+                             f"(--epochs {options.epochs})")
 
         def feed(epoch: int) -> _EpochFeed | None:
             if epoch > options.epochs:

@@ -683,7 +683,7 @@ app.add_typer(viz_app, name="viz")
 _VizStore = Annotated[str, typer.Argument(help="A liftvid Zarr store (path or URL).", show_default=False)]
 _VizVideo = Annotated[str, typer.Option("--video", help="Video id in the store (see `liftvid info`).", show_default=False)]
 _VizOut = Annotated[Path, typer.Option("--out", help="Output file: .mp4, .gif or .png.", show_default=False)]
-_VizFrames = Annotated[Optional[str], typer.Option(help="Stored frames to draw: N, N,M,… or START:STOP[:STEP] (positions, not source numbers). Default: all.")]
+_VizFrames = Annotated[Optional[str], typer.Option(help="Frames to draw, by source frame number (from 0, as `track`'s t and `propagate --start-frame`): N, N,M,… or START:STOP[:STEP]. Default: every stored frame.")]
 _VizFps = Annotated[Optional[float], typer.Option(help="Frame rate of an .mp4/.gif. Default: the stored frames' rate.")]
 
 
@@ -696,7 +696,7 @@ def _viz_write(store: str, video: str, out: Path, frames: Optional[str], fps: Op
     try:
         viz.check_output(out)
         ds = open_store(store)[video]
-        picked = viz.parse_frames(frames, ds.sizes["frame"])
+        picked = viz.parse_frames(frames, ds["frame_index"].values)
         path = viz.write_frames(out, make(ds, picked), fps or render.video_fps(ds))
     except ValueError as exc:
         fail(str(exc))
@@ -721,7 +721,7 @@ def viz_pca(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames
 
 @viz_app.command("similarity")
 def viz_similarity(store: _VizStore, video: _VizVideo, out: _VizOut,
-                   point: Annotated[str, typer.Option(help="Query point X,Y,T: source pixels (0,0 = top-left corner) in stored frame T.", show_default=False)],
+                   point: Annotated[str, typer.Option(help="Query point X,Y,T: source pixels (0,0 = top-left corner) in source frame number T (a stored frame).", show_default=False)],
                    frames: _VizFrames = None, fps: _VizFps = None,
                    on_source: Annotated[bool, typer.Option("--on-source/--no-source", help="Draw the heat-map over the source frames, or alone.")] = True) -> None:
     """Heat-map of the cosine similarity of every cell to the feature at one point.
@@ -735,8 +735,8 @@ def viz_similarity(store: _VizStore, video: _VizVideo, out: _VizOut,
         if t != int(t):
             raise ValueError
     except ValueError:
-        fail(f"--point {point!r}: expected X,Y,T, e.g. --point 320,200,0 (T a stored frame)")
-    _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_similarity(ds, x, y, int(t), picked, on_source))
+        fail(f"--point {point!r}: expected X,Y,T, e.g. --point 320,200,0 (T a source frame number)")
+    _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_similarity(ds, x, y, render.position_of_frame(ds, int(t), f"--point {point!r}: frame {int(t)}"), picked, on_source))
 
 
 @viz_app.command("masks")

@@ -430,28 +430,42 @@ def check_output(path: str | Path) -> Path:
     return Path(path)
 
 
-def parse_frames(text: str | None, n_frames: int) -> np.ndarray:
-    """Frame positions from ``"3"``, ``"0,5,9"``, ``"10:20"`` or ``"::2"`` (Python slices; None = all).
+def parse_frames(text: str | None, frame_index: np.ndarray | int) -> np.ndarray:
+    """Stored positions ``(N,) int64`` of the frames ``text`` names by their source frame number
+    (the one rule of :func:`liftvid.io.tables.stored_position`: from 0, as DAVIS's ``00042.png``):
+    ``"3"``, ``"0,5,9"``, or a Python slice of source numbers ``"10:20"``, ``"::2"`` (None = all).
+
+    ``frame_index``: ``(T,) int`` the stored frames' source numbers (an int ``T`` means 0 … T-1).
+    A slice picks the stored frames whose numbers it covers; a listed number must be stored.
+    Negative numbers count back from the last stored frame's number + 1, as Python does.
 
     Raises:
-        ValueError: not of those forms, or a frame outside ``0 … n_frames - 1``.
+        ValueError: not of those forms, a listed frame that is not stored, or no frame selected.
     """
+    from .io.tables import describe_frames, stored_position
+
+    frame_index = np.arange(frame_index) if np.isscalar(frame_index) else np.asarray(frame_index, np.int64)
+    n_frames = len(frame_index)
     if text is None or not str(text).strip():
         return np.arange(n_frames)
     spec = str(text).strip()
+    end = int(frame_index[-1]) + 1 if n_frames else 0
     try:
         if ":" in spec:
             parts = [int(p) if p.strip() else None for p in spec.split(":")]
             if len(parts) > 3:
                 raise ValueError
-            picked = np.arange(n_frames)[slice(*parts)]
+            numbers = np.arange(end)[slice(*parts)]
+            position = {int(f): i for i, f in enumerate(frame_index)}
+            picked = np.asarray([position[int(f)] for f in numbers if int(f) in position], dtype=np.int64)
         else:
-            picked = _frame_list(n_frames, [int(p) for p in spec.split(",")])
-    except ValueError as exc:
-        if "outside" in str(exc):
-            raise ValueError(f"--frames {spec!r}: {exc}") from None
-        raise ValueError(f"--frames {spec!r}: expected N, N,M,… or START:STOP[:STEP] "
-                         f"(the video has {n_frames} frames)") from None
+            numbers = [int(p) for p in spec.split(",")]
+    except ValueError:
+        raise ValueError(f"--frames {spec!r}: expected N, N,M,… or START:STOP[:STEP] of source frame "
+                         f"numbers (the store holds {describe_frames(frame_index)})") from None
+    if ":" not in spec:
+        picked = np.asarray([stored_position(frame_index, f + end if f < 0 else f, f"--frames {spec!r}: frame {f}")
+                             for f in numbers], dtype=np.int64)
     if not len(picked):
-        raise ValueError(f"--frames {spec!r} selects no frame of the video's {n_frames}")
+        raise ValueError(f"--frames {spec!r} selects no stored frame (the store holds {describe_frames(frame_index)})")
     return picked

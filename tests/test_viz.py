@@ -147,6 +147,23 @@ def test_parse_frames():
             viz.parse_frames(bad, 5)
 
 
+def test_parse_frames_counts_source_frame_numbers_on_a_strided_store():
+    """--frames names source frames (as track's t and propagate --start-frame): with --stride 2
+    the stored frames are 0, 2, …, 8 and frame 4 is stored position 2."""
+    index = np.arange(0, 10, 2)
+    np.testing.assert_array_equal(viz.parse_frames("4", index), [2])
+    np.testing.assert_array_equal(viz.parse_frames("8,0", index), [4, 0])
+    np.testing.assert_array_equal(viz.parse_frames("2:7", index), [1, 2, 3])  # frames 2, 4, 6
+    np.testing.assert_array_equal(viz.parse_frames("::4", index), [0, 2, 4])  # frames 0, 4, 8
+    np.testing.assert_array_equal(viz.parse_frames(None, index), np.arange(5))
+    with pytest.raises(ValueError, match=r"frame 5 is not a stored frame.*nearest: 4 or 6"):
+        viz.parse_frames("5", index)
+    with pytest.raises(ValueError, match="outside the stored frames 0…8 every 2"):
+        viz.parse_frames("10", index)
+    with pytest.raises(ValueError, match="selects no stored frame"):
+        viz.parse_frames("1:2", index)
+
+
 def test_source_frames_in_any_order(ds):
     frames = render.source_frames(ds, [5, 1])
     forward = render.source_frames(ds, [1, 5])
@@ -237,3 +254,24 @@ def test_cli_to_a_read_only_folder_is_one_line_and_leaves_nothing(store_path, tm
         assert sorted(p.name for p in folder.iterdir()) in ([], ["pca.png"])
     finally:
         os.chmod(folder, 0o755)
+
+
+def test_cli_frames_and_point_are_source_frame_numbers(video_dir, tmp_path):
+    """On a store extracted with --stride 2, `--frames 4` draws stored position 2 (source frame 4),
+    and `--point X,Y,5` names a frame that is not stored, in one line."""
+    path = tmp_path / "strided.zarr"
+    options = ExtractOptions(backbone=TINY_VIT, weights="random", device="cpu", batch_size=4, resize="short:32", stride=2)
+    extract_videos([video_dir / "clip_a.mp4"], path, options)
+    ds = liftvid.open_store(path)["clip_a"]
+    np.testing.assert_array_equal(ds["frame_index"].values, np.arange(0, 12, 2))
+    png = tmp_path / "four.png"
+    result = runner.invoke(app, ["viz", "pca", str(path), "--video", "clip_a", "--out", str(png), "--frames", "4"])
+    assert result.exit_code == 0, result.output
+    expected = next(iter(render.render_pca(ds, [2])))  # position 2 holds source frame 4
+    np.testing.assert_array_equal(np.asarray(Image.open(png).convert("RGB")), expected)
+    result = runner.invoke(app, ["viz", "similarity", str(path), "--video", "clip_a", "--point", "40,30,5",
+                                 "--out", str(tmp_path / "s.png"), "--frames", "4"])
+    assert result.exit_code == 1 and "frame 5 is not a stored frame" in result.output and "nearest: 4 or 6" in result.output
+    result = runner.invoke(app, ["viz", "similarity", str(path), "--video", "clip_a", "--point", "40,30,4",
+                                 "--out", str(tmp_path / "s.png"), "--frames", "4"])
+    assert result.exit_code == 0, result.output

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..io.store import VideoInfo
+from ..io.tables import stored_position
 from ..io.video import read_source_frames
 from ..viz import (PCAFit, TRAIL_FRAMES, _frame_list, cosine_map, fit_pca, heatmap, iter_pca_frames, mask_overlay,
                    query_feature, side_by_side, similarity_overlay, similarity_range, track_overlay)
@@ -58,6 +59,12 @@ def render_pca(ds: Any, frames: Sequence[int] | None = None, with_source: bool =
         return
     for src, pca in zip(iter_source_frames(ds, frames), pcas):
         yield side_by_side([src, pca])
+
+
+def position_of_frame(ds: Any, frame: int, label: str) -> int:
+    """The stored position of source frame number ``frame`` in a video's Dataset
+    (:func:`liftvid.io.tables.stored_position`; ``label`` names the request in the error)."""
+    return stored_position(np.asarray(ds["frame_index"].values), frame, label)
 
 
 def render_similarity(ds: Any, x: float, y: float, t: int, frames: Sequence[int] | None = None,

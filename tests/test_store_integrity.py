@@ -84,7 +84,7 @@ def test_deleted_chunk_is_missing_not_zeros(tmp_path):
     assert np.isnan(raw).all()
     root = st.open_root(store)
     damage = st.check_video_intact(root, "a")
-    assert "features: 1 of 3 chunk(s) missing (frames 4-7)" in damage and str(store) in damage
+    assert "features: 1 of 3 chunks missing (frames 4-7)" in damage and str(store) in damage
     assert "liftvid verify" in damage and "liftvid extract /nowhere/a.mp4" in damage
     assert st.check_video_intact(root, "b") is None
     assert any("frames 4-7" in p for p in st.verify_video(root, "a"))

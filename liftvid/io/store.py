@@ -858,9 +858,9 @@ def _missing_chunks(group) -> str | None:
         missing = [k for k in expected if k not in present]
         if missing and (name == "features" or name in recorded):
             regions = ", ".join(_frames_text(expected[k]) for k in missing[:4]) + (" …" if len(missing) > 4 else "")
-            return f"{name}: {len(missing)} of {len(expected)} chunk(s) missing ({regions})"
+            return f"{name}: {len(missing)} of {len(expected)} chunk{'' if len(expected) == 1 else 's'} missing ({regions})"
         if name in recorded and len(present & expected.keys()) != int(recorded[name]):
-            return f"{name}: {len(present & expected.keys())} chunk(s) stored, {recorded[name]} recorded at completion"
+            return f"{name}: {len(present & expected.keys())} chunk{'' if len(present & expected.keys()) == 1 else 's'} stored, {recorded[name]} recorded at completion"
     return None
 
 

@@ -51,7 +51,7 @@ def evaluate_davis_sequence(results: Path, ann_root: Path, seq: str, bound_th: f
         return SequenceScores(missing=f"no annotations in {ann_root / seq}")
     if len(gt_files) < 3:
         return SequenceScores(missing=(
-            f"{ann_root / seq}: {len(gt_files)} annotated frame(s); the evaluation scores every frame but the "
+            f"{ann_root / seq}: {len(gt_files)} annotated frame{'' if len(gt_files) == 1 else 's'}; the evaluation scores every frame but the "
             "first and the last against its indexed annotation, so it needs the annotation of every frame "
             "(DAVIS's Annotations/480p holds them for train and val)"))
     note = None
@@ -70,7 +70,7 @@ def evaluate_davis_sequence(results: Path, ann_root: Path, seq: str, bound_th: f
         pred = np.stack(preds)
         if int(pred.max()) > n_objects:
             raise MaskError(f"{results / seq}: object id {int(pred.max())} but the annotation has "
-                            f"{n_objects} object(s)")
+                            f"{n_objects} object{'' if n_objects == 1 else 's'}")
     except MaskError as exc:
         return SequenceScores(missing=str(exc), note=note)
     return SequenceScores(evaluate_sequence(seq, gt[1:-1], pred, n_objects, bound_th), note=note)

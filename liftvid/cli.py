@@ -136,6 +136,9 @@ def extract(
     shard: Annotated[bool, typer.Option("--shard", help="Store one-frame chunks inside batch-sized shards: reading one frame reads one frame.")] = False,
     scheduler: Annotated[Optional[str], typer.Option(help="Run one Dask task per video: 'processes' or tcp://host:port of a dask.distributed cluster (`liftvid cluster`); the store must be reachable from every worker. Default: in-process pipeline.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local processes for --scheduler processes.", min=1)] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="Store int8 codes with a scale and offset per frame and channel (about half the bytes of float16; |error| <= scale/2).", show_default=False)] = None,
+    pca: Annotated[Optional[int], typer.Option(help="Store K components of a store-wide uncentred PCA basis (fitted on the first videos before any is written); propagate and track run on them exactly as on the decoded features.", show_default=False)] = None,
+    pca_fit_frames: Annotated[int, typer.Option(help="Frames the --pca basis is fitted on, an equal share evenly spaced through each of the first 8 videos.", min=1)] = 256,
 ) -> None:
     """Decode videos, run the ViT (+ LiFT) in batches and write dense features to a Zarr store.
 
@@ -157,7 +160,8 @@ def extract(
                              stride=stride, max_frames=max_frames, batch_size=batch_size,
                              device=device, fps=fps, overwrite=overwrite, seed=seed,
                              decode_workers=decode_workers, decode_threads=decode_threads, precision=precision,
-                             compile=compile_model, shard=shard, feature_dtype=feature_dtype)
+                             compile=compile_model, shard=shard, feature_dtype=feature_dtype,
+                             quantize=quantize, pca=pca, pca_fit_frames=pca_fit_frames)
     try:
         with Progress(*_progress_columns(), console=err, transient=False) as bars:
             summary = extract_videos(inputs, store, options, progress=_RichExtractProgress(bars),

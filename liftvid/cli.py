@@ -221,6 +221,46 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
 
 
 @app.command()
+def recode(
+    source: Annotated[str, typer.Argument(help="The liftvid store to read (path or URL).", show_default=False)],
+    store: Annotated[str, typer.Argument(help="The new store to write (path or URL); never SOURCE.", show_default=False)],
+    quantize: Annotated[Optional[str], typer.Option(help="int8: codes with a scale and offset per frame and channel.", show_default=False)] = None,
+    pca: Annotated[Optional[int], typer.Option(help="K: components of a basis fitted on SOURCE's first videos.", show_default=False)] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="Decode back to plain floats (the store's feature dtype).")] = False,
+    pca_fit_frames: Annotated[int, typer.Option(help="Frames the --pca basis is fitted on.", min=1)] = 256,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a STORE written with another configuration or encoding.")] = False,
+) -> None:
+    """Rewrite a store's features with another encoding (--quantize int8, --pca K or --plain), chunk by chunk.
+
+    Rerunning skips the videos complete in STORE and redoes incomplete ones. Masks and tracks are not copied.
+    """
+    from rich.progress import Progress
+
+    from .io.store import FeatureEncoding
+    from .pipelines.recode import recode_store
+
+    err = console(stderr=True)
+    try:
+        if (quantize is not None) + (pca is not None) + plain != 1:
+            raise ValueError("recode: give one encoding: --quantize int8, --pca K or --plain")
+        encoding = FeatureEncoding.from_options(quantize, pca)
+        with Progress(*_progress_columns(), console=err, transient=False) as bars:
+            summary = recode_store(source, store, encoding, pca_fit_frames, progress=_RichExtractProgress(bars),
+                                   overwrite=overwrite)
+    except ValueError as exc:
+        fail(str(exc))
+    done = sum(r.status == "complete" for r in summary.results)
+    skipped = sum(r.status == "skipped" for r in summary.results)
+    rate = summary.frames / summary.seconds if summary.seconds else 0.0
+    err.print(f"{escape(store)}: {done} recoded to {escape(summary.encoding.describe())}, {skipped} already complete, "
+              f"{len(summary.failed)} failed; {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s)")
+    if summary.left_out:
+        err.print(f"[yellow]not recoded[/] (not complete in {escape(source)}): {escape(', '.join(summary.left_out))}")
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
 def verify(
     store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path or URL).", show_default=False)],
     video: Annotated[Optional[list[str]], typer.Option(help="Check only this video (repeatable).")] = None,

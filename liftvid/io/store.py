@@ -855,7 +855,7 @@ class FeatureEncoding:
 
     def identity(self) -> dict:
         """What must agree between runs appending to one store (not how a basis was fitted)."""
-        return {"kind": self.kind, "components": self.components}
+        return {"kind": self.kind, "pca_components": self.components}
 
     @property
     def lossy(self) -> bool:

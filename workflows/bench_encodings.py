@@ -14,7 +14,9 @@ encoding. Per encoding it prints:
   store and from the encoded store, given the same first-frame mask (apple_mask.png, the only clip
   with one), over the frames after the first;
 - tracking (``track_store``, a 5×5 grid of queries on frame 0 of every clip): mean and max distance
-  in source pixels between the positions from the float16 store and from the encoded one.
+  in source pixels between the positions from the float16 store and from the encoded one, and the
+  share of query-frames where they are more than 8 px apart (the tracker jumped to another match:
+  a mean is dominated by such jumps, which near-ties between random features make frequent).
 
 Random weights make random features: the mask and track differences say how much the encoding
 moves results for these features; the cosine error is the weight-independent number.
@@ -34,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+JUMP_PX = 8  # a tracked position this far from the float16 store's counts as another match
 
 
 def random_lift(path: Path, backbone: str) -> Path:
@@ -196,6 +199,7 @@ def main() -> None:
             dist = np.concatenate([np.linalg.norm(got[v].positions - ref_tracks[v].positions, axis=-1).ravel()
                                    for v in ref_tracks])
             row["track px mean"], row["track px max"] = float(dist.mean()), float(dist.max())
+            row[f"% > {JUMP_PX} px"] = 100 * float((dist > JUMP_PX).mean())
             rows.append(row)
 
         cols = list(rows[0])

@@ -45,6 +45,7 @@ _EXPORTS = {
     "davis_sequences": "pipelines.evaluate",
     "BenchOptions": "pipelines.bench", "run_benchmark": "pipelines.bench",
     "open_store": "pipelines.analysis", "FeatureStore": "pipelines.analysis",
+    "recode_store": "pipelines.recode", "FeatureEncoding": "io.store", "feature_reader": "io.store",
     "render_pca": "pipelines.render", "render_similarity": "pipelines.render", "render_masks": "pipelines.render",
     "render_tracks": "pipelines.render", "source_frames": "pipelines.render", "iter_source_frames": "pipelines.render",
     "video_fps": "pipelines.render",

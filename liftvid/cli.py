@@ -188,6 +188,9 @@ def extract(
     shard: Annotated[bool, typer.Option("--shard", help="Store one-frame chunks inside batch-sized shards: reading one frame reads one frame.")] = False,
     scheduler: Annotated[Optional[str], typer.Option(help="Run one Dask task per video: 'processes' or tcp://host:port of a dask.distributed cluster (`liftvid cluster`); the store must be reachable from every worker. Default: in-process pipeline.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local processes for --scheduler processes.", min=1)] = None,
+    quantize: Annotated[Optional[str], typer.Option(help="Store int8 codes with a scale and offset per frame and channel (about half the bytes of float16; |error| <= scale/2).", show_default=False)] = None,
+    pca: Annotated[Optional[int], typer.Option(help="Store K components of a store-wide uncentred PCA basis (fitted on the first videos before any is written); propagate and track run on them exactly as on the decoded features.", show_default=False)] = None,
+    pca_fit_frames: Annotated[int, typer.Option(help="Frames the --pca basis is fitted on, an equal share evenly spaced through each of the first 8 videos.", min=1)] = 256,
 ) -> None:
     """Decode videos, run the ViT (+ LiFT) in batches and write dense features to a Zarr store.
 
@@ -209,7 +212,8 @@ def extract(
                              stride=stride, max_frames=max_frames, batch_size=batch_size,
                              device=device, fps=fps, overwrite=overwrite, seed=seed,
                              decode_workers=decode_workers, decode_threads=decode_threads, precision=precision,
-                             compile=compile_model, shard=shard, feature_dtype=feature_dtype)
+                             compile=compile_model, shard=shard, feature_dtype=feature_dtype,
+                             quantize=quantize, pca=pca, pca_fit_frames=pca_fit_frames)
     try:
         with Progress(*_progress_columns(), console=err, transient=False) as bars:
             summary = extract_videos(inputs, store, options, progress=_RichExtractProgress(bars),
@@ -284,6 +288,46 @@ def _bytes_cells(summary) -> tuple[str, str]:
     if summary.bytes_per_frame is None or summary.float16_ratio is None:
         return "-", "-"
     return f"{summary.bytes_per_frame:,.0f}", f"{summary.float16_ratio:.2f}×"
+
+
+@app.command()
+def recode(
+    source: Annotated[str, typer.Argument(help="The liftvid store to read (path or URL).", show_default=False)],
+    store: Annotated[str, typer.Argument(help="The new store to write (path or URL); never SOURCE.", show_default=False)],
+    quantize: Annotated[Optional[str], typer.Option(help="int8: codes with a scale and offset per frame and channel.", show_default=False)] = None,
+    pca: Annotated[Optional[int], typer.Option(help="K: components of a basis fitted on SOURCE's first videos.", show_default=False)] = None,
+    plain: Annotated[bool, typer.Option("--plain", help="Decode back to plain floats (the store's feature dtype).")] = False,
+    pca_fit_frames: Annotated[int, typer.Option(help="Frames the --pca basis is fitted on.", min=1)] = 256,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a STORE written with another configuration or encoding.")] = False,
+) -> None:
+    """Rewrite a store's features with another encoding (--quantize int8, --pca K or --plain), chunk by chunk.
+
+    Rerunning skips the videos complete in STORE and redoes incomplete ones. Masks and tracks are not copied.
+    """
+    from rich.progress import Progress
+
+    from .io.store import FeatureEncoding
+    from .pipelines.recode import recode_store
+
+    err = console(stderr=True)
+    try:
+        if (quantize is not None) + (pca is not None) + plain != 1:
+            raise ValueError("recode: give one encoding: --quantize int8, --pca K or --plain")
+        encoding = FeatureEncoding.from_options(quantize, pca)
+        with Progress(*_progress_columns(), console=err, transient=False) as bars:
+            summary = recode_store(source, store, encoding, pca_fit_frames, progress=_RichExtractProgress(bars),
+                                   overwrite=overwrite)
+    except ValueError as exc:
+        fail(str(exc))
+    done = sum(r.status == "complete" for r in summary.results)
+    skipped = sum(r.status == "skipped" for r in summary.results)
+    rate = summary.frames / summary.seconds if summary.seconds else 0.0
+    err.print(f"{escape(store)}: {done} recoded to {escape(summary.encoding.describe())}, {skipped} already complete, "
+              f"{len(summary.failed)} failed; {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.1f} frames/s)")
+    if summary.left_out:
+        err.print(f"[yellow]not recoded[/] (not complete in {escape(source)}): {escape(', '.join(summary.left_out))}")
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 @app.command()

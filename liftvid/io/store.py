@@ -46,11 +46,14 @@ KNOWN_SCHEMA_VERSIONS = (1,)
 _REQUIRED_KEYS = ("schema_version", "backbone", "preprocessing", "feature_dtype", "feature_stride")
 # names Zarr itself uses inside a group's folder (and zarr.<hex>.partial temporaries), which a video
 # group must never take; zarr v3 also reserves names starting with "__"
-_RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata"})  # "c" is free: groups have no chunks
+# (and the root arrays of a feature encoding: a video named like one must not replace it)
+_RESERVED_NAMES = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmetadata",
+                             "pca_basis"})  # "c" is free: groups have no chunks
 SAFE_NAME_SUFFIX = "-video"
 
 # configuration entries that must agree between runs appending to one store
-_IDENTITY_KEYS = ("backbone", "lift", "preprocessing", "feature_dtype", "feature_stride")
+# (``encoding`` is compared by :meth:`FeatureEncoding.identity`: a store without one is plain float)
+_IDENTITY_KEYS = ("backbone", "lift", "preprocessing", "feature_dtype", "feature_stride", "encoding")
 
 
 class StoreError(ValueError):
@@ -67,8 +70,12 @@ def _version() -> str:
 
 
 def make_config(backbone: dict, lift: dict | None, resize: str, mean, std,
-                feature_stride: float, feature_dtype: str = "float16", protocol: dict | None = None) -> dict:
+                feature_stride: float, feature_dtype: str = "float16", protocol: dict | None = None,
+                encoding: "FeatureEncoding | None" = None) -> dict:
     """The store-level ``attrs["liftvid"]`` dict (JSON-serialisable).
+
+    ``encoding``: how features are stored (:class:`FeatureEncoding`; default plain
+    ``feature_dtype`` floats), recorded under ``encoding``.
 
     ``protocol``: the pixel rule beyond the size (:meth:`liftvid.video.Resize.record`: resize
     filter, rounding, where it is applied, mask upsampling), kept in ``preprocessing``. It is part of
@@ -83,6 +90,7 @@ def make_config(backbone: dict, lift: dict | None, resize: str, mean, std,
         "preprocessing": {"resize": str(resize), "mean": list(mean), "std": list(std), **dict(protocol or {})},
         "feature_dtype": feature_dtype,
         "feature_stride": feature_stride,
+        "encoding": (encoding or FeatureEncoding(dtype=feature_dtype)).record(),
     }
 
 
@@ -178,7 +186,9 @@ def read_config(root) -> dict:
 
 
 def _identity(config: dict) -> dict:
-    return {k: config.get(k) for k in _IDENTITY_KEYS}
+    out = {k: config.get(k) for k in _IDENTITY_KEYS}
+    out["encoding"] = FeatureEncoding.from_config(config).identity()
+    return out
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
@@ -607,6 +617,11 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
     inside shards of ``t_chunk`` frames (one file per shard as before, but a one-frame read
     fetches and decompresses one frame only).
 
+    The store's :class:`FeatureEncoding` decides what ``features`` holds: ``channels`` floats of
+    ``dtype`` (plain), int8 codes with ``features_scale``/``features_offset (T, C) float32``
+    chunked along T like the codes (int8), or ``K`` components of ``dtype`` (pca). Write them
+    through :func:`feature_writer`.
+
     Returns:
         The video's ``zarr.Group``.
     """
@@ -617,13 +632,21 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
     group = root.create_group(video_id, overwrite=True,
                               attributes={ATTRS_KEY: {**info, "status": INCOMPLETE, "error": None}})
     h, w = grid_size
-    t_chunk = min(max(n_frames, 1), t_chunk or chunk_frames(grid_size, channels, np.dtype(dtype).itemsize))
-    layout = ({"chunks": (1, h, w, channels), "shards": (t_chunk, h, w, channels)} if shard
-              else {"chunks": (t_chunk, h, w, channels)})
-    # NaN fill: a chunk that is missing reads as NaN, which no feature is, instead of zeros
-    fill = np.nan if np.dtype(dtype).kind == "f" else 0
-    group.create_array("features", shape=(n_frames, h, w, channels), **layout, dtype=dtype,
+    encoding = FeatureEncoding.from_config(root.attrs.get(ATTRS_KEY) or {})
+    stored, dtype = encoding.stored_channels(channels), encoding.stored_dtype(dtype)
+    t_chunk = min(max(n_frames, 1), t_chunk or chunk_frames(grid_size, stored, np.dtype(dtype).itemsize))
+    layout = ({"chunks": (1, h, w, stored), "shards": (t_chunk, h, w, stored)} if shard
+              else {"chunks": (t_chunk, h, w, stored)})
+    # NaN fill: a chunk that is missing reads as NaN, which no feature is, instead of zeros (int8
+    # codes: -128, which no code is, and the reader decodes to NaN)
+    fill = np.nan if np.dtype(dtype).kind == "f" else INT8_FILL if encoding.kind == INT8 else 0
+    group.create_array("features", shape=(n_frames, h, w, stored), **layout, dtype=dtype,
                        dimension_names=FEATURE_DIMS, compressors=checksummed(compressors), fill_value=fill)
+    if encoding.kind == INT8:
+        for name in ENCODING_ARRAYS:
+            group.create_array(name, shape=(n_frames, channels), chunks=(t_chunk, channels), dtype="float32",
+                               dimension_names=("frame", "channel"), fill_value=np.nan,
+                               compressors=checksummed(compressors))
     fi = group.create_array("frame_index", shape=(n_frames,), chunks=(max(n_frames, 1),), dtype="int64",
                             dimension_names=("frame",), fill_value=-1, compressors=checksummed())
     ts = group.create_array("timestamps", shape=(n_frames,), chunks=(max(n_frames, 1),), dtype="float64",
@@ -768,7 +791,7 @@ def mark_complete(group) -> None:
     sync_group(group)
     info = dict(group.attrs[ATTRS_KEY])
     # what a reader checks the store against: the stored objects of each core array
-    stored = {name: len(_stored_keys(group[name])) for name in CORE_ARRAYS if name in group}
+    stored = {name: len(_stored_keys(group[name])) for name in (*CORE_ARRAYS, *ENCODING_ARRAYS) if name in group}
     info.update(status=COMPLETE, error=None, stored_chunks=stored)
     group.attrs[ATTRS_KEY] = info
     folder = _local_dir(group)
@@ -827,8 +850,400 @@ def redo_command(root, video_id: str) -> str:
         args += ["--stride", str(sampling["stride"])]
     if sampling.get("max_frames"):
         args += ["--max-frames", str(sampling["max_frames"])]
+    args += FeatureEncoding.from_config(config).cli_args()
     extract = "liftvid extract " + " ".join(shlex.quote(a) for a in args)
     return f"liftvid verify {shlex.quote(label)} --video {shlex.quote(video_id)} --mark && {extract}"
+
+
+# ---- feature encodings (issue 12) ----------------------------------------------------------------
+# How a store holds its features, recorded in the configuration (``encoding``) and read back by one
+# path, :func:`feature_reader`, whatever the encoding:
+#
+# - ``float``: plain ``feature_dtype`` floats (every store written before encodings existed).
+# - ``int8``: per frame and per channel affine codes. For frame t and channel c, over the grid's
+#   cells, offset = (max + min) / 2 and scale = (max - min) / 254; code = round((x - offset) /
+#   scale) in -127…127; x̂ = offset + code · scale, so |x - x̂| ≤ scale / 2. -128 is no code: it is
+#   the fill of a missing chunk and decodes to NaN (never to a plausible feature). Each batch
+#   computes its own scales, so writing streams. Not numcodecs' FixedScaleOffset: that is one
+#   scale and offset for the whole array, fixed before any data is seen, and ViT features have a
+#   few outlier channels (magnitudes ten to a hundred times the others) that would spend the 255
+#   levels of every other channel; per frame and channel costs 8 bytes per channel per frame
+#   (about 1 % of the codes at a 28×28 grid).
+# - ``pca``: ``K`` components z = x V of an uncentred orthonormal basis ``V (C, K)`` (the top
+#   eigenvectors of the second moment XᵀX of a sample of the store's feature vectors), fitted once
+#   per store and kept in the root array ``pca_basis``. Decoded features are z Vᵀ. As VᵀV = I, dot
+#   products and norms of z equal those of the decoded features, so cosine kernels (propagation,
+#   tracking, similarity) run on the K-dim z exactly as on the decoded C-dim arrays. They are not
+#   the original features' affinities: the projection drops each vector's residual outside the
+#   basis (cos(x, x̂) = |x̂| / |x|, the worst of which the benchmark reports).
+
+FLOAT, INT8, PCA = "float", "int8", "pca"
+ENCODINGS = (FLOAT, INT8, PCA)
+SCALE_ARRAY, OFFSET_ARRAY = "features_scale", "features_offset"
+ENCODING_ARRAYS = (SCALE_ARRAY, OFFSET_ARRAY)  # int8 stores: per frame and channel, beside the codes
+PCA_BASIS = "pca_basis"  # pca stores: the root array V (C, K) float32
+INT8_STEPS = 254  # codes -127…127: 255 levels, 254 steps between min and max
+INT8_FILL = -128  # no code: what a missing chunk reads as, decoded to NaN
+PCA_FIT_FRAMES = 256  # frames of the store's first videos the basis is fitted on (default)
+PCA_FIT_VIDEOS = 8  # the fit sample is spread over at most this many videos, in input order
+
+
+class EncodingError(StoreError):
+    """An encoding that cannot be applied: bad options, K above the channels, a store already lossy."""
+
+
+class EncodingRangeError(ValueError):
+    """Encoded features that are not finite in the stored dtype (the video fails, the run goes on)."""
+
+
+@dataclass(frozen=True)
+class FeatureEncoding:
+    """How features are stored (see the section comment above).
+
+    ``dtype``: the float dtype stored (plain), quantised (int8, which decodes to float32), or of
+    the components (pca).
+    ``components``: K (pca). ``fit``: how the pca basis was fitted (frames, vectors, videos, the
+    basis' sha256), provenance only.
+    """
+
+    kind: str = FLOAT
+    dtype: str = "float16"
+    components: int | None = None
+    fit: dict | None = None
+
+    @classmethod
+    def from_config(cls, config: dict) -> "FeatureEncoding":
+        """The encoding a store's configuration records (none recorded: plain ``feature_dtype``)."""
+        record = config.get("encoding") if isinstance(config, dict) else None
+        dtype = str((config or {}).get("feature_dtype") or "float16")
+        if not isinstance(record, dict):
+            return cls(FLOAT, dtype)
+        k = record.get("components")
+        return cls(str(record.get("kind", FLOAT)), str(record.get("dtype") or dtype),
+                   None if k is None else int(k), record.get("fit"))
+
+    @classmethod
+    def from_options(cls, quantize: str | None, pca: int | None, dtype: str = "float16") -> "FeatureEncoding":
+        """``--quantize`` / ``--pca`` as an encoding.
+
+        Raises:
+            EncodingError: an unknown ``--quantize``, both options, or K below 1.
+        """
+        if quantize is not None and quantize != INT8:
+            raise EncodingError(f"--quantize {quantize}: the only quantisation is int8")
+        if quantize is not None and pca is not None:
+            raise EncodingError(f"--quantize {quantize} and --pca {pca}: choose one encoding")
+        if pca is not None:
+            if pca < 1:
+                raise EncodingError(f"--pca {pca}: must be at least 1 component")
+            return cls(PCA, dtype, int(pca))
+        return cls(INT8 if quantize else FLOAT, dtype)
+
+    def check_channels(self, channels: int, where: str) -> None:
+        """Raises EncodingError when K exceeds the features' ``channels``."""
+        if self.kind == PCA and int(self.components) > int(channels):
+            raise EncodingError(f"{where}: --pca {self.components} is more components than the features' "
+                                f"{channels} channels")
+
+    def record(self) -> dict:
+        out: dict[str, Any] = {"kind": self.kind, "dtype": self.dtype}
+        if self.kind == INT8:
+            out.update(scheme="per frame and channel: x = offset + code * scale, code -127..127, "
+                              "-128 missing", arrays=list(ENCODING_ARRAYS))
+        if self.kind == PCA:
+            out.update(components=self.components, basis=PCA_BASIS, centred=False,
+                       decoded="features @ pca_basis.T")
+            if self.fit is not None:
+                out["fit"] = dict(self.fit)
+        return out
+
+    def identity(self) -> dict:
+        """What must agree between runs appending to one store (not how a basis was fitted)."""
+        return {"kind": self.kind, "pca_components": self.components}
+
+    @property
+    def lossy(self) -> bool:
+        return self.kind != FLOAT
+
+    def stored_channels(self, channels: int) -> int:
+        return int(self.components) if self.kind == PCA else int(channels)
+
+    def stored_dtype(self, dtype: str) -> str:
+        return "int8" if self.kind == INT8 else self.dtype if self.kind == PCA else dtype
+
+    def describe(self) -> str:
+        """``float16``, ``int8 (per frame and channel)``, ``pca 64 (float16)``."""
+        if self.kind == INT8:
+            return "int8 (per frame and channel)"
+        if self.kind == PCA:
+            return f"pca {self.components} ({self.dtype})"
+        return self.dtype
+
+    def cli_args(self) -> list[str]:
+        """The ``extract`` options that write this encoding."""
+        return ["--quantize", INT8] if self.kind == INT8 else ["--pca", str(self.components)] if self.kind == PCA else []
+
+
+def store_encoding(root) -> FeatureEncoding:
+    """The :class:`FeatureEncoding` of the store whose root group is ``root``."""
+    return FeatureEncoding.from_config(dict(root.attrs.get(ATTRS_KEY) or {}))
+
+
+def _root_of(group):
+    """The root group of a video group's store (video groups are the root's children)."""
+    import zarr
+
+    parent = group.path.rsplit("/", 1)[0] if "/" in group.path else ""
+    return zarr.open_group(store=group.store, path=parent, mode="r")
+
+
+# -- int8
+
+def quantize_int8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``x (T, h, w, C)`` floats → ``codes (T, h, w, C) int8``, ``scale (T, C)``, ``offset (T, C)``
+    float32: per frame and channel, offset = (max + min) / 2, scale = (max - min) / 254 (1 for a
+    constant channel), code = round((x - offset) / scale) in -127…127."""
+    x = np.asarray(x, dtype=np.float32)
+    lo, hi = x.min(axis=(1, 2)), x.max(axis=(1, 2))
+    scale = ((hi.astype(np.float64) - lo) / INT8_STEPS).astype(np.float32)
+    scale = np.where(scale > 0, scale, np.float32(1.0))
+    offset = (lo.astype(np.float64) / 2 + hi.astype(np.float64) / 2).astype(np.float32)
+    codes = np.rint((x - offset[:, None, None, :]) / scale[:, None, None, :])
+    codes = np.clip(codes, -(INT8_STEPS // 2), INT8_STEPS // 2).astype(np.int8)
+    return codes, scale, offset
+
+
+def dequantize_int8(codes: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    """``offset + codes * scale`` float32 (scale and offset broadcast over the grid); the fill
+    code -128 becomes NaN."""
+    out = offset + codes.astype(np.float32) * scale
+    return np.where(codes == INT8_FILL, np.float32(np.nan), out).astype(np.float32, copy=False)
+
+
+# -- pca
+
+class SecondMoment:
+    """The streaming sum XᵀX (float64) of feature vectors, for an uncentred PCA basis."""
+
+    def __init__(self, channels: int):
+        self.matrix = np.zeros((channels, channels))
+        self.vectors = 0
+
+    def add(self, x) -> None:
+        """Add ``x (…, C)`` (any float dtype)."""
+        v = np.asarray(x, dtype=np.float64).reshape(-1, self.matrix.shape[0])
+        v = v[np.isfinite(v).all(axis=1)]
+        self.matrix += v.T @ v
+        self.vectors += len(v)
+
+    def basis(self, k: int) -> np.ndarray:
+        """``V (C, k) float32``: the top-k eigenvectors of XᵀX, orthonormal columns, largest first,
+        each signed so that its largest-magnitude entry is positive (the same sample, the same basis)."""
+        if self.vectors < 1:
+            raise EncodingError("no finite feature vector to fit the PCA basis on")
+        values, vectors = np.linalg.eigh(self.matrix)
+        v = vectors[:, np.argsort(values)[::-1][:k]]
+        v *= np.sign(v[np.abs(v).argmax(axis=0), np.arange(v.shape[1])])
+        return v.astype(np.float32)
+
+
+def pca_share(n_videos: int, fit_frames: int = PCA_FIT_FRAMES, max_videos: int = PCA_FIT_VIDEOS) -> int:
+    """Frames each of the first ``min(n_videos, max_videos)`` videos gives to a pca fit sample of
+    ``fit_frames`` frames (an equal share)."""
+    return -(-max(1, fit_frames) // max(1, min(n_videos, max_videos)))
+
+
+def pca_sample(n_frames: int, share: int) -> np.ndarray:
+    """Positions (into a video's stored frames) of its ``share`` of a pca fit sample: evenly spaced
+    from the first frame to the last (deterministic, so a rerun fits the same sample)."""
+    m = min(share, n_frames)
+    return np.unique(np.linspace(0, n_frames - 1, m).round().astype(np.int64)) if m > 0 else np.zeros(0, np.int64)
+
+
+def has_pca_basis(root) -> bool:
+    """Whether the store holds a fitted basis (its array and the fit record, written after it)."""
+    return PCA_BASIS in root and store_encoding(root).fit is not None
+
+
+def write_pca_basis(root, basis: np.ndarray, fit: dict) -> None:
+    """Store ``basis (C, K)`` as the root array ``pca_basis`` (with the checksum codec), then record
+    the fit (and the basis' sha256) in the configuration: the record is the mark that it is whole."""
+    import hashlib
+
+    basis = np.ascontiguousarray(basis, dtype=np.float32)
+    arr = root.create_array(PCA_BASIS, shape=basis.shape, chunks=basis.shape, dtype="float32",
+                            dimension_names=("channel", "component"), compressors=checksummed(),
+                            fill_value=np.nan, overwrite=True)
+    arr[...] = basis
+    config = dict(root.attrs[ATTRS_KEY])
+    enc = dict(config.get("encoding") or {})
+    enc["fit"] = {**fit, "basis_sha256": hashlib.sha256(basis.tobytes()).hexdigest()}
+    config["encoding"] = enc
+    root.attrs[ATTRS_KEY] = config
+
+
+def read_pca_basis(root) -> np.ndarray:
+    """The store's ``pca_basis (C, K) float32``.
+
+    Raises:
+        StoreError: a pca store without its basis, or one whose shape is not (channels, K).
+    """
+    enc = store_encoding(root)
+    label = store_label(root)
+    if PCA_BASIS not in root:
+        raise StoreError(f"{label}: a pca store without its {PCA_BASIS} array; it is damaged (recode or "
+                         "re-extract it)")
+    try:
+        basis = np.asarray(root[PCA_BASIS][...], dtype=np.float32)
+    except Exception as exc:
+        raise DamagedChunkError(f"{label}/{PCA_BASIS}: damaged ({type(exc).__name__}); recode or re-extract "
+                                "the store") from None
+    channels = (dict(root.attrs.get(ATTRS_KEY) or {}).get("backbone") or {}).get("channels")
+    if basis.ndim != 2 or basis.shape[1] != enc.components or (channels and basis.shape[0] != int(channels)):
+        raise StoreError(f"{label}/{PCA_BASIS}: shape {basis.shape}, not ({channels}, {enc.components})")
+    if not np.isfinite(basis).all():
+        raise StoreError(f"{label}/{PCA_BASIS}: holds NaN, the fill of missing data; recode or re-extract")
+    return basis
+
+
+# -- writing and reading
+
+class FeatureWriter:
+    """``writer[a:b] = features (B, h, w, C)`` floats, encoded as the store says into a video group
+    made by :func:`begin_video`. ``dtype`` is the float dtype it takes (for messages)."""
+
+    def __init__(self, group, encoding: FeatureEncoding, basis: np.ndarray | None = None):
+        self.group, self.encoding, self.basis = group, encoding, basis
+        self.features = group["features"]
+        self.dtype = self.features.dtype if encoding.kind == FLOAT else np.dtype(encoding.dtype)
+        if encoding.kind == PCA and basis is None:
+            raise EncodingError("a pca writer needs the store's basis")
+
+    def __setitem__(self, region: slice, values) -> None:
+        x = np.asarray(values)
+        if self.encoding.kind == INT8:
+            codes, scale, offset = quantize_int8(x)
+            self.group[SCALE_ARRAY][region] = scale
+            self.group[OFFSET_ARRAY][region] = offset
+            self.features[region] = codes
+        elif self.encoding.kind == PCA:
+            z = (x.reshape(-1, x.shape[-1]).astype(np.float32) @ self.basis).astype(self.features.dtype)
+            if not np.isfinite(z).all():
+                raise EncodingRangeError(f"{store_label(self.group)}: pca components of frames {region.start}–"
+                                         f"{region.stop - 1} exceed {self.features.dtype}'s range")
+            self.features[region] = z.reshape(*x.shape[:-1], z.shape[-1])
+        else:
+            self.features[region] = x
+
+
+def feature_writer(group, basis: np.ndarray | None = None) -> FeatureWriter:
+    """The :class:`FeatureWriter` of a video group, for its store's encoding (a pca store's basis
+    is read from the store unless given)."""
+    root = _root_of(group)
+    encoding = store_encoding(root)
+    if encoding.kind == PCA and basis is None:
+        basis = read_pca_basis(root)
+    return FeatureWriter(group, encoding, basis)
+
+
+def _as_region(region, ndim: int) -> tuple:
+    if not isinstance(region, tuple):
+        region = (region,)
+    if any(r is Ellipsis for r in region):
+        i = next(i for i, r in enumerate(region) if r is Ellipsis)
+        region = region[:i] + (slice(None),) * (ndim - len(region) + 1) + region[i + 1:]
+    return region + (slice(None),) * (ndim - len(region))
+
+
+class FeatureReader:
+    """A video's features decoded to floats, whatever the store's encoding: ``.shape``,
+    ``.dtype``, ``.ndim``, ``.chunks`` and ``reader[region]`` (ints and slices, as NumPy) →
+    ``float16``/``float32`` NumPy. Plain: the stored floats; int8: ``offset + code * scale``
+    float32; pca: the K components (``full``: decoded to the C channels, z Vᵀ, float32).
+
+    A chunk that fails to read raises :class:`DamagedChunkError` naming ``where``.
+    """
+
+    def __init__(self, group, where: str, encoding: FeatureEncoding, basis: np.ndarray | None = None,
+                 full: bool = False):
+        self.encoding, self.where = encoding, where
+        self.codes = NamedReads(group["features"], where)
+        self.full = bool(full and encoding.kind == PCA)
+        self.basis = basis
+        shape, chunks = tuple(self.codes.shape), tuple(self.codes.chunks)
+        if self.full:
+            shape, chunks = shape[:-1] + (basis.shape[0],), chunks[:-1] + (basis.shape[0],)
+        self.shape, self.chunks, self.ndim = shape, chunks, len(shape)
+        self.dtype = (np.dtype("float32") if encoding.kind == INT8 or self.full else self.codes.dtype)
+        if encoding.kind == INT8:
+            self.scale = NamedReads(group[SCALE_ARRAY], where)
+            self.offset = NamedReads(group[OFFSET_ARRAY], where)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, region):
+        kind = self.encoding.kind
+        if kind == FLOAT or (kind == PCA and not self.full):
+            return self.codes[region]
+        region = _as_region(region, self.ndim)
+        if not all(isinstance(r, (int, np.integer, slice)) for r in region):
+            raise TypeError(f"{self.where}: features are read with ints and slices, not {region!r}")
+        keep = tuple(slice(r, r + 1 if r != -1 else None) if isinstance(r, (int, np.integer)) else r
+                     for r in region)
+        drop = tuple(i for i, r in enumerate(region) if isinstance(r, (int, np.integer)))
+        if kind == INT8:
+            frames, channels = keep[0], keep[3]
+            codes = np.asarray(self.codes[keep])
+            scale = np.asarray(self.scale[frames, channels])[:, None, None, :]
+            offset = np.asarray(self.offset[frames, channels])[:, None, None, :]
+            out = dequantize_int8(codes, scale, offset)
+        else:
+            z = np.asarray(self.codes[keep[:3] + (slice(None),)], dtype=np.float32)
+            out = (z @ self.basis.T)[..., keep[3]]
+        return out.reshape(tuple(n for i, n in enumerate(out.shape) if i not in drop)) if drop else out
+
+
+def feature_reader(group, where: str | None = None, full: bool = False) -> FeatureReader:
+    """The one way to read a video group's features (propagate, track, ``open_store``, recode).
+
+    Args:
+        group: the video's Zarr group.
+        where: names the store and video in read errors (default: the group's path).
+        full: for a pca store, decode the K components to the backbone's C channels (z Vᵀ);
+            by default the components themselves, on which cosine kernels give the same results.
+
+    Returns:
+        :class:`FeatureReader` ``(T, h, w, C or K)``.
+    """
+    root = _root_of(group)
+    encoding = store_encoding(root)
+    basis = read_pca_basis(root) if encoding.kind == PCA else None
+    return FeatureReader(group, where or store_label(group), encoding, basis, full)
+
+
+def _encoding_problems(root, group) -> list[str]:
+    """``verify``: an int8 video's scale and offset arrays (every chunk read, shapes, NaN) and a
+    pca store's basis."""
+    encoding = store_encoding(root)
+    problems = []
+    if encoding.kind == INT8:
+        T, _, _, c = group["features"].shape
+        for name in ENCODING_ARRAYS:
+            if name not in group:
+                problems.append(f"no {name} array (an int8 store keeps it beside the codes)")
+                continue
+            if tuple(group[name].shape) != (T, c):
+                problems.append(f"{name} has shape {tuple(group[name].shape)}, not ({T}, {c})")
+            problems += _read_problems(name, group[name], features=True)
+    elif encoding.kind == PCA:
+        try:
+            basis = read_pca_basis(root)
+        except StoreError as exc:
+            return [str(exc)]
+        if group["features"].shape[-1] != basis.shape[1]:
+            problems.append(f"features have {group['features'].shape[-1]} components, the basis {basis.shape[1]}")
+    return problems
 
 
 def check_video_intact(root, video_id: str) -> str | None:
@@ -849,14 +1264,15 @@ def check_video_intact(root, video_id: str) -> str | None:
 
 def _missing_chunks(group) -> str | None:
     recorded = (group.attrs.get(ATTRS_KEY) or {}).get("stored_chunks") or {}
-    for name in CORE_ARRAYS:
+    quantised = group["features"].dtype == np.int8 if "features" in group else False
+    for name in (*CORE_ARRAYS, *(ENCODING_ARRAYS if quantised else ())):
         if name not in group:
             return f"no {name} array"
         array = group[name]
         expected = _expected_keys(array)
         present = _stored_keys(array)
         missing = [k for k in expected if k not in present]
-        if missing and (name == "features" or name in recorded):
+        if missing and (name in ("features", *ENCODING_ARRAYS) or name in recorded):
             regions = ", ".join(_frames_text(expected[k]) for k in missing[:4]) + (" …" if len(missing) > 4 else "")
             return f"{name}: {len(missing)} of {len(expected)} chunk{'' if len(expected) == 1 else 's'} missing ({regions})"
         if name in recorded and len(present & expected.keys()) != int(recorded[name]):
@@ -880,6 +1296,8 @@ def _read_problems(name: str, array, features: bool) -> list[str]:
             continue
         if features and block.dtype.kind == "f" and np.isnan(block).any():
             out.append(f"{name} {_frames_text(region)} (chunk {key}): holds NaN, the fill of missing data")
+        elif features and block.dtype == np.int8 and (block == INT8_FILL).any():
+            out.append(f"{name} {_frames_text(region)} (chunk {key}): holds {INT8_FILL}, the fill of missing codes")
     return out
 
 
@@ -913,6 +1331,8 @@ def verify_video(root, video_id: str) -> list[str]:
     if "grid_size" in info and list(info["grid_size"]) != [h, w]:
         problems.append(f"features are on a {h}x{w} grid, the attrs record {info['grid_size']}")
     channels = ((root.attrs.get(ATTRS_KEY) or {}).get("backbone") or {}).get("channels")
+    if channels is not None:  # a pca store holds K components of the backbone's channels
+        channels = store_encoding(root).stored_channels(channels)
     if channels is not None and int(channels) != c:
         problems.append(f"features have {c} channels, the store's backbone {channels}")
     if "stored_chunks" not in info:
@@ -923,10 +1343,11 @@ def verify_video(root, video_id: str) -> list[str]:
     problems += _read_problems("features", feats, features=True)
     for name, arr in (("frame_index", fi), ("timestamps", ts)):
         problems += _read_problems(name, arr, features=False)
+    problems += _encoding_problems(root, group)
     if not problems and T and (np.asarray(fi[:]) < 0).any():
         problems.append("frame_index holds -1, the fill of missing data")
     for name, arr in sorted(group.arrays()):
-        if name not in CORE_ARRAYS:
+        if name not in CORE_ARRAYS and name not in ENCODING_ARRAYS:
             problems += _read_problems(name, arr, features=False)
     for sub_name, sub in sorted(group.groups()):
         for name, arr in sorted(sub.arrays()):

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import jobs
-from ..io.store import (ATTRS_KEY, COMPLETE, CORE_ARRAYS, DAMAGED, FEATURE_DIMS, DamagedChunkError, NamedReads, StoreError,
-                        VideoInfo, check_video_intact, damaged_groups, list_videos, open_root, read_config,
-                        video_info)
+from ..io.store import (ATTRS_KEY, COMPLETE, CORE_ARRAYS, DAMAGED, ENCODING_ARRAYS, FEATURE_DIMS, DamagedChunkError,
+                        FeatureEncoding, NamedReads, StoreError, VideoInfo, check_video_intact, damaged_groups,
+                        feature_reader, list_videos, open_root, read_config, video_info)
 from ..ops.geometry import cell_centres
 
 
@@ -35,6 +35,16 @@ def _lazy(array, where: str | None = None):
     :class:`~liftvid.io.store.DamagedChunkError` naming them."""
     token = jobs.graph_token(str(array.store), array.path, array.shape, array.chunks, str(array.dtype))
     return jobs.lazy_array(array if where is None else NamedReads(array, where), f"liftvid-{array.basename}-{token}")
+
+
+def _lazy_features(group, where: str, full: bool):
+    """A video's features decoded to floats (:func:`~liftvid.io.store.feature_reader`) as a Dask
+    array with the stored chunks (no read here)."""
+    reader = feature_reader(group, where, full=full)
+    codes = group["features"]
+    token = jobs.graph_token(str(codes.store), codes.path, reader.shape, reader.chunks, str(reader.dtype),
+                             reader.encoding.identity(), reader.full)
+    return jobs.lazy_array(reader, f"liftvid-features-{token}")
 
 
 def _dims(array, prefix: str) -> tuple[str, ...]:
@@ -58,7 +68,7 @@ def _extra_variables(group) -> dict:
 
     out = {}
     for name, arr in sorted(group.arrays()):
-        if name not in CORE_ARRAYS and finished(arr):
+        if name not in CORE_ARRAYS and name not in ENCODING_ARRAYS and finished(arr):
             out[name] = xr.Variable(_dims(arr, name), _lazy(arr), attrs=dict(arr.attrs.get(ATTRS_KEY) or {}))
     for sub_name, sub in sorted(group.groups()):
         if not finished(sub):
@@ -84,10 +94,12 @@ class FeatureStore:
         frame = ds.features.isel(frame=3).values  # reads one chunk
     """
 
-    def __init__(self, path, root):
+    def __init__(self, path, root, full_channels: bool = False):
         self.path = str(path)
         self.root = root
         self.config = read_config(root)
+        self.encoding = FeatureEncoding.from_config(self.config)
+        self.full_channels = full_channels
         self._all = {vid: video_info(root, vid) for vid in list_videos(root, status=None)}
         self.videos = [vid for vid, info in self._all.items() if info.get("status") == COMPLETE]
         self._all.update({vid: {"status": DAMAGED, "error": error} for vid, error in damaged_groups(root).items()})
@@ -133,7 +145,8 @@ class FeatureStore:
             "y": ("y", ys, {"units": "source px", "long_name": "row of the cell centre in the source frame"}),
             "x": ("x", xs, {"units": "source px", "long_name": "column of the cell centre in the source frame"}),
         }
-        variables = {"features": xr.Variable(FEATURE_DIMS, _lazy(features, f"{self.path}: video {video_id!r}"))}
+        lazy = _lazy_features(group, f"{self.path}: video {video_id!r}", self.full_channels)
+        variables = {"features": xr.Variable(FEATURE_DIMS, lazy, attrs={"encoding": self.encoding.describe()})}
         variables.update(_extra_variables(group))
         for dim, labels in _LABELLED_DIMS.items():
             if any(dim in v.dims for v in variables.values()):
@@ -161,7 +174,7 @@ class FeatureStore:
                  f"  features  {bb.get('name')} block {bb.get('layer')} {bb.get('facet')}, "
                  f"{bb.get('channels')} channels, {lift_text}",
                  f"  resize    {pre.get('resize')}, {self.config.get('feature_stride', 0):g} input px per cell, "
-                 f"{self.config.get('feature_dtype')}"]
+                 f"{self.config.get('feature_dtype')}, stored {self.encoding.describe()}"]
         shown = 6
         for vid in self.videos[:shown]:
             info = self._all[vid]
@@ -176,13 +189,16 @@ class FeatureStore:
         return "\n".join(lines)
 
 
-def open_store(path_or_url: str | os.PathLike) -> FeatureStore:
+def open_store(path_or_url: str | os.PathLike, full_channels: bool = False) -> FeatureStore:
     """Open a liftvid store for analysis.
 
     ``store[video_id]`` is an ``xarray.Dataset`` with:
 
-    - ``features (frame, y, x, channel)`` float16, Dask-backed with the store's chunks (nothing is
-      read until computed; one frame reads the one chunk holding it);
+    - ``features (frame, y, x, channel)`` floats, Dask-backed with the store's chunks (nothing is
+      read until computed; one frame reads the one chunk holding it), decoded whatever the
+      store's encoding: float16 (plain), float32 (int8: offset + code × scale), or for a pca
+      store its K components (cosines and PCA colours equal those of the decoded features), or
+      with ``full_channels`` the C decoded channels z Vᵀ float32;
     - coordinates ``frame_index`` (source frame numbers), ``time`` (seconds), and ``y``/``x``: the
       source-pixel centres of the grid cells (:func:`liftvid.geometry.cell_centres`; continuous
       coordinates, 0 = the frame's top/left edge), right for every resize mode;
@@ -192,4 +208,4 @@ def open_store(path_or_url: str | os.PathLike) -> FeatureStore:
     Raises:
         StoreError: no liftvid store at ``path_or_url``.
     """
-    return FeatureStore(path_or_url, open_root(path_or_url, mode="r"))
+    return FeatureStore(path_or_url, open_root(path_or_url, mode="r"), full_channels)

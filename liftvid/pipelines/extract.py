@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
 
+import numpy as np
 import torch
 
 from .. import jobs
@@ -57,6 +58,9 @@ class ExtractOptions:
     compile: bool = False  # torch.compile the backbone + LiFT (first batches of each shape compile)
     shard: bool = False  # one-frame chunks inside shards of a batch: one-frame reads read one frame
     seed: int = 0
+    quantize: str | None = None  # "int8": per frame and channel affine codes (store.FeatureEncoding)
+    pca: int | None = None  # K: store K components of a store-wide basis
+    pca_fit_frames: int = st.PCA_FIT_FRAMES  # frames of the first videos the basis is fitted on
 
     def __post_init__(self):
         if self.facet is None:
@@ -114,6 +118,10 @@ class _NoProgress:
 class FeatureRangeError(ValueError):
     """A batch of features that is not finite once cast to the stored dtype (float16 saturates at
     ±65504): the video fails with this message, the run goes on."""
+
+
+# what fails one video (recorded on its group) and not the run
+VIDEO_ERRORS = (VideoDecodeError, FeatureRangeError, st.EncodingRangeError)
 
 
 def _lift_info(options: ExtractOptions) -> dict | None:
@@ -295,12 +303,15 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
         "sampling": {"stride": options.stride, "max_frames": options.max_frames},
     }
     channels = extractor.backbone.channels
-    t_chunk = st.chunk_frames(grid, channels, batch_size=options.batch_size)
+    encoding = st.store_encoding(root)
+    t_chunk = st.chunk_frames(grid, encoding.stored_channels(channels),
+                              np.dtype(encoding.stored_dtype(extractor.feature_dtype)).itemsize,
+                              batch_size=options.batch_size)
     group = st.begin_video(root, video_id, info, len(indices), grid, channels, indices,
                            reader.timestamps(indices), dtype=extractor.feature_dtype, t_chunk=t_chunk,
                            shard=options.shard)
     progress.video_started(video_id, len(indices))
-    features = group["features"]
+    features = st.feature_writer(group)  # encodes as the store says (plain, int8, pca)
     futures: list[Future] = []
     written = 0
     try:
@@ -385,7 +396,7 @@ def extract_one(source: VideoSource, video_id: str, store_path: str, options: Ex
         decoder.submit(feed.run)
         try:
             return extract_video(extractor, root, feed, video_id, options, writer, _NoProgress(), pinned).finish()
-        except (VideoDecodeError, FeatureRangeError) as exc:
+        except VIDEO_ERRORS as exc:
             st.mark_failed(root, video_id, source.record(), str(exc))
             return VideoResult(video_id, str(source.path), st.FAILED, error=str(exc))
         finally:
@@ -430,12 +441,17 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
     _check_resize(resize, extractor.backbone.patch_size)
     backbone = extractor.backbone
     mean, std = resize.normalisation(backbone.mean, backbone.std)
+    encoding = st.FeatureEncoding.from_options(options.quantize, options.pca, extractor.feature_dtype)
+    encoding.check_channels(backbone.channels, str(store_path))
+    if options.pca_fit_frames < 1:
+        raise ValueError(f"--pca-fit-frames {options.pca_fit_frames}: must be at least 1")
     config = st.make_config(backbone.describe(), lift_info, str(resize), mean, std, extractor.pixels_per_cell,
-                            protocol=resize.record(), feature_dtype=extractor.feature_dtype)
+                            protocol=resize.record(), feature_dtype=extractor.feature_dtype, encoding=encoding)
     with st.StoreLock(store_path):
         try:
             if scheduler is not None:
-                return _extract_distributed(sources, store_path, config, options, progress, t0, scheduler, workers)
+                return _extract_distributed(extractor, sources, store_path, config, options, progress, t0,
+                                            scheduler, workers)
             return _extract_sources(extractor, sources, resize, store_path, config, options, progress, t0)
         except OSError as exc:
             if exc.errno != errno.ENOSPC:
@@ -472,11 +488,13 @@ def _pending_sources(root, sources: list[VideoSource], summary: ExtractSummary,
     return todo
 
 
-def _extract_distributed(sources, store_path, config, options, progress, t0, scheduler, workers) -> ExtractSummary:
+def _extract_distributed(extractor, sources, store_path, config, options, progress, t0, scheduler,
+                         workers) -> ExtractSummary:
     if str(store_path).startswith("memory://") and scheduler not in ("threads", "sync"):
         raise st.StoreError(f"{store_path}: a memory:// store lives in this process, where --scheduler "
                             f"{scheduler} workers cannot write to it; use a path or an object store URL")
     root = st.init_store(store_path, config, overwrite=options.overwrite)
+    _ensure_pca_basis(extractor, root, sources, options)  # here, once: the workers read it
     summary = ExtractSummary(str(store_path))
     progress.start(len(sources))
     todo = _pending_sources(root, sources, summary, progress)
@@ -500,6 +518,57 @@ def _extract_distributed(sources, store_path, config, options, progress, t0, sch
     return summary
 
 
+def _ensure_pca_basis(extractor: FeatureExtractor, root, sources: list[VideoSource], options: ExtractOptions) -> None:
+    """A pca store's basis, fitted before any video is written when the store has none yet.
+
+    The sample: ``options.pca_fit_frames`` frames in all, an equal share evenly spaced through
+    each of the first :data:`~liftvid.io.store.PCA_FIT_VIDEOS` videos in input order (their
+    features are computed for the fit, then again when the videos are extracted). The basis and
+    its fit record are written to the store, so a rerun (a resume, an append) reuses it and
+    never refits; a run killed during the fit has written no video and fits again. A video that
+    cannot be decoded gives nothing to the sample (it fails later, in the run).
+
+    Raises:
+        EncodingError: no frame of any of those videos could be computed.
+    """
+    encoding = st.store_encoding(root)
+    if encoding.kind != st.PCA or st.has_pca_basis(root):
+        return
+    resize = Resize.parse(options.resize)
+    patch = extractor.backbone.patch_size
+    first = sources[:st.PCA_FIT_VIDEOS]
+    share = st.pca_share(len(first), options.pca_fit_frames)
+    moment = st.SecondMoment(extractor.backbone.channels)
+    used, frames = [], 0
+    for source in first:
+        try:
+            reader = open_video(source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
+        except VideoDecodeError:
+            continue
+        try:
+            indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
+            picked = indices[st.pca_sample(len(indices), share)]
+            batches = reader.batches(picked, options.batch_size)
+            try:
+                for _, batch in batches:
+                    moment.add(extractor(torch.from_numpy(batch)).float().cpu().numpy())
+                    frames += len(batch)
+            finally:
+                batches.close()
+            used.append(source.video_id)
+        except (VideoDecodeError, FeatureRangeError):
+            continue
+        finally:
+            reader.close()
+    if not frames:
+        raise st.EncodingError(f"{st.store_label(root)}: no frame of the first {len(first)} videos could be "
+                               "computed to fit the pca basis")
+    st.write_pca_basis(root, moment.basis(int(encoding.components)),
+                       {"frames": frames, "vectors": int(moment.vectors), "videos": used,
+                        "sample": f"{share} frames evenly spaced per video, first {st.PCA_FIT_VIDEOS} videos",
+                        "second_moment": "uncentred X^T X, float64"})
+
+
 def _failed(root, source: VideoSource, video_id: str, message: str) -> VideoResult:
     st.mark_failed(root, video_id, source.record(), message)
     return VideoResult(video_id, str(source.path), st.FAILED, error=message)
@@ -512,6 +581,7 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
     decoders), and at most
     :data:`MAX_VIDEOS_AWAITING_WRITES` computed videos wait for their writes."""
     root = st.init_store(store_path, config, overwrite=options.overwrite)
+    _ensure_pca_basis(extractor, root, sources, options)
     backbone = extractor.backbone
     summary = ExtractSummary(str(store_path))
     progress.start(len(sources))
@@ -532,7 +602,7 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
             video, source, video_id = in_flight.popleft()
             try:
                 report(video.finish())
-            except FeatureRangeError as exc:  # found by the writer after the copy landed
+            except (FeatureRangeError, st.EncodingRangeError) as exc:  # found by the writer after the copy landed
                 report(_failed(root, source, video_id, str(exc)))
 
     with ThreadPoolExecutor(max_workers=max(1, options.decode_workers), thread_name_prefix="liftvid-decode") as decoders, \
@@ -555,7 +625,7 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
                 try:
                     video = extract_video(extractor, root, feed, video_id, options, writer, progress, pinned)
                     in_flight.append((video, source, video_id))
-                except (VideoDecodeError, FeatureRangeError) as exc:
+                except VIDEO_ERRORS as exc:
                     settle(0)  # keep the results in input order
                     report(_failed(root, source, video_id, str(exc)))
                 finally:

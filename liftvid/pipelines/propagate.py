@@ -164,7 +164,7 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
     t0 = time.perf_counter()
     root = st.open_root(store_path, mode="r+" if options.write_store else "r")
     features, info, frame_index = _check_video(root, video_id)
-    features = st.NamedReads(features, f"{store_path}: video {video_id!r}")  # a corrupt chunk is named
+    features = st.feature_reader(root[video_id], f"{store_path}: video {video_id!r}")  # decoded floats; a corrupt chunk is named
     scale = float(scale or upsampling_scale(st.read_config(root)))
     T, h, w, _ = features.shape
     H, W = info.source_size

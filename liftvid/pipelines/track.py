@@ -162,8 +162,9 @@ def write_tracks_group(root, job: _VideoJob, tracks: Tracks, meta: dict) -> None
 
 
 def _open_features(store_path: str, video_id: str):
-    # a chunk that fails its checksum is named (store, video, frames), not zarr's bare error
-    return st.NamedReads(st.open_root(store_path)[video_id]["features"], f"{store_path}: video {video_id!r}")
+    # decoded floats whatever the encoding; a chunk that fails its checksum is named (store, video,
+    # frames), not zarr's bare error
+    return st.feature_reader(st.open_root(store_path)[video_id], f"{store_path}: video {video_id!r}")
 
 
 def _prepare_task(store_path: str, video_id: str, queries):

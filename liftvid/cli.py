@@ -241,7 +241,7 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
     from rich.filesize import decimal
     from rich.table import Table
 
-    from .io.store import summarize_store
+    from .io.store import FeatureEncoding, summarize_store
 
     try:
         summary = summarize_store(store)
@@ -255,7 +255,7 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
                   f"patch {bb['patch_size']}, {bb['channels']} channels, weights {_esc(bb['weights'])}")
     out.print("  LiFT      " + (f"{_esc(lift_cfg['checkpoint'])} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
                                   if lift_cfg else "none (backbone grid)"))
-    out.print(f"  resize    {_esc(pre['resize'])}, features {config['feature_dtype']}, "
+    out.print(f"  resize    {_esc(pre['resize'])}, features {FeatureEncoding.from_config(config).describe()}, "
                   f"{config['feature_stride']:g} input px per cell")
     table = Table(show_edge=False)
     numeric = ("frames", "on disk", "B/frame", "vs float16")

@@ -217,3 +217,20 @@ def test_verify_names_a_missing_scale_chunk(stores, tmp_path):
     report = liftvid.store.verify_store(str(broken))
     assert list(report.damaged) == ["clip_a"]
     assert any("features_scale" in p for p in report.damaged["clip_a"].problems)
+
+
+def test_info_shows_the_encoding_and_counts_its_bytes(stores):
+    """`liftvid info` on an int8 store: the encoding by name, and bytes per frame that count the
+    codes and the per-frame scale and offset (summed here from the files on disk)."""
+    result = runner.invoke(app, ["info", str(stores["int8"])])
+    assert result.exit_code == 0, result.output
+    assert "features int8 (per frame and channel)" in " ".join(result.output.split())
+    video = next(v for v in st.summarize_store(stores["int8"]).videos if v.video_id == "clip_a")
+    folder = stores["int8"] / "clip_a"
+    on_disk = sum(p.stat().st_size for name in ("features", "features_scale", "features_offset")
+                  for p in (folder / name).rglob("*") if p.is_file() and p.name != "zarr.json")
+    T, h, w, C = video.shape
+    assert video.feature_bytes == on_disk and video.bytes_per_frame == pytest.approx(on_disk / T)
+    assert video.float16_ratio == pytest.approx(T * h * w * C * 2 / on_disk)
+    pca = runner.invoke(app, ["info", str(stores["pca"])])
+    assert pca.exit_code == 0 and f"features pca {K} (float16)" in " ".join(pca.output.split()), pca.output

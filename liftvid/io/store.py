@@ -1474,6 +1474,12 @@ def chunk_bytes(array) -> int:
     return _sync(total())
 
 
+def _feature_bytes(group) -> int:
+    """Bytes on disk of a video's features as the encoding stores them: the codes, plus an int8
+    store's per-frame scale and offset (a pca store's basis is the store's, not a video's)."""
+    return sum(chunk_bytes(group[name]) for name in ("features", *ENCODING_ARRAYS) if name in group)
+
+
 def summarize_store(path: str | os.PathLike) -> StoreSummary:
     """Read a store's configuration and, per video group, status, shape, source size, size on
     disk and, for complete videos, the features' bytes on disk and as float16 of the backbone's
@@ -1498,7 +1504,7 @@ def summarize_store(path: str | os.PathLike) -> StoreSummary:
             float16 = T * h * w * int(channels if channels is not None else c) * FLOAT16_BYTES
         videos.append(VideoSummary(vid, meta.get("status", "?"), meta.get("error"), shape,
                                    tuple(meta.get("source_size", [])), stored_bytes(group) if has else None,
-                                   chunk_bytes(group["features"]) if measured else None, float16))
+                                   _feature_bytes(group) if measured else None, float16))
     return StoreSummary(str(path), config, videos, damaged_groups(root))
 
 

@@ -1119,6 +1119,11 @@ class FeatureWriter:
         if encoding.kind == PCA and basis is None:
             raise EncodingError("a pca writer needs the store's basis")
 
+    @property
+    def path(self) -> str:
+        """The ``features`` array's path in the store (``"<video>/features"``), as a zarr array's."""
+        return self.features.path
+
     def __setitem__(self, region: slice, values) -> None:
         x = np.asarray(values)
         if self.encoding.kind == INT8:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liftvid.io import store as st
+from liftvid import store as st
 
 DEFAULT_CLIPS = ("backpack", "cat")
 BLOSC_TYPESIZE = 2  # float16
@@ -94,8 +94,7 @@ def random_lift(path: Path, backbone: str, seed: int = 0) -> Path:
     """A seeded random LiFT for ``backbone`` (random weights), saved as liftvid writes it."""
     import torch
 
-    from liftvid.models.backbone import Backbone
-    from liftvid.models.lift import LiFT, save_lift_checkpoint
+    from liftvid import Backbone, LiFT, save_lift_checkpoint
 
     torch.manual_seed(seed)
     bb = Backbone(backbone, weights="random")

@@ -350,3 +350,28 @@ def test_a_missing_bucket_and_unlocked_schemes_are_said(s3_server):
         st.StoreLock("s3://some-bucket").acquire()
     with pytest.warns(UserWarning, match=r"gs://b/x.zarr: gs:// stores are not locked"):
         st.StoreLock("gs://b/x.zarr").acquire().release()
+
+
+def test_a_run_whose_lease_was_taken_over_marks_no_video_complete(s3_bucket):
+    """Once a refresh finds the lease taken over, this process's writes may mix with the new
+    holder's: mark_complete refuses (the video stays incomplete for a rerun), until it holds the
+    lease again."""
+    url = f"{s3_bucket}/lost.zarr"
+    root = st.init_store(url, {"schema_version": st.SCHEMA_VERSION, "backbone": {}, "preprocessing": {},
+                               "feature_dtype": "float16", "feature_stride": 16})
+    group = root.create_group("v", attributes={st.ATTRS_KEY: {"status": st.INCOMPLETE}})
+    clock = _Clock()
+    old = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()
+    clock.now += 11
+    new = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()
+    assert old.refresh() is False
+    with pytest.raises(st.StoreError, match="lease was taken over by another run; video 'v' is left incomplete"):
+        st.mark_complete(group)
+    assert st.video_status(st.open_root(url), "v") == st.INCOMPLETE
+    new.release()
+    again = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()
+    try:
+        st.mark_complete(group)
+        assert st.video_status(st.open_root(url), "v") == st.COMPLETE
+    finally:
+        again.release()

@@ -73,6 +73,21 @@ class Holder:
             return None
 
 
+# stores whose lease this process held and lost (taken over after it expired): no video of theirs
+# is marked complete by this process any more (:func:`liftvid.io.store.mark_complete` asks)
+_LOST: set[str] = set()
+
+
+def _store_key(store_url: str) -> str:
+    """``bucket/out.zarr`` for ``s3://bucket/out.zarr`` or ``s3a://bucket/out.zarr/``."""
+    return str(store_url).split("://", 1)[-1].strip("/")
+
+
+def lease_lost(store_url: str) -> bool:
+    """Whether this process's lease on the store ``store_url`` was taken over by another run."""
+    return _store_key(store_url) in _LOST
+
+
 def lease_url(store_url: str) -> str:
     """The lease object of the store at ``store_url``: ``<store>.lock`` beside it.
 
@@ -227,6 +242,7 @@ class ObjectLease:
         try:
             self._objects = _S3Objects(self.url)
             self._take()
+            _LOST.discard(_store_key(self.store_url))
         except StoreError:
             raise
         except ImportError:
@@ -280,9 +296,10 @@ class ObjectLease:
             except Exception as exc:
                 if _precondition_failed(exc) or _missing(exc):
                     self.lost = True
+                    _LOST.add(_store_key(self.store_url))
                     print(f"warning: {self.url}: this run's lease on {self.store_url} was taken over by "
-                          "another run (it was not refreshed in time); their writes may mix with ours",
-                          file=sys.stderr)
+                          "another run (it was not refreshed in time); this run marks no more videos "
+                          "complete: rerun it once the other run has finished", file=sys.stderr)
                     return False
                 return True  # a transient error: try again at the next beat, the lease is still ours
 

@@ -787,7 +787,18 @@ def sync_group(group) -> None:
 
 def mark_complete(group) -> None:
     """Set status ``complete``: the last write of a video, made only once its data is durable
-    (:func:`sync_group` before the status is written, and again after)."""
+    (:func:`sync_group` before the status is written, and again after).
+
+    Raises:
+        StoreError: this process's lease on the (object) store was taken over by another run: what
+            it wrote may be mixed with the other run's, so the video stays incomplete (a rerun redoes it).
+    """
+    if _local_dir(group) is None:
+        from .lease import lease_lost
+
+        if lease_lost(label := store_label(group)):
+            raise StoreError(f"{label}: this run's lease was taken over by another run; video "
+                             f"{group.path!r} is left incomplete: rerun once the other run has finished")
     sync_group(group)
     info = dict(group.attrs[ATTRS_KEY])
     # what a reader checks the store against: the stored objects of each core array

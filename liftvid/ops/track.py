@@ -53,7 +53,9 @@ class TrackOptions:
     chain_min_similarity: float = 0.7
     """Chain mode: a visible match joins the template only at this similarity or above."""
     max_chunk_bytes: int = 512 << 20
-    """Bound on the similarity volume of one frame chunk (sets the frames per chunk)."""
+    """Memory budget: bounds the similarity volume of one frame chunk (:func:`frames_per_chunk`) and
+    the working memory of a whole tracking run (:func:`plan_blocks`: queries per block, frames per
+    chunk, shared among the tasks that run at once)."""
     frame_chunk: int | None = None
     """Frames per chunk; ``None`` derives it from ``max_chunk_bytes``."""
 
@@ -120,6 +122,113 @@ def frames_per_chunk(n_queries: int, grid_size: tuple[int, int], options: TrackO
     itemsize = torch.finfo(compute_dtype(torch.device(device))).bits // 8
     per_frame = max(1, n_queries) * grid_size[0] * grid_size[1] * itemsize
     return max(1, options.max_chunk_bytes // per_frame)
+
+
+MIN_MATMUL_ROWS = 64
+"""Matmuls with fewer rows are padded to this many: BLAS takes other code paths for a few rows
+(gemv-like kernels) whose sums differ in the last bit, so without padding a query's result would
+depend on how many other queries share its matmul (its query block, its query frame)."""
+MIN_QUERY_BLOCK = 64
+"""Fewest queries per block that :func:`plan_blocks` plans (a smaller budget is exceeded)."""
+_WINDOW_BYTES_PER_CELL = 48  # soft-argmax window, per query, frame and cell: indices, mask, values, weights
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How a video's ``N`` queries × ``T`` frames are cut into pieces that fit a memory budget.
+
+    Queries go in contiguous blocks of ``queries_per_block`` (the last may be shorter), frames in
+    chunks of ``frames_per_chunk``; a block's results for one chunk are ``(Q, Tc)`` and no piece of
+    the run holds more. ``estimate_bytes`` is the modelled peak of one piece of work.
+    """
+
+    n_queries: int
+    n_frames: int
+    queries_per_block: int
+    frames_per_chunk: int
+    estimate_bytes: int
+
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        """``[(q0, q1), …]`` query ranges."""
+        return _chunks(0, self.n_queries, self.queries_per_block)
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """``[(t0, t1), …]`` frame ranges."""
+        return _chunks(0, self.n_frames, self.frames_per_chunk)
+
+
+def _max_distinct(frames: np.ndarray | None, size: int, fallback: int) -> int:
+    """Most distinct values in any contiguous block of ``size`` of ``frames`` (``fallback`` unknown)."""
+    if frames is None or len(frames) == 0:
+        return fallback
+    return max(len(np.unique(frames[a:a + size])) for a in range(0, len(frames), size))
+
+
+def plan_blocks(query_frames: np.ndarray, n_frames: int, grid_size: tuple[int, int], channels: int,
+                options: TrackOptions, device: torch.device | str = "cpu", concurrency: int = 1) -> BlockPlan:
+    """Queries per block and frames per chunk so that ``concurrency`` pieces of work running at
+    once stay within ``options.max_chunk_bytes`` together, whatever N and T are.
+
+    The model of one piece (a block of Q queries, with U distinct query frames, over Tc frames):
+    per query and frame the similarity row (``h*w`` values), the matched feature (C values) and
+    the soft-argmax window; per query its template; per query frame its unit-norm grid (float16,
+    for the cycle check); per frame the chunk's features (read, float32, compute dtype). Chain
+    mode holds a block's results over all T frames and its template memory as well.
+
+    Args:
+        query_frames: ``(N,)`` the query frame of each query, in query order (blocks are
+            contiguous ranges of it).
+        n_frames: T.
+        grid_size, channels: the features' ``(h, w)`` and C.
+        options: ``max_chunk_bytes`` (the budget), ``frame_chunk`` (fixes Tc when given), ``chain``.
+        concurrency: pieces of work that run at the same time (local worker threads/processes).
+
+    Returns:
+        :class:`BlockPlan`; Q is at least :data:`MIN_QUERY_BLOCK` (or N) and Tc at least 1, so a
+        budget below one such piece is exceeded rather than refused.
+    """
+    frames = None if query_frames is None else np.asarray(query_frames)
+    n = 0 if frames is None else len(frames)
+    hw = grid_size[0] * grid_size[1]
+    isz = torch.finfo(compute_dtype(torch.device(device))).bits // 8
+    window = (2 * options.refine_radius + 1) ** 2
+    per_query_frame = hw * isz + channels * isz + window * _WINDOW_BYTES_PER_CELL + 64
+    per_query = channels * (4 + isz) + 64
+    per_grid = hw * channels * (2 + isz)
+    per_frame = hw * channels * (2 + 4 + 4 + isz)
+    if options.chain:  # results over all T, the template memory (window + its stack + the update)
+        per_query += n_frames * (2 * 4 + 1 + 4) + channels * 4 * (2 * options.chain_window + 4)
+    budget = max(1, options.max_chunk_bytes // max(1, concurrency))
+
+    def cost(q: int, tc: int) -> int:
+        u = _max_distinct(frames, q, min(q, n_frames))
+        return q * tc * per_query_frame + q * per_query + u * per_grid + tc * per_frame
+
+    q = max(1, n)
+    floor = min(q, MIN_QUERY_BLOCK)
+    while q > floor and cost(q, 1) > budget:
+        q = max(floor, q // 2)
+    if options.frame_chunk is not None:
+        tc = options.frame_chunk
+    else:
+        fixed = cost(q, 0)
+        tc = max(1, (budget - fixed) // (q * per_query_frame + per_frame)) if budget > fixed else 1
+        # the similarity volume alone within the budget too (frames_per_chunk's own rule)
+        tc = min(tc, max(1, budget // (q * hw * isz)))
+    tc = max(1, min(tc, max(1, n_frames)))
+    return BlockPlan(n, n_frames, q, tc, cost(q, tc))
+
+
+def _rows_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` with ``a (..., M, K)``; fewer than :data:`MIN_MATMUL_ROWS` rows are zero-padded so
+    that every row's result is the same bits whatever M is (see :data:`MIN_MATMUL_ROWS`)."""
+    m = a.shape[-2]
+    if m >= MIN_MATMUL_ROWS:
+        return torch.matmul(a, b)
+    pad = a.new_zeros((*a.shape[:-2], MIN_MATMUL_ROWS - m, a.shape[-1]))
+    return torch.matmul(torch.cat([a, pad], dim=-2), b)[..., :m, :]
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -226,9 +335,9 @@ def _match(feats: torch.Tensor, templates: torch.Tensor, grid_size: tuple[int, i
     """
     h, w = grid_size
     if templates.dim() == 2:
-        sim = torch.matmul(templates.unsqueeze(0), feats.transpose(1, 2))  # (Tc, N, hw)
+        sim = _rows_matmul(templates.unsqueeze(0), feats.transpose(1, 2))  # (Tc, N, hw)
     else:
-        sim = torch.bmm(templates, feats.transpose(1, 2))
+        sim = _rows_matmul(templates, feats.transpose(1, 2))
     score, cell = sim.max(dim=-1)
     iy, ix = cell // w, cell % w
     dy, dx = _window_offsets(options.refine_radius, feats.device)
@@ -264,7 +373,8 @@ def _cycle_ok(feats: torch.Tensor, cell: torch.Tensor, qs: QuerySet, dtype: torc
     for u in np.unique(frame_of):
         sel = torch.from_numpy(np.flatnonzero(frame_of == u)).to(feats.device)
         grid = qs.grids[u].to(device=feats.device, dtype=dtype)  # (hw, C)
-        back = torch.matmul(matched[:, sel], grid.T).argmax(dim=-1)  # (Tc, n_u)
+        part = matched[:, sel]  # (Tc, n_u, C): one matmul of Tc * n_u rows
+        back = _rows_matmul(part.reshape(-1, part.shape[-1]), grid.T).argmax(dim=-1).reshape(part.shape[:2])
         back_xy = torch.stack([back % w, back // w], dim=-1).double()
         dist = torch.linalg.vector_norm(back_xy - query_xy[sel], dim=-1)
         ok[:, sel] = dist <= options.cycle_radius

@@ -128,8 +128,10 @@ MIN_MATMUL_ROWS = 64
 """Matmuls with fewer rows are padded to this many: BLAS takes other code paths for a few rows
 (gemv-like kernels) whose sums differ in the last bit, so without padding a query's result would
 depend on how many other queries share its matmul (its query block, its query frame)."""
-MIN_QUERY_BLOCK = 64
+MIN_QUERY_BLOCK = 8
 """Fewest queries per block that :func:`plan_blocks` plans (a smaller budget is exceeded)."""
+MIN_FRAMES_PER_CHUNK = 8
+"""Frame chunk that :func:`plan_blocks` sizes query blocks for, unless told (e.g. the store's chunk)."""
 _WINDOW_BYTES_PER_CELL = 48  # soft-argmax window, per query, frame and cell: indices, mask, values, weights
 
 
@@ -163,11 +165,16 @@ def _max_distinct(frames: np.ndarray | None, size: int, fallback: int) -> int:
     """Most distinct values in any contiguous block of ``size`` of ``frames`` (``fallback`` unknown)."""
     if frames is None or len(frames) == 0:
         return fallback
-    return max(len(np.unique(frames[a:a + size])) for a in range(0, len(frames), size))
+    f = np.asarray(frames, dtype=np.int64)
+    span = int(f.max()) + 1
+    keys = np.sort((np.arange(len(f)) // size) * span + f)  # (np.unique is far slower than a sort here)
+    first = np.concatenate([[True], keys[1:] != keys[:-1]])
+    return int(np.bincount(keys[first] // span).max())
 
 
 def plan_blocks(query_frames: np.ndarray, n_frames: int, grid_size: tuple[int, int], channels: int,
-                options: TrackOptions, device: torch.device | str = "cpu", concurrency: int = 1) -> BlockPlan:
+                options: TrackOptions, device: torch.device | str = "cpu", concurrency: int = 1,
+                min_frames: int = MIN_FRAMES_PER_CHUNK) -> BlockPlan:
     """Queries per block and frames per chunk so that ``concurrency`` pieces of work running at
     once stay within ``options.max_chunk_bytes`` together, whatever N and T are.
 
@@ -175,7 +182,9 @@ def plan_blocks(query_frames: np.ndarray, n_frames: int, grid_size: tuple[int, i
     per query and frame the similarity row (``h*w`` values), the matched feature (C values) and
     the soft-argmax window; per query its template; per query frame its unit-norm grid (float16,
     for the cycle check); per frame the chunk's features (read, float32, compute dtype). Chain
-    mode holds a block's results over all T frames and its template memory as well.
+    mode holds a block's results over all T frames and its template memory as well. Blocks are
+    as large as fit with chunks of ``min_frames`` (fewer blocks: fewer passes over the video's
+    features; longer chunks: fewer passes of the per-query-frame loop), then chunks as long as fit.
 
     Args:
         query_frames: ``(N,)`` the query frame of each query, in query order (blocks are
@@ -184,6 +193,7 @@ def plan_blocks(query_frames: np.ndarray, n_frames: int, grid_size: tuple[int, i
         grid_size, channels: the features' ``(h, w)`` and C.
         options: ``max_chunk_bytes`` (the budget), ``frame_chunk`` (fixes Tc when given), ``chain``.
         concurrency: pieces of work that run at the same time (local worker threads/processes).
+        min_frames: the frame chunk the block size is chosen for (e.g. the store's frames per chunk).
 
     Returns:
         :class:`BlockPlan`; Q is at least :data:`MIN_QUERY_BLOCK` (or N) and Tc at least 1, so a
@@ -196,28 +206,31 @@ def plan_blocks(query_frames: np.ndarray, n_frames: int, grid_size: tuple[int, i
     window = (2 * options.refine_radius + 1) ** 2
     per_query_frame = hw * isz + channels * isz + window * _WINDOW_BYTES_PER_CELL + 64
     per_query = channels * (4 + isz) + 64
-    per_grid = hw * channels * (2 + isz)
+    per_grid = hw * channels * 2
     per_frame = hw * channels * (2 + 4 + 4 + isz)
+    fixed = hw * channels * isz  # one query frame's grid in the compute dtype, during the cycle check
     if options.chain:  # results over all T, the template memory (window + its stack + the update)
         per_query += n_frames * (2 * 4 + 1 + 4) + channels * 4 * (2 * options.chain_window + 4)
     budget = max(1, options.max_chunk_bytes // max(1, concurrency))
+    T = max(1, n_frames)
 
     def cost(q: int, tc: int) -> int:
-        u = _max_distinct(frames, q, min(q, n_frames))
-        return q * tc * per_query_frame + q * per_query + u * per_grid + tc * per_frame
+        u = _max_distinct(frames, q, min(q, T))
+        return fixed + q * tc * per_query_frame + q * per_query + u * per_grid + tc * per_frame
 
-    q = max(1, n)
-    floor = min(q, MIN_QUERY_BLOCK)
-    while q > floor and cost(q, 1) > budget:
-        q = max(floor, q // 2)
+    target = min(T, options.frame_chunk or max(1, min_frames))
+    lo, hi = min(max(1, n), MIN_QUERY_BLOCK), max(1, n)
+    while lo < hi:  # the largest block that fits with chunks of `target` frames (cost grows with q)
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid, target) <= budget else (lo, mid - 1)
+    q = lo
     if options.frame_chunk is not None:
         tc = options.frame_chunk
     else:
-        fixed = cost(q, 0)
-        tc = max(1, (budget - fixed) // (q * per_query_frame + per_frame)) if budget > fixed else 1
-        # the similarity volume alone within the budget too (frames_per_chunk's own rule)
-        tc = min(tc, max(1, budget // (q * hw * isz)))
-    tc = max(1, min(tc, max(1, n_frames)))
+        base = cost(q, 0)
+        tc = max(1, (budget - base) // (q * per_query_frame + per_frame)) if budget > base else 1
+        tc = min(tc, max(1, budget // (q * hw * isz)))  # the similarity volume alone within it too
+    tc = max(1, min(tc, T))
     return BlockPlan(n, n_frames, q, tc, cost(q, tc))
 
 
@@ -451,8 +464,10 @@ def _track_chain(features: Any, qs: QuerySet, options: TrackOptions, device: tor
                     mem = torch.stack(recent[-options.chain_window:]).sum(0)
                     cnt = torch.stack(counts[-options.chain_window:]).sum(0)[:, None]
                     mean = F.normalize(mem / cnt.clamp(min=1), dim=-1)
-                    w = torch.where(cnt > 0, options.chain_query_weight, 1.0)
-                    templates = F.normalize(w * base + (1 - w) * mean, dim=-1)
+                    w = options.chain_query_weight
+                    # a query without confident matches yet keeps its own template, bit for bit
+                    # (renormalising it would make its bits depend on the other queries' history)
+                    templates = torch.where(cnt > 0, F.normalize(w * base + (1 - w) * mean, dim=-1), base)
                 else:
                     templates = base
                 f = feats[i:i + 1]

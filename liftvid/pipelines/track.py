@@ -34,7 +34,7 @@ from ..io.outputs import PARTIAL, OutputError, refuse_over_inputs, replace_node,
 from ..io.tables import QueryRow, read_queries_csv, write_tracks_csv
 from ..io.video import read_source_frames
 from ..ops.geometry import grid_to_source, source_to_grid
-from ..ops.track import (BlockPlan, TrackOptions, Tracks, frames_per_chunk, plan_blocks, prepare_queries, track_chunk,
+from ..ops.track import (MIN_FRAMES_PER_CHUNK, BlockPlan, TrackOptions, Tracks, frames_per_chunk, plan_blocks, prepare_queries, track_chunk,
                          track_points)
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,8 @@ def track_graph(store_path: str, video_id: str, queries, options, n_frames: int,
 # ---- streamed tracking: blocks written to the store as they are computed ---------------------------
 
 TRACK_ARRAYS = ("positions", "visible", "score")
-CSV_READ_FACTOR = 4  # the CSV writer's working copies of what one read of the tracks arrays holds
+CSV_READ_FACTOR = 4
+MAX_PLANNED_FRAMES = 32  # blocks are sized for the store's chunk of frames, up to this many  # the CSV writer's working copies of what one read of the tracks arrays holds
 
 
 def _concurrency(scheduler: str, workers: int | None) -> int:
@@ -393,8 +394,10 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
         nodes, tasks = {}, {}
         for job in plan:
             features = root[job.video_id]["features"]
+            stored = features.chunks[0] if isinstance(features.chunks[0], int) else 1
             blocks = plan_blocks(job.grid_queries[:, 0], job.n_frames, job.grid_size, int(features.shape[-1]),
-                                 options, device or "cpu", concurrency)
+                                 options, device or "cpu", concurrency,
+                                 min(max(MIN_FRAMES_PER_CHUNK, stored), MAX_PLANNED_FRAMES))
             if write_store:  # beside the previous tracks, swapped in when complete
                 node_name = f"{job.video_id}/{partial}"
                 group = out_root[job.video_id].create_group(partial, overwrite=True)

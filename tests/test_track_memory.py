@@ -126,6 +126,7 @@ def _rss_growth_kb(args: list[str]) -> int:
     return peak - base
 
 
+@pytest.mark.slow
 def test_peak_memory_does_not_grow_with_queries_times_frames(tmp_path):
     """6,000 queries × 250 frames: held whole, the results alone are 20 MB (13 bytes a point-frame;
     the old path held several copies). Streamed with a 4 MB budget, the run's peak grows by much

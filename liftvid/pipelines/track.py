@@ -34,8 +34,8 @@ from ..io.outputs import PARTIAL, OutputError, refuse_over_inputs, replace_node,
 from ..io.tables import QueryRow, read_queries_csv, write_tracks_csv
 from ..io.video import read_source_frames
 from ..ops.geometry import grid_to_source, source_to_grid
-from ..ops.track import (MIN_FRAMES_PER_CHUNK, BlockPlan, TrackOptions, Tracks, frames_per_chunk, plan_blocks, prepare_queries, track_chunk,
-                         track_points)
+from ..ops.track import (MIN_FRAMES_PER_CHUNK, BlockPlan, TrackOptions, Tracks, frames_per_chunk, plan_blocks,
+                         prepare_queries, track_chunk, track_points)
 
 log = logging.getLogger(__name__)
 
@@ -222,9 +222,8 @@ def track_graph(store_path: str, video_id: str, queries, options, n_frames: int,
 
 # ---- streamed tracking: blocks written to the store as they are computed ---------------------------
 
-TRACK_ARRAYS = ("positions", "visible", "score")
-CSV_READ_FACTOR = 4
-MAX_PLANNED_FRAMES = 32  # blocks are sized for the store's chunk of frames, up to this many  # the CSV writer's working copies of what one read of the tracks arrays holds
+CSV_READ_FACTOR = 4  # the CSV writer's working copies of what one read of the tracks arrays holds
+MAX_PLANNED_FRAMES = 32  # blocks are sized for the store's chunk of frames, up to this many
 
 
 def _concurrency(scheduler: str, workers: int | None) -> int:
@@ -297,6 +296,9 @@ def _stream_csv_results(nodes: list[tuple[_VideoJob, object]], budget: int):
     for job, node in nodes:
         n, T = node["visible"].shape
         rows = max(1, budget // max(1, T * (2 * 4 + 1 + 4) * CSV_READ_FACTOR))
+        block = node["visible"].chunks[0]
+        if rows >= block:  # whole query blocks: each stored chunk is read once
+            rows -= rows % block
         numbers = [r.query for r in job.rows]
         for a in range(0, n, rows):
             b = min(a + rows, n)

@@ -33,6 +33,7 @@ from ..io.encode import write_video
 from ..io.outputs import PARTIAL, OutputError, refuse_over_inputs, replace_node, written_whole
 from ..io.tables import QueryRow, read_queries_csv, write_tracks_csv
 from ..io.video import read_source_frames
+from ..ops.device import resolve_device
 from ..ops.geometry import grid_to_source, source_to_grid
 from ..ops.track import (MIN_FRAMES_PER_CHUNK, BlockPlan, TrackOptions, Tracks, frames_per_chunk, plan_blocks,
                          prepare_queries, track_chunk, track_points)
@@ -226,10 +227,11 @@ CSV_READ_FACTOR = 4  # the CSV writer's working copies of what one read of the t
 MAX_PLANNED_FRAMES = 32  # blocks are sized for the store's chunk of frames, up to this many
 
 
-def _concurrency(scheduler: str, workers: int | None) -> int:
+def _concurrency(scheduler: str, workers: int | None, device: str | None) -> int:
     """Tasks that run at once on this machine (they share the memory budget); a cluster's workers
-    each have their own memory, and the budget is per worker there."""
-    if scheduler == "sync" or scheduler.startswith("tcp://"):
+    each have their own memory, and the budget is per worker there. On CUDA a task's working
+    memory is on the GPU (the host holds one chunk's features and results): the budget is per task."""
+    if scheduler == "sync" or scheduler.startswith("tcp://") or resolve_device(device).type == "cuda":
         return 1
     return max(1, workers or os.cpu_count() or 1)
 
@@ -383,7 +385,7 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
 
     meta = {"queries_csv": str(queries_csv), "units": "source pixels [x, y], 0 = top/left frame edge",
             "options": asdict(options)}
-    concurrency = _concurrency(scheduler, workers)
+    concurrency = _concurrency(scheduler, workers, device)
     partial = f"{TRACKS_GROUP}{PARTIAL}"
     scratch = None if write_store else Path(tempfile.mkdtemp(prefix=f".{out_csv.stem}.tracks-",
                                                              dir=out_csv.parent if out_csv.parent.exists() else None))
@@ -398,7 +400,7 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
             features = root[job.video_id]["features"]
             stored = features.chunks[0] if isinstance(features.chunks[0], int) else 1
             blocks = plan_blocks(job.grid_queries[:, 0], job.n_frames, job.grid_size, int(features.shape[-1]),
-                                 options, device or "cpu", concurrency,
+                                 options, resolve_device(device), concurrency,
                                  min(max(MIN_FRAMES_PER_CHUNK, stored), MAX_PLANNED_FRAMES))
             if write_store:  # beside the previous tracks, swapped in when complete
                 node_name = f"{job.video_id}/{partial}"

@@ -9,7 +9,10 @@ similarity reaches ``min_similarity`` and it passes a cycle check: the matched c
 matched back to the query frame, lands within ``cycle_radius`` cells of the query.
 
 Frames are independent (except in ``chain`` mode), so the work runs in frame chunks whose size
-bounds memory: the similarity volume of one chunk is ``frames × queries × cells`` values.
+bounds memory: the similarity volume of one chunk is ``frames × queries × cells`` values. Queries
+are independent too (a query's result does not depend on the others, bit for bit, in chain mode
+as well), so a run over many queries goes in blocks of queries (:func:`plan_blocks` sizes both
+from the memory budget).
 bf16 matmuls on CUDA, fp32 on CPU.
 
 :mod:`liftvid.pipelines.track` runs it over a store's videos as Dask jobs.

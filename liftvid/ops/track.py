@@ -209,7 +209,7 @@ def plan_blocks(query_frames: np.ndarray, n_frames: int, grid_size: tuple[int, i
     window = (2 * options.refine_radius + 1) ** 2
     per_query_frame = hw * isz + channels * isz + window * _WINDOW_BYTES_PER_CELL + 64
     per_query = channels * (4 + isz) + 64
-    per_grid = hw * channels * 2
+    per_grid = hw * channels * 4  # float16, twice while the query frames are stacked
     per_frame = hw * channels * (2 + 4 + 4 + isz)
     fixed = hw * channels * isz  # one query frame's grid in the compute dtype, during the cycle check
     if options.chain:  # results over all T, the template memory (window + its stack + the update)
@@ -319,15 +319,22 @@ def prepare_queries(features: Any, queries: np.ndarray) -> QuerySet:
     q = check_queries(queries, T, (h, w))
     t = q[:, 0].astype(np.int64)
     frames, frame_of = np.unique(t, return_inverse=True)
-    grids = torch.stack([_unit(as_tensor(g)) for g in _read_frames(features, frames)])
-    templates = torch.empty((len(q), grids.shape[-1]), dtype=torch.float32, device=grids.device)
-    xy = torch.from_numpy(q[:, 1:]).to(grids.device)
-    for u in range(len(frames)):
-        sel = torch.from_numpy(np.flatnonzero(frame_of == u)).to(grids.device)
-        templates[sel] = sample_bilinear(grids[u], xy[sel])
+    # one query frame in float32 at a time (templates are sampled from it), kept as float16
+    halves, templates, xy = [], None, None
+    for u, g in enumerate(_read_frames(features, frames)):
+        unit = _unit(as_tensor(g))  # (h, w, C) float32
+        if templates is None:
+            templates = torch.empty((len(q), unit.shape[-1]), dtype=torch.float32, device=unit.device)
+            xy = torch.from_numpy(q[:, 1:]).to(unit.device)
+        sel = torch.from_numpy(np.flatnonzero(frame_of == u)).to(unit.device)
+        templates[sel] = sample_bilinear(unit, xy[sel])
+        halves.append(unit.reshape(h * w, -1).half())
+        del unit
+    grids = torch.stack(halves)
+    del halves
     templates = F.normalize(templates, dim=-1)
     return QuerySet(t=t, xy=q[:, 1:].copy(), templates=templates, frames=frames.astype(np.int64),
-                    frame_of=frame_of.astype(np.int64), grids=grids.reshape(len(frames), h * w, -1).half(),
+                    frame_of=frame_of.astype(np.int64), grids=grids,
                     grid_size=(h, w))
 
 

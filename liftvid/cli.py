@@ -509,7 +509,8 @@ def track(
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu.")] = "auto",
     min_similarity: Annotated[Optional[float], typer.Option(help="Cosine similarity a visible match needs (default 0.5).")] = None,
     cycle_radius: Annotated[Optional[float], typer.Option(help="Cells a match may land from the query when matched back (default 2).")] = None,
-    frame_chunk: Annotated[Optional[int], typer.Option(help="Frames per task (default: from a 512 MB similarity budget).", min=1)] = None,
+    frame_chunk: Annotated[Optional[int], typer.Option(help="Frames per chunk (default: from the memory budget).", min=1)] = None,
+    memory_mb: Annotated[Optional[int], typer.Option("--memory-mb", help="Memory budget of the tracking, shared by the tasks running at once; queries and frames are cut into pieces that fit it (default 512).", min=1)] = None,
     write_store: Annotated[bool, typer.Option("--write-store/--no-write-store", help="Also write <video>/tracks into the store.")] = True,
 ) -> None:
     """Follow query points through each video by dense feature matching, as Dask jobs."""
@@ -519,7 +520,8 @@ def track(
     from .pipelines.track import track_store
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
-    given = {"min_similarity": min_similarity, "cycle_radius": cycle_radius, "frame_chunk": frame_chunk}
+    given = {"min_similarity": min_similarity, "cycle_radius": cycle_radius, "frame_chunk": frame_chunk,
+             "max_chunk_bytes": None if memory_mb is None else memory_mb << 20}
     try:
         options = TrackOptions(chain=chain, **{k: v for k, v in given.items() if v is not None})
         summary = track_store(store, queries, out, options=options, scheduler=scheduler, workers=workers,

@@ -219,6 +219,36 @@ def run_per_video(func: Callable[..., Any], tasks: Mapping[str, tuple], schedule
     return dict(zip(graph, values))
 
 
+def _all_or_first_failure(results: tuple) -> list:
+    """The block results of one video, or its first block's exception raised (its video's result)."""
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return list(results)
+
+
+def run_blocks_per_video(func: Callable[..., Any], blocks: Mapping[str, list[tuple]], scheduler: str = "threads",
+                         workers: int | None = None, on_done: Callable[[str, Any], None] | None = None,
+                         name: str | None = None) -> dict[str, Any]:
+    """Run ``func(*args)`` for every argument tuple of every video's block list, one Dask task per
+    block (blocks run in parallel, within and across videos), and gather per video.
+
+    For tasks that write their results themselves and return something small: nothing but the
+    block results travels to this process.
+
+    Returns:
+        video id → the list of its blocks' results (in ``blocks`` order), or the first exception one
+        of its blocks raised (its other blocks still ran; no block is rerun).
+    """
+    import dask
+
+    prefix = name or _key_prefix(func)
+    tasks = {vid: (tuple(dask.delayed(_guarded, pure=False)(func, *args, dask_key_name=f"{prefix}-{i}-{vid}")
+                         for i, args in enumerate(arg_list)),)
+             for vid, arg_list in blocks.items()}
+    return run_per_video(_all_or_first_failure, tasks, scheduler, workers, on_done=on_done, name=f"{prefix}-video")
+
+
 class _TaskDone:
     """A local-scheduler callback calling ``on_done(video_id, result)`` as each video's task ends."""
 

@@ -9,7 +9,10 @@ similarity reaches ``min_similarity`` and it passes a cycle check: the matched c
 matched back to the query frame, lands within ``cycle_radius`` cells of the query.
 
 Frames are independent (except in ``chain`` mode), so the work runs in frame chunks whose size
-bounds memory: the similarity volume of one chunk is ``frames × queries × cells`` values.
+bounds memory: the similarity volume of one chunk is ``frames × queries × cells`` values. Queries
+are independent too (a query's result does not depend on the others, bit for bit, in chain mode
+as well), so a run over many queries goes in blocks of queries (:func:`plan_blocks` sizes both
+from the memory budget).
 bf16 matmuls on CUDA, fp32 on CPU.
 
 :mod:`liftvid.pipelines.track` runs it over a store's videos as Dask jobs.
@@ -53,7 +56,9 @@ class TrackOptions:
     chain_min_similarity: float = 0.7
     """Chain mode: a visible match joins the template only at this similarity or above."""
     max_chunk_bytes: int = 512 << 20
-    """Bound on the similarity volume of one frame chunk (sets the frames per chunk)."""
+    """Memory budget: bounds the similarity volume of one frame chunk (:func:`frames_per_chunk`) and
+    the working memory of a whole tracking run (:func:`plan_blocks`: queries per block, frames per
+    chunk, shared among the tasks that run at once)."""
     frame_chunk: int | None = None
     """Frames per chunk; ``None`` derives it from ``max_chunk_bytes``."""
 
@@ -120,6 +125,126 @@ def frames_per_chunk(n_queries: int, grid_size: tuple[int, int], options: TrackO
     itemsize = torch.finfo(compute_dtype(torch.device(device))).bits // 8
     per_frame = max(1, n_queries) * grid_size[0] * grid_size[1] * itemsize
     return max(1, options.max_chunk_bytes // per_frame)
+
+
+MIN_MATMUL_ROWS = 64
+"""Matmuls with fewer rows are padded to this many: BLAS takes other code paths for a few rows
+(gemv-like kernels) whose sums differ in the last bit, so without padding a query's result would
+depend on how many other queries share its matmul (its query block, its query frame)."""
+MIN_QUERY_BLOCK = 8
+"""Fewest queries per block that :func:`plan_blocks` plans (a smaller budget is exceeded)."""
+MIN_FRAMES_PER_CHUNK = 8
+"""Frame chunk that :func:`plan_blocks` sizes query blocks for, unless told (e.g. the store's chunk)."""
+_WINDOW_BYTES_PER_CELL = 48  # soft-argmax window, per query, frame and cell: indices, mask, values, weights
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """How a video's ``N`` queries × ``T`` frames are cut into pieces that fit a memory budget.
+
+    Queries go in contiguous blocks of ``queries_per_block`` (the last may be shorter), frames in
+    chunks of ``frames_per_chunk``; a block's results for one chunk are ``(Q, Tc)`` and no piece of
+    the run holds more. ``estimate_bytes`` is the modelled peak of one piece of work.
+    """
+
+    n_queries: int
+    n_frames: int
+    queries_per_block: int
+    frames_per_chunk: int
+    estimate_bytes: int
+
+    @property
+    def blocks(self) -> list[tuple[int, int]]:
+        """``[(q0, q1), …]`` query ranges."""
+        return _chunks(0, self.n_queries, self.queries_per_block)
+
+    @property
+    def spans(self) -> list[tuple[int, int]]:
+        """``[(t0, t1), …]`` frame ranges."""
+        return _chunks(0, self.n_frames, self.frames_per_chunk)
+
+
+def _max_distinct(frames: np.ndarray | None, size: int, fallback: int) -> int:
+    """Most distinct values in any contiguous block of ``size`` of ``frames`` (``fallback`` unknown)."""
+    if frames is None or len(frames) == 0:
+        return fallback
+    f = np.asarray(frames, dtype=np.int64)
+    span = int(f.max()) + 1
+    keys = np.sort((np.arange(len(f)) // size) * span + f)  # (np.unique is far slower than a sort here)
+    first = np.concatenate([[True], keys[1:] != keys[:-1]])
+    return int(np.bincount(keys[first] // span).max())
+
+
+def plan_blocks(query_frames: np.ndarray, n_frames: int, grid_size: tuple[int, int], channels: int,
+                options: TrackOptions, device: torch.device | str = "cpu", concurrency: int = 1,
+                min_frames: int = MIN_FRAMES_PER_CHUNK) -> BlockPlan:
+    """Queries per block and frames per chunk so that ``concurrency`` pieces of work running at
+    once stay within ``options.max_chunk_bytes`` together, whatever N and T are.
+
+    The model of one piece (a block of Q queries, with U distinct query frames, over Tc frames):
+    per query and frame the similarity row (``h*w`` values), the matched feature (C values) and
+    the soft-argmax window; per query its template; per query frame its unit-norm grid (float16,
+    for the cycle check); per frame the chunk's features (read, float32, compute dtype). Chain
+    mode holds a block's results over all T frames and its template memory as well. Blocks are
+    as large as fit with chunks of ``min_frames`` (fewer blocks: fewer passes over the video's
+    features; longer chunks: fewer passes of the per-query-frame loop), then chunks as long as fit.
+
+    Args:
+        query_frames: ``(N,)`` the query frame of each query, in query order (blocks are
+            contiguous ranges of it).
+        n_frames: T.
+        grid_size, channels: the features' ``(h, w)`` and C.
+        options: ``max_chunk_bytes`` (the budget), ``frame_chunk`` (fixes Tc when given), ``chain``.
+        concurrency: pieces of work that run at the same time (local worker threads/processes).
+        min_frames: the frame chunk the block size is chosen for (e.g. the store's frames per chunk).
+
+    Returns:
+        :class:`BlockPlan`; Q is at least :data:`MIN_QUERY_BLOCK` (or N) and Tc at least 1, so a
+        budget below one such piece is exceeded rather than refused.
+    """
+    frames = None if query_frames is None else np.asarray(query_frames)
+    n = 0 if frames is None else len(frames)
+    hw = grid_size[0] * grid_size[1]
+    isz = torch.finfo(compute_dtype(torch.device(device))).bits // 8
+    window = (2 * options.refine_radius + 1) ** 2
+    per_query_frame = hw * isz + channels * isz + window * _WINDOW_BYTES_PER_CELL + 64
+    per_query = channels * (4 + isz) + 64
+    per_grid = hw * channels * 4  # float16, twice while the query frames are stacked
+    per_frame = hw * channels * (2 + 4 + 4 + isz)
+    fixed = hw * channels * isz  # one query frame's grid in the compute dtype, during the cycle check
+    if options.chain:  # results over all T, the template memory (window + its stack + the update)
+        per_query += n_frames * (2 * 4 + 1 + 4) + channels * 4 * (2 * options.chain_window + 4)
+    budget = max(1, options.max_chunk_bytes // max(1, concurrency))
+    T = max(1, n_frames)
+
+    def cost(q: int, tc: int) -> int:
+        u = _max_distinct(frames, q, min(q, T))
+        return fixed + q * tc * per_query_frame + q * per_query + u * per_grid + tc * per_frame
+
+    target = min(T, options.frame_chunk or max(1, min_frames))
+    lo, hi = min(max(1, n), MIN_QUERY_BLOCK), max(1, n)
+    while lo < hi:  # the largest block that fits with chunks of `target` frames (cost grows with q)
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost(mid, target) <= budget else (lo, mid - 1)
+    q = lo
+    if options.frame_chunk is not None:
+        tc = options.frame_chunk
+    else:
+        base = cost(q, 0)
+        tc = max(1, (budget - base) // (q * per_query_frame + per_frame)) if budget > base else 1
+        tc = min(tc, max(1, budget // (q * hw * isz)))  # the similarity volume alone within it too
+    tc = max(1, min(tc, T))
+    return BlockPlan(n, n_frames, q, tc, cost(q, tc))
+
+
+def _rows_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` with ``a (..., M, K)``; fewer than :data:`MIN_MATMUL_ROWS` rows are zero-padded so
+    that every row's result is the same bits whatever M is (see :data:`MIN_MATMUL_ROWS`)."""
+    m = a.shape[-2]
+    if m >= MIN_MATMUL_ROWS:
+        return torch.matmul(a, b)
+    pad = a.new_zeros((*a.shape[:-2], MIN_MATMUL_ROWS - m, a.shape[-1]))
+    return torch.matmul(torch.cat([a, pad], dim=-2), b)[..., :m, :]
 
 
 def _unit(x: torch.Tensor) -> torch.Tensor:
@@ -194,15 +319,22 @@ def prepare_queries(features: Any, queries: np.ndarray) -> QuerySet:
     q = check_queries(queries, T, (h, w))
     t = q[:, 0].astype(np.int64)
     frames, frame_of = np.unique(t, return_inverse=True)
-    grids = torch.stack([_unit(as_tensor(g)) for g in _read_frames(features, frames)])
-    templates = torch.empty((len(q), grids.shape[-1]), dtype=torch.float32, device=grids.device)
-    xy = torch.from_numpy(q[:, 1:]).to(grids.device)
-    for u in range(len(frames)):
-        sel = torch.from_numpy(np.flatnonzero(frame_of == u)).to(grids.device)
-        templates[sel] = sample_bilinear(grids[u], xy[sel])
+    # one query frame in float32 at a time (templates are sampled from it), kept as float16
+    halves, templates, xy = [], None, None
+    for u, g in enumerate(_read_frames(features, frames)):
+        unit = _unit(as_tensor(g))  # (h, w, C) float32
+        if templates is None:
+            templates = torch.empty((len(q), unit.shape[-1]), dtype=torch.float32, device=unit.device)
+            xy = torch.from_numpy(q[:, 1:]).to(unit.device)
+        sel = torch.from_numpy(np.flatnonzero(frame_of == u)).to(unit.device)
+        templates[sel] = sample_bilinear(unit, xy[sel])
+        halves.append(unit.reshape(h * w, -1).half())
+        del unit
+    grids = torch.stack(halves)
+    del halves
     templates = F.normalize(templates, dim=-1)
     return QuerySet(t=t, xy=q[:, 1:].copy(), templates=templates, frames=frames.astype(np.int64),
-                    frame_of=frame_of.astype(np.int64), grids=grids.reshape(len(frames), h * w, -1).half(),
+                    frame_of=frame_of.astype(np.int64), grids=grids,
                     grid_size=(h, w))
 
 
@@ -226,9 +358,9 @@ def _match(feats: torch.Tensor, templates: torch.Tensor, grid_size: tuple[int, i
     """
     h, w = grid_size
     if templates.dim() == 2:
-        sim = torch.matmul(templates.unsqueeze(0), feats.transpose(1, 2))  # (Tc, N, hw)
+        sim = _rows_matmul(templates.unsqueeze(0), feats.transpose(1, 2))  # (Tc, N, hw)
     else:
-        sim = torch.bmm(templates, feats.transpose(1, 2))
+        sim = _rows_matmul(templates, feats.transpose(1, 2))
     score, cell = sim.max(dim=-1)
     iy, ix = cell // w, cell % w
     dy, dx = _window_offsets(options.refine_radius, feats.device)
@@ -264,7 +396,8 @@ def _cycle_ok(feats: torch.Tensor, cell: torch.Tensor, qs: QuerySet, dtype: torc
     for u in np.unique(frame_of):
         sel = torch.from_numpy(np.flatnonzero(frame_of == u)).to(feats.device)
         grid = qs.grids[u].to(device=feats.device, dtype=dtype)  # (hw, C)
-        back = torch.matmul(matched[:, sel], grid.T).argmax(dim=-1)  # (Tc, n_u)
+        part = matched[:, sel]  # (Tc, n_u, C): one matmul of Tc * n_u rows
+        back = _rows_matmul(part.reshape(-1, part.shape[-1]), grid.T).argmax(dim=-1).reshape(part.shape[:2])
         back_xy = torch.stack([back % w, back // w], dim=-1).double()
         dist = torch.linalg.vector_norm(back_xy - query_xy[sel], dim=-1)
         ok[:, sel] = dist <= options.cycle_radius
@@ -341,8 +474,10 @@ def _track_chain(features: Any, qs: QuerySet, options: TrackOptions, device: tor
                     mem = torch.stack(recent[-options.chain_window:]).sum(0)
                     cnt = torch.stack(counts[-options.chain_window:]).sum(0)[:, None]
                     mean = F.normalize(mem / cnt.clamp(min=1), dim=-1)
-                    w = torch.where(cnt > 0, options.chain_query_weight, 1.0)
-                    templates = F.normalize(w * base + (1 - w) * mean, dim=-1)
+                    w = options.chain_query_weight
+                    # a query without confident matches yet keeps its own template, bit for bit
+                    # (renormalising it would make its bits depend on the other queries' history)
+                    templates = torch.where(cnt > 0, F.normalize(w * base + (1 - w) * mean, dim=-1), base)
                 else:
                     templates = base
                 f = feats[i:i + 1]

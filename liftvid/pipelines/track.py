@@ -1,9 +1,16 @@
 """Store-level tracking: a queries CSV in, a tracks CSV, the store's ``tracks`` groups (+ overlays) out.
 
-Each video is one Dask array ``(queries, frames, 4) float32`` = (x, y, score, visible) in grid
-coordinates, one block per frame chunk (:func:`track_graph`). Blocks read their own frames from the
-store; the query templates and query-frame grids come from one small task per video that every
-block shares.
+Memory stays within the tracker's budget (``TrackOptions.max_chunk_bytes``) whatever the number
+of queries N and frames T: :func:`liftvid.ops.track.plan_blocks` cuts each video into blocks of
+queries × chunks of frames, one Dask task per block (and group of frame chunks) that reads its own
+frames, tracks, and writes its results straight into the Zarr arrays of ``<video>/tracks.partial``
+(created at full shape, one chunk per block × frame chunk, so no two tasks write one chunk).
+Nothing N × T travels to the client: the CSV is then streamed from the finished arrays, a few
+queries at a time, into a temporary file renamed when whole, and the group is swapped in for the
+previous ``tracks``. With ``write_store=False`` the arrays live in a scratch folder beside the CSV.
+
+:func:`track_graph` is the older in-memory form (one Dask array ``(N, T, 4)``), kept for callers
+that want the results as an array.
 """
 
 from __future__ import annotations
@@ -11,6 +18,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -23,8 +33,10 @@ from ..io.encode import write_video
 from ..io.outputs import PARTIAL, OutputError, refuse_over_inputs, replace_node, written_whole
 from ..io.tables import QueryRow, read_queries_csv, stored_position, write_tracks_csv
 from ..io.video import read_source_frames
+from ..ops.device import resolve_device
 from ..ops.geometry import grid_to_source, source_to_grid
-from ..ops.track import TrackOptions, Tracks, frames_per_chunk, prepare_queries, track_chunk, track_points
+from ..ops.track import (MIN_FRAMES_PER_CHUNK, BlockPlan, TrackOptions, Tracks, frames_per_chunk, plan_blocks,
+                         prepare_queries, track_chunk, track_points)
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +226,100 @@ def track_graph(store_path: str, video_id: str, queries, options, n_frames: int,
                                   [(n, b - a, 4) for a, b in spans], np.float32, axis=1)
 
 
+# ---- streamed tracking: blocks written to the store as they are computed ---------------------------
+
+CSV_READ_FACTOR = 4  # the CSV writer's working copies of what one read of the tracks arrays holds
+MAX_PLANNED_FRAMES = 32  # blocks are sized for the store's chunk of frames, up to this many
+
+
+def _concurrency(scheduler: str, workers: int | None, device: str | None) -> int:
+    """Tasks that run at once on this machine (they share the memory budget); a cluster's workers
+    each have their own memory, and the budget is per worker there. On CUDA a task's working
+    memory is on the GPU (the host holds one chunk's features and results): the budget is per task."""
+    if scheduler == "sync" or scheduler.startswith("tcp://") or resolve_device(device).type == "cuda":
+        return 1
+    return max(1, workers or os.cpu_count() or 1)
+
+
+def _create_tracks_arrays(group, job: _VideoJob, plan: BlockPlan, attrs: dict) -> None:
+    """``positions (N, T, 2) float32``, ``visible (N, T) bool``, ``score (N, T) float32`` (empty, chunked
+    by query block × frame chunk, for the tasks to fill) and the queries, in ``group``."""
+    n, T = plan.n_queries, plan.n_frames
+    qb, tc = max(1, plan.queries_per_block), max(1, plan.frames_per_chunk)
+    group.attrs[st.ATTRS_KEY] = attrs
+    for name, shape, chunks, dtype, dims, fill in (
+        ("positions", (n, T, 2), (qb, tc, 2), np.float32, ("query", "frame", "xy"), np.nan),
+        ("visible", (n, T), (qb, tc), bool, ("query", "frame"), False),
+        ("score", (n, T), (qb, tc), np.float32, ("query", "frame"), np.nan),
+    ):
+        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims, fill_value=fill,
+                           compressors=st.checksummed())
+    query_src = np.column_stack([[r.t for r in job.rows], [r.x for r in job.rows], [r.y for r in job.rows]])
+    for name, data, dims in (("queries", query_src.astype(np.float64), ("query", "txy")),
+                             ("query_index", np.array([r.query for r in job.rows], np.int64), ("query",))):
+        arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=data.shape or None,
+                                 dimension_names=dims)
+        arr[...] = data
+
+
+def _write_part(node, q0: int, start: int, part: Tracks, grid_size, source_size) -> None:
+    """Write ``part`` (queries ``q0 …``, frames ``start …``, grid coordinates) as source pixels."""
+    q1, stop = q0 + part.visible.shape[0], start + part.visible.shape[1]
+    node["positions"][q0:q1, start:stop] = grid_to_source(part.positions, grid_size, source_size).astype(np.float32)
+    node["visible"][q0:q1, start:stop] = part.visible
+    node["score"][q0:q1, start:stop] = part.score
+
+
+def _block_task(store_path: str, video_id: str, out_path: str, out_node: str, q0: int, queries,
+                spans: list[tuple[int, int]], options: TrackOptions, device, grid_size, source_size) -> int:
+    """Track queries ``q0 …`` (``queries (Q, 3)`` grid coordinates) through frame ``spans`` and write
+    them into ``out_path``'s group ``out_node``; returns the point-frames written."""
+    features = _open_features(store_path, video_id)
+    node = st.open_root(out_path, mode="a")[out_node]
+    if options.chain:  # frames depend on earlier frames: the block runs through all of them
+        _write_part(node, q0, 0, track_points(features, queries, options, device), grid_size, source_size)
+        return len(queries) * features.shape[0]
+    query_set = prepare_queries(features, queries)
+    for a, b in spans:
+        _write_part(node, q0, a, track_chunk(features[a:b], a, query_set, options, device), grid_size, source_size)
+    return len(queries) * sum(b - a for a, b in spans)
+
+
+def _block_tasks(store_path: str, job: _VideoJob, plan: BlockPlan, out_path: str, out_node: str,
+                 options: TrackOptions, device, concurrency: int) -> list[tuple]:
+    """The argument tuples of :func:`_block_task` for one video: every block, its frame chunks shared
+    out among enough tasks to keep ``concurrency`` workers busy (each task prepares its own block)."""
+    blocks, spans = plan.blocks, plan.spans
+    groups = 1 if options.chain else max(1, min(len(spans), math.ceil(2 * concurrency / max(1, len(blocks)))))
+    per = math.ceil(len(spans) / groups)
+    return [(store_path, job.video_id, out_path, out_node, q0, job.grid_queries[q0:q1], spans[g:g + per],
+             options, device, job.grid_size, job.source_size)
+            for q0, q1 in blocks for g in range(0, len(spans), per)]
+
+
+def _stream_csv_results(nodes: list[tuple[_VideoJob, object]], budget: int):
+    """Per video, ``(video_id, query numbers, Tracks, frame_index)`` a few queries at a time, read
+    from the finished arrays (at most about ``budget`` bytes held at once); ``frame_index (T,)`` the
+    stored frames' source numbers, the CSV's ``t``."""
+    for job, node in nodes:
+        n, T = node["visible"].shape
+        rows = max(1, budget // max(1, T * (2 * 4 + 1 + 4) * CSV_READ_FACTOR))
+        block = node["visible"].chunks[0]
+        if rows >= block:  # whole query blocks: each stored chunk is read once
+            rows -= rows % block
+        numbers = [r.query for r in job.rows]
+        for a in range(0, n, rows):
+            b = min(a + rows, n)
+            yield (job.video_id, numbers[a:b], Tracks(node["positions"][a:b], node["visible"][a:b], node["score"][a:b]),
+                   job.frame_index)
+
+
+def _remove_node(group, name: str) -> None:
+    with contextlib.suppress(Exception):
+        if name in group:
+            del group[name]
+
+
 def write_overlay(path: Path, info: st.VideoInfo, frame_index: np.ndarray, positions: np.ndarray,
                   visible: np.ndarray, store: str | None = None) -> Path:
     """An mp4 of the source frames with the tracks drawn on (:func:`draw_tracks`)."""
@@ -286,46 +392,83 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
                    queries_csv, out_csv: Path, t0: float) -> TrackSummary:
     import time
 
-    graphs = {job.video_id: track_graph(str(store_path), job.video_id, job.grid_queries, options,
-                                        job.n_frames, job.grid_size, device) for job in plan}
-    computed = jobs.compute_each(graphs, scheduler=scheduler, workers=workers)
-    results = []
-    for job in plan:
-        value = computed[job.video_id]
-        if isinstance(value, Exception):
-            summary.failed[job.video_id] = f"{type(value).__name__}: {value}"
-            continue
-        tracks = _unpack(np.asarray(value))
-        tracks.positions = grid_to_source(tracks.positions, job.grid_size, job.source_size).astype(np.float32)
-        results.append((job, tracks))
-        log.info("%s: %d queries × %d frames tracked", job.video_id, len(job.rows), job.n_frames)
-        summary.queries[job.video_id] = len(job.rows)
-        summary.frames[job.video_id] = job.n_frames
+    meta = {"queries_csv": str(queries_csv), "units": "source pixels [x, y], 0 = top/left frame edge",
+            "options": asdict(options)}
+    concurrency = _concurrency(scheduler, workers, device)
+    partial = f"{TRACKS_GROUP}{PARTIAL}"
+    scratch = None if write_store else Path(tempfile.mkdtemp(prefix=f".{out_csv.stem}.tracks-",
+                                                             dir=out_csv.parent if out_csv.parent.exists() else None))
     try:
-        write_tracks_csv(out_csv, [(job.video_id, [r.query for r in job.rows], tracks, job.frame_index)
-                                   for job, tracks in results])
-    except OSError as exc:
-        raise OutputError(f"{out_csv}: cannot write the tracks ({exc.strerror or exc}); the previous file, if "
-                          "any, is kept") from None
-    if write_store and results:
-        wroot = st.open_root(store_path, mode="a")
-        meta = {"queries_csv": str(queries_csv), "units": "source pixels [x, y], 0 = top/left frame edge",
-                "options": asdict(options)}
-        for job, tracks in results:
+        if write_store:
+            out_path, out_root = str(store_path), st.open_root(store_path, mode="a")
+        else:
+            out_path = str(scratch / "tracks.zarr")
+            out_root = st.open_root(out_path, mode="w")
+        nodes, tasks = {}, {}
+        for job in plan:
+            features = root[job.video_id]["features"]
+            stored = features.chunks[0] if isinstance(features.chunks[0], int) else 1
+            blocks = plan_blocks(job.grid_queries[:, 0], job.n_frames, job.grid_size, int(features.shape[-1]),
+                                 options, resolve_device(device), concurrency,
+                                 min(max(MIN_FRAMES_PER_CHUNK, stored), MAX_PLANNED_FRAMES))
+            if write_store:  # beside the previous tracks, swapped in when complete
+                node_name = f"{job.video_id}/{partial}"
+                group = out_root[job.video_id].create_group(partial, overwrite=True)
+            else:
+                node_name = job.video_id
+                group = out_root.create_group(job.video_id, overwrite=True)
+            _create_tracks_arrays(group, job, blocks, {**meta, "status": st.INCOMPLETE})
+            nodes[job.video_id] = node_name
+            tasks[job.video_id] = _block_tasks(str(store_path), job, blocks, out_path, node_name, options, device,
+                                               concurrency)
+            log.info("%s: %d queries × %d frames in blocks of %d queries × %d frames (about %.0f MB each, %d at once)",
+                     job.video_id, len(job.rows), job.n_frames, blocks.queries_per_block, blocks.frames_per_chunk,
+                     blocks.estimate_bytes / 2**20, concurrency)
+        computed = jobs.run_blocks_per_video(_block_task, tasks, scheduler=scheduler, workers=workers, name="track")
+        done = []
+        for job in plan:
+            value = computed[job.video_id]
+            if isinstance(value, BaseException):
+                summary.failed[job.video_id] = f"{type(value).__name__}: {value}"
+                parent, _, name = nodes[job.video_id].rpartition("/")
+                _remove_node(out_root[parent] if parent else out_root, name)
+                continue
+            done.append((job, out_root[nodes[job.video_id]]))
+            log.info("%s: %d queries × %d frames tracked", job.video_id, len(job.rows), job.n_frames)
+            summary.queries[job.video_id] = len(job.rows)
+            summary.frames[job.video_id] = job.n_frames
+        try:
+            write_tracks_csv(out_csv, _stream_csv_results(done, options.max_chunk_bytes))
+        except OSError as exc:
+            raise OutputError(f"{out_csv}: cannot write the tracks ({exc.strerror or exc}); the previous file, if "
+                              "any, is kept") from None
+        finals = {}
+        for job, node in done:
+            if not write_store:
+                finals[job.video_id] = node
+                continue
+            group = out_root[job.video_id]
             try:
-                write_tracks_group(wroot, job, tracks, meta)
+                replace_node(group, partial, TRACKS_GROUP)
+                group[TRACKS_GROUP].attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}
             except OSError as exc:  # a full disk: the previous tracks group stays (written beside, swapped in)
                 raise OutputError(f"{store_path}: cannot write the tracks of {job.video_id} into the store "
                                   f"({exc.strerror or exc}); {out_csv} is written, the previous tracks are "
                                   "kept") from None
-    if overlay:
-        for job, tracks in results:
-            info = st.read_video_info(root, job.video_id)
-            frame_index = root[job.video_id]["frame_index"][...]
-            try:
-                summary.overlays.append(write_overlay(overlay_path(out_csv, job.video_id), info, frame_index,
-                                                      tracks.positions, tracks.visible, str(store_path)))
-            except Exception as exc:  # an overlay is a by-product: report it, keep the tracks
-                summary.failed[f"{job.video_id} (overlay)"] = f"{type(exc).__name__}: {exc}"
+            finals[job.video_id] = group[TRACKS_GROUP]
+        if overlay:
+            for job, _ in done:
+                info = st.read_video_info(root, job.video_id)
+                frame_index = root[job.video_id]["frame_index"][...]
+                node = finals[job.video_id]
+                try:  # an overlay draws every track on every frame: it reads them whole
+                    summary.overlays.append(write_overlay(overlay_path(out_csv, job.video_id), info, frame_index,
+                                                          node["positions"][...], node["visible"][...],
+                                                          str(store_path)))
+                except Exception as exc:  # an overlay is a by-product: report it, keep the tracks
+                    summary.failed[f"{job.video_id} (overlay)"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
     summary.seconds = time.perf_counter() - t0
     return summary

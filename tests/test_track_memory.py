@@ -90,6 +90,29 @@ def test_blocked_results_equal_unblocked(random_store, tmp_path, chain):
     assert [(int(r["query"]), int(r["t"])) for r in rows[:T_FRAMES + 1]] == [(0, t) for t in range(T_FRAMES)] + [(1, 0)]
 
 
+def test_many_local_workers_run_fewer_tasks_rather_than_tiny_blocks():
+    """28×28×384 features, 13,700 queries spread over 73 frames, the 512 MB budget: shared by 8
+    workers, blocks would fall to the minimum (every block re-reads the video); the pipeline runs
+    fewer tasks at once so that a block keeps GOOD_QUERY_BLOCK queries, and leaves 2 workers alone."""
+    from types import SimpleNamespace
+
+    from liftvid.pipelines import track as tr
+
+    T, n = 73, 13_700
+    frames = np.arange(n) % T
+    job = tr._VideoJob("v", [None] * n, np.column_stack([frames, np.zeros(n), np.zeros(n)]).astype(np.float64),
+                       T, (28, 28), (448, 448), np.arange(T))
+    root = {"v": {"features": SimpleNamespace(shape=(T, 28, 28, 384), chunks=(4, 28, 28, 384))}}
+    options = TrackOptions()
+    assert tr._plan_video(job, root["v"]["features"], options, "cpu", 8).queries_per_block < tr.GOOD_QUERY_BLOCK
+    fitted = tr._fit_concurrency(root, [job], options, "cpu", 8)
+    assert 1 <= fitted < 8
+    assert tr._plan_video(job, root["v"]["features"], options, "cpu", fitted).queries_per_block >= tr.GOOD_QUERY_BLOCK
+    assert tr._plan_video(job, root["v"]["features"], options, "cpu", fitted).estimate_bytes * fitted <= options.max_chunk_bytes
+    small = replace(job, rows=[None] * 100, grid_queries=job.grid_queries[:100])
+    assert tr._fit_concurrency(root, [small], options, "cpu", 2) == 2
+
+
 def test_plan_blocks_fits_the_budget_whatever_n_and_t():
     rng = np.random.default_rng(0)
     options = TrackOptions(max_chunk_bytes=64 << 20)

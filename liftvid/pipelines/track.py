@@ -241,6 +241,29 @@ def _concurrency(scheduler: str, workers: int | None, device: str | None) -> int
     return max(1, workers or os.cpu_count() or 1)
 
 
+# a block of fewer queries than this makes every block re-read the video's features: with many
+# local workers sharing the budget, run fewer at once rather than shrink blocks below it (each
+# task's torch ops use the machine's threads anyway)
+GOOD_QUERY_BLOCK = 256
+
+
+def _plan_video(job: _VideoJob, features, options: TrackOptions, device: str | None, concurrency: int) -> BlockPlan:
+    stored = features.chunks[0] if isinstance(features.chunks[0], int) else 1
+    return plan_blocks(job.grid_queries[:, 0], job.n_frames, job.grid_size, int(features.shape[-1]),
+                       options, resolve_device(device), concurrency,
+                       min(max(MIN_FRAMES_PER_CHUNK, stored), MAX_PLANNED_FRAMES))
+
+
+def _fit_concurrency(root, plan: list[_VideoJob], options: TrackOptions, device: str | None, concurrency: int) -> int:
+    """The local tasks to run at once: ``concurrency``, halved while a video's blocks would hold
+    fewer than :data:`GOOD_QUERY_BLOCK` queries (or all of its queries) with the budget shared."""
+    while concurrency > 1 and any(
+            _plan_video(job, root[job.video_id]["features"], options, device, concurrency).queries_per_block
+            < min(len(job.rows), GOOD_QUERY_BLOCK) for job in plan):
+        concurrency //= 2
+    return concurrency
+
+
 def _create_tracks_arrays(group, job: _VideoJob, plan: BlockPlan, attrs: dict) -> None:
     """``positions (N, T, 2) float32``, ``visible (N, T) bool``, ``score (N, T) float32`` (empty, chunked
     by query block × frame chunk, for the tasks to fill) and the queries, in ``group``."""
@@ -395,6 +418,12 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
     meta = {"queries_csv": str(queries_csv), "units": "source pixels [x, y], 0 = top/left frame edge",
             "options": asdict(options)}
     concurrency = _concurrency(scheduler, workers, device)
+    if concurrency > 1:  # local workers share the budget: fewer at once rather than tiny blocks
+        fitted = _fit_concurrency(root, plan, options, device, concurrency)
+        if fitted < concurrency:
+            log.info("track: %d tasks at once instead of %d, so that blocks keep %d queries within --memory-mb",
+                     fitted, concurrency, GOOD_QUERY_BLOCK)
+            concurrency = workers = fitted
     partial = f"{TRACKS_GROUP}{PARTIAL}"
     scratch = None if write_store else Path(tempfile.mkdtemp(prefix=f".{out_csv.stem}.tracks-",
                                                              dir=out_csv.parent if out_csv.parent.exists() else None))
@@ -406,11 +435,7 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
             out_root = st.open_root(out_path, mode="w")
         nodes, tasks = {}, {}
         for job in plan:
-            features = root[job.video_id]["features"]
-            stored = features.chunks[0] if isinstance(features.chunks[0], int) else 1
-            blocks = plan_blocks(job.grid_queries[:, 0], job.n_frames, job.grid_size, int(features.shape[-1]),
-                                 options, resolve_device(device), concurrency,
-                                 min(max(MIN_FRAMES_PER_CHUNK, stored), MAX_PLANNED_FRAMES))
+            blocks = _plan_video(job, root[job.video_id]["features"], options, device, concurrency)
             if write_store:  # beside the previous tracks, swapped in when complete
                 node_name = f"{job.video_id}/{partial}"
                 group = out_root[job.video_id].create_group(partial, overwrite=True)

@@ -40,7 +40,7 @@ _WRAPPER = ("import resource, subprocess, sys, time; t = time.perf_counter(); rc
 def write_store(path: Path, n_frames: int, grid: int, channels: int, seed: int = 0) -> None:
     """A one-video store ``bench`` of random float16 features, written with liftvid's store helpers."""
     sys.path.insert(0, str(HERE))
-    from liftvid.io import store as st
+    from liftvid import store as st
 
     bb = {"name": "bench", "timm_name": "random", "weights": "random", "weights_sha256": None, "layer": -1,
           "facet": "key", "patch_size": 16, "channels": channels}

@@ -82,13 +82,11 @@ class VideoResult:
     error: str | None = None
 
 
-@dataclass
-class ExtractSummary:
-    """Every video's :class:`VideoResult` of one ``extract_videos`` call, and its wall time."""
+class VideoResults:
+    """What a summary of per-video ``results`` (:class:`VideoResult`) tells: the failed videos and
+    the frames written (extract, recode)."""
 
-    store: str
-    results: list[VideoResult] = field(default_factory=list)
-    seconds: float = 0.0
+    results: list[VideoResult]
 
     @property
     def failed(self) -> list[VideoResult]:
@@ -97,6 +95,15 @@ class ExtractSummary:
     @property
     def frames(self) -> int:
         return sum(r.frames for r in self.results if r.status == st.COMPLETE)
+
+
+@dataclass
+class ExtractSummary(VideoResults):
+    """Every video's :class:`VideoResult` of one ``extract_videos`` call, and its wall time."""
+
+    store: str
+    results: list[VideoResult] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 class ExtractProgress(Protocol):

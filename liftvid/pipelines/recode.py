@@ -20,14 +20,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..io import store as st
-from .extract import ExtractProgress, VideoResult, _NoProgress
+from .extract import ExtractProgress, VideoResult, VideoResults, _NoProgress
 
 # what a recoded video's attributes drop from the input's (written again by the new store)
 _DROPPED_ATTRS = ("status", "error", "stored_chunks", "source_relative")
 
 
 @dataclass
-class RecodeSummary:
+class RecodeSummary(VideoResults):
     """Every video's :class:`~liftvid.pipelines.extract.VideoResult` of one :func:`recode_store` call."""
 
     source: str
@@ -36,14 +36,6 @@ class RecodeSummary:
     results: list[VideoResult] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)  # videos not complete in the input: their status
     seconds: float = 0.0
-
-    @property
-    def failed(self) -> list[VideoResult]:
-        return [r for r in self.results if r.status == st.FAILED]
-
-    @property
-    def frames(self) -> int:
-        return sum(r.frames for r in self.results if r.status == st.COMPLETE)
 
 
 def _same_store(a, b) -> bool:

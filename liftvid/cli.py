@@ -9,6 +9,7 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
+from .io.store import PCA_FIT_FRAMES, PCA_FIT_VIDEOS
 from .io.video import DEFAULT_FPS, RESIZE_HELP
 
 try:  # Typer ≥ 0.22 carries its own copy of click; older ones use click itself
@@ -190,7 +191,7 @@ def extract(
     workers: Annotated[Optional[int], typer.Option(help="Local processes for --scheduler processes.", min=1)] = None,
     quantize: Annotated[Optional[str], typer.Option(help="Store int8 codes with a scale and offset per frame and channel (about half the bytes of float16; |error| <= scale/2).", show_default=False)] = None,
     pca: Annotated[Optional[int], typer.Option(help="Store K components of a store-wide uncentred PCA basis (fitted on the first videos before any is written); propagate and track run on them exactly as on the decoded features.", show_default=False)] = None,
-    pca_fit_frames: Annotated[int, typer.Option(help="Frames the --pca basis is fitted on, an equal share evenly spaced through each of the first 8 videos.", min=1)] = 256,
+    pca_fit_frames: Annotated[int, typer.Option(help=f"Frames the --pca basis is fitted on, an equal share evenly spaced through each of the first {PCA_FIT_VIDEOS} videos.", min=1)] = PCA_FIT_FRAMES,
 ) -> None:
     """Decode videos, run the ViT (+ LiFT) in batches and write dense features to a Zarr store.
 
@@ -297,7 +298,7 @@ def recode(
     quantize: Annotated[Optional[str], typer.Option(help="int8: codes with a scale and offset per frame and channel.", show_default=False)] = None,
     pca: Annotated[Optional[int], typer.Option(help="K: components of a basis fitted on SOURCE's first videos.", show_default=False)] = None,
     plain: Annotated[bool, typer.Option("--plain", help="Decode back to plain floats (the store's feature dtype).")] = False,
-    pca_fit_frames: Annotated[int, typer.Option(help="Frames the --pca basis is fitted on.", min=1)] = 256,
+    pca_fit_frames: Annotated[int, typer.Option(help="Frames the --pca basis is fitted on.", min=1)] = PCA_FIT_FRAMES,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a STORE written with another configuration or encoding.")] = False,
 ) -> None:
     """Rewrite a store's features with another encoding (--quantize int8, --pca K or --plain), chunk by chunk.

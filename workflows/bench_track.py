@@ -54,7 +54,10 @@ def report(stage: str, seconds: float, n_queries: int, n_frames: int, grid: int,
           f"   {flop / seconds / 1e12:7.2f} similarity TFLOP/s", flush=True)
 
 
-def write_store(path: Path, video_id: str, n_frames: int, grid: int, channels: int) -> None:
+def begin_random_store(path: Path, video_id: str, n_frames: int, grid: int, channels: int):
+    """A new store at ``path`` of one video group ``video_id`` ready for ``(n_frames, grid, grid,
+    channels)`` float16 features (a synthetic backbone; every cell :data:`PIXELS_PER_CELL` source
+    pixels). Returns the group; fill its ``features``, then ``st.mark_complete`` it."""
     bb = {"name": "bench", "timm_name": "random", "weights": "random", "weights_sha256": None, "layer": -1,
           "facet": "key", "patch_size": 16, "channels": channels}
     config = st.make_config(bb, None, f"square:{grid * PIXELS_PER_CELL}", [0.5] * 3, [0.5] * 3,
@@ -64,8 +67,12 @@ def write_store(path: Path, video_id: str, n_frames: int, grid: int, channels: i
     info = {"source": "random", "source_kind": "file", "source_size": [size, size], "frame_size": [size, size],
             "grid_size": [grid, grid], "fps": 25.0, "source_frames": n_frames,
             "sampling": {"stride": 1, "max_frames": None}}
-    group = st.begin_video(root, video_id, info, n_frames, (grid, grid), channels, np.arange(n_frames),
-                           np.arange(n_frames) / 25.0)
+    return st.begin_video(root, video_id, info, n_frames, (grid, grid), channels, np.arange(n_frames),
+                          np.arange(n_frames) / 25.0)
+
+
+def write_store(path: Path, video_id: str, n_frames: int, grid: int, channels: int) -> None:
+    group = begin_random_store(path, video_id, n_frames, grid, channels)
     step = group["features"].chunks[0] * max(1, 64 // group["features"].chunks[0])
     for a in range(0, n_frames, step):
         b = min(a + step, n_frames)

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent.parent
-PIXELS_PER_CELL = 4
+PIXELS_PER_CELL = 4  # source pixels per cell: bench_track.PIXELS_PER_CELL, whose store this writes
 DEFAULT_CASES = "1x73,137x73,1370x73,13700x73"  # baseline, then 10k, 100k, 1M point-frames
 
 # runs one command and reports its peak RSS: the wrapper has no other child, so RUSAGE_CHILDREN is its
@@ -40,19 +40,10 @@ _WRAPPER = ("import resource, subprocess, sys, time; t = time.perf_counter(); rc
 def write_store(path: Path, n_frames: int, grid: int, channels: int, seed: int = 0) -> None:
     """A one-video store ``bench`` of random float16 features, written with liftvid's store helpers."""
     sys.path.insert(0, str(HERE))
+    from bench_track import begin_random_store  # beside this file; imports liftvid from HERE
     from liftvid import store as st
 
-    bb = {"name": "bench", "timm_name": "random", "weights": "random", "weights_sha256": None, "layer": -1,
-          "facet": "key", "patch_size": 16, "channels": channels}
-    config = st.make_config(bb, None, f"square:{grid * PIXELS_PER_CELL}", [0.5] * 3, [0.5] * 3,
-                            feature_stride=PIXELS_PER_CELL)
-    root = st.init_store(path, config, overwrite=True)
-    size = grid * PIXELS_PER_CELL
-    info = {"source": "random", "source_kind": "file", "source_size": [size, size], "frame_size": [size, size],
-            "grid_size": [grid, grid], "fps": 25.0, "source_frames": n_frames,
-            "sampling": {"stride": 1, "max_frames": None}}
-    group = st.begin_video(root, "bench", info, n_frames, (grid, grid), channels, np.arange(n_frames),
-                           np.arange(n_frames) / 25.0)
+    group = begin_random_store(path, "bench", n_frames, grid, channels)
     rng = np.random.default_rng(seed)
     step = group["features"].chunks[0]
     for a in range(0, n_frames, step):

@@ -399,6 +399,7 @@ def propagate(
     scheduler: Annotated[str, typer.Option(help="threads, processes, sync or tcp://host:port (a dask.distributed scheduler).")] = "threads",
     workers: Annotated[Optional[int], typer.Option(help="Local worker threads/processes (default: one per core).", min=1)] = None,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu.")] = "auto",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace <out>/<video_id>/ folders and overlays that liftvid did not write (by default only its own earlier results are replaced; inputs never are).")] = False,
 ) -> None:
     """Propagate first-frame object masks through each video by feature affinity; DAVIS PNGs out.
 
@@ -412,7 +413,8 @@ def propagate(
     if not masks.exists():
         fail(f"{masks}: no such mask file or folder")
     options = PropagateOptions(n_last=n_last, topk=topk, radius=radius, temperature=temperature,
-                               start_frame=start_frame, overlay=overlay, write_store=store_masks, device=device)
+                               start_frame=start_frame, overlay=overlay, write_store=store_masks, device=device,
+                               overwrite=overwrite)
     from rich.progress import Progress
 
     try:
@@ -437,6 +439,9 @@ def propagate(
         table.add_row(escape(r.video_id), str(r.frames) if ok else "-", str(r.objects) if ok else "-",
                       f"{r.seconds:.2f}" if ok else "-", "[green]complete[/]" if ok else f"[red]failed[/]: {escape(str(r.error))}")
     con.print(table)
+    for r in summary.results:
+        if r.note:
+            con.print(f"[yellow]note:[/] {escape(r.video_id)}: {escape(r.note)}")
     done = len(summary.results) - len(summary.failed)
     rate = summary.frames / summary.seconds if summary.seconds else 0.0
     con.print(f"{_esc(out)}: {plural(done, 'video')}, {plural(summary.frames, 'frame')} in {summary.seconds:.1f} s ({rate:,.1f} frames/s); "
@@ -444,6 +449,10 @@ def propagate(
     if summary.unmatched_masks:
         names = ", ".join(summary.unmatched_masks[:8]) + (" …" if len(summary.unmatched_masks) > 8 else "")
         con.print(f"[yellow]note:[/] masks for {plural(len(summary.unmatched_masks), 'video')} not in the store: {escape(names)}")
+    if summary.without_masks:
+        names = ", ".join(summary.without_masks[:8]) + (" …" if len(summary.without_masks) > 8 else "")
+        con.print(f"[yellow]note:[/] no mask in {_esc(masks)} for {plural(len(summary.without_masks), 'video')} of the "
+                  f"store, not propagated: {escape(names)}")
     if summary.failed:
         raise typer.Exit(1)
 
@@ -513,6 +522,7 @@ def track(
     frame_chunk: Annotated[Optional[int], typer.Option(help="Frames per chunk (default: from the memory budget).", min=1)] = None,
     memory_mb: Annotated[Optional[int], typer.Option("--memory-mb", help="Memory budget of the tracking, shared by the tasks running at once; queries and frames are cut into pieces that fit it (default 512).", min=1)] = None,
     write_store: Annotated[bool, typer.Option("--write-store/--no-write-store", help="Also write <video>/tracks into the store.")] = True,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an --out CSV or overlay that liftvid did not write (by default only its own earlier output is replaced; inputs never are).")] = False,
 ) -> None:
     """Follow query points through each video by dense feature matching, as Dask jobs."""
     from rich.console import Console
@@ -526,7 +536,8 @@ def track(
     try:
         options = TrackOptions(chain=chain, **{k: v for k, v in given.items() if v is not None})
         summary = track_store(store, queries, out, options=options, scheduler=scheduler, workers=workers,
-                              overlay=overlay, device=None if device == "auto" else device, write_store=write_store)
+                              overlay=overlay, device=None if device == "auto" else device, write_store=write_store,
+                              overwrite=overwrite)
     except ValueError as exc:
         fail(str(exc))
     shown = 20

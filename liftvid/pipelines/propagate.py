@@ -17,17 +17,20 @@ import numpy as np
 
 from .. import jobs, viz
 from ..io import store as st
-from ..io.outputs import PARTIAL, partial_folder, refuse_over_inputs, replace_folder, replace_node, written_whole
+from ..io.outputs import (PARTIAL, OutputError, claim_output, partial_folder, refuse_over_inputs, replace_folder,
+                          replace_node, written_whole)
 from ..io.masks import MAX_OBJECTS, MaskError, find_mask, frame_name, mask_ids, read_mask, write_mask
 from ..io.encode import write_video
 from ..io.tables import stored_position
-from ..io.video import read_source_frames
+from ..io.video import VideoInputError, read_source_frames
 from ..models.extractor import resolve_device
 from ..ops.propagate import N_LAST, RADIUS, TEMPERATURE, TOPK, iter_propagate, labels_to_masks, masks_to_labels
 
 MASKS_ARRAY = "masks"
 MASK_DIMS = ("frame", "height", "width")
 MASK_CHUNK_BYTES = 4 << 20
+RESULT_KIND = "propagate masks"  # the kind of output a results folder <out>/<video>/ is (io.outputs)
+OVERLAY_KIND = "propagate overlay"
 
 
 class PropagateError(ValueError):
@@ -50,6 +53,8 @@ class PropagateOptions:
     """Also write the video's ``masks (T, H, W) uint8`` array into the store."""
     device: str = "auto"
     chunk_frames: int | None = None
+    overwrite: bool = False
+    """Replace ``<out>/<video_id>/`` folders and overlays that liftvid did not write (never an input)."""
 
     def protocol(self) -> dict:
         return {"n_last": self.n_last, "topk": self.topk, "radius": self.radius, "temperature": self.temperature,
@@ -68,6 +73,8 @@ class VideoPropagation:
     error: str | None = None
     masks_dir: str | None = None
     overlay: str | None = None
+    note: str | None = None
+    """Something the user should know about a complete video (an overlay that was skipped, and why)."""
 
 
 @dataclass
@@ -79,6 +86,8 @@ class PropagateSummary:
     results: list[VideoPropagation] = field(default_factory=list)
     unmatched_masks: list[str] = field(default_factory=list)
     """Mask ids of the masks source with no video of that name in the store."""
+    without_masks: list[str] = field(default_factory=list)
+    """Complete videos of the store the masks folder has no mask for (left alone when no ``videos`` were named)."""
     seconds: float = 0.0
 
     @property
@@ -177,8 +186,13 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
         raise MaskError(f"{mask_path}: {n_objects} objects, at most {MAX_OBJECTS}")
     labels = masks_to_labels(mask, (h, w), n_objects)
     device = resolve_device(options.device or "auto")
-    frames = (read_source_frames(info.video_source(video_id, store_path), frame_index[pos:], info.source_size,
-                                 info.fps) if options.overlay else None)
+    frames, note = None, None
+    if options.overlay:
+        try:  # the overlay is a by-product: without the source frames the masks are still written
+            frames = read_source_frames(info.video_source(video_id, store_path), frame_index[pos:], info.source_size,
+                                        info.fps)
+        except VideoInputError as exc:
+            note = f"overlay skipped ({exc}); the masks are written"
 
     # results are built beside the old ones and swapped in when complete: a failure keeps the old
     final = Path(out_dir) / video_id
@@ -210,10 +224,10 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
 
     overlay = None
     try:
-        if options.overlay:
+        if frames is not None:
             fps = info.stored_fps
             overlay = Path(out_dir) / f"{video_id}.mp4"
-            with written_whole(overlay) as tmp:
+            with written_whole(overlay, OVERLAY_KIND) as tmp:
                 write_video(tmp, (viz.mask_overlay(frame, m) for (_, m), frame in zip(masks_out(), frames)), fps=fps)
         else:
             for _ in masks_out():
@@ -225,13 +239,41 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
         raise PropagateError(f"{video_id}: cannot write its results ({exc.strerror or exc}, in "
                              f"{exc.filename or out_dir}); the previous results are kept") from None
     replace_folder(out, final, {"video_id": video_id, "store": str(store_path), "mask": str(mask_path),
-                                "start_frame": int(options.start_frame), "frames": int(T - pos)})
+                                "start_frame": int(options.start_frame), "frames": int(T - pos)},
+                   RESULT_KIND, overwrite=options.overwrite)
     if store_masks is not None:
         replace_node(group, partial, MASKS_ARRAY)
         group[MASKS_ARRAY].attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}  # the completion mark, last
     return VideoPropagation(video_id, "complete", frames=T - pos, objects=n_objects,
                             seconds=time.perf_counter() - t0, masks_dir=str(final),
-                            overlay=str(overlay) if overlay else None)
+                            overlay=str(overlay) if overlay else None, note=note)
+
+
+def _video_sources(root, videos: list[str], store_path) -> dict[str, str]:
+    """``label -> path`` of the local sources the store recorded for ``videos`` (inputs no output may touch)."""
+    sources = {}
+    for vid in videos:
+        with contextlib.suppress(Exception):  # a damaged group is reported by its task, not here
+            info = st.read_video_info(root, vid)
+            if info.source:
+                sources[f"source of video {vid}"] = info.source
+                sources[f"source of video {vid} (found)"] = str(info.video_source(vid, store_path).path)
+    return sources
+
+
+def claim_results(out_dir: str | Path, video_ids: list[str], inputs: dict, options: PropagateOptions) -> None:
+    """Refuse, before any work, a results folder or overlay this run may not write (the rule of
+    :func:`liftvid.io.outputs.claim_output`): ``out_dir`` holding or inside an input, or an existing
+    ``<out_dir>/<video>/`` (``<video>.mp4``) that liftvid did not write as propagate's results.
+
+    Raises:
+        OutputError: one line naming the path, why, and what to do.
+    """
+    refuse_over_inputs(out_dir, inputs, folder=True)
+    for vid in video_ids:
+        claim_output(Path(out_dir) / vid, RESULT_KIND, inputs, overwrite=options.overwrite, folder=True)
+        if options.overlay:
+            claim_output(Path(out_dir) / f"{vid}.mp4", OVERLAY_KIND, inputs, overwrite=options.overwrite)
 
 
 def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Path,
@@ -271,12 +313,21 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
     if options.write_store and st.is_url(store_path) and str(store_path).startswith("memory://") \
             and scheduler == "processes":
         raise ValueError("a memory:// store is not shared with worker processes; use --scheduler threads")
-    refuse_over_inputs(out_dir, {"masks": masks, "store": st.local_path(store_path)})
+    inputs = {"masks": masks, "store": st.local_path(store_path)}
+    refuse_over_inputs(out_dir, inputs, folder=True)
     complete = st.list_videos(root)
     todo = list(videos) if videos else complete
     summary = PropagateSummary(str(store_path), str(out_dir))
     if not todo:
         raise ValueError(f"{store_path}: no complete video in the store (see `liftvid info {store_path}`)")
+    if not videos and Path(masks).is_dir():
+        # no --video: the videos are those the masks are for; the others are listed, not failed
+        annotated = set(mask_ids(masks))
+        summary.without_masks = [vid for vid in todo if vid not in annotated]
+        todo = [vid for vid in todo if vid in annotated]
+        if not todo:
+            raise ValueError(f"{masks}: no mask for any of the {len(complete)} complete videos of {store_path} "
+                             f"(e.g. {complete[0]}); masks are named <video id>.png or <video id>/<frame>.png")
     scale = upsampling_scale(st.read_config(root))
     tasks, failed = {}, {}
     for vid in todo:
@@ -287,6 +338,7 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
             failed[vid] = str(exc)
             continue
         tasks[vid] = (str(store_path), vid, str(path), str(out_dir), options, scale)
+    claim_results(out_dir, list(tasks), {**inputs, **_video_sources(root, list(tasks), store_path)}, options)
     if not (Path(masks).is_file() and len(todo) == 1):
         summary.unmatched_masks = [m for m in mask_ids(masks) if m not in root]
     def outcome(vid: str, res: Any) -> VideoPropagation:

@@ -30,7 +30,7 @@ import numpy as np
 from .. import jobs, viz
 from ..io import store as st
 from ..io.encode import write_video
-from ..io.outputs import PARTIAL, OutputError, refuse_over_inputs, replace_node, written_whole
+from ..io.outputs import PARTIAL, OutputError, claim_output, record_file, replace_node, written_whole
 from ..io.tables import QueryRow, read_queries_csv, stored_position, write_tracks_csv
 from ..io.video import read_source_frames
 from ..ops.device import resolve_device
@@ -349,9 +349,13 @@ def write_overlay(path: Path, info: st.VideoInfo, frame_index: np.ndarray, posit
     source = info.video_source(store=store)
     frames = (viz.track_overlay(f, positions, visible, t) for t, f in
               enumerate(read_source_frames(source, frame_index, info.source_size, info.fps)))
-    with written_whole(path) as tmp:
+    with written_whole(path, OVERLAY_KIND) as tmp:
         write_video(tmp, frames, fps=info.stored_fps)
     return path
+
+
+CSV_KIND = "tracks csv"  # the kinds of output track writes (io.outputs.claim_output)
+OVERLAY_KIND = "track overlay"
 
 
 def overlay_path(out_csv: Path, video_id: str) -> Path:
@@ -362,7 +366,7 @@ def overlay_path(out_csv: Path, video_id: str) -> Path:
 def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | Path,
                 options: TrackOptions | None = None, scheduler: str = "threads",
                 workers: int | None = None, chain: bool | None = None, overlay: bool = False,
-                device: str | None = None, write_store: bool = True) -> TrackSummary:
+                device: str | None = None, write_store: bool = True, overwrite: bool = False) -> TrackSummary:
     """Track the points of a queries CSV through the videos of a liftvid store.
 
     Args:
@@ -379,6 +383,7 @@ def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | 
         overlay: also write ``<out stem>_<video>.mp4`` per video, source frames with trails.
         device: torch device of the tasks (default CUDA when present).
         write_store: also write each video's ``tracks`` group into the store.
+        overwrite: replace an ``out_csv`` or overlay that liftvid did not write (never an input).
 
     Returns:
         :class:`TrackSummary`: skipped queries (named with their reason) and failed videos.
@@ -397,9 +402,17 @@ def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | 
     root = st.open_root(store_path)
     if out_csv.is_dir():
         raise OutputError(f"--out {out_csv}: is a folder; give the tracks CSV file to write, e.g. {out_csv / 'tracks.csv'}")
-    refuse_over_inputs(out_csv, {"queries file": queries_csv, "store": st.local_path(store_path)})
+    inputs = {"queries file": queries_csv, "store": st.local_path(store_path)}
+    claim_output(out_csv, CSV_KIND, inputs, overwrite=overwrite)
     rows = read_queries_csv(queries_csv)
     plan, skipped = plan_queries(root, rows)
+    if overlay:  # the source videos are inputs too; every overlay is checked before any work
+        for job in plan:
+            info = st.read_video_info(root, job.video_id)
+            sources = {f"source of video {job.video_id}": info.source,
+                       f"source of video {job.video_id} (found)": str(info.video_source(job.video_id, store_path).path)}
+            claim_output(overlay_path(out_csv, job.video_id), OVERLAY_KIND, {**inputs, **sources},
+                         overwrite=overwrite, option="--overlay")
     summary = TrackSummary(out_csv=out_csv, skipped=skipped)
     if not plan:
         first = f"; first: {skipped[0]}" if skipped else ""
@@ -464,6 +477,7 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
             summary.frames[job.video_id] = job.n_frames
         try:
             write_tracks_csv(out_csv, _stream_csv_results(done, options.max_chunk_bytes))
+            record_file(out_csv, CSV_KIND)  # a rerun may replace it: liftvid wrote it
         except OSError as exc:
             raise OutputError(f"{out_csv}: cannot write the tracks ({exc.strerror or exc}); the previous file, if "
                               "any, is kept") from None

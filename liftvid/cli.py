@@ -114,6 +114,22 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+_OVERWRITE_HELP = ("Replace {what} even when liftvid did not write it (by default only liftvid's own earlier "
+                   "output is replaced); an input is never replaced.")
+
+
+def _claim(path, kind: str, inputs: dict, overwrite: bool, option: str = "--out", folder: bool = False) -> None:
+    """The output rule (:func:`liftvid.io.outputs.claim_output`) before any work: a refusal is one error line."""
+    from .io.outputs import OutputError, claim_output
+
+    if path is None:
+        return
+    try:
+        claim_output(path, kind, inputs, overwrite=overwrite, option=option, folder=folder)
+    except OutputError as exc:
+        fail(str(exc))
+
+
 # ---- extract / info (issue 2) -------------------------------------------------------------------
 
 
@@ -372,11 +388,19 @@ def sample(
     width: Annotated[int, typer.Option(help="Frame width in pixels.", min=8)] = 320,
     fps: Annotated[float, typer.Option(help="Frame rate.")] = DEFAULT_FPS,
     seed: Annotated[int, typer.Option(help="Texture seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP.format(what="OUT"))] = False,
 ) -> None:
     """Write a synthetic sample video (a moving texture) to try liftvid without data."""
     from .io.encode import write_synthetic_video
+    from .io.outputs import written_whole
 
-    write_synthetic_video(out, n_frames=frames, height=height, width=width, fps=fps, seed=seed)
+    kind = "sample video"
+    _claim(out, kind, {}, overwrite, option="OUT")
+    try:
+        with written_whole(out, kind) as tmp:
+            write_synthetic_video(tmp, n_frames=frames, height=height, width=width, fps=fps, seed=seed)
+    except OSError as exc:
+        fail(f"{out}: cannot write it ({exc.strerror or exc})")
     typer.echo(f"{out}: {frames} frames, {height}×{width}, {fps:g} fps")
 
 
@@ -465,18 +489,26 @@ def eval_davis(
     sequence: Annotated[Optional[list[str]], typer.Option(help="Only this sequence (repeatable).")] = None,
     resolution: Annotated[str, typer.Option(help="Annotation resolution folder.")] = "480p",
     csv_dir: Annotated[Optional[Path], typer.Option(help="Where to write the toolkit's two CSVs (default: the results folder).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP.format(what="the two CSVs"))] = False,
 ) -> None:
     """DAVIS-2017 semi-supervised J&F (the official toolkit's definitions): per sequence and overall."""
     from rich.table import Table
 
-    from .io.tables import write_davis_csv
-    from .pipelines.evaluate import evaluate_davis
+    from .io.tables import DAVIS_CSV_KIND, davis_csv_paths, write_davis_csv
+    from .pipelines.evaluate import davis_sequences, evaluate_davis
 
     con = console()  # lines are not wrapped when not a terminal
     if not results.is_dir():
         fail(f"{results}: results folder not found")
     if not davis.is_dir():
         fail(f"{davis}: DAVIS folder not found")
+    try:  # the CSVs go beside the sequences' results, never into them or into DAVIS
+        inputs = {"DAVIS folder": davis, **{f"results of {seq}": results / seq
+                                            for seq in sequence or davis_sequences(davis, subset, resolution)}}
+    except ValueError as exc:
+        fail(str(exc))
+    for path in davis_csv_paths(csv_dir or results, subset):
+        _claim(path, DAVIS_CSV_KIND, inputs, overwrite, option="--csv-dir")
     try:
         with con.status("evaluating …"):
             report = evaluate_davis(results, davis, subset=subset, sequences=sequence, resolution=resolution)
@@ -565,6 +597,7 @@ def eval_tapvid(
     query_mode: Annotated[str, typer.Option(help="first or strided: how the queries were sampled.")] = "first",
     store: Annotated[Optional[str], typer.Option(help="Store the tracks came from: its source sizes scale the pixels (default: the pickle's frame size).")] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write per-video and mean metrics as JSON.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP.format(what="the --json file"))] = False,
 ) -> None:
     """TAP-Vid metrics: average Jaccard, <δ^x_avg (1-16 px at 256×256) and occlusion accuracy."""
 
@@ -574,7 +607,11 @@ def eval_tapvid(
     from .io.outputs import write_json_whole
     from .pipelines.evaluate import evaluate_tapvid, store_source_sizes
 
+    TAPVID_JSON_KIND = "tapvid metrics json"
+
     console = Console(highlight=False, soft_wrap=True)
+    _claim(json_out, TAPVID_JSON_KIND, {"tracks CSV": tracks, "TAP-Vid pickle": gt, "store": store}, overwrite,
+           option="--json")
     try:
         sizes = store_source_sizes(store) if store is not None else None
         report = evaluate_tapvid(tracks, gt, query_mode=query_mode, source_sizes=sizes)
@@ -596,7 +633,7 @@ def eval_tapvid(
                       f"not evaluated: {_esc(', '.join(report.missing_videos[:8]))}")
     if json_out:
         write_json_whole(json_out, {"query_mode": query_mode, "mean": report.mean, "per_video": report.per_video,
-                                    "missing_videos": report.missing_videos})
+                                    "missing_videos": report.missing_videos}, TAPVID_JSON_KIND)
 
 
 @eval_app.command("tapvid-queries")
@@ -605,12 +642,13 @@ def eval_tapvid_queries(
     out: Annotated[Path, typer.Option(help="Queries CSV to write (video_id,t,x,y) for `liftvid track`.", show_default=False)],
     query_mode: Annotated[str, typer.Option(help="first or strided (TAP-Vid's sampling).")] = "first",
     frames: Annotated[Optional[Path], typer.Option(help="Also write each video's frames as PNGs into FRAMES/<video>/ for `liftvid extract`.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP.format(what="the --out CSV or a FRAMES/<video>/ folder"))] = False,
 ) -> None:
     """Write TAP-Vid's queries, in its order, as a queries CSV (and optionally its frames)."""
     from .io.tables import write_tapvid_queries
 
     try:
-        counts = write_tapvid_queries(gt, out, query_mode=query_mode, frames_dir=frames)
+        counts = write_tapvid_queries(gt, out, query_mode=query_mode, frames_dir=frames, overwrite=overwrite)
     except ValueError as exc:
         fail(str(exc))
     typer.echo(f"{out}: {plural(sum(counts.values()), 'query', 'queries')} in {plural(len(counts), 'video')} ({query_mode})"
@@ -743,9 +781,26 @@ _VizVideo = Annotated[str, typer.Option("--video", help="Video id in the store (
 _VizOut = Annotated[Path, typer.Option("--out", help="Output file: .mp4, .gif or .png.", show_default=False)]
 _VizFrames = Annotated[Optional[str], typer.Option(help="Frames to draw, by source frame number (from 0, as `track`'s t and `propagate --start-frame`): N, N,M,… or START:STOP[:STEP]. Default: every stored frame.")]
 _VizFps = Annotated[Optional[float], typer.Option(help="Frame rate of an .mp4/.gif. Default: the stored frames' rate.")]
+_VizOverwrite = Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP.format(what="--out"))]
+VIZ_KIND = "viz picture"
 
 
-def _viz_write(store: str, video: str, out: Path, frames: Optional[str], fps: Optional[float], make) -> None:
+def _viz_inputs(store: str, video: str) -> dict:
+    """The store and the video's source: a picture may not be written over either."""
+    from .io import store as st
+
+    inputs = {"store": st.local_path(store)}
+    try:
+        info = st.read_video_info(st.open_root(store), video)
+        inputs[f"source of video {video}"] = info.source
+        inputs[f"source of video {video} (found)"] = str(info.video_source(video, store).path)
+    except Exception:  # a missing store or video is reported by the command itself, with its own line
+        pass
+    return inputs
+
+
+def _viz_write(store: str, video: str, out: Path, frames: Optional[str], fps: Optional[float], make,
+               overwrite: bool = False) -> None:
     """Open the video, pick the frames, render and write; every bad input is one error line."""
     from . import viz
     from .pipelines import render
@@ -753,9 +808,10 @@ def _viz_write(store: str, video: str, out: Path, frames: Optional[str], fps: Op
 
     try:
         viz.check_output(out)
+        _claim(out, VIZ_KIND, _viz_inputs(store, video), overwrite)
         ds = open_store(store)[video]
         picked = viz.parse_frames(frames, ds["frame_index"].values)
-        path = viz.write_frames(out, make(ds, picked), fps or render.video_fps(ds))
+        path = viz.write_frames(out, make(ds, picked), fps or render.video_fps(ds), kind=VIZ_KIND)
     except ValueError as exc:
         fail(str(exc))
     except OSError as exc:  # a read-only folder, a full disk: nothing half-written is left
@@ -765,7 +821,8 @@ def _viz_write(store: str, video: str, out: Path, frames: Optional[str], fps: Op
 
 @viz_app.command("pca")
 def viz_pca(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames = None, fps: _VizFps = None,
-            with_source: Annotated[bool, typer.Option("--with-source", help="Put the source frame beside each PCA frame.")] = False) -> None:
+            with_source: Annotated[bool, typer.Option("--with-source", help="Put the source frame beside each PCA frame.")] = False,
+            overwrite: _VizOverwrite = False) -> None:
     """Colour features by their first three principal components, at the source size.
 
     The components are fitted over the whole video, so a colour means the same feature in every frame.
@@ -774,14 +831,15 @@ def viz_pca(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames
     """
     from .pipelines import render
 
-    _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_pca(ds, picked, with_source))
+    _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_pca(ds, picked, with_source), overwrite)
 
 
 @viz_app.command("similarity")
 def viz_similarity(store: _VizStore, video: _VizVideo, out: _VizOut,
                    point: Annotated[str, typer.Option(help="Query point X,Y,T: source pixels (0,0 = top-left corner) in source frame number T (a stored frame).", show_default=False)],
                    frames: _VizFrames = None, fps: _VizFps = None,
-                   on_source: Annotated[bool, typer.Option("--on-source/--no-source", help="Draw the heat-map over the source frames, or alone.")] = True) -> None:
+                   on_source: Annotated[bool, typer.Option("--on-source/--no-source", help="Draw the heat-map over the source frames, or alone.")] = True,
+                   overwrite: _VizOverwrite = False) -> None:
     """Heat-map of the cosine similarity of every cell to the feature at one point.
 
     Example: liftvid viz similarity out.zarr --video bear --point 320,200,0 --out sim.mp4
@@ -794,24 +852,26 @@ def viz_similarity(store: _VizStore, video: _VizVideo, out: _VizOut,
             raise ValueError
     except ValueError:
         fail(f"--point {point!r}: expected X,Y,T, e.g. --point 320,200,0 (T a source frame number)")
-    _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_similarity(ds, x, y, render.position_of_frame(ds, int(t), f"--point {point!r}: frame {int(t)}"), picked, on_source))
+    _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_similarity(ds, x, y, render.position_of_frame(ds, int(t), f"--point {point!r}: frame {int(t)}"), picked, on_source), overwrite)
 
 
 @viz_app.command("masks")
-def viz_masks(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames = None, fps: _VizFps = None) -> None:
+def viz_masks(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames = None, fps: _VizFps = None,
+              overwrite: _VizOverwrite = False) -> None:
     """Overlay the masks `liftvid propagate` stored for the video on its source frames (DAVIS colours)."""
     from .pipelines import render
 
-    _viz_write(store, video, out, frames, fps, render.render_masks)
+    _viz_write(store, video, out, frames, fps, render.render_masks, overwrite)
 
 
 @viz_app.command("tracks")
 def viz_tracks(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames = None, fps: _VizFps = None,
-               trail: Annotated[int, typer.Option(help="Frames of trail behind each point.", min=0)] = 12) -> None:
+               trail: Annotated[int, typer.Option(help="Frames of trail behind each point.", min=0)] = 12,
+               overwrite: _VizOverwrite = False) -> None:
     """Draw the tracks `liftvid track` stored for the video, with trails, on its source frames."""
     from .pipelines import render
 
-    _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_tracks(ds, picked, trail))
+    _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_tracks(ds, picked, trail), overwrite)
 
 
 # ---- cluster (issue 6) --------------------------------------------------------------------------
@@ -881,7 +941,8 @@ def bench(
     feature_dtype: Annotated[str, typer.Option(help="Stored features: float16 or float32.")] = "float16",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT.")] = False,
     shard: Annotated[bool, typer.Option("--shard", help="One-frame chunks inside batch-sized shards.")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers as JSON.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers as JSON (with what `auto` resolved to: device, precision, batch).")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP.format(what="the --json file"))] = False,
 ) -> None:
     """Measure decode, model, write, end-to-end and a naive reference side by side, in frames/s."""
 
@@ -890,7 +951,10 @@ def bench(
     from .io.outputs import write_json_whole
     from .pipelines.bench import BenchOptions, run_benchmark
 
+    BENCH_JSON_KIND = "bench json"
+
     out = console()
+    _claim(json_out, BENCH_JSON_KIND, {f"input {i}": p for i, p in enumerate(inputs)}, overwrite, option="--json")
     options = BenchOptions(backbone=backbone, weights=weights, lift=lift, resize=resize, batch_size=batch_size,
                            device=device, min_frames=min_frames, decode_workers=decode_workers,
                            decode_threads=decode_threads,
@@ -900,8 +964,10 @@ def bench(
         result = run_benchmark(inputs, options, report=lambda stage, fps: out.print(f"  {stage:<11} {fps:12,.1f} frames/s"))
     except ValueError as exc:
         fail(str(exc))
-    table = Table(title=f"liftvid bench: {_esc(backbone)} {'+ LiFT ' if lift else ''}{_esc(resize)}, batch {batch_size}, "
-                        f"{precision}{', compiled' if compile_model else ''}, {result.device}, {result.frames} frames")
+    ran = result.resolved  # what `auto` resolved to
+    table = Table(title=f"liftvid bench: {_esc(backbone)} {'+ LiFT ' if lift else ''}{_esc(resize)}, batch {ran['batch_size']}, "
+                        f"{ran['precision']}{', compiled' if compile_model else ''}, {ran['device']} "
+                        f"({_esc(ran['device_name'])}), {result.frames} frames")
     table.add_column("stage")
     table.add_column("frames/s", justify="right")
     for name, value in [("(a) decode only", result.decode_fps), ("(b) model only", result.model_fps),
@@ -912,7 +978,7 @@ def bench(
     out.print(f"(d)/(e) = {result.speedup_vs_naive:,.1f}×   (d)/min(a,b,c) = {result.fraction_of_bottleneck:.2f}"
                   f"   slowest stage: {result.bottleneck}")
     if json_out:
-        write_json_whole(json_out, result.to_dict())
+        write_json_whole(json_out, result.to_dict(), BENCH_JSON_KIND)
 
 
 if __name__ == "__main__":

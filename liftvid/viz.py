@@ -358,11 +358,12 @@ def montage(frames: Sequence[np.ndarray], columns: int | None = None, gap: int =
     return out
 
 
-def write_png(path: str | Path, image: np.ndarray, colours: int | None = None) -> Path:
+def write_png(path: str | Path, image: np.ndarray, colours: int | None = None, kind: str | None = None) -> Path:
     """One ``(H, W, 3) uint8`` image to a PNG (or JPEG by suffix); parent folders are created.
 
     ``colours`` (≤ 256) stores a palette PNG of that many colours: several times smaller, for
-    pictures committed to a repository.
+    pictures committed to a repository. ``kind``: record the file as liftvid's output of that kind
+    (:func:`liftvid.io.outputs.written_whole`).
     """
     from PIL import Image
 
@@ -371,12 +372,12 @@ def write_png(path: str | Path, image: np.ndarray, colours: int | None = None) -
     image = Image.fromarray(np.ascontiguousarray(image, dtype=np.uint8))
     if colours:
         image = image.quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-    with written_whole(path) as tmp:
+    with written_whole(path, kind) as tmp:
         image.save(tmp, optimize=path.suffix.lower() == ".png")
     return path
 
 
-def write_gif(path: str | Path, frames: Iterable[np.ndarray], fps: float = 12.0) -> Path:
+def write_gif(path: str | Path, frames: Iterable[np.ndarray], fps: float = 12.0, kind: str | None = None) -> Path:
     """An animated GIF (looping) of ``(H, W, 3) uint8`` frames, one shared palette for stable colours."""
     from PIL import Image
 
@@ -390,18 +391,19 @@ def write_gif(path: str | Path, frames: Iterable[np.ndarray], fps: float = 12.0)
     sample = np.concatenate([np.asarray(im) for im in images[::step]], axis=0)
     palette = Image.fromarray(sample).quantize(GIF_MAX_COLOURS, method=Image.Quantize.MEDIANCUT)
     converted = [im.quantize(palette=palette, dither=Image.Dither.NONE) for im in images]
-    with written_whole(path) as tmp:
+    with written_whole(path, kind) as tmp:
         converted[0].save(tmp, save_all=True, append_images=converted[1:], duration=max(20, round(1000 / fps)),
                           loop=0, optimize=False)
     return path
 
 
-def write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: float = 12.0) -> Path:
+def write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: float = 12.0, kind: str | None = None) -> Path:
     """Write frames by the suffix of ``path``: ``.mp4``/``.mkv``/``.avi``/``.mov`` (PyAV), ``.gif``,
     or ``.png``/``.jpg`` (one frame as is, several as a :func:`montage`).
 
     The first frame is made before the file is opened, so an error in making it (a missing source,
-    say) leaves no broken file behind.
+    say) leaves no broken file behind. ``kind``: record the file as liftvid's output of that kind
+    (:func:`liftvid.io.outputs.written_whole`), so that a rerun may replace it.
     """
     check_output(path)
     frames = iter(frames)
@@ -413,13 +415,13 @@ def write_frames(path: str | Path, frames: Iterable[np.ndarray], fps: float = 12
     if suffix in VIDEO_SUFFIXES:
         from .io.encode import write_video
 
-        with written_whole(path) as tmp:
+        with written_whole(path, kind) as tmp:
             write_video(tmp, frames, fps=fps)
         return Path(path)
     if suffix == ".gif":
-        return write_gif(path, frames, fps)
+        return write_gif(path, frames, fps, kind=kind)
     frames = list(frames)
-    return write_png(path, frames[0] if len(frames) == 1 else montage(frames))
+    return write_png(path, frames[0] if len(frames) == 1 else montage(frames), kind=kind)
 
 
 def check_output(path: str | Path) -> Path:

@@ -311,10 +311,11 @@ def test_local_cluster_of_two_processes_gives_the_same_pngs_as_sync(oracle_store
 
 def test_bad_inputs_fail_their_video_only_with_a_named_reason(oracle_store, tmp_path):
     store, gt = oracle_store["store"], oracle_store["gt"]
-    # masks missing for one video: that video fails, named; the other is done
+    # masks missing for a video named with --video: that video fails, named; the other is done
+    # (without --video, a video with no mask is left alone and listed: test_newcomer_fixes.py)
     only_a = tmp_path / "only_a"
     write_mask(only_a / "a.png", gt["a"][0])
-    s = propagate_store(store, only_a, tmp_path / "o1", scheduler="sync")
+    s = propagate_store(store, only_a, tmp_path / "o1", videos=["a", "b"], scheduler="sync")
     by = {r.video_id: r for r in s.results}
     assert by["a"].status == "complete" and by["b"].status == "failed"
     assert "b: no mask" in by["b"].error
@@ -477,11 +478,11 @@ def test_cli_propagate_with_overlay_and_eval_davis(davis_run, tmp_path):
     res = runner.invoke(app, ["eval", "davis", str(tmp_path / "res"), "--davis", str(davis)])
     assert res.exit_code == 0, res.output
     assert "all objects" in res.output and (tmp_path / "res" / "per-sequence_results-val.csv").is_file()
-    # a video without masks: named, the other goes on, exit 1
+    # a video without masks, named with --video: named, the other goes on, exit 1
     one = tmp_path / "one"
     write_mask(one / "bear.png", read_mask(davis / "Annotations" / "480p" / "bear" / "00000.png"))
     res = runner.invoke(app, ["propagate", str(store), "--masks", str(one), "--out", str(tmp_path / "r2"),
-                              "--scheduler", "sync"])
+                              "--video", "bear", "--video", "car", "--scheduler", "sync"])
     assert res.exit_code == 1 and "car: no mask" in res.output and (tmp_path / "r2" / "bear" / "00004.png").is_file()
     res = runner.invoke(app, ["propagate", str(store), "--masks", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert res.exit_code == 1 and "no such mask file or folder" in res.output

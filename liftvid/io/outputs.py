@@ -352,3 +352,28 @@ def replace_node(group, partial: str, name: str) -> None:
         value = sync(store.get(key, prototype=default_buffer_prototype()))
         sync(store.set(f"{base}{name}/" + key[len(source_prefix):], value))
     sync(store.delete_dir(f"{base}{partial}"))
+
+
+def claim_store_path(path: str | os.PathLike, option: str = "STORE") -> None:
+    """The output rule for a store (``extract``, ``recode``): a local store path must be new, an
+    empty folder, or a Zarr store (its ``zarr.json``; whether it is liftvid's and of the same
+    configuration is the store's own check). A file, or a folder of other things, is refused —
+    writing a store into it would mix liftvid's files with the user's. URLs are not checked here.
+
+    Raises:
+        OutputError: one line naming the path, why, and what to do.
+    """
+    if _is_url(path) and not str(path).startswith("file://"):
+        return
+    p = Path(str(path).removeprefix("file://"))
+    if not os.path.lexists(p):
+        return
+    if not p.is_dir():
+        raise OutputError(f"{option} {path}: is a file, not a store; choose a new path for the store")
+    if (p / "zarr.json").is_file():
+        return
+    entries = sorted(e.name for e in os.scandir(p))
+    if entries:
+        shown = ", ".join(entries[:3]) + (", …" if len(entries) > 3 else "")
+        raise OutputError(f"{option} {path}: an existing folder that is not a Zarr store (it holds {shown}); "
+                          "liftvid writes a store only into a new path or an empty folder: choose another path")

@@ -226,9 +226,13 @@ def init_store(path: str | os.PathLike, config: dict, overwrite: bool = False):
 
     Raises:
         StoreError: the store exists with another configuration and ``overwrite`` is false.
+        OutputError: a local path that is a file or a non-empty folder that is not a Zarr store.
     """
     import zarr
 
+    from .outputs import claim_store_path
+
+    claim_store_path(path)  # never a store into a user's folder (zarr would create one there)
     target = zarr_target(path)
     try:
         root = zarr.open_group(target, mode="a", zarr_format=3)

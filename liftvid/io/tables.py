@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .outputs import written_whole
+from .outputs import claim_output, partial_folder, refuse_over_inputs, replace_folder, written_whole
 from ..ops.metrics import DAVIS_MEASURES, DavisReport, sample_tapvid_queries
 from ..ops.track import Tracks
 
@@ -173,19 +173,29 @@ def write_tracks_csv(path: Path, results: Iterable[tuple[str, Sequence[int], Tra
                                  for t, x, y, v, s in zip(frames, xs, ys, vis, score)]))
 
 
+DAVIS_CSV_KIND = "davis csv"  # kinds of output (io.outputs.claim_output)
+QUERIES_KIND = "tapvid queries"
+FRAMES_KIND = "tapvid frames"
+
+
+def davis_csv_paths(folder: str | Path, subset: str) -> tuple[Path, Path]:
+    """Where :func:`write_davis_csv` writes: ``global_results-<subset>.csv``, ``per-sequence_results-<subset>.csv``."""
+    folder = Path(folder)
+    return folder / f"global_results-{subset}.csv", folder / f"per-sequence_results-{subset}.csv"
+
+
 def write_davis_csv(report: DavisReport, folder: str | Path) -> tuple[Path, Path]:
     """The toolkit's two CSVs: ``global_results-<subset>.csv`` (the benchmark row) and
     ``per-sequence_results-<subset>.csv`` (``Sequence,J-Mean,F-Mean`` per object)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    g_path = folder / f"global_results-{report.subset}.csv"
-    s_path = folder / f"per-sequence_results-{report.subset}.csv"
+    g_path, s_path = davis_csv_paths(folder, report.subset)
     overall = report.overall()
-    with written_whole(g_path) as tmp, tmp.open("w", newline="") as fh:
+    with written_whole(g_path, DAVIS_CSV_KIND) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(DAVIS_MEASURES)
         w.writerow([f"{overall[m]:.6f}" for m in DAVIS_MEASURES])
-    with written_whole(s_path) as tmp, tmp.open("w", newline="") as fh:
+    with written_whole(s_path, DAVIS_CSV_KIND) as tmp, tmp.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["Sequence", "J-Mean", "F-Mean"])
         for o in report.objects:
@@ -322,21 +332,35 @@ def load_tapvid(path: str | Path, keep_video: bool = False) -> dict[str, TapVidV
 
 
 def write_tapvid_queries(gt_path: str | Path, out_csv: str | Path, query_mode: str = "first",
-                         frames_dir: str | Path | None = None) -> dict[str, int]:
+                         frames_dir: str | Path | None = None, overwrite: bool = False) -> dict[str, int]:
     """Write TAP-Vid's queries as a liftvid queries CSV (source pixels of the pickle's frames).
 
     The k-th row of a video is TAP-Vid's k-th query, so ``query`` numbers in the tracks CSV line up
     with :func:`evaluate_tapvid`. With ``frames_dir``, also write each video's frames as PNGs into
-    ``frames_dir/<video>/`` for ``liftvid extract`` (a folder of frames is one video).
+    ``frames_dir/<video>/`` for ``liftvid extract`` (a folder of frames is one video), each built
+    beside and swapped in whole. Outputs follow :func:`liftvid.io.outputs.claim_output` (checked
+    before anything is written): never the pickle, and only new paths, liftvid's own earlier
+    outputs, or with ``overwrite`` any other.
 
     Returns:
         queries per video.
+
+    Raises:
+        OutputError: an output that may not be written (one line naming it).
     """
+    inputs = {"TAP-Vid pickle": gt_path}
+    claim_output(out_csv, QUERIES_KIND, inputs, overwrite=overwrite)
+    if frames_dir is not None:
+        refuse_over_inputs(frames_dir, inputs, option="--frames", folder=True)
     videos = load_tapvid(gt_path, keep_video=frames_dir is not None)
+    if frames_dir is not None:
+        for name in videos:
+            claim_output(Path(frames_dir) / name, FRAMES_KIND, inputs, overwrite=overwrite, option="--frames",
+                         folder=True)
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     counts = {}
-    with written_whole(out_csv) as tmp, tmp.open("w", newline="") as f:
+    with written_whole(out_csv, QUERIES_KIND) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(("video_id", "t", "x", "y"))
         for name, v in videos.items():
@@ -350,10 +374,12 @@ def write_tapvid_queries(gt_path: str | Path, out_csv: str | Path, query_mode: s
         from PIL import Image
 
         for name, v in videos.items():
-            folder = Path(frames_dir) / name
-            folder.mkdir(parents=True, exist_ok=True)
+            final = Path(frames_dir) / name
+            folder = partial_folder(final)
             for i, frame in enumerate(v.frames()):
                 Image.fromarray(frame).save(folder / f"{i:05d}.png")
+            replace_folder(folder, final, {"video_id": name, "pickle": str(gt_path), "frames": len(v.video)},
+                           FRAMES_KIND, overwrite=overwrite)
     return counts
 
 

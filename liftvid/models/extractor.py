@@ -45,6 +45,12 @@ class FeatureExtractor(torch.nn.Module):
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    def resolved_precision(self) -> str:
+        """The precision the model runs in on its current device: ``auto`` is bf16 on CUDA, fp32 elsewhere."""
+        if self.precision != "auto":
+            return self.precision
+        return "bf16" if self.mean.device.type == "cuda" else "fp32"
+
     @property
     def pixels_per_cell(self) -> float:
         """Input pixels per output cell."""
@@ -67,7 +73,7 @@ class FeatureExtractor(torch.nn.Module):
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         device = self.mean.device
         frames = frames.to(device, non_blocking=True)
-        precision = self.precision if self.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+        precision = self.resolved_precision()
         with torch.autocast(device.type, dtype=_AUTOCAST.get(precision, torch.bfloat16), enabled=precision != "fp32"):
             feats = self.features(self.normalise(frames))
         return feats.permute(0, 2, 3, 1).to(getattr(torch, self.feature_dtype))

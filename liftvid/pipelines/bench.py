@@ -8,6 +8,7 @@ of (a), (b), (c): that ratio says whether the pipeline hides the stages behind e
 
 from __future__ import annotations
 
+import platform
 import shutil
 import tempfile
 import time
@@ -59,6 +60,8 @@ class BenchResult:
     write_fps: float = 0.0
     end_to_end_fps: float = 0.0
     naive_fps: float = 0.0
+    resolved: dict = field(default_factory=dict)
+    """What the options' ``auto`` values ran as: device (and its name), precision, batch size, decode threads."""
     details: dict = field(default_factory=dict)
 
     @property
@@ -235,6 +238,12 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
         scale = 2 ** extractor.lift_iterations
         grid = (frame_size[0] // patch * scale, frame_size[1] // patch * scale)
         result = BenchResult(options=asdict(options), device=str(device), frames=sum(counts))
+        result.resolved = {"device": str(device), "device_name": (torch.cuda.get_device_name(device)
+                                                                  if device.type == "cuda" else platform.processor()
+                                                                  or platform.machine()),
+                           "precision": extractor.resolved_precision(), "batch_size": options.batch_size,
+                           "decode_workers": options.decode_workers,
+                           "decode_threads": options.decode_threads or "decord default"}
         result.details = {"videos": len(sources), "frame_size": frame_size, "grid": grid,
                           "channels": extractor.backbone.channels, "threads": torch.get_num_threads(),
                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),

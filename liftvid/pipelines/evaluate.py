@@ -43,6 +43,20 @@ class SequenceScores:
     note: str | None = None
 
 
+def _result_stride(folder: Path, scored: list[Path]) -> str | None:
+    """Why a results folder lacks frames, when they are evenly spaced results (``00000.png``,
+    ``00002.png``, …: made from features extracted with ``--stride``); None otherwise."""
+    if all((folder / p.name).is_file() for p in scored):
+        return None
+    numbers = sorted(int(p.stem) for p in folder.glob("*.png") if p.stem.isdigit())
+    steps = set(np.diff(numbers).tolist())
+    if len(numbers) < 2 or len(steps) != 1 or (step := steps.pop()) < 2:
+        return None
+    return (f"{folder}: results for every {step}th frame only ({folder.name}/{numbers[0]:05d}.png, "
+            f"{numbers[1]:05d}.png, …): the features were extracted with --stride {step}, and DAVIS scores every "
+            f"frame; extract again without --stride (into another store) and propagate from it")
+
+
 def evaluate_davis_sequence(results: Path, ann_root: Path, seq: str, bound_th: float = DAVIS_BOUND_TH) -> SequenceScores:
     """J and F of one sequence's results (``results/<seq>/*.png``) against ``ann_root/<seq>/*.png``
     (one task of :func:`evaluate_davis`)."""
@@ -60,6 +74,8 @@ def evaluate_davis_sequence(results: Path, ann_root: Path, seq: str, bound_th: f
         # plain 0/255 PNGs thresholded), so the same files mean the same objects in both
         gt = np.stack([read_mask(p) for p in gt_files]).astype(np.int64)
         n_objects = int(gt[0].max())
+        if stride := _result_stride(results / seq, gt_files[1:-1]):
+            return SequenceScores(missing=stride)
         preds = []
         for p in gt_files[1:-1]:
             mask = read_mask(results / seq / p.name)

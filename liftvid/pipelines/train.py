@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from ..io.video import DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_video, read_frames
 from ..models.backbone import Backbone, file_sha256
 from ..models.extractor import FeatureExtractor, resolve_device
+from ..io.outputs import OutputError, refuse_over_inputs
 from ..models.lift import LiFT, LiftCheckpointError, load_lift_checkpoint, save_lift_checkpoint
 
 LOSSES = ("cosine", "l1", "l2")
@@ -514,6 +516,14 @@ def train_lift(inputs: Sequence[str | Path], out: str | Path, options: TrainOpti
     t0 = time.perf_counter()
     _check_options(options)
     out = Path(out)
+    # the output rule (io.outputs): never an input, even with --overwrite; an existing checkpoint,
+    # even one liftvid wrote, only with --resume or --overwrite (a trained model is worth asking for)
+    inputs = {f"input {p}": p for p in inputs}
+    inputs |= {"--init checkpoint": options.init, "--weights file": options.weights
+               if options.weights and os.path.exists(options.weights) else None}
+    refuse_over_inputs(out, inputs, option="OUT")
+    if out.is_dir():
+        raise OutputError(f"OUT {out}: is a folder; give the checkpoint file to write, e.g. {out / 'lift.pt'}")
     if out.exists() and not (options.resume or options.overwrite):
         raise ValueError(f"{out} exists: pass --resume to continue its training or --overwrite to replace it")
     sources = find_sources(inputs)

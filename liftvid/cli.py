@@ -351,11 +351,12 @@ def recode(
 def verify(
     store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path or URL).", show_default=False)],
     video: Annotated[Optional[list[str]], typer.Option(help="Check only this video (repeatable).")] = None,
-    mark: Annotated[bool, typer.Option("--mark", help="Mark damaged videos 'damaged' so that the next `liftvid extract` redoes them.")] = False,
+    mark: Annotated[bool, typer.Option("--mark", help="Mark damaged videos 'damaged' so that the next `liftvid extract` redoes them; then exit 0, the damage being in hand (so `verify --mark && extract …` runs the extract).")] = False,
 ) -> None:
     """Check every complete video: chunks present, checksums by reading every chunk, shapes against attrs.
 
-    Prints OK or what is damaged per video, and the command that redoes it; exit 1 when anything is damaged.
+    Prints OK or what is damaged per video, and the command that redoes it; exit 1 when anything is
+    damaged, except with --mark once every damaged video is marked for the next extract to redo.
     """
 
     from .io.store import verify_store
@@ -376,7 +377,7 @@ def verify(
         out.print(f"marked {plural(report.marked, 'video')} damaged; `liftvid extract` redoes them")
     n = len(report.intact) + len(report.damaged)
     out.print(f"{len(report.intact)} of {plural(n, 'video')} OK")
-    if report.damaged:
+    if report.damaged and report.marked < len(report.damaged):
         raise typer.Exit(1)
 
 

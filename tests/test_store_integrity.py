@@ -135,7 +135,7 @@ def test_verify_cli_reports_each_video_and_the_redo_command(tmp_path):
     assert result.exit_code == 0 and "1 of 1 video OK" in result.output
     # --mark: the damaged videos are no longer complete, so extract redoes them
     result = runner.invoke(app, ["verify", str(store), "--mark"])
-    assert result.exit_code == 1
+    assert result.exit_code == 0  # every damaged video marked: `verify --mark && extract …` goes on
     root = st.open_root(store)
     assert st.list_videos(root) == ["b"] and st.video_status(root, "c") == st.DAMAGED
 
@@ -270,7 +270,7 @@ def test_video_named_like_zarr_metadata_extracts_and_reruns(tmp_path, clips, one
     # a corrupt chunk: verify --mark, then the same extract redoes it
     chunk = next((store / "bear" / "features" / "c").rglob("0"))
     _flip_byte(chunk if chunk.is_file() else next(p for p in chunk.rglob("*") if p.is_file()))
-    assert runner.invoke(app, ["verify", str(store), "--mark"]).exit_code == 1
+    assert runner.invoke(app, ["verify", str(store), "--mark"]).exit_code == 0
     result = runner.invoke(app, args)
     assert result.exit_code == 0 and "1 extracted, 1 already complete" in result.output
     assert runner.invoke(app, ["verify", str(store)]).exit_code == 0

@@ -161,7 +161,8 @@ def open_root(path: str | os.PathLike, mode: str = "r"):
     target = zarr_target(path)
     if mode == "r":
         try:
-            root = zarr.open_group(target, mode="r")
+            # never the consolidated copy (for xarray users): liftvid reads what is on disk now
+            root = zarr.open_group(target, mode="r", use_consolidated=False)
         except ImportError as exc:
             raise _missing_backend(path, exc) from None
         except (FileNotFoundError, zarr.errors.GroupNotFoundError, zarr.errors.NodeTypeValidationError):
@@ -173,11 +174,62 @@ def open_root(path: str | os.PathLike, mode: str = "r"):
         check_config(path, root.attrs[ATTRS_KEY])
         return root
     try:
-        return zarr.open_group(target, mode=mode, zarr_format=3)
+        return zarr.open_group(target, mode=mode, zarr_format=3, **({} if mode == "w" else {"use_consolidated": False}))
     except ImportError as exc:
         raise _missing_backend(path, exc) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise _bad_metadata(path, exc) from None
+
+
+def drop_consolidated(path: str | os.PathLike) -> None:
+    """Remove the root's consolidated metadata (:func:`consolidate`) before a run writes, so that a
+    run killed half-way leaves none that is out of date (readers then read each node's own
+    metadata, as they always can). Called under the store's lock; no store yet is no-op."""
+    import json
+
+    import zarr
+
+    local = local_path(path)
+    if local is not None:  # the common case, without parsing every node's copy into zarr objects
+        doc_path = local / "zarr.json"
+        try:
+            doc = json.loads(doc_path.read_bytes())
+        except (OSError, ValueError):
+            return
+        if isinstance(doc, dict) and doc.pop("consolidated_metadata", None) is not None:
+            tmp = doc_path.with_name(f"zarr.json.{os.getpid()}.partial")  # a stray of a kill is cleared by _remove_stray_temporaries
+            tmp.write_text(json.dumps(doc, indent=2))
+            os.replace(tmp, doc_path)
+        return
+    try:
+        root = zarr.open_group(zarr_target(path), mode="r+", use_consolidated=False)
+        config = root.attrs.get(ATTRS_KEY)
+    except Exception:  # nothing there yet, or damaged: the command itself reports it
+        return
+    if config is not None:
+        root.attrs[ATTRS_KEY] = config  # rewrites the root's zarr.json, without the consolidated copy
+
+
+def consolidate(path: str | os.PathLike) -> None:
+    """Copy every node's metadata into the root's ``zarr.json`` (Zarr's consolidated metadata) at
+    the end of a writing run, under its lock, so that ``xarray.open_zarr(store, group=video)``
+    opens without a warning (and with one read on an object store). liftvid's own readers never
+    use the copy (:func:`open_root`); a failure to consolidate (a damaged node) is logged, not fatal."""
+    import logging
+    import warnings
+
+    import zarr
+
+    try:
+        root = zarr.open_group(zarr_target(path), mode="r", use_consolidated=False)
+        if ATTRS_KEY not in root.attrs:
+            return
+        with warnings.catch_warnings():  # "consolidated metadata is not part of the Zarr 3 spec": known
+            warnings.simplefilter("ignore", category=UserWarning)
+            zarr.consolidate_metadata(zarr_target(path), zarr_format=3)
+    except Exception as exc:
+        logging.getLogger(__name__).warning("%s: metadata not consolidated (%s); xarray reads it node by node",
+                                            path, str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__)
 
 
 def read_config(root) -> dict:
@@ -309,6 +361,7 @@ class StoreLock:
         local = local_path(path)
         self.path = None if local is None else local.parent / f".{local.name}.lock"
         self.url = None if local is not None else str(path).rstrip("/")
+        self.store = path
         self.command = command or _running_command()
         self._fd = None
         self._lease = None
@@ -399,10 +452,19 @@ class StoreLock:
             self._fd = None
 
     def __enter__(self) -> "StoreLock":
-        return self.acquire()
+        self.acquire()
+        try:
+            drop_consolidated(self.store)
+        except BaseException:
+            self.release()
+            raise
+        return self
 
     def __exit__(self, *exc) -> None:
-        self.release()
+        try:  # xarray reads the store as this run left it, without a warning
+            consolidate(self.store)
+        finally:
+            self.release()
 
 
 @dataclass(frozen=True)
@@ -1009,7 +1071,7 @@ def _root_of(group):
     import zarr
 
     parent = group.path.rsplit("/", 1)[0] if "/" in group.path else ""
-    return zarr.open_group(store=group.store, path=parent, mode="r")
+    return zarr.open_group(store=group.store, path=parent, mode="r", use_consolidated=False)
 
 
 # -- int8

@@ -133,15 +133,25 @@ def _claim(path, kind: str, inputs: dict, overwrite: bool, option: str = "--out"
 # ---- extract / info (issue 2) -------------------------------------------------------------------
 
 
+def rate_text(speed: float | None, unit: str) -> str:
+    """A progress rate a person reads: ``1,234.5 frames/s``, or time per item when under one a
+    second (``4.0 s/video``); ``unit`` is singular. Empty before there is a rate."""
+    if not speed:
+        return ""
+    if speed >= 1:
+        return f"{speed:,.1f} {unit}s/s"
+    return f"{1 / speed:,.1f} s/{unit}"
+
+
 def _progress_columns():
     from rich.progress import BarColumn, MofNCompleteColumn, ProgressColumn, TextColumn, TimeRemainingColumn
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
-        """Items per second of a task (frames/s)."""
+        """The task's rate (:func:`rate_text`)."""
 
         def render(self, task):
-            return Text(f"{task.speed:,.1f} {task.fields.get('unit', 'it')}/s" if task.speed else "", style="cyan")
+            return Text(rate_text(task.speed, task.fields.get("unit", "item")), style="cyan")
 
     return (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
             TimeRemainingColumn())
@@ -167,7 +177,7 @@ class _RichExtractProgress:
     def video_started(self, video_id: str, n_frames: int) -> None:
         if self.frames is not None:
             self.progress.remove_task(self.frames)
-        self.frames = self.progress.add_task(f"  {escape(video_id)}", total=n_frames, unit="frames")
+        self.frames = self.progress.add_task(f"  {escape(video_id)}", total=n_frames, unit="frame")
 
     def frames_done(self, n: int) -> None:
         self.progress.advance(self.frames, n)
@@ -444,7 +454,7 @@ def propagate(
 
     try:
         with Progress(*_progress_columns(), console=console(stderr=True), transient=True) as bars:
-            task = bars.add_task("videos", total=None, unit="frames")
+            task = bars.add_task("videos", total=None, unit="frame")
 
             def video_done(result, n_videos: int) -> None:
                 # the bar counts frames, so its rate column is frames/s; the description counts videos

@@ -406,13 +406,15 @@ def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | 
     claim_output(out_csv, CSV_KIND, inputs, overwrite=overwrite)
     rows = read_queries_csv(queries_csv)
     plan, skipped = plan_queries(root, rows)
-    if overlay:  # the source videos are inputs too; every overlay is checked before any work
+    for job in plan:  # the source videos are inputs too: checked before any work
+        info = st.read_video_info(root, job.video_id)
+        inputs[f"source of video {job.video_id}"] = info.source
+        inputs[f"source of video {job.video_id} (found)"] = str(info.video_source(job.video_id, store_path).path)
+    claim_output(out_csv, CSV_KIND, inputs, overwrite=overwrite)
+    if overlay:
         for job in plan:
-            info = st.read_video_info(root, job.video_id)
-            sources = {f"source of video {job.video_id}": info.source,
-                       f"source of video {job.video_id} (found)": str(info.video_source(job.video_id, store_path).path)}
-            claim_output(overlay_path(out_csv, job.video_id), OVERLAY_KIND, {**inputs, **sources},
-                         overwrite=overwrite, option="--overlay")
+            claim_output(overlay_path(out_csv, job.video_id), OVERLAY_KIND, inputs, overwrite=overwrite,
+                         option="--overlay")
     summary = TrackSummary(out_csv=out_csv, skipped=skipped)
     if not plan:
         first = f"; first: {skipped[0]}" if skipped else ""

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from .. import jobs
+from ..io.outputs import claim_store_path
 from ..io import store as st
 from ..io.video import DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_video, sample_indices
 from ..models.backbone import Backbone, file_sha256
@@ -434,6 +435,7 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
     progress = progress or _NoProgress()
     t0 = time.perf_counter()
     sources = find_sources(inputs)
+    claim_store_path(store_path)  # before the models load (init_store checks again, under the lock)
     resize = Resize.parse(options.resize)
     if options.stride < 1:
         raise ValueError(f"--stride {options.stride}: must be at least 1")

@@ -52,7 +52,7 @@ def _result_stride(folder: Path, scored: list[Path]) -> str | None:
     steps = set(np.diff(numbers).tolist())
     if len(numbers) < 2 or len(steps) != 1 or (step := steps.pop()) < 2:
         return None
-    return (f"{folder}: results for every {step}th frame only ({folder.name}/{numbers[0]:05d}.png, "
+    return (f"{folder}: results for one frame in {step} only ({folder.name}/{numbers[0]:05d}.png, "
             f"{numbers[1]:05d}.png, …): the features were extracted with --stride {step}, and DAVIS scores every "
             f"frame; extract again without --stride (into another store) and propagate from it")
 

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import jobs, viz
 from ..io import store as st
-from ..io.outputs import (PARTIAL, OutputError, claim_output, partial_folder, refuse_over_inputs, replace_folder,
+from ..io.outputs import (PARTIAL, claim_output, partial_folder, refuse_over_inputs, replace_folder,
                           replace_node, written_whole)
 from ..io.masks import MAX_OBJECTS, MaskError, find_mask, frame_name, mask_ids, read_mask, write_mask
 from ..io.encode import write_video

@@ -518,10 +518,10 @@ def train_lift(inputs: Sequence[str | Path], out: str | Path, options: TrainOpti
     out = Path(out)
     # the output rule (io.outputs): never an input, even with --overwrite; an existing checkpoint,
     # even one liftvid wrote, only with --resume or --overwrite (a trained model is worth asking for)
-    inputs = {f"input {p}": p for p in inputs}
-    inputs |= {"--init checkpoint": options.init, "--weights file": options.weights
-               if options.weights and os.path.exists(options.weights) else None}
-    refuse_over_inputs(out, inputs, option="OUT")
+    given = {f"input {p}": p for p in inputs}
+    given |= {"--init checkpoint": options.init, "--weights file": options.weights
+              if options.weights and os.path.exists(options.weights) else None}
+    refuse_over_inputs(out, given, option="OUT")
     if out.is_dir():
         raise OutputError(f"OUT {out}: is a folder; give the checkpoint file to write, e.g. {out / 'lift.pt'}")
     if out.exists() and not (options.resume or options.overwrite):

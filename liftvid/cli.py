@@ -114,6 +114,8 @@ def fail(message: str, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+# the kinds of output the CLI writes itself (the pipelines name theirs); io.outputs.claim_output
+SAMPLE_KIND, VIZ_KIND, BENCH_JSON_KIND, TAPVID_JSON_KIND = "sample video", "viz picture", "bench json", "tapvid metrics json"
 _OVERWRITE_HELP = ("Replace {what} even when liftvid did not write it (by default only liftvid's own earlier "
                    "output is replaced); an input is never replaced.")
 
@@ -405,10 +407,9 @@ def sample(
     from .io.encode import write_synthetic_video
     from .io.outputs import written_whole
 
-    kind = "sample video"
-    _claim(out, kind, {}, overwrite, option="OUT")
+    _claim(out, SAMPLE_KIND, {}, overwrite, option="OUT")
     try:
-        with written_whole(out, kind) as tmp:
+        with written_whole(out, SAMPLE_KIND) as tmp:
             write_synthetic_video(tmp, n_frames=frames, height=height, width=width, fps=fps, seed=seed)
     except OSError as exc:
         fail(f"{out}: cannot write it ({exc.strerror or exc})")
@@ -618,8 +619,6 @@ def eval_tapvid(
     from .io.outputs import write_json_whole
     from .pipelines.evaluate import evaluate_tapvid, store_source_sizes
 
-    TAPVID_JSON_KIND = "tapvid metrics json"
-
     console = Console(highlight=False, soft_wrap=True)
     _claim(json_out, TAPVID_JSON_KIND, {"tracks CSV": tracks, "TAP-Vid pickle": gt, "store": store}, overwrite,
            option="--json")
@@ -793,7 +792,6 @@ _VizOut = Annotated[Path, typer.Option("--out", help="Output file: .mp4, .gif or
 _VizFrames = Annotated[Optional[str], typer.Option(help="Frames to draw, by source frame number (from 0, as `track`'s t and `propagate --start-frame`): N, N,M,… or START:STOP[:STEP]. Default: every stored frame.")]
 _VizFps = Annotated[Optional[float], typer.Option(help="Frame rate of an .mp4/.gif. Default: the stored frames' rate.")]
 _VizOverwrite = Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP.format(what="--out"))]
-VIZ_KIND = "viz picture"
 
 
 def _viz_inputs(store: str, video: str) -> dict:
@@ -961,8 +959,6 @@ def bench(
 
     from .io.outputs import write_json_whole
     from .pipelines.bench import BenchOptions, run_benchmark
-
-    BENCH_JSON_KIND = "bench json"
 
     out = console()
     _claim(json_out, BENCH_JSON_KIND, {f"input {i}": p for i, p in enumerate(inputs)}, overwrite, option="--json")

@@ -118,6 +118,10 @@ def test_propagate_replaces_its_own_results_on_a_rerun_but_not_a_forged_record(p
     first = snapshot(out / "a")
     assert run_propagate(store, masks, out).exit_code == 0  # its own folder: replaced, no --overwrite
     assert snapshot(out / "a").keys() == first.keys()
+    # results of an earlier liftvid, whose record did not yet name its maker and kind, are its own too
+    (out / "a" / COMPLETE_MARKER).write_text('{"video_id": "a", "store": "s", "mask": "m", "start_frame": 0, '
+                                             '"frames": 5}')
+    assert run_propagate(store, masks, out).exit_code == 0
     # a record of another kind (say, frames written by eval tapvid-queries) is no proof
     (out / "a" / COMPLETE_MARKER).write_text('{"made_by": "liftvid", "kind": "tapvid frames"}')
     kept = snapshot(out / "a")

@@ -145,12 +145,18 @@ def _file_is_ours(path: Path, kind: str) -> str | None:
     return None if same else "exists and was changed since liftvid wrote it"
 
 
+# what `propagate` recorded before records named their maker and kind (liftvid ≤ issue 15)
+_LEGACY_PROPAGATE_RECORD = {"video_id", "store", "mask", "start_frame", "frames"}
+
+
 def folder_record(folder: str | os.PathLike) -> dict | None:
     """The :data:`COMPLETE_MARKER` record of a result folder (None: none, or not liftvid's)."""
     folder = Path(folder)
     if folder.is_symlink() or not folder.is_dir():
         return None
     record = _read_json(folder / COMPLETE_MARKER)
+    if record is not None and "made_by" not in record and set(record) == _LEGACY_PROPAGATE_RECORD:
+        record = {"made_by": MADE_BY, "kind": "propagate masks", **record}
     return record if record is not None and record.get("made_by") == MADE_BY else None
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from liftvid.io import store as st
+from liftvid import store as st
 
 
 def build(path: Path, n_videos: int) -> None:

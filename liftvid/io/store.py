@@ -198,8 +198,12 @@ def drop_consolidated(path: str | os.PathLike) -> None:
             return
         if isinstance(doc, dict) and doc.pop("consolidated_metadata", None) is not None:
             tmp = doc_path.with_name(f"zarr.json.{os.getpid()}.partial")  # a stray of a kill is cleared by _remove_stray_temporaries
-            tmp.write_text(json.dumps(doc, indent=2))
-            os.replace(tmp, doc_path)
+            try:
+                tmp.write_bytes(json.dumps(doc, indent=2).encode())
+                os.replace(tmp, doc_path)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise StoreError(f"{doc_path}: cannot rewrite it ({exc.strerror or exc}); nothing was written") from None
         return
     try:
         root = zarr.open_group(zarr_target(path), mode="r+", use_consolidated=False)
@@ -224,6 +228,9 @@ def consolidate(path: str | os.PathLike) -> None:
         root = zarr.open_group(zarr_target(path), mode="r", use_consolidated=False)
         if ATTRS_KEY not in root.attrs:
             return
+    except Exception:  # no store (a run refused before creating it), or a damaged root it reports itself
+        return
+    try:
         with warnings.catch_warnings():  # "consolidated metadata is not part of the Zarr 3 spec": known
             warnings.simplefilter("ignore", category=UserWarning)
             zarr.consolidate_metadata(zarr_target(path), zarr_format=3)

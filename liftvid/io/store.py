@@ -494,8 +494,16 @@ def _child_names(root) -> list[str]:
     return sorted(n for n in _sync(names()) if n != "zarr.json" and not (n.startswith("zarr.") and n.endswith(".partial")))
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:120] if str(exc) else "empty"
+    return f"{type(exc).__name__}: {text}"
+
+
 def _open_child(root, name: str):
-    """``(group or None, error or None)``: None, None for a name that is no group (a stray file)."""
+    """``(group, None)``; ``(None, None)`` for a name that is no group (a stray file); or
+    ``(None, problem)`` for a video group whose metadata is damaged, ``problem`` one line naming the
+    file relative to the store (``a/features/zarr.json: …``): the group's own ``zarr.json``, or one
+    of its core arrays' (:func:`_core_array_damage`)."""
     import zarr
 
     try:
@@ -503,8 +511,53 @@ def _open_child(root, name: str):
     except KeyError:
         return None, None
     except Exception as exc:  # JSONDecodeError, a metadata document Zarr refuses…
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'empty'}"
-    return (node, None) if isinstance(node, zarr.Group) else (None, None)
+        return None, f"{name}/zarr.json: damaged Zarr metadata ({_one_line(exc)})"
+    if not isinstance(node, zarr.Group):
+        return None, None
+    problem = _core_array_damage(root, node, name)
+    return (node, None) if problem is None else (None, problem)
+
+
+def _core_array_damage(root, group, video_id: str) -> str | None:
+    """One line naming the first damaged ``zarr.json`` of a video's core arrays, or None: metadata
+    Zarr cannot read, a ``data_type`` other than the one the store writes (a changed dtype would
+    read its chunks as other numbers, or fail on every read), a wrong number of dimensions, or
+    frame counts that disagree with the features'. Metadata only: no chunk is read. An array
+    folder without metadata is not damage here (a killed run's leftover: the completion check
+    counts it missing)."""
+    import zarr
+
+    async def names():
+        return [n async for n in group.store.list_dir(group.path)]
+
+    present = set(_sync(names()))
+    config = dict(root.attrs.get(ATTRS_KEY) or {})
+    features_dtype = FeatureEncoding.from_config(config).stored_dtype(str(config.get("feature_dtype") or "float16"))
+    expected = {"features": (features_dtype, 4), "frame_index": ("int64", 1), "timestamps": ("float64", 1),
+                SCALE_ARRAY: ("float32", 2), OFFSET_ARRAY: ("float32", 2)}
+    frames = {}
+    for name, (dtype, ndim) in expected.items():
+        if name not in present:
+            continue
+        where = f"{video_id}/{name}/zarr.json"
+        try:
+            array = group[name]
+        except KeyError:
+            continue
+        except Exception as exc:
+            return f"{where}: damaged Zarr metadata ({_one_line(exc)})"
+        if not isinstance(array, zarr.Array):
+            return f"{where}: a group where the {name} array belongs"
+        if array.dtype != np.dtype(dtype):
+            return f"{where}: data_type {array.dtype}, not the {dtype} this store writes (the metadata was changed)"
+        if array.ndim != ndim:
+            return f"{where}: {array.ndim} dimensions, not {ndim}"
+        frames[name] = int(array.shape[0])
+    T = frames.pop("features", None)
+    for name, n in frames.items():
+        if T is not None and n != T:
+            return f"{video_id}/{name}/zarr.json: {n} frames, the features {T}"
+    return None
 
 
 def video_status(root, video_id: str) -> str | None:
@@ -515,14 +568,28 @@ def video_status(root, video_id: str) -> str | None:
 
 
 def damaged_groups(root) -> dict[str, str]:
-    """``{name: error}`` of the groups under the root whose metadata cannot be read (a damaged
-    ``<video>/zarr.json``): every other command skips them; ``extract`` redoes them."""
+    """``{name: error}`` of the groups under the root whose metadata cannot be used (a damaged
+    ``<video>/zarr.json``, or one of its core arrays', see :func:`_core_array_damage`), each error
+    one line naming the file: every other command skips them; ``extract`` redoes them."""
     out = {}
     for name in _child_names(root):
-        _, error = _open_child(root, name)
-        if error is not None:
-            out[name] = f"{store_label(root)}/{name}/zarr.json: damaged Zarr metadata ({error})"
+        _, problem = _open_child(root, name)
+        if problem is not None:
+            out[name] = f"{store_label(root)}/{problem}"
     return out
+
+
+def video_damage(root, video_id: str) -> str | None:
+    """One line naming the damaged metadata file of the video group ``video_id`` (its own
+    ``zarr.json`` or a core array's), or None: intact metadata, or no such group."""
+    _, problem = _open_child(root, video_id)
+    return None if problem is None else f"{store_label(root)}/{problem}; rerun `liftvid extract` on its video to redo it"
+
+
+def group_names(root) -> list[str]:
+    """Names of the nodes under the root, from the store's listing (a damaged ``zarr.json`` hides
+    none of them; unlike ``name in root``, reading no child's metadata)."""
+    return _child_names(root)
 
 
 def list_videos(root, status: str | None = COMPLETE) -> list[str]:
@@ -1269,13 +1336,36 @@ def check_video_intact(root, video_id: str) -> str | None:
     are found by :func:`verify_video`, which reads them.
     """
     where = f"{store_label(root)}: video {video_id!r}"
-    group, error = _open_child(root, video_id)
+    group, problem = _open_child(root, video_id)
     if group is None:
-        return f"{where}: damaged Zarr metadata ({error or 'not a group'}); rerun `liftvid extract` to redo it"
-    problem = _missing_chunks(group)
+        return (f"{store_label(root)}/{problem or video_id + ': not a group'}; rerun `liftvid extract` on its "
+                "video to redo it")
+    problem = _missing_chunks(group) or _frame_index_problem(group)
     if problem is None:
         return None
     return f"{where} is damaged: {problem}; redo it: {redo_command(root, video_id)}"
+
+
+def _frame_index_problem(group) -> str | None:
+    """One line when a complete video's ``frame_index`` cannot be the source frame numbers it maps
+    to (negative, not strictly increasing, past the source's recorded frame count), else None.
+    Reads the one small array; an unreadable chunk is left to the chunk checks."""
+    try:
+        index = np.asarray(group["frame_index"][:])
+    except Exception:
+        return None
+    if not index.size:
+        return None
+    where = f"{group.path}/frame_index"
+    if (index < 0).any():
+        return f"{where}: holds {int(index.min())}, not a frame number (-1 is the fill of missing data)"
+    if (np.diff(index) <= 0).any():
+        at = int(np.argmax(np.diff(index) <= 0))
+        return f"{where}: frame numbers not increasing at stored frame {at + 1} ({int(index[at])}, then {int(index[at + 1])})"
+    recorded = (group.attrs.get(ATTRS_KEY) or {}).get("source_frames")
+    if recorded and int(index[-1]) >= int(recorded):
+        return f"{where}: refers to frame {int(index[-1])}, the source has {int(recorded)} frames"
+    return None
 
 
 def _missing_chunks(group) -> str | None:
@@ -1326,9 +1416,9 @@ def verify_video(root, video_id: str) -> list[str]:
     Returns:
         The problems found, one line each (empty: the video is intact).
     """
-    group, error = _open_child(root, video_id)
+    group, problem = _open_child(root, video_id)
     if group is None:
-        return [f"{video_id}/zarr.json: damaged Zarr metadata ({error or 'not a group'})"]
+        return [f"{store_label(root)}/{problem or video_id + ': not a group'}"]
     info = dict(group.attrs.get(ATTRS_KEY) or {})
     if info.get("status") != COMPLETE:
         return [f"status {info.get('status', 'missing')!r}, not complete"
@@ -1362,6 +1452,8 @@ def verify_video(root, video_id: str) -> list[str]:
     problems += _encoding_problems(root, group)
     if not problems and T and (np.asarray(fi[:]) < 0).any():
         problems.append("frame_index holds -1, the fill of missing data")
+    elif not problems and (index_problem := _frame_index_problem(group)):
+        problems.append(index_problem)
     for name, arr in sorted(group.arrays()):
         if name not in CORE_ARRAYS and name not in ENCODING_ARRAYS:
             problems += _read_problems(name, arr, features=False)

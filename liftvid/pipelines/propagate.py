@@ -105,6 +105,8 @@ class _Window:
 def _check_video(root, video_id: str) -> tuple[Any, st.VideoInfo, np.ndarray]:
     """The video's features array, recorded facts and frame index, or a PropagateError saying what is wrong."""
 
+    if damage := st.video_damage(root, video_id):  # a damaged zarr.json: this video fails, named
+        raise PropagateError(damage)
     if video_id not in root:
         raise PropagateError(f"{video_id}: not in the store (run `liftvid extract` on it first)")
     info = st.read_video_info(root, video_id)
@@ -273,7 +275,8 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
         raise ValueError("a memory:// store is not shared with worker processes; use --scheduler threads")
     refuse_over_inputs(out_dir, {"masks": masks, "store": st.local_path(store_path)})
     complete = st.list_videos(root)
-    todo = list(videos) if videos else complete
+    # videos whose metadata is damaged fail, named, rather than being left out unsaid
+    todo = list(videos) if videos else complete + sorted(st.damaged_groups(root))
     summary = PropagateSummary(str(store_path), str(out_dir))
     if not todo:
         raise ValueError(f"{store_path}: no complete video in the store (see `liftvid info {store_path}`)")
@@ -288,7 +291,8 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
             continue
         tasks[vid] = (str(store_path), vid, str(path), str(out_dir), options, scale)
     if not (Path(masks).is_file() and len(todo) == 1):
-        summary.unmatched_masks = [m for m in mask_ids(masks) if m not in root]
+        names = set(st.group_names(root))
+        summary.unmatched_masks = [m for m in mask_ids(masks) if m not in names]
     def outcome(vid: str, res: Any) -> VideoPropagation:
         if isinstance(res, BaseException):
             text = str(res) if isinstance(res, ValueError) else f"{type(res).__name__}: {res}"

@@ -103,13 +103,16 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
     """Group rows by video, check each against the store, convert source pixels to grid coordinates."""
     complete = set(st.list_videos(root))
     every = set(st.list_videos(root, status=None))
+    damaged = st.damaged_groups(root)
     by_video: dict[str, list[QueryRow]] = {}
     for row in rows:
         by_video.setdefault(row.video_id, []).append(row)
     jobs, skipped = [], []
     for vid, vrows in by_video.items():
         if vid not in complete:
-            if vid in every:
+            if vid in damaged:
+                why = damaged[vid]
+            elif vid in every:
                 why = f"video {vid!r} is {st.video_info(root, vid).get('status')} in the store; rerun `liftvid extract`"
             else:
                 known = ", ".join(sorted(complete)[:8]) + (" …" if len(complete) > 8 else "")

@@ -331,8 +331,16 @@ def write_tapvid_queries(gt_path: str | Path, out_csv: str | Path, query_mode: s
 
     Returns:
         queries per video.
+
+    Raises:
+        ValueError: a pickle that is not TAP-Vid's; PathNameError (a ValueError): a video name
+            that is not one safe folder name (:func:`liftvid.io.paths.check_component`).
     """
+    from .paths import check_component
+
     videos = load_tapvid(gt_path, keep_video=frames_dir is not None)
+    for name in videos:  # each becomes a video id, and a folder under frames_dir: refused before any write
+        check_component(name, str(gt_path))
     out_csv = Path(out_csv)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
     counts = {}

@@ -18,6 +18,7 @@ import numpy as np
 from .. import jobs, viz
 from ..io import store as st
 from ..io.outputs import PARTIAL, partial_folder, refuse_over_inputs, replace_folder, replace_node, written_whole
+from ..io.paths import client_path, component_problem
 from ..io.masks import MAX_OBJECTS, MaskError, find_mask, frame_name, mask_ids, read_mask, write_mask
 from ..io.encode import write_video
 from ..io.tables import stored_position
@@ -105,6 +106,8 @@ class _Window:
 def _check_video(root, video_id: str) -> tuple[Any, st.VideoInfo, np.ndarray]:
     """The video's features array, recorded facts and frame index, or a PropagateError saying what is wrong."""
 
+    if unsafe := component_problem(video_id):  # it names <out>/<video>/ and the mask looked for
+        raise PropagateError(f"video {video_id!r} cannot name a file or folder: {unsafe}")
     if damage := st.video_damage(root, video_id):  # a damaged zarr.json: this video fails, named
         raise PropagateError(damage)
     if video_id not in root:
@@ -289,7 +292,8 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
         except (PropagateError, MaskError) as exc:
             failed[vid] = str(exc)
             continue
-        tasks[vid] = (str(store_path), vid, str(path), str(out_dir), options, scale)
+        # resolved here: cluster workers run in their own folder, or on another machine
+        tasks[vid] = (client_path(store_path), vid, client_path(path), client_path(out_dir), options, scale)
     if not (Path(masks).is_file() and len(todo) == 1):
         names = set(st.group_names(root))
         summary.unmatched_masks = [m for m in mask_ids(masks) if m not in names]

@@ -362,8 +362,9 @@ def test_features_of_another_length_than_the_frames_are_refused(tmp_path):
     write_mask(tmp_path / "m" / "v.png", gt[0])
     write_mask(tmp_path / "m" / "w.png", gt[0])
     by = {r.video_id: r for r in propagate_store(store, tmp_path / "m", tmp_path / "o", scheduler="sync").results}
-    assert "v: features have 5 frames but frame_index has 3" in by["v"].error
-    assert "w: features refer to frame 4 but the source has 3 frames" in by["w"].error
+    # each named by the file (issue 20: a damaged node fails its video alone, named)
+    assert f"{store}/v/frame_index/zarr.json: 3 frames, the features 5" in by["v"].error
+    assert "w/frame_index: refers to frame 4, the source has 3 frames" in by["w"].error
 
 
 def test_start_frame_propagates_from_the_annotated_frame_of_a_davis_tree(oracle_store, tmp_path):

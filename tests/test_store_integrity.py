@@ -230,7 +230,7 @@ def test_missing_config_keys_are_one_line(tmp_path):
 @pytest.mark.parametrize("name, expected", [
     ("zarr.json", "zarr.json-video"), (".zattrs", ".zattrs-video"), (".zgroup", ".zgroup-video"),
     (".zarray", ".zarray-video"), ("zarr.1a2b.partial", "zarr.1a2b.partial-video"), (".hidden", ".hidden-video"),
-    ("__init", "__init-video"), ("a/b", "a_b-video"), ("", "-video"), ("bear", "bear"), ("c", "c"),
+    ("__init", "video-__init-video"), ("a/b", "a_b-video"), ("", "-video"), ("bear", "bear"), ("c", "c"),
     ("zarr", "zarr"), ("my.zarr.json", "my.zarr.json"), ("zarr.json-video", "zarr.json-video"),
 ])
 def test_safe_group_names(name, expected):

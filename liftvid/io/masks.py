@@ -179,6 +179,10 @@ def find_mask(source: str | Path, video_id: str, frame_number: int = 0, n_videos
     Raises:
         MaskError: no mask for this video, naming where it was looked for.
     """
+    from .paths import component_problem
+
+    if unsafe := component_problem(video_id):  # a mask is looked for at <source>/<video_id>/
+        raise MaskError(f"{source}: no mask for video {video_id!r}: it cannot name a file or folder ({unsafe})")
     source = Path(source)
     if source.is_file():
         if source.stem == video_id or n_videos == 1:

@@ -101,9 +101,13 @@ def is_url(path: str | os.PathLike) -> bool:
 
 def zarr_target(path: str | os.PathLike) -> str:
     """What to hand to ``zarr.open_group``: a ``file://`` URL becomes its local path (zarr's local
-    store creates folders and writes atomically; fsspec's local filesystem does neither)."""
+    store creates folders and writes atomically; fsspec's local filesystem does neither), made
+    absolute: zarr 3.1.6 (the newest release) lists a local store's keys by deleting every
+    occurrence of ``root + "/"`` from each file path (``str.replace`` in ``LocalStore.list_prefix``),
+    so a short relative root such as ``s`` also cut ``s/`` out of ``a/features/zarr.json`` and the
+    store looked damaged forever. An absolute root only matches where it begins."""
     local = local_path(path)
-    return str(path) if local is None else str(local)
+    return str(path) if local is None else os.path.abspath(local)
 
 
 def _missing_backend(path, exc: ImportError) -> StoreError:
@@ -366,6 +370,8 @@ class StoreLock:
 
     def __init__(self, path: str | os.PathLike, command: str | None = None):
         local = local_path(path)
+        if local is not None:  # one store, one lock, whichever symlink or relative path names it
+            local = Path(os.path.realpath(local))
         self.path = None if local is None else local.parent / f".{local.name}.lock"
         self.url = None if local is not None else str(path).rstrip("/")
         self.store = path
@@ -567,8 +573,16 @@ def _child_names(root) -> list[str]:
     return sorted(n for n in _sync(names()) if n != "zarr.json" and not (n.startswith("zarr.") and n.endswith(".partial")))
 
 
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0][:120] if str(exc) else "empty"
+    return f"{type(exc).__name__}: {text}"
+
+
 def _open_child(root, name: str):
-    """``(group or None, error or None)``: None, None for a name that is no group (a stray file)."""
+    """``(group, None)``; ``(None, None)`` for a name that is no group (a stray file); or
+    ``(None, problem)`` for a video group whose metadata is damaged, ``problem`` one line naming the
+    file relative to the store (``a/features/zarr.json: …``): the group's own ``zarr.json``, or one
+    of its core arrays' (:func:`_core_array_damage`)."""
     import zarr
 
     try:
@@ -576,8 +590,76 @@ def _open_child(root, name: str):
     except KeyError:
         return None, None
     except Exception as exc:  # JSONDecodeError, a metadata document Zarr refuses…
-        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'empty'}"
-    return (node, None) if isinstance(node, zarr.Group) else (None, None)
+        return None, f"{name}/zarr.json: damaged Zarr metadata ({_one_line(exc)})"
+    if not isinstance(node, zarr.Group):
+        return None, None
+    problem = _core_array_damage(root, node, name)
+    return (node, None) if problem is None else (None, problem)
+
+
+def _core_array_damage(root, group, video_id: str) -> str | None:
+    """One line naming the first damaged ``zarr.json`` of a video's core arrays, or None: metadata
+    that is not readable JSON, not an array's, a ``data_type`` other than the one the store writes
+    (a changed dtype would read its chunks as other numbers, or fail on every read), a wrong number
+    of dimensions, or frame counts that disagree with the features'. Metadata only, read raw
+    (every listing checks every video: building Zarr arrays, or a round trip to Zarr's event loop
+    per video, cost 3-5x the listing at 1,000 videos); no chunk is read. A missing ``zarr.json`` is not damage here (a killed run's
+    leftover: the completion check counts the array missing)."""
+    import asyncio
+    import json
+
+    from zarr.core.buffer import default_buffer_prototype
+
+    config = dict(root.attrs.get(ATTRS_KEY) or {})
+    features_dtype = FeatureEncoding.from_config(config).stored_dtype(str(config.get("feature_dtype") or "float16"))
+    expected = {"features": (features_dtype, 4), "frame_index": ("int64", 1), "timestamps": ("float64", 1),
+                SCALE_ARRAY: ("float32", 2), OFFSET_ARRAY: ("float32", 2)}
+    prefix = f"{group.path}/" if group.path else ""
+
+    async def read_all():
+        prototype = default_buffer_prototype()
+        found = await asyncio.gather(*(group.store.get(f"{prefix}{name}/zarr.json", prototype=prototype)
+                                       for name in expected), return_exceptions=True)
+        return [b if b is None or isinstance(b, Exception) else b.to_bytes() for b in found]
+
+    def read_local(path: Path):
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            return exc
+
+    folder = _local_dir(group)  # local: plain reads (a round trip to Zarr's event loop costs more)
+    documents = ([read_local(folder / name / "zarr.json") for name in expected] if folder is not None
+                 else _sync(read_all()))
+    frames = {}
+    for (name, (dtype, ndim)), raw in zip(expected.items(), documents):
+        where = f"{video_id}/{name}/zarr.json"
+        if raw is None:
+            continue
+        try:
+            if isinstance(raw, Exception):
+                raise raw
+            meta = json.loads(raw)
+            if not isinstance(meta, dict):
+                raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+        except Exception as exc:
+            return f"{where}: damaged Zarr metadata ({_one_line(exc)})"
+        if meta.get("node_type") != "array":
+            return f"{where}: node_type {meta.get('node_type')!r} where the {name} array belongs"
+        if meta.get("data_type") != np.dtype(dtype).name:
+            return (f"{where}: data_type {meta.get('data_type')!r}, not the {np.dtype(dtype).name!r} this store "
+                    "writes (the metadata was changed)")
+        shape = meta.get("shape")
+        if not isinstance(shape, list) or len(shape) != ndim or not all(isinstance(n, int) and n >= 0 for n in shape):
+            return f"{where}: shape {shape!r}, not {ndim} sizes"
+        frames[name] = shape[0]
+    T = frames.pop("features", None)
+    for name, n in frames.items():
+        if T is not None and n != T:
+            return f"{video_id}/{name}/zarr.json: {n} frames, the features {T}"
+    return None
 
 
 def video_status(root, video_id: str) -> str | None:
@@ -588,14 +670,28 @@ def video_status(root, video_id: str) -> str | None:
 
 
 def damaged_groups(root) -> dict[str, str]:
-    """``{name: error}`` of the groups under the root whose metadata cannot be read (a damaged
-    ``<video>/zarr.json``): every other command skips them; ``extract`` redoes them."""
+    """``{name: error}`` of the groups under the root whose metadata cannot be used (a damaged
+    ``<video>/zarr.json``, or one of its core arrays', see :func:`_core_array_damage`), each error
+    one line naming the file: every other command skips them; ``extract`` redoes them."""
     out = {}
     for name in _child_names(root):
-        _, error = _open_child(root, name)
-        if error is not None:
-            out[name] = f"{store_label(root)}/{name}/zarr.json: damaged Zarr metadata ({error})"
+        _, problem = _open_child(root, name)
+        if problem is not None:
+            out[name] = f"{store_label(root)}/{problem}"
     return out
+
+
+def video_damage(root, video_id: str) -> str | None:
+    """One line naming the damaged metadata file of the video group ``video_id`` (its own
+    ``zarr.json`` or a core array's), or None: intact metadata, or no such group."""
+    _, problem = _open_child(root, video_id)
+    return None if problem is None else f"{store_label(root)}/{problem}; rerun `liftvid extract` on its video to redo it"
+
+
+def group_names(root) -> list[str]:
+    """Names of the nodes under the root, from the store's listing (a damaged ``zarr.json`` hides
+    none of them; unlike ``name in root``, reading no child's metadata)."""
+    return _child_names(root)
 
 
 def list_videos(root, status: str | None = COMPLETE) -> list[str]:
@@ -613,16 +709,32 @@ def list_videos(root, status: str | None = COMPLETE) -> list[str]:
 
 
 def safe_group_name(name: str) -> str:
-    """A video id that never collides with Zarr's own names: ``zarr.json``, ``.zattrs``… and
-    ``zarr.*``, names starting with ``.`` or ``__``, or holding a ``/`` or ``\\`` get the
-    suffix ``-video`` (slashes become ``_``). Deterministic, so a rerun finds its group."""
-    clean = name.replace("/", "_").replace("\\", "_")
-    if clean == name and name.endswith(SAFE_NAME_SUFFIX) and len(name) > len(SAFE_NAME_SUFFIX):
+    """A video id from a file or folder name that never collides with Zarr's own names:
+    ``zarr.json``, ``.zattrs``… and ``zarr.*``, names starting with ``.``, or holding a ``/``,
+    ``\\`` or control character get the suffix ``-video`` (those characters become ``_``); names
+    starting with ``__`` (all reserved by Zarr v3) the prefix ``video-``.
+    Deterministic, so a rerun finds its group. The result passes the one rule for names that
+    become path components (:func:`liftvid.io.paths.check_component`).
+
+    Names still unsafe get the prefix ``video-`` (``.x.partial`` → ``video-.x.partial-video``);
+    names too long for a file name are shortened, with a hash of the name.
+    """
+    import hashlib
+
+    from .paths import MAX_COMPONENT_BYTES, check_component, component_problem
+
+    clean = "".join("_" if c in "/\\" or ord(c) < 32 or ord(c) == 127 else c for c in name)
+    if clean == name and name.endswith(SAFE_NAME_SUFFIX) and component_problem(name) is None:
         return name  # already safe: the mapping is idempotent
     if (clean != name or not clean or clean in _RESERVED_NAMES or clean.startswith((".", "__", "zarr."))
             or clean.lower() in _RESERVED_NAMES):
-        return f"{clean}{SAFE_NAME_SUFFIX}"
-    return clean
+        clean = f"{clean}{SAFE_NAME_SUFFIX}"
+    if component_problem(clean) is not None and len(clean.encode("utf-8", "surrogateescape")) <= MAX_COMPONENT_BYTES:
+        clean = f"{SAFE_NAME_SUFFIX[1:]}-{clean}"  # "__…" (Zarr v3 reserves the prefix), ".x.partial…"
+    if component_problem(clean) is not None:  # too long: a shortened name, told apart by a hash
+        digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
+        clean = f"{clean.encode('utf-8', 'surrogateescape')[:200].decode('utf-8', 'ignore')}-{digest}{SAFE_NAME_SUFFIX}"
+    return check_component(clean, "video file name")
 
 
 def _same_source(recorded: str | None, source: str) -> bool:
@@ -643,24 +755,78 @@ def _recorded_sources(root, info: dict) -> list[str | None]:
     return out
 
 
-def resolve_video_id(root, video_id: str, source: str) -> str:
-    """The group name for ``source``: ``video_id``, or ``video_id-2``… when another source has it.
+def _family(names: set[str], base: str) -> list[str]:
+    """``base``, ``base-2``, ``base-3``… among ``names``, in that order."""
+    def number(name: str) -> int:
+        return 1 if name == base else int(name[len(base) + 1:])
 
-    Deterministic across reruns, so a rerun finds the group it wrote before.
+    suffixed = (n for n in names if n.startswith(f"{base}-") and n[len(base) + 1:].isdigit()
+                and not n[len(base) + 1:].startswith("0") and int(n[len(base) + 1:]) >= 2)
+    return sorted([*([base] if base in names else []), *suffixed], key=number)
+
+
+def resolve_video_id(root, video_id: str, source: str, fingerprint=None, taken=()) -> str:
+    """The group name for the video at ``source`` whose own name is ``video_id`` (a file stem or
+    frame folder name): a group of ``video_id``, ``video_id-2``… that holds it, else the first
+    free one of those names. Deterministic across reruns, whatever else each run is given.
+
+    What identifies a video across runs: its path (as recorded, or relative to the store, for a
+    store moved together with its videos); and, where the path a group records no longer exists,
+    its content (:func:`liftvid.io.video.source_fingerprint`, recorded at extraction): a video
+    that was moved. A copy whose original is still in place is another video (its own group).
+    In order: a group recording this path; a group whose source is gone and whose fingerprint is
+    ``fingerprint`` (a string, or a callable computing it, called only when needed); a group a
+    killed run left undescribed, or whose metadata is damaged (ours to redo); the first free name.
+
+    Args:
+        taken: names already given to other sources of this run (never given again).
     """
-    video_id = safe_group_name(video_id)
+    base = safe_group_name(video_id)
     names = set(_child_names(root))
-    candidate, n = video_id, 1
-    while candidate in names:
-        group, error = _open_child(root, candidate)
+    infos = {}
+    for name in _family(names, base):
+        if name in taken:
+            continue
+        group, _ = _open_child(root, name)
         info = None if group is None else group.attrs.get(ATTRS_KEY)
-        # no attrs: a group a killed run created but never described; damaged metadata: a group
-        # that can only be redone; either is ours to redo
-        if not isinstance(info, dict) or any(_same_source(r, source) for r in _recorded_sources(root, info)):
-            break
+        infos[name] = info if isinstance(info, dict) else None
+    for name, info in infos.items():
+        if info is not None and any(_same_source(r, source) for r in _recorded_sources(root, info)):
+            return name
+    moved = [name for name, info in infos.items() if info is not None and info.get("fingerprint")
+             and not any(r and os.path.exists(r) for r in _recorded_sources(root, info))]
+    content = fingerprint() if moved and callable(fingerprint) else fingerprint
+    for name in moved:
+        if content is not None and infos[name]["fingerprint"] == content:
+            return name
+    for name, info in infos.items():
+        if info is None:
+            return name
+    candidate, n = base, 1
+    while candidate in names or candidate in taken:
         n += 1
-        candidate = f"{video_id}-{n}"
+        candidate = f"{base}-{n}"
     return candidate
+
+
+def update_source(root, video_id: str, source: str, record) -> bool:
+    """Record where a video found after a move (:func:`resolve_video_id`) is now, so that commands
+    reading the source (overlays) find it; everything else the group records stays, and the old
+    path is kept as ``moved_from``. No write when the group already names ``source``.
+
+    Args:
+        source: the video's path in this run.
+        record: a callable returning its :meth:`liftvid.io.video.VideoSource.record` (called only
+            when the group names another path: it reads the video to fingerprint it).
+
+    Returns:
+        Whether the record was changed.
+    """
+    info = video_info(root, video_id)
+    if any(_same_source(r, source) for r in _recorded_sources(root, info)):
+        return False
+    root[video_id].attrs[ATTRS_KEY] = with_relative_source(root, {**info, **record(), "moved_from": info.get("source")})
+    return True
 
 
 def chunk_frames(grid_size: tuple[int, int], channels: int, itemsize: int = 2,
@@ -1342,13 +1508,36 @@ def check_video_intact(root, video_id: str) -> str | None:
     are found by :func:`verify_video`, which reads them.
     """
     where = f"{store_label(root)}: video {video_id!r}"
-    group, error = _open_child(root, video_id)
+    group, problem = _open_child(root, video_id)
     if group is None:
-        return f"{where}: damaged Zarr metadata ({error or 'not a group'}); rerun `liftvid extract` to redo it"
-    problem = _missing_chunks(group)
+        return (f"{store_label(root)}/{problem or video_id + ': not a group'}; rerun `liftvid extract` on its "
+                "video to redo it")
+    problem = _missing_chunks(group) or _frame_index_problem(group)
     if problem is None:
         return None
     return f"{where} is damaged: {problem}; redo it: {redo_command(root, video_id)}"
+
+
+def _frame_index_problem(group) -> str | None:
+    """One line when a complete video's ``frame_index`` cannot be the source frame numbers it maps
+    to (negative, not strictly increasing, past the source's recorded frame count), else None.
+    Reads the one small array; an unreadable chunk is left to the chunk checks."""
+    try:
+        index = np.asarray(group["frame_index"][:])
+    except Exception:
+        return None
+    if not index.size:
+        return None
+    where = f"{group.path}/frame_index"
+    if (index < 0).any():
+        return f"{where}: holds {int(index.min())}, not a frame number (-1 is the fill of missing data)"
+    if (np.diff(index) <= 0).any():
+        at = int(np.argmax(np.diff(index) <= 0))
+        return f"{where}: frame numbers not increasing at stored frame {at + 1} ({int(index[at])}, then {int(index[at + 1])})"
+    recorded = (group.attrs.get(ATTRS_KEY) or {}).get("source_frames")
+    if recorded and int(index[-1]) >= int(recorded):
+        return f"{where}: refers to frame {int(index[-1])}, the source has {int(recorded)} frames"
+    return None
 
 
 def _missing_chunks(group) -> str | None:
@@ -1399,9 +1588,9 @@ def verify_video(root, video_id: str) -> list[str]:
     Returns:
         The problems found, one line each (empty: the video is intact).
     """
-    group, error = _open_child(root, video_id)
+    group, problem = _open_child(root, video_id)
     if group is None:
-        return [f"{video_id}/zarr.json: damaged Zarr metadata ({error or 'not a group'})"]
+        return [f"{store_label(root)}/{problem or video_id + ': not a group'}"]
     info = dict(group.attrs.get(ATTRS_KEY) or {})
     if info.get("status") != COMPLETE:
         return [f"status {info.get('status', 'missing')!r}, not complete"
@@ -1435,6 +1624,8 @@ def verify_video(root, video_id: str) -> list[str]:
     problems += _encoding_problems(root, group)
     if not problems and T and (np.asarray(fi[:]) < 0).any():
         problems.append("frame_index holds -1, the fill of missing data")
+    elif not problems and (index_problem := _frame_index_problem(group)):
+        problems.append(index_problem)
     for name, arr in sorted(group.arrays()):
         if name not in CORE_ARRAYS and name not in ENCODING_ARRAYS:
             problems += _read_problems(name, arr, features=False)

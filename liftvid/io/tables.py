@@ -346,13 +346,19 @@ def write_tapvid_queries(gt_path: str | Path, out_csv: str | Path, query_mode: s
         queries per video.
 
     Raises:
-        OutputError: an output that may not be written (one line naming it).
+        OutputError: an output that may not be written (one line naming it); ValueError: a pickle
+            that is not TAP-Vid's; PathNameError (a ValueError): a video name that is not one safe
+            folder name (:func:`liftvid.io.paths.check_component`).
     """
+    from .paths import check_component
+
     inputs = {"TAP-Vid pickle": gt_path}
     claim_output(out_csv, QUERIES_KIND, inputs, overwrite=overwrite)
     if frames_dir is not None:
         refuse_over_inputs(frames_dir, inputs, option="--frames", folder=True)
     videos = load_tapvid(gt_path, keep_video=frames_dir is not None)
+    for name in videos:  # each becomes a video id, and a folder under frames_dir: refused before any write
+        check_component(name, str(gt_path))
     if frames_dir is not None:
         for name in videos:
             claim_output(Path(frames_dir) / name, FRAMES_KIND, inputs, overwrite=overwrite, option="--frames",

@@ -232,6 +232,55 @@ def read_span(frame_size: tuple[int, int]) -> int:
 # ---------------------------------------------------------------- finding sources
 
 
+FINGERPRINT_SPAN = 1 << 20  # bytes hashed at each end of a video file
+
+
+def source_fingerprint(path: str | os.PathLike, kind: str = "file") -> str | None:
+    """What identifies a video's content across runs, cheaply: ``"v1:<bytes>:<sha256>"``.
+
+    A file: its size and a SHA-256 of its first and last MiB (the container's header and index
+    and the first and last encoded frames; reading the whole file would cost as much as decoding
+    it). A frame folder: the names and sizes of all its images and the first MiB of the first and
+    last. Not the path (it changes when videos move) nor the modification time (a copy changes it).
+    Two different encodes of equal size and equal ends would collide; the store only uses it to
+    find a video whose recorded path no longer exists (:func:`liftvid.io.store.resolve_video_id`).
+
+    Returns:
+        The fingerprint, or None when the source cannot be read.
+    """
+    import hashlib
+
+    digest = hashlib.sha256()
+    try:
+        path = Path(path)
+        if kind == "frames":
+            images = sorted((p for p in path.iterdir() if _is_image(p)), key=lambda p: _natural_key(p.name))
+            total = 0
+            for image in images:
+                size = image.stat().st_size
+                total += size
+                digest.update(f"{image.name}\0{size}\0".encode("utf-8", "surrogateescape"))
+            for image in images[:1] + images[-1:]:
+                with open(image, "rb") as f:
+                    digest.update(f.read(FINGERPRINT_SPAN))
+        else:
+            total = path.stat().st_size
+            with open(path, "rb") as f:
+                digest.update(f.read(FINGERPRINT_SPAN))
+                if total > FINGERPRINT_SPAN:
+                    f.seek(max(FINGERPRINT_SPAN, total - FINGERPRINT_SPAN))
+                    digest.update(f.read(FINGERPRINT_SPAN))
+    except OSError:
+        return None
+    return f"v1:{total}:{digest.hexdigest()}"
+
+
+def source_name(path: str | os.PathLike, kind: str = "file") -> str:
+    """A video's own name: a file's stem, a frame folder's name (its real name, for ``.``)."""
+    path = Path(path)
+    return path.stem if kind == "file" else path.resolve().name
+
+
 @dataclass(frozen=True)
 class VideoSource:
     """One video: a file, or a folder of JPEG/PNG frames (``kind`` ``"file"`` or ``"frames"``)."""
@@ -244,7 +293,14 @@ class VideoSource:
         """The ``source``/``source_kind`` entries a store records for the video: the absolute path
         (the store also records it relative to itself, :func:`liftvid.io.store.begin_video`), so
         that commands run from another folder find the video."""
-        return {"source": os.path.abspath(self.path), "source_kind": self.kind}
+        return {"source": os.path.abspath(self.path), "source_kind": self.kind,
+                "fingerprint": source_fingerprint(self.path, self.kind)}
+
+    @property
+    def name(self) -> str:
+        """The name the video has on disk (file stem or frame folder name), before ``find_sources``
+        makes ids unique within one run: what a store's group names start from."""
+        return source_name(self.path, self.kind)
 
     @classmethod
     def from_record(cls, info: dict, video_id: str = "", store: str | os.PathLike | None = None) -> "VideoSource":
@@ -322,7 +378,7 @@ def find_sources(paths: Sequence[str | Path]) -> list[VideoSource]:
         raise VideoInputError("no input paths given")
 
     entries = sorted(found.values(), key=lambda e: (str(e[0]), e[1]))
-    bases = [path.stem if kind == "file" else path.resolve().name for path, kind in entries]
+    bases = [source_name(path, kind) for path, kind in entries]
     # a name a video really has wins over a made-up "-2": first occurrences are placed first
     ids: list[str | None] = [None] * len(entries)
     taken: set[str] = set()

@@ -24,7 +24,8 @@ import torch
 from .. import jobs
 from ..io.outputs import claim_store_path
 from ..io import store as st
-from ..io.video import DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_video, sample_indices
+from ..io.video import (DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_video, sample_indices,
+                        source_fingerprint)
 from ..models.backbone import Backbone, file_sha256
 from ..models.extractor import FeatureExtractor, resolve_device
 from ..models.lift import load_lift_checkpoint
@@ -476,24 +477,20 @@ def _pending_sources(root, sources: list[VideoSource], summary: ExtractSummary,
     Group names never take Zarr's own (``zarr.json.mp4`` → ``zarr.json-video``); a complete
     group that lost chunks, or whose metadata is damaged, is redone."""
     todo = []
+    taken: set[str] = set()  # one group per source of this run
     for source in sources:
         source_key = str(source.path)
-        video_id = st.resolve_video_id(root, source.video_id, source_key)  # maps Zarr-reserved names
+        # a video is found by its path, or by its content once moved (st.resolve_video_id)
+        video_id = st.resolve_video_id(root, source.name, source_key,
+                                       lambda s=source: source_fingerprint(s.path, s.kind), taken)
+        taken.add(video_id)
         if st.video_status(root, video_id) == st.COMPLETE and st.check_video_intact(root, video_id) is None:
+            st.update_source(root, video_id, source_key, source.record)  # a moved video: where it is now
             result = VideoResult(video_id, source_key, "skipped", int(root[video_id]["features"].shape[0]))
             summary.results.append(result)
             progress.video_finished(result)
         else:
             todo.append((source, video_id))
-    # two sources may resolve to one free name in the same run: give the later one the next name
-    taken: set[str] = set()
-    for i, (source, video_id) in enumerate(todo):
-        n, name = 1, video_id
-        while name in taken:
-            n += 1
-            name = f"{video_id}-{n}"
-        taken.add(name)
-        todo[i] = (source, name)
     return todo
 
 

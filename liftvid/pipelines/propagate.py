@@ -19,6 +19,7 @@ from .. import jobs, viz
 from ..io import store as st
 from ..io.outputs import (PARTIAL, claim_output, partial_folder, refuse_over_inputs, replace_folder,
                           replace_node, written_whole)
+from ..io.paths import client_path, component_problem
 from ..io.masks import MAX_OBJECTS, MaskError, find_mask, frame_name, mask_ids, read_mask, write_mask
 from ..io.encode import write_video
 from ..io.tables import stored_position
@@ -114,6 +115,10 @@ class _Window:
 def _check_video(root, video_id: str) -> tuple[Any, st.VideoInfo, np.ndarray]:
     """The video's features array, recorded facts and frame index, or a PropagateError saying what is wrong."""
 
+    if unsafe := component_problem(video_id):  # it names <out>/<video>/ and the mask looked for
+        raise PropagateError(f"video {video_id!r} cannot name a file or folder: {unsafe}")
+    if damage := st.video_damage(root, video_id):  # a damaged zarr.json: this video fails, named
+        raise PropagateError(damage)
     if video_id not in root:
         raise PropagateError(f"{video_id}: not in the store (run `liftvid extract` on it first)")
     info = st.read_video_info(root, video_id)
@@ -316,7 +321,8 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
     inputs = {"masks": masks, "store": st.local_path(store_path)}
     refuse_over_inputs(out_dir, inputs, folder=True)
     complete = st.list_videos(root)
-    todo = list(videos) if videos else complete
+    # videos whose metadata is damaged fail, named, rather than being left out unsaid
+    todo = list(videos) if videos else complete + sorted(st.damaged_groups(root))
     summary = PropagateSummary(str(store_path), str(out_dir))
     if not todo:
         raise ValueError(f"{store_path}: no complete video in the store (see `liftvid info {store_path}`)")
@@ -337,10 +343,12 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
         except (PropagateError, MaskError) as exc:
             failed[vid] = str(exc)
             continue
-        tasks[vid] = (str(store_path), vid, str(path), str(out_dir), options, scale)
+        # resolved here: cluster workers run in their own folder, or on another machine
+        tasks[vid] = (client_path(store_path), vid, client_path(path), client_path(out_dir), options, scale)
     claim_results(out_dir, list(tasks), {**inputs, **_video_sources(root, list(tasks), store_path)}, options)
     if not (Path(masks).is_file() and len(todo) == 1):
-        summary.unmatched_masks = [m for m in mask_ids(masks) if m not in root]
+        names = set(st.group_names(root))
+        summary.unmatched_masks = [m for m in mask_ids(masks) if m not in names]
     def outcome(vid: str, res: Any) -> VideoPropagation:
         if isinstance(res, BaseException):
             text = str(res) if isinstance(res, ValueError) else f"{type(res).__name__}: {res}"

@@ -31,6 +31,7 @@ from .. import jobs, viz
 from ..io import store as st
 from ..io.encode import write_video
 from ..io.outputs import PARTIAL, OutputError, claim_output, record_file, replace_node, written_whole
+from ..io.paths import client_path, component_problem
 from ..io.tables import QueryRow, read_queries_csv, stored_position, write_tracks_csv
 from ..io.video import read_source_frames
 from ..ops.device import resolve_device
@@ -103,13 +104,20 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
     """Group rows by video, check each against the store, convert source pixels to grid coordinates."""
     complete = set(st.list_videos(root))
     every = set(st.list_videos(root, status=None))
+    damaged = st.damaged_groups(root)
     by_video: dict[str, list[QueryRow]] = {}
     for row in rows:
         by_video.setdefault(row.video_id, []).append(row)
     jobs, skipped = [], []
     for vid, vrows in by_video.items():
+        if unsafe := component_problem(vid):  # the video id names folders and files: one rule for all
+            skipped += [SkippedQuery(r.line, vid, r.query, f"video id {vid!r} cannot name a file or folder: {unsafe}")
+                        for r in vrows]
+            continue
         if vid not in complete:
-            if vid in every:
+            if vid in damaged:
+                why = damaged[vid]
+            elif vid in every:
                 why = f"video {vid!r} is {st.video_info(root, vid).get('status')} in the store; rerun `liftvid extract`"
             else:
                 known = ", ".join(sorted(complete)[:8]) + (" …" if len(complete) > 8 else "")
@@ -444,9 +452,9 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
                                                              dir=out_csv.parent if out_csv.parent.exists() else None))
     try:
         if write_store:
-            out_path, out_root = str(store_path), st.open_root(store_path, mode="a")
+            out_path, out_root = client_path(store_path), st.open_root(store_path, mode="a")
         else:
-            out_path = str(scratch / "tracks.zarr")
+            out_path = client_path(scratch / "tracks.zarr")
             out_root = st.open_root(out_path, mode="w")
         nodes, tasks = {}, {}
         for job in plan:
@@ -459,7 +467,7 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
                 group = out_root.create_group(job.video_id, overwrite=True)
             _create_tracks_arrays(group, job, blocks, {**meta, "status": st.INCOMPLETE})
             nodes[job.video_id] = node_name
-            tasks[job.video_id] = _block_tasks(str(store_path), job, blocks, out_path, node_name, options, device,
+            tasks[job.video_id] = _block_tasks(client_path(store_path), job, blocks, out_path, node_name, options, device,
                                                concurrency)
             log.info("%s: %d queries × %d frames in blocks of %d queries × %d frames (about %.0f MB each, %d at once)",
                      job.video_id, len(job.rows), job.n_frames, blocks.queries_per_block, blocks.frames_per_chunk,

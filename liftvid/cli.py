@@ -137,6 +137,13 @@ class _Commands(TyperGroup):
             _silence_interrupted_tasks()
             _print_error(f"interrupted: {_KEPT_ON_INTERRUPT.get(ctx.invoked_subcommand or '', _NOTHING_KEPT)}")
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, _usage.ClickException, BrokenPipeError):
+            raise
+        except Exception as exc:  # unforeseen: one line that names the command (an OSError may name no file)
+            if os.environ.get(TRACEBACK_ENV):
+                raise
+            _print_error(f"liftvid {ctx.invoked_subcommand}: {_unexpected(exc)}")
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(

@@ -306,7 +306,8 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     info = {
         **source.record(),
         "source_size": list(reader.source_size), "frame_size": [fh, fw], "grid_size": list(grid),
-        "fps": float(reader.fps), "source_frames": int(reader.n_frames),
+        # frame numbers run to the last one a folder's file names give (YouTube-VOS keeps every 5th)
+        "fps": float(reader.fps), "source_frames": int(reader.frame_numbers[-1]) + 1,
         "sampling": {"stride": options.stride, "max_frames": options.max_frames},
     }
     channels = extractor.backbone.channels
@@ -314,7 +315,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     t_chunk = st.chunk_frames(grid, encoding.stored_channels(channels),
                               np.dtype(encoding.stored_dtype(extractor.feature_dtype)).itemsize,
                               batch_size=options.batch_size)
-    group = st.begin_video(root, video_id, info, len(indices), grid, channels, indices,
+    group = st.begin_video(root, video_id, info, len(indices), grid, channels, reader.frame_numbers[indices],
                            reader.timestamps(indices), dtype=extractor.feature_dtype, t_chunk=t_chunk,
                            shard=options.shard)
     progress.video_started(video_id, len(indices))

@@ -42,7 +42,8 @@ _KEPT_ON_INTERRUPT = {
                  "whole); the others are untouched; rerun the same command to finish",
     "track": "--out was not written (it is written whole at the end) and the store's tracks are unchanged; "
              "rerun the same command",
-    "eval": "output files are written whole: none was half-written; rerun the same command",
+    "eval": "its CSV and JSON outputs are written whole (a previous file is kept); PNGs of tapvid-queries "
+            "--frames may be incomplete and are rewritten; rerun the same command",
     "viz": "--out was not written (it is written whole); rerun the same command",
     "bench": "nothing was kept (a benchmark writes only temporary files); rerun the same command",
     "verify": "the videos marked so far (with --mark) stay marked; rerun the same command to check the rest",

@@ -103,7 +103,7 @@ s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
 from liftvid.io.lease import ObjectLease  # noqa: E402
 
-from .s3_server import s3_bucket, s3_server  # noqa: E402, F401  (fixtures)
+from .s3_server import clear_s3fs_cache, s3_bucket, s3_server  # noqa: E402, F401  (fixtures)
 
 
 def _take_over(url: str) -> None:
@@ -205,3 +205,41 @@ def test_a_bucket_deleted_mid_run_is_one_line(s3_bucket, tmp_path, monkeypatch):
                                  "--resize", "square:32"])
     print(result.output)
     assert result.exit_code == 1 and "Traceback" not in result.output
+
+
+def test_worker_processes_prove_the_runs_lease_before_they_write(s3_bucket):
+    """Workers of `--scheduler tcp://` do not hold the lease: they read it, and write only while
+    the record is their run's and freshly refreshed."""
+    from liftvid.io.lease import LeaseWitness
+
+    url = f"{s3_bucket}/workers.zarr"
+    clock = _Clock()
+    lease = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()  # the client's
+    try:
+        witness = LeaseWitness(lease.token_for_workers(), clock=clock)  # a worker's
+        witness.ensure_held()
+        clock.now += 8  # the client's heartbeat stalled (paused, cut off)
+        with pytest.raises(st.StoreError, match="has not been refreshed in time .* writes nothing more"):
+            witness.ensure_held()
+        assert lease.refresh()
+        witness.ensure_held()  # refreshed: the worker goes on
+        clock.now += 11
+        _take_over(url)  # the client lost it to another run
+        with pytest.raises(st.StoreError, match="no longer held by the run this worker writes for"):
+            witness.ensure_held()
+    finally:
+        lease.release()
+
+
+def test_a_distributed_extract_to_s3_writes_through_its_workers_witness(s3_bucket, tmp_path):
+    from liftvid.io.encode import synthetic_frames, write_video
+
+    write_video(tmp_path / "v.mp4", synthetic_frames(4, 32, 32, seed=6), fps=24)
+    url = f"{s3_bucket}/dist.zarr"
+    result = runner.invoke(app, ["extract", str(tmp_path / "v.mp4"), url, "--backbone", "vit_tiny_patch16_224",
+                                 "--weights", "random", "--device", "cpu", "--resize", "square:32",
+                                 "--scheduler", "processes", "--workers", "1"])
+    assert result.exit_code == 0, result.output
+    clear_s3fs_cache()  # the workers wrote it: this process's cached listings are stale
+    report = st.verify_store(url)
+    assert report.intact == ["v"], (result.output, report)

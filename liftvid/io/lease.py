@@ -85,8 +85,9 @@ class Holder:
 # stores whose lease this process held and lost (taken over after it expired): no video of theirs
 # is marked complete by this process any more (:func:`liftvid.io.store.mark_complete` asks)
 _LOST: set[str] = set()
-# the leases this process holds, by store: what a writer proves its lease by (:func:`check_lease_held`)
-_HELD: dict[str, "ObjectLease"] = {}
+# the leases this process holds (or, in a worker process, witnesses for its client), by store:
+# what a writer proves its lease by (:func:`check_lease_held`)
+_HELD: dict[str, "ObjectLease | LeaseWitness"] = {}
 
 
 def _store_key(store_url: str) -> str:
@@ -115,6 +116,76 @@ def check_lease_held(store_url: str) -> None:
     lease = _HELD.get(key)
     if lease is not None:
         lease.ensure_held()
+
+
+@dataclass(frozen=True)
+class LeaseToken:
+    """What a run's worker processes need to prove that the run still holds the store's lease:
+    the lease's token and lifetime (picklable; :meth:`ObjectLease.token_for_workers`)."""
+
+    store_url: str
+    token: str
+    ttl: float
+
+
+class LeaseWitness:
+    """A worker process's proof that the run it works for holds the store's lease: it reads the
+    lease object and passes while the record there is the run's (same token) and its expiry is
+    more than a heartbeat away on this host's clock; it reads again once that runs out.
+
+    Args:
+        token: the run's :class:`LeaseToken`.
+        clock: the time source (seconds since the epoch).
+    """
+
+    def __init__(self, token: LeaseToken, clock: Callable[[], float] = time.time):
+        self.token, self.clock = token, clock
+        self.url = lease_url(token.store_url)
+        self.proven_until = float("-inf")
+        self._objects: _S3Objects | None = None
+        self._mutex = threading.Lock()
+
+    def ensure_held(self) -> None:
+        """Return only if the run still provably holds the lease (see the class docstring).
+
+        Raises:
+            StoreError: the record is another run's, gone, or about to expire (one line).
+        """
+        with self._mutex:
+            if self.clock() < self.proven_until:
+                return
+            try:
+                if self._objects is None:
+                    self._objects = _S3Objects(self.url)
+                current = self._objects.read()
+            except Exception as exc:
+                raise StoreError(f"{self.token.store_url}: this worker cannot read the run's lease {self.url} "
+                                 f"({type(exc).__name__}); it writes nothing more: rerun the command") from None
+            holder = None if current is None else Holder.parse(current[0])
+            if holder is None or holder.token != self.token.token:
+                raise StoreError(f"{self.token.store_url}: the lease {self.url} is no longer held by the run this "
+                                 "worker writes for (taken over by another run); it writes nothing more: rerun "
+                                 "once the other run has finished")
+            self.proven_until = holder.expires - self.token.ttl * HEARTBEAT_FRACTION
+            if self.clock() >= self.proven_until:
+                raise StoreError(f"{self.token.store_url}: the run's lease {self.url} has not been refreshed in "
+                                 "time (is its client paused or cut off?); this worker writes nothing more: "
+                                 "rerun the command")
+
+
+def witness_lease(token: LeaseToken | None) -> None:
+    """In a worker process: prove the run's lease (``token``) before each write into its store
+    from now on (:func:`check_lease_held`); None (a store with no lease) changes nothing. A lease
+    held by this very process (a local scheduler's threads) is left as it is."""
+    if token is None:
+        return
+    key = _store_key(token.store_url)
+    held = _HELD.get(key)
+    if isinstance(held, ObjectLease) and held.token == token.token:
+        return
+    if isinstance(held, LeaseWitness) and held.token == token:
+        return
+    _HELD[key] = LeaseWitness(token)
 
 
 def lease_url(store_url: str) -> str:
@@ -344,6 +415,10 @@ class ObjectLease:
                           "complete: rerun it once the other run has finished", file=sys.stderr)
                     return False
                 return True  # a transient error: try again at the next beat, the lease is still ours
+
+    def token_for_workers(self) -> LeaseToken:
+        """What this run's worker processes prove the lease by (:func:`witness_lease`)."""
+        return LeaseToken(self.store_url, self.token, self.ttl)
 
     def ensure_held(self) -> None:
         """Return only if the lease is provably this run's: the last record it wrote has not run

@@ -396,6 +396,11 @@ class StoreLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
+    def token_for_workers(self):
+        """The :class:`liftvid.io.lease.LeaseToken` by which worker processes of this run prove the
+        lease before they write (``None`` for a store without a lease: local, memory, gs)."""
+        return None if self._lease is None else self._lease.token_for_workers()
+
     def __enter__(self) -> "StoreLock":
         return self.acquire()
 

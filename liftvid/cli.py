@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -28,6 +29,67 @@ def _print_error(message: str) -> None:
     Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {escape(str(message))}")
 
 
+TRACEBACK_ENV = "LIFTVID_TRACEBACK"  # set (to anything) to see the traceback of an unexpected error
+
+# what each long command leaves behind when Ctrl-C stops it, and how to go on (the line it prints)
+_NOTHING_KEPT = "nothing was written; rerun the same command"
+_KEPT_ON_INTERRUPT = {
+    "extract": "the store keeps every video marked complete (an interrupted video stays incomplete); rerun the "
+               "same command to extract the rest: complete videos are skipped",
+    "recode": "the new store keeps every video marked complete; rerun the same command to recode the rest: "
+              "complete videos are skipped",
+    "propagate": "each video finished before the interrupt has its results in --out and in the store (written "
+                 "whole); the others are untouched; rerun the same command to finish",
+    "track": "--out was not written (it is written whole at the end) and the store's tracks are unchanged; "
+             "rerun the same command",
+    "eval": "its CSV and JSON outputs are written whole (a previous file is kept); PNGs of tapvid-queries "
+            "--frames may be incomplete and are rewritten; rerun the same command",
+    "viz": "--out was not written (it is written whole); rerun the same command",
+    "bench": "nothing was kept (a benchmark writes only temporary files); rerun the same command",
+    "verify": "the videos marked so far (with --mark) stay marked; rerun the same command to check the rest",
+}
+
+
+def _unexpected(exc: BaseException) -> str:
+    """One line for an error no command foresaw: the file and the fault for an OS error (a full
+    disk, a read-only folder, a bucket deleted mid-run), else the exception, and how to see more."""
+    import errno
+
+    hint = f"(set {TRACEBACK_ENV}=1 for the traceback)"
+    if isinstance(exc, OSError):
+        where = exc.filename if exc.filename is not None else ""
+        what = exc.strerror or str(exc) or type(exc).__name__
+        advice = {errno.ENOSPC: "free some space and rerun the same command (what was complete is kept)",
+                  errno.EROFS: "the folder is read-only: write somewhere else",
+                  errno.EACCES: "no permission: write somewhere else or change the folder's permissions"}
+        line = f"{where}: {what}" if where else what
+        return f"{line}; {advice[exc.errno]} {hint}" if exc.errno in advice else f"{line} {hint}"
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text} {hint}" if text else f"{type(exc).__name__} {hint}"
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush into a closed pipe is silent."""
+    import os
+    import sys
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _silence_interrupted_tasks() -> None:
+    """Zarr's and Dask's event loops hold tasks that Ctrl-C cut short; when the interpreter ends,
+    asyncio logs "Task was destroyed but it is pending" for each: noise after the one line that
+    says what was kept."""
+    import logging
+
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    logging.getLogger("distributed").setLevel(logging.CRITICAL)
+
+
 class _Commands(TyperGroup):
     """liftvid's command group: click's own usage errors (a missing argument, an unknown option, a
     value out of range) print in liftvid's style, ``error: <message>`` then the usage and where the
@@ -52,11 +114,37 @@ class _Commands(TyperGroup):
                 usage = ctx.get_usage().removeprefix("Usage: ")
                 typer.echo(f"  usage: {usage}  (see `{ctx.command_path} --help`)", err=True)
             sys.exit(exc.exit_code)
-        except (typer.Abort, _usage.Abort):  # end of input at a prompt
+        except typer.Abort:  # end of input at a prompt
             _print_error("aborted")
+            sys.exit(1)
+        except BrokenPipeError:  # `liftvid info s.zarr | head -1`: the reader has all it wanted
+            _quiet_stdout()
+            sys.exit(1)
+        except KeyboardInterrupt:  # outside a command (while parsing): nothing was started
+            _print_error("interrupted")
+            sys.exit(130)
+        except Exception as exc:  # a bug or an unforeseen fault: one line, the traceback on request
+            if os.environ.get(TRACEBACK_ENV):
+                raise
+            _print_error(_unexpected(exc))
             sys.exit(1)
         # without standalone mode click returns an Exit's code (`fail`, --help, Ctrl-C) or the result
         sys.exit(code if isinstance(code, int) else 0)
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            _silence_interrupted_tasks()
+            _print_error(f"interrupted: {_KEPT_ON_INTERRUPT.get(ctx.invoked_subcommand or '', _NOTHING_KEPT)}")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, _usage.ClickException, BrokenPipeError):
+            raise
+        except Exception as exc:  # unforeseen: one line that names the command (an OSError may name no file)
+            if os.environ.get(TRACEBACK_ENV):
+                raise
+            _print_error(f"liftvid {ctx.invoked_subcommand}: {_unexpected(exc)}")
+            raise typer.Exit(1) from None
 
 
 app = typer.Typer(

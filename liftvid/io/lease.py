@@ -14,6 +14,15 @@ from them alone:
   so of two runs taking over the same lease exactly one wins; the other is refused.
 - **release**: delete the object, conditional on the ETag (``If-Match``), so that a run whose
   lease was taken over never deletes its successor's lease.
+- **prove**: a writer writes only while it can prove it holds the lease: before each batch of
+  chunk writes and before a completion mark it calls :func:`check_lease_held`, which passes while
+  the expiry of the last record it wrote is more than a heartbeat away on its clock, and otherwise
+  refreshes the lease there and then. A writer frozen past its lease (SIGSTOP, a long pause, a
+  partition) finds on waking that the refresh fails (its successor replaced the record) and stops
+  with an error; a heartbeat that keeps failing (the store unreachable) stops it as soon as the
+  proof runs out, before anyone else may take the lease over. A write already under way when the
+  writer froze cannot be called back: the completion record's chunk digest
+  (:func:`liftvid.io.store.mark_complete`) makes what it damaged visible to ``verify``.
 
 A run killed without releasing leaves its lease: a rerun on the same host takes it over at once
 (the holder's pid is gone); a run on another host waits for the expiry (``ttl``, default
@@ -76,6 +85,9 @@ class Holder:
 # stores whose lease this process held and lost (taken over after it expired): no video of theirs
 # is marked complete by this process any more (:func:`liftvid.io.store.mark_complete` asks)
 _LOST: set[str] = set()
+# the leases this process holds (or, in a worker process, witnesses for its client), by store:
+# what a writer proves its lease by (:func:`check_lease_held`)
+_HELD: dict[str, "ObjectLease | LeaseWitness"] = {}
 
 
 def _store_key(store_url: str) -> str:
@@ -86,6 +98,94 @@ def _store_key(store_url: str) -> str:
 def lease_lost(store_url: str) -> bool:
     """Whether this process's lease on the store ``store_url`` was taken over by another run."""
     return _store_key(store_url) in _LOST
+
+
+def check_lease_held(store_url: str) -> None:
+    """Return only if this process may write into the store ``store_url`` now: it holds no lease on
+    it (a local store, or a worker process of a run whose client holds it), or it can prove it
+    holds its lease (:meth:`ObjectLease.ensure_held`).
+
+    Raises:
+        StoreError: the lease was taken over by another run, or cannot be proven held (one line
+            saying that this run stops writing, and what to do).
+    """
+    key = _store_key(store_url)
+    if key in _LOST:
+        raise StoreError(f"{store_url}: this run's lease was taken over by another run (it was not refreshed "
+                         "in time); this run writes nothing more: rerun once the other run has finished")
+    lease = _HELD.get(key)
+    if lease is not None:
+        lease.ensure_held()
+
+
+@dataclass(frozen=True)
+class LeaseToken:
+    """What a run's worker processes need to prove that the run still holds the store's lease:
+    the lease's token and lifetime (picklable; :meth:`ObjectLease.token_for_workers`)."""
+
+    store_url: str
+    token: str
+    ttl: float
+
+
+class LeaseWitness:
+    """A worker process's proof that the run it works for holds the store's lease: it reads the
+    lease object and passes while the record there is the run's (same token) and its expiry is
+    more than a heartbeat away on this host's clock; it reads again once that runs out.
+
+    Args:
+        token: the run's :class:`LeaseToken`.
+        clock: the time source (seconds since the epoch).
+    """
+
+    def __init__(self, token: LeaseToken, clock: Callable[[], float] = time.time):
+        self.token, self.clock = token, clock
+        self.url = lease_url(token.store_url)
+        self.proven_until = float("-inf")
+        self._objects: _S3Objects | None = None
+        self._mutex = threading.Lock()
+
+    def ensure_held(self) -> None:
+        """Return only if the run still provably holds the lease (see the class docstring).
+
+        Raises:
+            StoreError: the record is another run's, gone, or about to expire (one line).
+        """
+        with self._mutex:
+            if self.clock() < self.proven_until:
+                return
+            try:
+                if self._objects is None:
+                    self._objects = _S3Objects(self.url)
+                current = self._objects.read()
+            except Exception as exc:
+                raise StoreError(f"{self.token.store_url}: this worker cannot read the run's lease {self.url} "
+                                 f"({type(exc).__name__}); it writes nothing more: rerun the command") from None
+            holder = None if current is None else Holder.parse(current[0])
+            if holder is None or holder.token != self.token.token:
+                raise StoreError(f"{self.token.store_url}: the lease {self.url} is no longer held by the run this "
+                                 "worker writes for (taken over by another run); it writes nothing more: rerun "
+                                 "once the other run has finished")
+            self.proven_until = holder.expires - self.token.ttl * HEARTBEAT_FRACTION
+            if self.clock() >= self.proven_until:
+                raise StoreError(f"{self.token.store_url}: the run's lease {self.url} has not been refreshed in "
+                                 "time (is its client paused or cut off?); this worker writes nothing more: "
+                                 "rerun the command")
+
+
+def witness_lease(token: LeaseToken | None) -> None:
+    """In a worker process: prove the run's lease (``token``) before each write into its store
+    from now on (:func:`check_lease_held`); None (a store with no lease) changes nothing. A lease
+    held by this very process (a local scheduler's threads) is left as it is."""
+    if token is None:
+        return
+    key = _store_key(token.store_url)
+    held = _HELD.get(key)
+    if isinstance(held, ObjectLease) and held.token == token.token:
+        return
+    if isinstance(held, LeaseWitness) and held.token == token:
+        return
+    _HELD[key] = LeaseWitness(token)
 
 
 def lease_url(store_url: str) -> str:
@@ -212,15 +312,24 @@ class ObjectLease:
         self.token = uuid.uuid4().hex
         self.etag: str | None = None
         self.lost = False  # set when a refresh finds the lease taken over
+        # until when (on self.clock) this run can prove it holds the lease: the expiry of the last
+        # record it wrote, less a heartbeat's margin (so a writer stops before anyone may take over)
+        self.proven_until = float("-inf")
         self.took_over: Holder | None = None  # the expired holder replaced, if any
         self._objects: _S3Objects | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._mutex = threading.Lock()  # one conditional write of ours at a time
 
-    def _record(self) -> bytes:
+    def _record(self) -> tuple[bytes, float]:
+        """The holder record to write and the expiry it states."""
         holder = Holder(self.command, os.getpid(), socket.gethostname(), self.token, self.clock() + self.ttl)
-        return json.dumps(asdict(holder)).encode()
+        return json.dumps(asdict(holder)).encode(), holder.expires
+
+    def _written(self, etag: str, expires: float) -> None:
+        """A record of ours landed: remember its ETag and how long it proves the lease ours."""
+        self.etag = etag
+        self.proven_until = expires - self.ttl * HEARTBEAT_FRACTION
 
     def _refused(self, holder: Holder | None) -> StoreError:
         who = holder.describe(self.clock()) if holder else "another run"
@@ -243,6 +352,7 @@ class ObjectLease:
             self._objects = _S3Objects(self.url)
             self._take()
             _LOST.discard(_store_key(self.store_url))
+            _HELD[_store_key(self.store_url)] = self
         except StoreError:
             raise
         except ImportError:
@@ -262,7 +372,8 @@ class ObjectLease:
         objects = self._objects
         for _ in range(_ATTEMPTS):
             try:
-                self.etag = objects.create(self._record())
+                data, expires = self._record()
+                self._written(objects.create(data), expires)
                 return
             except Exception as exc:
                 if not _precondition_failed(exc):
@@ -275,7 +386,8 @@ class ObjectLease:
             if not self._expired(holder):
                 raise self._refused(holder)
             try:
-                self.etag = objects.replace(self._record(), etag)
+                data, expires = self._record()
+                self._written(objects.replace(data, etag), expires)
                 self.took_over = holder
                 return
             except Exception as exc:
@@ -291,7 +403,8 @@ class ObjectLease:
             if self.lost or self.etag is None:
                 return False
             try:
-                self.etag = self._objects.replace(self._record(), self.etag)
+                data, expires = self._record()
+                self._written(self._objects.replace(data, self.etag), expires)
                 return True
             except Exception as exc:
                 if _precondition_failed(exc) or _missing(exc):
@@ -302,6 +415,30 @@ class ObjectLease:
                           "complete: rerun it once the other run has finished", file=sys.stderr)
                     return False
                 return True  # a transient error: try again at the next beat, the lease is still ours
+
+    def token_for_workers(self) -> LeaseToken:
+        """What this run's worker processes prove the lease by (:func:`witness_lease`)."""
+        return LeaseToken(self.store_url, self.token, self.ttl)
+
+    def ensure_held(self) -> None:
+        """Return only if the lease is provably this run's: the last record it wrote has not run
+        out of proof, or a refresh made now succeeds.
+
+        Raises:
+            StoreError: the lease was taken over (a writer that was frozen past its expiry), or no
+                refresh has landed for too long (the store unreachable): this run must write nothing more.
+        """
+        if not self.lost and self.clock() < self.proven_until:
+            return
+        if self.refresh() and self.clock() < self.proven_until:
+            return
+        if self.lost:
+            raise StoreError(f"{self.store_url}: this run's lease {self.url} was taken over by another run (it "
+                             "was not refreshed in time, e.g. this run was paused); this run writes nothing more: "
+                             "rerun once the other run has finished")
+        raise StoreError(f"{self.store_url}: this run cannot prove it still holds its lease {self.url} (no refresh "
+                         f"has landed for {self.ttl * (1 - HEARTBEAT_FRACTION):.0f} s: is the store reachable?); "
+                         "this run writes nothing more: rerun it")
 
     def _beat(self) -> None:
         while not self._stop.wait(self.heartbeat):
@@ -314,6 +451,8 @@ class ObjectLease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if _HELD.get(_store_key(self.store_url)) is self:
+            del _HELD[_store_key(self.store_url)]
         with self._mutex:
             if self.etag is None or self.lost:
                 return

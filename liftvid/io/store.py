@@ -15,9 +15,11 @@ next run deletes and redoes.
 The store proves what it holds: every chunk of the core arrays ends in a CRC32C checksum (after
 the compressor), so a damaged chunk fails to read, and the read error names the store, video and
 array; features are filled with NaN, so a missing chunk cannot pass for data; the completion mark
-records each array's stored-chunk count (``stored_chunks``). :func:`check_video_intact` compares
-the stored chunks with the full grid and the record (one listing); :func:`verify_video` also
-reads every chunk (``liftvid verify``). A group whose ``zarr.json`` is damaged is left out of
+records each array's stored-chunk count (``stored_chunks``) and a digest of its chunks' checksums
+(``chunk_digest``), so that a chunk replaced after completion by another valid one (a writer that
+lost its lease) is found. :func:`check_video_intact` compares the stored chunks with the full grid
+and the record (one listing, and the last 4 bytes of each chunk); :func:`verify_video` also reads
+every chunk (``liftvid verify``). A group whose ``zarr.json`` is damaged is left out of
 listings, reported by :func:`damaged_groups`, and redone by ``extract``. Group names never take
 Zarr's own (:func:`safe_group_name`).
 """
@@ -463,6 +465,11 @@ class StoreLock:
                 pass  # already gone, or a read-only folder: the lock still drops with the close
             os.close(self._fd)  # closing drops the flock
             self._fd = None
+
+    def token_for_workers(self):
+        """The :class:`liftvid.io.lease.LeaseToken` by which worker processes of this run prove the
+        lease before they write (``None`` for a store without a lease: local, memory, gs)."""
+        return None if self._lease is None else self._lease.token_for_workers()
 
     def __enter__(self) -> "StoreLock":
         self.acquire()
@@ -1024,6 +1031,82 @@ def sync_group(group) -> None:
         _fsync(Path(here), directory=True)
 
 
+def check_writable(group) -> None:
+    """Return only if this process may write into ``group``'s store now: always for local and
+    memory stores (their lock is the kernel's or the process's); for an object store, only while
+    it can prove it holds the store's lease (:func:`liftvid.io.lease.check_lease_held`).
+
+    Raises:
+        StoreError: the lease was lost or cannot be proven held.
+    """
+    if _local_dir(group) is not None:
+        return
+    from .lease import check_lease_held
+
+    check_lease_held(store_label(group))
+
+
+_DIGEST_READS = 64  # chunk checksums read at once (an object store answers them in parallel)
+
+
+def _chunk_fingerprints(array) -> dict[str, str]:
+    """``{chunk key: fingerprint}`` of every stored object of ``array``. An unsharded chunk whose
+    last codec is CRC32C ends in its own checksum: the fingerprint is those 4 bytes (one small
+    ranged read). A shard ends in the checksum of its index only, which two shards of the same
+    layout can share: its fingerprint is a SHA-256 of the whole object (one full read)."""
+    import asyncio
+    import hashlib
+
+    from zarr.abc.store import SuffixByteRequest
+    from zarr.codecs import Crc32cCodec
+    from zarr.core.buffer import default_buffer_prototype
+
+    codecs = tuple(getattr(array.metadata, "codecs", ()) or ())
+    tail = not getattr(array, "shards", None) and bool(codecs) and isinstance(codecs[-1], Crc32cCodec)
+    prefix = f"{array.path}/"
+    keys = sorted(_stored_keys(array))
+
+    async def fingerprints():
+        gate = asyncio.Semaphore(_DIGEST_READS)
+        prototype = default_buffer_prototype()
+
+        async def one(key):
+            async with gate:
+                buf = await array.store.get(prefix + key, prototype,
+                                            byte_range=SuffixByteRequest(4) if tail else None)
+            if buf is None:
+                return key, "missing"
+            data = buf.to_bytes()
+            return key, data.hex() if tail else hashlib.sha256(data).hexdigest()[:16]
+
+        return dict(await asyncio.gather(*(one(k) for k in keys)))
+
+    return _sync(fingerprints())
+
+
+def chunk_digest(array) -> str:
+    """One SHA-256 (hex) over every stored chunk key of ``array`` and its fingerprint
+    (:func:`_chunk_fingerprints`): what a completion record keeps, and what a reader recomputes
+    to find a chunk replaced after completion, even by one with a valid checksum."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for key, value in sorted(_chunk_fingerprints(array).items()):
+        digest.update(f"{key}={value}\n".encode())
+    return digest.hexdigest()
+
+
+def _changed_chunks(group) -> str | None:
+    """None, or one line naming the first array whose chunks are not those its completion
+    recorded (``chunk_digest``; videos completed by an older liftvid have none and pass)."""
+    recorded = (group.attrs.get(ATTRS_KEY) or {}).get("chunk_digest") or {}
+    for name, digest in recorded.items():
+        if name in group and chunk_digest(group[name]) != digest:
+            return (f"{name}: its chunks are not the ones recorded when the video was completed (a chunk "
+                    "was rewritten afterwards, e.g. by a run that lost the store's lease)")
+    return None
+
+
 def mark_complete(group) -> None:
     """Set status ``complete``: the last write of a video, made only once its data is durable
     (:func:`sync_group` before the status is written, and again after).
@@ -1032,17 +1115,25 @@ def mark_complete(group) -> None:
         StoreError: this process's lease on the (object) store was taken over by another run: what
             it wrote may be mixed with the other run's, so the video stays incomplete (a rerun redoes it).
     """
-    if _local_dir(group) is None:
+    try:
+        check_writable(group)
+    except StoreError:
         from .lease import lease_lost
 
-        if lease_lost(label := store_label(group)):
-            raise StoreError(f"{label}: this run's lease was taken over by another run; video "
-                             f"{group.path!r} is left incomplete: rerun once the other run has finished")
+        label = store_label(group)
+        why = ("this run's lease was taken over by another run" if lease_lost(label)
+               else "this run cannot prove it still holds the store's lease")
+        raise StoreError(f"{label}: {why}; video {group.path!r} is left incomplete: rerun once the other run "
+                         "has finished") from None
     sync_group(group)
     info = dict(group.attrs[ATTRS_KEY])
-    # what a reader checks the store against: the stored objects of each core array
-    stored = {name: len(_stored_keys(group[name])) for name in (*CORE_ARRAYS, *ENCODING_ARRAYS) if name in group}
-    info.update(status=COMPLETE, error=None, stored_chunks=stored)
+    # what a reader checks the store against: the stored objects of each core array, and a digest
+    # of their checksums, so that a chunk rewritten after completion (by a run that lost its lease
+    # while a write was under way) is found
+    arrays = [name for name in (*CORE_ARRAYS, *ENCODING_ARRAYS) if name in group]
+    stored = {name: len(_stored_keys(group[name])) for name in arrays}
+    info.update(status=COMPLETE, error=None, stored_chunks=stored,
+                chunk_digest={name: chunk_digest(group[name]) for name in arrays})
     group.attrs[ATTRS_KEY] = info
     folder = _local_dir(group)
     if folder is not None:
@@ -1375,6 +1466,7 @@ class FeatureWriter:
         return self.features.path
 
     def __setitem__(self, region: slice, values) -> None:
+        check_writable(self.group)  # a writer that lost its store's lease writes nothing more
         x = np.asarray(values)
         if self.encoding.kind == INT8:
             codes, scale, offset = quantize_int8(x)
@@ -1502,9 +1594,10 @@ def _encoding_problems(root, group) -> list[str]:
 
 
 def check_video_intact(root, video_id: str) -> str | None:
-    """A cheap check of a complete video (one listing per array, no chunk read): ``None``, or one
-    line saying what is damaged (a missing chunk, a stored-chunk count other than the one recorded
-    at completion, a damaged ``zarr.json``) and the command that redoes it. Corrupt chunk contents
+    """A cheap check of a complete video (one listing per array, and each chunk's 4-byte checksum):
+    ``None``, or one line saying what is damaged (a missing chunk, a stored-chunk count other than
+    the one recorded at completion, chunks other than those it recorded, a damaged ``zarr.json``)
+    and the command that redoes it. Corrupt chunk contents
     are found by :func:`verify_video`, which reads them.
     """
     where = f"{store_label(root)}: video {video_id!r}"
@@ -1512,7 +1605,7 @@ def check_video_intact(root, video_id: str) -> str | None:
     if group is None:
         return (f"{store_label(root)}/{problem or video_id + ': not a group'}; rerun `liftvid extract` on its "
                 "video to redo it")
-    problem = _missing_chunks(group) or _frame_index_problem(group)
+    problem = _missing_chunks(group) or _frame_index_problem(group) or _changed_chunks(group)
     if problem is None:
         return None
     return f"{where} is damaged: {problem}; redo it: {redo_command(root, video_id)}"
@@ -1618,6 +1711,8 @@ def verify_video(root, video_id: str) -> list[str]:
     missing = _missing_chunks(group)
     if missing:
         problems.append(missing)
+    elif changed := _changed_chunks(group):
+        problems.append(changed)
     problems += _read_problems("features", feats, features=True)
     for name, arr in (("frame_index", fi), ("timestamps", ts)):
         problems += _read_problems(name, arr, features=False)

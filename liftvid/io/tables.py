@@ -439,8 +439,15 @@ def _read_tracks(path: Path) -> dict[str, PredictedTracks]:
         if seen[0] < 0:
             raise ValueError(f"{path}: video {vid!r} has frame t={seen[0]}; frame numbers count from 0")
         step = math.gcd(*seen) or 1  # the extraction stride: frames 0, s, 2s, …
+        n_frames = seen[-1] // step + 1
+        # every query has every frame, so no video has more frames than a query has rows: checked
+        # before anything of n_frames is allocated (one row with t=10**12 must not ask for terabytes)
+        short = next((q for q in sorted(queries) if len(queries[q]) != n_frames), None)
+        if short is not None:
+            span = f"0…{seen[-1]}{f' every {step}' if step != 1 else ''} ({n_frames:,} frames)"
+            raise ValueError(f"{path}: video {vid!r} query {short} has {len(queries[short])} of {n_frames:,} frames "
+                             f"({span}); every query needs a row for every frame")
         frame_numbers = np.arange(0, seen[-1] + 1, step, dtype=np.int64)
-        n_frames = len(frame_numbers)
         ids = np.array(sorted(queries), np.int64)
         pos = np.full((len(ids), n_frames, 2), np.nan)
         vis = np.zeros((len(ids), n_frames), bool)

@@ -223,6 +223,42 @@ def _resize_pool() -> ThreadPoolExecutor:
         return _RESIZE_POOL
 
 
+# The ViT attends every patch to every other: time and memory grow with the square of the
+# patches. 65,536 patches (4096x4096 at patch 16, 2048x2048 at patch 8) is a 4K frame at patch 16
+# with room to spare, and already minutes per frame on a CPU; --resize native on an 8192x8192
+# video (262,144 patches) ran 10 minutes at 4 GB without finishing a frame.
+MAX_PATCHES = 65536
+MAX_PATCHES_ENV = "LIFTVID_MAX_PATCHES"
+
+
+def max_patches() -> int:
+    """The most patches a model input may have: :data:`MAX_PATCHES`, or ``$LIFTVID_MAX_PATCHES``."""
+    value = os.environ.get(MAX_PATCHES_ENV)
+    if not value:
+        return MAX_PATCHES
+    try:
+        limit = int(value)
+    except ValueError:
+        raise ValueError(f"{MAX_PATCHES_ENV}={value!r}: not a whole number of patches") from None
+    if limit < 1:
+        raise ValueError(f"{MAX_PATCHES_ENV}={value!r}: must be at least 1")
+    return limit
+
+
+def check_model_input(resize: "Resize", frame_size: tuple[int, int], patch_size: int) -> None:
+    """Refuse a model input with more patches than :func:`max_patches` (one line: why, what to do).
+
+    Raises:
+        ValueError: ``frame_size`` holds too many patches of ``patch_size``.
+    """
+    patches = (int(frame_size[0]) // patch_size) * (int(frame_size[1]) // patch_size)
+    limit = max_patches()
+    if patches > limit:
+        raise ValueError(f"--resize {resize} gives a {frame_size[0]}x{frame_size[1]} model input, {patches:,} "
+                         f"patches of {patch_size} px, more than the {limit:,} the ViT's attention is allowed "
+                         f"({MAX_PATCHES_ENV}); use a smaller --resize (e.g. short:480) or raise {MAX_PATCHES_ENV}")
+
+
 def read_span(frame_size: tuple[int, int]) -> int:
     """Frames decoded in one call at ``frame_size``: :data:`READ_SPAN`, fewer for large frames."""
     frame_bytes = max(1, int(frame_size[0]) * int(frame_size[1]) * 3)
@@ -604,9 +640,57 @@ class _PyAVFrames:
             self._container = None
 
 
+def folder_frame_numbers(files: Sequence[Path]) -> np.ndarray:
+    """The source frame number of each of a frame folder's files, in their (natural) order:
+    ``(N,) int64``. The number a file's name ends in (``00045.jpg`` → 45, ``frame_0045.png`` → 45)
+    when every name has one and they rise strictly, as in folders that keep every k-th frame
+    (YouTube-VOS keeps every 5th: 00000, 00005, …), so results are named and tracked by the
+    frame the file is; otherwise the position in the folder (0, 1, 2, …)."""
+    numbers = []
+    for file in files:
+        match = re.search(r"(\d+)$", Path(file).stem)
+        if match is None:
+            return np.arange(len(files), dtype=np.int64)
+        numbers.append(int(match.group(1)))
+    out = np.asarray(numbers, dtype=np.int64)
+    if len(out) > 1 and not (np.diff(out) > 0).all():
+        return np.arange(len(files), dtype=np.int64)
+    return out
+
+
+_SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N", "I"})
+
+
+def decode_rgb8(image, file: Path) -> np.ndarray:
+    """A PIL image as ``(H, W, 3) uint8`` RGB, every kind of frame file decoded as its picture.
+
+    16-bit greyscale (PNG ``I;16``; PIL's ``convert("RGB")`` clips every value above 255 to white)
+    keeps its high byte, ``v >> 8``: the whole 16-bit range maps onto the 8-bit one, and it is what
+    OpenCV's ``cv2.imread`` (the DINO protocol's reader) and libpng's ``strip_16`` give for the
+    same file, so both protocols see the same pixels. 16-bit RGB PNGs are reduced the same way by
+    PIL itself. Other modes (palette, grey, alpha, CMYK) go through PIL's ``convert("RGB")``.
+
+    Raises:
+        VideoDecodeError: a mode with no 8-bit picture (32-bit integer values beyond 16 bits, float).
+    """
+    if image.mode in _SIXTEEN_BIT_MODES:
+        values = np.asarray(image)
+        if values.size and (int(values.min()) < 0 or int(values.max()) > 0xFFFF):
+            raise VideoDecodeError(f"{file}: cannot decode: {image.mode} values {int(values.min())}…"
+                                   f"{int(values.max())} are not 16-bit grey levels; save the frames as 8-bit")
+        grey = (values.astype(np.uint32) >> 8).astype(np.uint8)
+        return np.repeat(grey[:, :, None], 3, axis=2)
+    if image.mode == "F":
+        raise VideoDecodeError(f"{file}: cannot decode: a floating-point image (mode F) has no 8-bit picture; "
+                               "save the frames as 8-bit PNG or JPEG")
+    return np.asarray(image.convert("RGB"))
+
+
 class _FolderFrames:
-    """A folder of JPEG/PNG frames, sorted by name, read with PIL as RGB at native size, or (fast
-    path) resized to ``size`` with PIL ``BILINEAR``."""
+    """A folder of JPEG/PNG frames, sorted by name, read with PIL as RGB at native size (or, fast
+    path, resized to ``size`` with PIL ``BILINEAR``), :func:`decode_rgb8` for 16-bit frames.
+    ``frame_numbers``: each file's source frame number (:func:`folder_frame_numbers`); ``span``:
+    frames read in one call, bounded by bytes as for video files (:func:`read_span`)."""
 
     def __init__(self, path: Path, size: tuple[int, int] | None):
         from PIL import Image
@@ -622,20 +706,29 @@ class _FolderFrames:
                 self.native = (first.height, first.width)
         except Exception as exc:
             raise VideoDecodeError(f"{self.files[0]}: cannot decode: {_one_line(exc)}") from None
+        self.frame_numbers = folder_frame_numbers(self.files)
+        self.span = read_span(size or self.native)
 
     def read(self, start: int, stop: int) -> np.ndarray:
         from PIL import Image
 
         out = []
-        for file in self.files[start:stop]:
+        for position, file in enumerate(self.files[start:stop], start=start):
             try:
                 with Image.open(file) as image:
-                    image = image.convert("RGB")
-                    if self.size is not None and image.size != (self.size[1], self.size[0]):
-                        image = image.resize((self.size[1], self.size[0]), Image.BILINEAR)
-                    out.append(np.asarray(image))
+                    if (image.height, image.width) != self.native:
+                        raise VideoDecodeError(
+                            f"{file}: frame {int(self.frame_numbers[position])} is {image.height}x{image.width}, "
+                            f"the folder's first frame ({self.files[0].name}) {self.native[0]}x{self.native[1]}; "
+                            "a video's frames must all have one size (resize or remove the odd ones)")
+                    frame = decode_rgb8(image, file)
+                    if self.size is not None and frame.shape[:2] != tuple(self.size):
+                        frame = np.asarray(Image.fromarray(frame).resize((self.size[1], self.size[0]), Image.BILINEAR))
+                    out.append(frame)
+            except VideoDecodeError:
+                raise
             except Exception as exc:
-                raise VideoDecodeError(f"{file}: cannot decode frame {self.files.index(file)} of "
+                raise VideoDecodeError(f"{file}: cannot decode frame {int(self.frame_numbers[position])} of "
                                        f"{self.path}: {_one_line(exc)}") from None
         return np.stack(out)
 
@@ -682,6 +775,14 @@ class VideoReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+    @property
+    def frame_numbers(self) -> np.ndarray:
+        """``(n_frames,) int64``: the source frame number of each decoded position: the position
+        itself for video files, the number in the file's name for a frame folder that numbers its
+        files with gaps (:func:`folder_frame_numbers`). What the store's ``frame_index`` holds."""
+        numbers = getattr(self._decoder, "frame_numbers", None)
+        return np.arange(self.n_frames, dtype=np.int64) if numbers is None else numbers
 
     def timestamps(self, indices: np.ndarray) -> np.ndarray:
         """Start times in seconds of frames ``indices``: ``(T,) float64``."""
@@ -800,6 +901,7 @@ def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float 
     if source.kind == "frames":
         probe = _FolderFrames(path, None)
         native, rate = probe.native, float(fps)
+        probe.timestamps = probe.frame_numbers / rate  # a kept 5th frame starts at its own time
         make = lambda size: _FolderFrames(path, size)  # noqa: E731
     else:
         container_format, coded = _probe(path)
@@ -826,6 +928,7 @@ def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float 
             make = lambda size: _PyAVFrames(path, size, num_threads)  # noqa: E731
     try:
         frame_size = resize.target_size(native, patch_size)
+        check_model_input(resize, frame_size, patch_size)
     except ValueError as exc:
         probe.close()
         raise VideoDecodeError(f"{path}: {exc}") from None
@@ -880,14 +983,18 @@ def read_source_frames(source: VideoSource, frame_index: np.ndarray, source_size
         raise VideoInputError(f"{exc} (overlays draw on the source frames)") from None
     H, W = (int(s) for s in source_size)
     fault = None
+    numbers = reader.frame_numbers
+    positions = np.searchsorted(numbers, index) if index.size else index
+    absent = index[(positions >= len(numbers)) | (numbers[np.minimum(positions, len(numbers) - 1)] != index)]
     if reader.source_size != (H, W):
         fault = (f"frames are {reader.source_size[0]}×{reader.source_size[1]}, the store recorded {H}×{W}")
-    elif index.size and int(index.max()) >= reader.n_frames:
-        fault = f"{reader.n_frames} frames, but the store's features refer to frame {int(index.max())}"
+    elif absent.size:
+        numbered = "" if int(numbers[-1]) == len(numbers) - 1 else f" (numbered {int(numbers[0])}…{int(numbers[-1])})"
+        fault = f"{reader.n_frames} frames{numbered}, but the store's features refer to frame {int(absent[0])}"
     if fault is not None:
         reader.close()
         raise VideoInputError(f"{source.path}: {fault}; the source changed since extraction, re-extract it")
-    return _frames_in_order(reader, index, batch_size)
+    return _frames_in_order(reader, positions, batch_size)
 
 
 def _frames_in_order(reader: VideoReader, index: np.ndarray, batch_size: int) -> Iterator[np.ndarray]:

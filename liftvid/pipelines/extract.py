@@ -7,6 +7,7 @@ three stages overlap; queues between them keep memory bounded whatever the video
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
 import queue
@@ -24,6 +25,7 @@ import torch
 from .. import jobs
 from ..io.outputs import claim_store_path
 from ..io import store as st
+from ..io.lease import witness_lease
 from ..io.video import (DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_video, sample_indices,
                         source_fingerprint)
 from ..models.backbone import Backbone, file_sha256
@@ -63,6 +65,8 @@ class ExtractOptions:
     quantize: str | None = None  # "int8": per frame and channel affine codes (store.FeatureEncoding)
     pca: int | None = None  # K: store K components of a store-wide basis
     pca_fit_frames: int = st.PCA_FIT_FRAMES  # frames of the first videos the basis is fitted on
+    # set by extract_videos for worker processes: how they prove the run's lease on an s3:// store
+    lease: object | None = None
 
     def __post_init__(self):
         if self.facet is None:
@@ -308,7 +312,8 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     info = {
         **source.record(),
         "source_size": list(reader.source_size), "frame_size": [fh, fw], "grid_size": list(grid),
-        "fps": float(reader.fps), "source_frames": int(reader.n_frames),
+        # frame numbers run to the last one a folder's file names give (YouTube-VOS keeps every 5th)
+        "fps": float(reader.fps), "source_frames": int(reader.frame_numbers[-1]) + 1,
         "sampling": {"stride": options.stride, "max_frames": options.max_frames},
     }
     channels = extractor.backbone.channels
@@ -316,7 +321,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     t_chunk = st.chunk_frames(grid, encoding.stored_channels(channels),
                               np.dtype(encoding.stored_dtype(extractor.feature_dtype)).itemsize,
                               batch_size=options.batch_size)
-    group = st.begin_video(root, video_id, info, len(indices), grid, channels, indices,
+    group = st.begin_video(root, video_id, info, len(indices), grid, channels, reader.frame_numbers[indices],
                            reader.timestamps(indices), dtype=extractor.feature_dtype, t_chunk=t_chunk,
                            shard=options.shard)
     progress.video_started(video_id, len(indices))
@@ -395,6 +400,7 @@ def extract_one(source: VideoSource, video_id: str, store_path: str, options: Ex
     The store's configuration must already be written (:func:`extract_videos` does it once). A video
     that cannot be decoded is recorded as failed and returned as such, not raised.
     """
+    witness_lease(options.lease)  # an s3:// store: every write first proves the run's lease
     extractor = _worker_extractor(options)
     root = st.open_root(store_path, mode="a")
     resize = Resize.parse(options.resize)
@@ -457,9 +463,10 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
         raise ValueError(f"--pca-fit-frames {options.pca_fit_frames}: must be at least 1")
     config = st.make_config(backbone.describe(), lift_info, str(resize), mean, std, extractor.pixels_per_cell,
                             protocol=resize.record(), feature_dtype=extractor.feature_dtype, encoding=encoding)
-    with st.StoreLock(store_path):
+    with st.StoreLock(store_path) as lock:
         try:
             if scheduler is not None:
+                options = dataclasses.replace(options, lease=lock.token_for_workers())
                 return _extract_distributed(extractor, sources, store_path, config, options, progress, t0,
                                             scheduler, workers)
             return _extract_sources(extractor, sources, resize, store_path, config, options, progress, t0)

@@ -223,6 +223,7 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
             for i, m in enumerate(ids):
                 write_mask(out / frame_name(frame_index[first + i]), m)
             if store_masks is not None:
+                st.check_writable(group)  # a run that lost an object store's lease writes nothing more
                 store_masks[first:first + len(ids)] = ids
             for i, m in enumerate(ids):
                 yield first + i, m
@@ -247,6 +248,7 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
                                 "start_frame": int(options.start_frame), "frames": int(T - pos)},
                    RESULT_KIND, overwrite=options.overwrite)
     if store_masks is not None:
+        st.check_writable(group)
         replace_node(group, partial, MASKS_ARRAY)
         group[MASKS_ARRAY].attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}  # the completion mark, last
     return VideoPropagation(video_id, "complete", frames=T - pos, objects=n_objects,

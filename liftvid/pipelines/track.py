@@ -174,6 +174,7 @@ def write_tracks_group(root, job: _VideoJob, tracks: Tracks, meta: dict) -> None
         arr = g.create_array(name, shape=data.shape, dtype=data.dtype, chunks=data.shape or None,
                              dimension_names=dims)
         arr[...] = data
+    st.check_writable(group)
     replace_node(group, partial, TRACKS_GROUP)
     group[TRACKS_GROUP].attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}
 
@@ -296,6 +297,7 @@ def _create_tracks_arrays(group, job: _VideoJob, plan: BlockPlan, attrs: dict) -
 def _write_part(node, q0: int, start: int, part: Tracks, grid_size, source_size) -> None:
     """Write ``part`` (queries ``q0 …``, frames ``start …``, grid coordinates) as source pixels."""
     q1, stop = q0 + part.visible.shape[0], start + part.visible.shape[1]
+    st.check_writable(node)  # a run that lost an object store's lease writes nothing more
     node["positions"][q0:q1, start:stop] = grid_to_source(part.positions, grid_size, source_size).astype(np.float32)
     node["visible"][q0:q1, start:stop] = part.visible
     node["score"][q0:q1, start:stop] = part.score
@@ -497,6 +499,7 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
                 finals[job.video_id] = node
                 continue
             group = out_root[job.video_id]
+            st.check_writable(group)  # a run that lost an object store's lease swaps nothing in
             try:
                 replace_node(group, partial, TRACKS_GROUP)
                 group[TRACKS_GROUP].attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}

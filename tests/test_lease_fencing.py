@@ -76,11 +76,11 @@ def test_a_chunk_replaced_after_completion_by_a_valid_one_is_named_by_verify_and
     np.testing.assert_array_equal(st.open_root(store)["v"]["features"][2], other[2].astype(np.float16))
 
     damage = st.check_video_intact(st.open_root(store), "v")
-    assert damage is not None and "'v' is damaged: features: its chunks are not the ones recorded" in damage
+    assert damage is not None and "'v' is damaged: v/features: its chunks are not the ones recorded" in damage
     assert st.check_video_intact(st.open_root(store), "w") is None
     result = runner.invoke(app, ["verify", str(store)])
     assert result.exit_code == 1
-    assert "damaged v: features: its chunks are not the ones recorded when the video was completed" in result.output
+    assert "damaged v: v/features: its chunks are not the ones recorded when the video was completed" in result.output
     assert "OK w" in result.output
 
 

@@ -1102,7 +1102,7 @@ def _changed_chunks(group) -> str | None:
     recorded = (group.attrs.get(ATTRS_KEY) or {}).get("chunk_digest") or {}
     for name, digest in recorded.items():
         if name in group and chunk_digest(group[name]) != digest:
-            return (f"{name}: its chunks are not the ones recorded when the video was completed (a chunk "
+            return (f"{group.path}/{name}: its chunks are not the ones recorded when the video was completed (a chunk "
                     "was rewritten afterwards, e.g. by a run that lost the store's lease)")
     return None
 

@@ -203,8 +203,9 @@ def test_a_bucket_deleted_mid_run_is_one_line(s3_bucket, tmp_path, monkeypatch):
     result = runner.invoke(app, ["extract", str(tmp_path / "v.mp4"), f"{s3_bucket}/gone.zarr", "--backbone",
                                  "vit_tiny_patch16_224", "--weights", "random", "--device", "cpu",
                                  "--resize", "square:32"])
-    print(result.output)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(errors) == 1 and "bucket does not exist" in errors[0], result.output
 
 
 def test_worker_processes_prove_the_runs_lease_before_they_write(s3_bucket):

@@ -244,3 +244,23 @@ def test_a_distributed_extract_to_s3_writes_through_its_workers_witness(s3_bucke
     clear_s3fs_cache()  # the workers wrote it: this process's cached listings are stale
     report = st.verify_store(url)
     assert report.intact == ["v"], (result.output, report)
+
+
+def test_a_writer_that_lost_its_lease_clears_no_video(s3_bucket):
+    """Starting a video deletes any group of its name: a writer resuming after its lease was taken
+    over must not delete the video the new holder completed meanwhile."""
+    url = f"{s3_bucket}/clear.zarr"
+    root = st.init_store(url, _config())
+    clock = _Clock()
+    lease = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()
+    try:
+        _write_video(root, "v", seed=1)
+        clock.now += 11
+        _take_over(url)
+        with pytest.raises(st.StoreError, match="taken over"):
+            _begin(root, "v")
+        with pytest.raises(st.StoreError, match="taken over"):
+            st.mark_failed(root, "v", {"source": "/nowhere/v.mp4"}, "decode error")
+    finally:
+        lease.release()
+    assert st.video_status(st.open_root(url), "v") == st.COMPLETE

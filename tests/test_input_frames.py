@@ -42,6 +42,16 @@ def test_16_bit_grey_png_frames_decode_as_their_picture_by_the_high_byte(tmp_pat
     np.testing.assert_array_equal(cv2.imread(str(folder / "00001.png"), cv2.IMREAD_COLOR)[..., 0], expected[1])
 
 
+def test_16_bit_rgb_png_frames_decode_by_the_high_byte_too(tmp_path):
+    cv2 = pytest.importorskip("cv2")
+    folder = tmp_path / "deep_rgb"
+    folder.mkdir()
+    levels = np.random.default_rng(1).integers(0, 65536, size=(16, 24, 3), dtype=np.uint16)
+    cv2.imwrite(str(folder / "00000.png"), levels[..., ::-1])  # OpenCV writes BGR
+    with open_video(_frames_source(folder), Resize("native"), 1) as reader:
+        np.testing.assert_array_equal(read_frames(reader)[0], (levels >> 8).astype(np.uint8))
+
+
 def test_a_mixed_size_frame_folder_fails_naming_the_first_odd_frame_and_its_size(tmp_path):
     folder = tmp_path / "mixed"
     folder.mkdir()

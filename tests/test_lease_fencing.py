@@ -203,8 +203,9 @@ def test_a_bucket_deleted_mid_run_is_one_line(s3_bucket, tmp_path, monkeypatch):
     result = runner.invoke(app, ["extract", str(tmp_path / "v.mp4"), f"{s3_bucket}/gone.zarr", "--backbone",
                                  "vit_tiny_patch16_224", "--weights", "random", "--device", "cpu",
                                  "--resize", "square:32"])
-    print(result.output)
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 1 and "Traceback" not in result.output
+    assert len(errors) == 1 and "bucket does not exist" in errors[0], result.output
 
 
 def test_worker_processes_prove_the_runs_lease_before_they_write(s3_bucket):
@@ -243,3 +244,23 @@ def test_a_distributed_extract_to_s3_writes_through_its_workers_witness(s3_bucke
     clear_s3fs_cache()  # the workers wrote it: this process's cached listings are stale
     report = st.verify_store(url)
     assert report.intact == ["v"], (result.output, report)
+
+
+def test_a_writer_that_lost_its_lease_clears_no_video(s3_bucket):
+    """Starting a video deletes any group of its name: a writer resuming after its lease was taken
+    over must not delete the video the new holder completed meanwhile."""
+    url = f"{s3_bucket}/clear.zarr"
+    root = st.init_store(url, _config())
+    clock = _Clock()
+    lease = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()
+    try:
+        _write_video(root, "v", seed=1)
+        clock.now += 11
+        _take_over(url)
+        with pytest.raises(st.StoreError, match="taken over"):
+            _begin(root, "v")
+        with pytest.raises(st.StoreError, match="taken over"):
+            st.mark_failed(root, "v", {"source": "/nowhere/v.mp4"}, "decode error")
+    finally:
+        lease.release()
+    assert st.video_status(st.open_root(url), "v") == st.COMPLETE

@@ -873,7 +873,8 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
     """
     # overwrite: also clears what a killed run left of the group (even without its zarr.json, or
     # with a damaged one); the attrs go in with the group's one metadata write, so no group ever
-    # exists without a status
+    # exists without a status. A writer that lost the store's lease must not clear anything.
+    check_writable(root)
     info = with_relative_source(root, info)
     group = root.create_group(video_id, overwrite=True,
                               attributes={ATTRS_KEY: {**info, "status": INCOMPLETE, "error": None}})
@@ -1143,6 +1144,7 @@ def mark_complete(group) -> None:
 
 def mark_failed(root, video_id: str, info: dict, error: str) -> None:
     """Record a video that could not be extracted: a group with no arrays, status ``failed``."""
+    check_writable(root)
     root.create_group(video_id, overwrite=True,
                       attributes={ATTRS_KEY: {**with_relative_source(root, info), "status": FAILED, "error": error}})
 

@@ -12,6 +12,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,7 +22,8 @@ import torch
 
 from ..io import store as st
 from ..io.video import DEFAULT_FPS, Resize, find_sources, open_video, sample_indices
-from ..models.extractor import resolve_device
+from ..models.extractor import resolve_device, resolve_precision
+from ..ops.device import cpu_bf16_support
 from .extract import ExtractOptions, build_extractor, extract_videos
 
 
@@ -40,7 +42,9 @@ class BenchOptions:
     decode_threads: int = 0  # decord threads per video (0: its default)
     naive_frames: int = 50
     model_batches: int = 20
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: fp32 on every device
+    # also time model-only at these precisions beside --precision's (the cost of exactness in speed)
+    compare_precisions: tuple[str, ...] = ("fp32", "bf16")
     feature_dtype: str = "float16"
     compile: bool = False
     shard: bool = False
@@ -59,6 +63,8 @@ class BenchResult:
     write_fps: float = 0.0
     end_to_end_fps: float = 0.0
     naive_fps: float = 0.0
+    # model-only frames/s per compute precision: the run's own and BenchOptions.compare_precisions
+    model_fps_by_precision: dict[str, float] = field(default_factory=dict)
     details: dict = field(default_factory=dict)
 
     @property
@@ -149,6 +155,17 @@ def measure_model(extractor, frame_size: tuple[int, int], batch_size: int, batch
     return batches * batch_size / (time.perf_counter() - t0)
 
 
+@contextmanager
+def _at_precision(extractor, precision: str):
+    """The extractor computing at ``precision`` inside the block (the same modules and weights)."""
+    before = extractor.precision
+    extractor.precision = precision
+    try:
+        yield extractor
+    finally:
+        extractor.precision = before
+
+
 def measure_write(path: str, n_frames: int, grid: tuple[int, int], channels: int, batch_size: int,
                   shard: bool = False, workers: int = 2) -> float:
     """Frames/s of writing float16 features in batches through the store's writer path (chunk
@@ -237,14 +254,22 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
         result = BenchResult(options=asdict(options), device=str(device), frames=sum(counts))
         result.details = {"videos": len(sources), "frame_size": frame_size, "grid": grid,
                           "channels": extractor.backbone.channels, "threads": torch.get_num_threads(),
+                          "precision": resolve_precision(options.precision, device),
                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                          "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+                          "cpu_bf16": cpu_bf16_support().native, "cpu_bf16_flags": cpu_bf16_support().flags}
 
         _, result.decode_fps = measure_decode(sources, resize, patch, options.batch_size, options.decode_workers,
                                               options.decode_threads)
         report("decode", result.decode_fps)
         result.model_fps = measure_model(extractor, frame_size, options.batch_size, options.model_batches, device)
         report("model", result.model_fps)
+        result.model_fps_by_precision = {result.details["precision"]: result.model_fps}
+        for precision in options.compare_precisions:
+            if precision not in result.model_fps_by_precision:
+                with _at_precision(extractor, precision):
+                    fps = measure_model(extractor, frame_size, options.batch_size, options.model_batches, device)
+                result.model_fps_by_precision[precision] = fps
+                report(f"model {precision}", fps)
         result.write_fps = measure_write(str(tmp / "write.zarr"), result.frames, grid,
                                          extractor.backbone.channels, options.batch_size, options.shard,
                                          extract_options.write_workers)

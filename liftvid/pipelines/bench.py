@@ -191,31 +191,34 @@ def measure_write(path: str, n_frames: int, grid: tuple[int, int], channels: int
 def measure_naive(source, resize: Resize, extractor, n_frames: int, path: str, device: torch.device) -> float:
     """The official script's way: decode one frame, PIL bicubic resize, ``ToTensor`` + ``Normalize``
     (torchvision), the fp32 model (no autocast) on that one frame, write it as float32."""
-    import decord
     import zarr
     from PIL import Image
     from torchvision import transforms
 
     backbone = extractor.backbone
-    vr = decord.VideoReader(str(source.path), ctx=decord.cpu(0))
-    h, w = vr[0].shape[:2]
+    # liftvid's decoder at the source's own size (decord, or PyAV for the widths decord misreads)
+    reader = open_video(source, Resize("native"), 1)
+    h, w = reader.source_size
     th, tw = resize.target_size((h, w), backbone.patch_size)
     preprocess = transforms.Compose([
         transforms.Resize((th, tw), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.ToTensor(),
         transforms.Normalize(backbone.mean, backbone.std),
     ])
-    n = min(n_frames, len(vr))
+    n = min(n_frames, reader.n_frames)
     root = zarr.open_group(path, mode="w")
     out = None
     t0 = time.perf_counter()
-    for i in range(n):
-        x = preprocess(Image.fromarray(vr[i].asnumpy()))[None].to(device)
-        with torch.no_grad():
-            feats = extractor.features(x)[0].permute(1, 2, 0).float().cpu().numpy()
-        if out is None:
-            out = root.create_array("features", shape=(n, *feats.shape), chunks=(1, *feats.shape), dtype="float32")
-        out[i] = feats
+    try:
+        for i, (_, frame) in enumerate(reader.batches(np.arange(n), 1)):
+            x = preprocess(Image.fromarray(frame[0]))[None].to(device)
+            with torch.no_grad():
+                feats = extractor.features(x)[0].permute(1, 2, 0).float().cpu().numpy()
+            if out is None:
+                out = root.create_array("features", shape=(n, *feats.shape), chunks=(1, *feats.shape), dtype="float32")
+            out[i] = feats
+    finally:
+        reader.close()
     return n / (time.perf_counter() - t0)
 
 

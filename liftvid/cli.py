@@ -922,8 +922,8 @@ def bench(
     out.print(table)
     by_precision = result.model_fps_by_precision
     if "bf16" in by_precision and by_precision.get("fp32"):
-        support = "" if result.device != "cpu" else (
-            f" (this CPU: {'native bf16' if result.details['cpu_bf16'] else 'no native bf16'})")
+        native = {True: "native bf16", False: "no native bf16", None: "bf16 support unknown"}
+        support = "" if result.device != "cpu" else f" (this CPU: {native[result.details['cpu_bf16']]})"
         out.print(f"model only bf16 / fp32 = {by_precision['bf16'] / by_precision['fp32']:.2f}×{support}; fp32 is "
                   f"the exact default, bf16 an explicit option that costs agreement (README, Precision)")
     out.print(f"(d)/(e) = {result.speedup_vs_naive:,.1f}×   (d)/min(a,b,c) = {result.fraction_of_bottleneck:.2f}"

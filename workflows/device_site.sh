@@ -19,8 +19,11 @@ plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platfo
       --platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64 --platform any)
 pkgs=(decord2==3.4.0 av "zarr>=3.1,<4" numcodecs donfig google-crc32c "dask>=2025.1" "distributed>=2025.1"
       partd locket tblib zict tornado msgspec pillow==12.3.0)
-"$python" -m pip install -q --no-deps --no-compile --only-binary=:all: --python-version 3.12 --implementation cp \
-  "${plat[@]}" --target "$work/site" "${pkgs[@]}"
+target=(--only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}")
+# downloaded first, then installed from those files alone, so the versions are the newest wheels
+# (an install by name for another Python picked older ones here: numcodecs 0.16.6 at 36 MB unpacked)
+"$python" -m pip download -q --no-deps "${target[@]}" -d "$work/wheels" "${pkgs[@]}"
+"$python" -m pip install -q --no-index --no-deps --no-compile "${target[@]}" --target "$work/site" "$work"/wheels/*.whl
 mkdir -p "$dest"
 tar -C "$work/site" -cf - . | xz -T0 -6 >"$dest/site.tar.xz.partial"
 mv "$dest/site.tar.xz.partial" "$dest/site.tar.xz"

@@ -67,7 +67,7 @@ def _plan(args, work: Path) -> list[dict]:
         propagate = ["--grid", "8", "12", "--frames", "6", "--naive-frames", "3", "--channels", "16", "--repeat", "1"]
         track = ["--grid", "6", "--frames", "5", "--channels", "16", "--repeat", "1", "--skip-store"]
         memory = ["--frames", "12", "--size", "32", "--backbone", "vit_tiny_patch16_224", "--batch-size", "4"]
-        resize = ["--frames", "10", "--random-pairs", "0"]
+        resize_check = ["--frames", "10", "--random-pairs", "0"]
         lift_davis = ["--backbone", "vit_tiny_patch16_224", "--min-frames", "4", "--naive-frames", "2",
                       "--model-batches", "1", "--decode-workers", "1", "--batch-size", "4"]
         limits = {"pytest": 60, "resize": 120, "lift-davis": 60, "bench": 60, "propagate": 60, "track": 60,
@@ -79,7 +79,7 @@ def _plan(args, work: Path) -> list[dict]:
         propagate = ["--grid", "28", "56", "--repeat", "2"]
         track = ["--grid", "56", "--frames", "1000", "--repeat", "2", "--skip-store"]
         memory = ["--frames", "10000", "--size", "224", "--backbone", "dino_vits16", "--batch-size", "256"]
-        resize = ["--frames", "320", "--random-pairs", "10"]
+        resize_check = ["--frames", "320", "--random-pairs", "10"]
         lift_davis = ["--backbone", "dino_vits16", "--min-frames", "3000", "--naive-frames", "100",
                       "--model-batches", "10", "--decode-workers", "8", "--batch-size", "256"]
         limits = {"pytest": 90, "resize": 45, "lift-davis": 60, "bench": 60, "propagate": 40, "track": 40,
@@ -95,7 +95,7 @@ def _plan(args, work: Path) -> list[dict]:
         {"name": "pytest -m cuda", "limit": limits["pytest"],
          "cmd": [py, "-m", "pytest", "-q", "-m", "cuda", "-p", "no:cacheprovider", *cuda_modules]},
         {"name": "resize bit-equal", "limit": limits["resize"],
-         "cmd": [py, str(ROOT / "workflows" / "device_resize_check.py"), "--device", dev, *resize,
+         "cmd": [py, str(ROOT / "workflows" / "device_resize_check.py"), "--device", dev, *resize_check,
                  "--json", str(work / "resize.json")],
          "skip": None if importlib.util.find_spec("liftvid.ops.resize") else "liftvid.ops.resize is not in this checkout"},
     ]

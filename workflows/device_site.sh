@@ -23,7 +23,7 @@ target=(--only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]
 # downloaded first, then installed from those files alone, so the versions are the newest wheels
 # (an install by name for another Python picked older ones here: numcodecs 0.16.6 at 36 MB unpacked)
 "$python" -m pip download -q --no-deps "${target[@]}" -d "$work/wheels" "${pkgs[@]}"
-"$python" -m pip install -q --no-index --no-deps --no-compile "${target[@]}" --target "$work/site" "$work"/wheels/*.whl
+"$python" -m pip install -q --no-index --no-deps --no-compile --ignore-requires-python "${target[@]}" --target "$work/site" "$work"/wheels/*.whl
 mkdir -p "$dest"
 tar -C "$work/site" -cf - . | xz -T0 -6 >"$dest/site.tar.xz.partial"
 mv "$dest/site.tar.xz.partial" "$dest/site.tar.xz"

@@ -203,7 +203,7 @@ def _lift_davis_summary(steps: list[dict], clip: str) -> dict:
                            "decode_fps": round(result["decode_fps"], 1), "naive_fps": round(result["naive_fps"], 1),
                            "model_fps_by_precision": {k: round(v, 1) for k, v in
                                                       result.get("model_fps_by_precision", {}).items()}}
-    lines = [f"lift-davis on {clip}: " + ("no bench ran" if not rows else "")]
+    lines = [f"lift-davis end to end on {clip}, beside the model-only ceiling:" + (" no bench ran" if not rows else "")]
     for precision, row in rows.items():
         lines.append(f"  {precision}: end-to-end {row['end_to_end_fps']:,.1f} frames/s = {row['end_to_end_of_model']} "
                      f"of model-only {row['model_fps']:,.1f} (decode {row['decode_fps']:,.1f}, naive {row['naive_fps']:,.1f})")

@@ -196,6 +196,23 @@ def _esc(value) -> str:
     return escape(str(value))
 
 
+PRECISION_HELP = ("auto (fp32 on every device: the published numbers' arithmetic), fp32, or bf16/fp16 autocast: "
+                  "faster on GPUs and CPUs with native bf16, less exact (README, Precision).")
+
+
+def _warn_precision(err, precision: str, device: str) -> None:
+    """Warn before a run whose precision is slower than fp32 on its device (bf16 on a CPU without
+    native bf16); an unusable ``--device`` is left for the library to refuse."""
+    from .models.extractor import precision_warning, resolve_device
+
+    try:
+        warning = precision_warning(precision, resolve_device(device))
+    except (ValueError, RuntimeError):
+        return
+    if warning:
+        err.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
 def fail(message: str, code: int = 1) -> None:
     """Print one red error line to stderr and exit non-zero."""
     _print_error(message)
@@ -299,7 +316,7 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
     decode_workers: Annotated[int, typer.Option(help="Videos decoding at once, ahead of the model.", min=1)] = 2,
     decode_threads: Annotated[int, typer.Option(help="decord threads per video (0: decord's default).", min=0)] = 0,
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     feature_dtype: Annotated[str, typer.Option(help="Stored features: float16 (half the disk; a video whose features exceed ±65504 fails) or float32.")] = "float16",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT (pays off on long GPU runs).")] = False,
     shard: Annotated[bool, typer.Option("--shard", help="Store one-frame chunks inside batch-sized shards: reading one frame reads one frame.")] = False,
@@ -323,6 +340,7 @@ def extract(
     if weights == "random":
         err.print("[yellow]warning:[/] --weights random: the backbone is randomly initialised; "
                       "its features mean nothing (smoke runs and benchmarks only)")
+    _warn_precision(err, precision, device)
     options = ExtractOptions(backbone=backbone, weights=weights, layer=layer, facet=facet,
                              lift=str(lift) if lift else None, lift_iterations=lift_iterations,
                              resize=resize + ("+fast" if fast_resize and not resize.endswith("+fast") else ""),
@@ -1034,7 +1052,7 @@ def bench(
     decode_threads: Annotated[int, typer.Option(help="decord threads per video (0: decord's default).", min=0)] = 0,
     naive_frames: Annotated[int, typer.Option(help="Frames for the naive per-frame reference.", min=1)] = 50,
     model_batches: Annotated[int, typer.Option(help="Batches timed for model-only.", min=1)] = 20,
-    precision: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32.")] = "auto",
+    precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
     feature_dtype: Annotated[str, typer.Option(help="Stored features: float16 or float32.")] = "float16",
     compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT.")] = False,
     shard: Annotated[bool, typer.Option("--shard", help="One-frame chunks inside batch-sized shards.")] = False,
@@ -1050,6 +1068,7 @@ def bench(
 
     out = console()
     _claim(json_out, BENCH_JSON_KIND, {f"input {i}": p for i, p in enumerate(inputs)}, overwrite, option="--json")
+    _warn_precision(console(stderr=True), precision, device)
     options = BenchOptions(backbone=backbone, weights=weights, lift=lift, resize=resize, batch_size=batch_size,
                            device=device, min_frames=min_frames, decode_workers=decode_workers,
                            decode_threads=decode_threads,
@@ -1060,16 +1079,25 @@ def bench(
     except ValueError as exc:
         fail(str(exc))
     ran = result.resolved  # what `auto` resolved to
+    ran_at = ran["precision"]
     table = Table(title=f"liftvid bench: {_esc(backbone)} {'+ LiFT ' if lift else ''}{_esc(resize)}, batch {ran['batch_size']}, "
-                        f"{ran['precision']}{', compiled' if compile_model else ''}, {ran['device']} "
+                        f"{ran_at}{', compiled' if compile_model else ''}, {ran['device']} "
                         f"({_esc(ran['device_name'])}), {result.frames} frames")
     table.add_column("stage")
     table.add_column("frames/s", justify="right")
-    for name, value in [("(a) decode only", result.decode_fps), ("(b) model only", result.model_fps),
-                        ("(c) write only", result.write_fps), ("(d) end-to-end extract", result.end_to_end_fps),
-                        ("(e) naive reference", result.naive_fps)]:
+    rows = [("(a) decode only", result.decode_fps), (f"(b) model only, {ran_at}", result.model_fps)]
+    rows += [(f"    model only, {p}", fps) for p, fps in result.model_fps_by_precision.items() if p != ran_at]
+    rows += [("(c) write only", result.write_fps), (f"(d) end-to-end extract, {ran_at}", result.end_to_end_fps),
+             ("(e) naive reference, fp32", result.naive_fps)]
+    for name, value in rows:
         table.add_row(name, f"{value:,.1f}")
     out.print(table)
+    by_precision = result.model_fps_by_precision
+    if "bf16" in by_precision and by_precision.get("fp32"):
+        native = {True: "native bf16", False: "no native bf16", None: "bf16 support unknown"}
+        support = "" if result.device != "cpu" else f" (this CPU: {native[result.details['cpu_bf16']]})"
+        out.print(f"model only bf16 / fp32 = {by_precision['bf16'] / by_precision['fp32']:.2f}×{support}; fp32 is "
+                  f"the exact default, bf16 an explicit option that costs agreement (README, Precision)")
     out.print(f"(d)/(e) = {result.speedup_vs_naive:,.1f}×   (d)/min(a,b,c) = {result.fraction_of_bottleneck:.2f}"
                   f"   slowest stage: {result.bottleneck}")
     if json_out:

@@ -15,7 +15,8 @@ def test_benchmark_quick_mode_runs_and_is_consistent(video_dir, tmp_path):
     options = BenchOptions(backbone=TINY_VIT, resize="square:32", batch_size=4, device="cpu", min_frames=40,
                            decode_workers=2, naive_frames=4, model_batches=2)
     result = run_benchmark([video_dir], options, workdir=tmp_path, report=lambda s, v: stages.append(s))
-    assert stages == ["decode", "model", "write", "end-to-end", "naive"]
+    # fp32 (auto's precision) is the run's own; bf16 is timed beside it, model only
+    assert stages == ["decode", "model", "model bf16", "write", "end-to-end", "naive"]
     # clip_a (12) + clip_b (9) = 21 frames, repeated twice to reach 40
     assert result.frames == 42 and result.details["videos"] == 4
     assert result.details["end_to_end_frames"] == 42

@@ -8,9 +8,12 @@
 #   bash workflows/device_check.sh                       # on the GPU machine (run tool; carry .whl)
 #   bash workflows/device_check.sh --device cpu --quick  # the same steps, tiny, on a CPU (CI)
 #
-# Wheels: ../shared/tools/device-wheels.sh downloads them into ./.whl (keep it out of git and name
-# it in the run's carry); WHEELS=dir overrides. When every dependency already imports (a dev venv,
-# CI) the install step is skipped. Other options are passed to device_check.py (--budget, --only).
+# Packages: workflows/device_site.sh packs them, unpacked, into ./.whl/site.tar.xz (decord2 and PyAV
+# wheels alone come to 64 MiB, all one run carries; packed they fit); ../shared/tools/device-wheels.sh
+# downloads plain wheels into ./.whl instead. Keep .whl out of git and name it in the run's carry;
+# WHEELS=dir overrides. When every dependency already imports (a dev venv, CI) the install step is
+# skipped. Other options are passed to device_check.py (--budget, --only, --clip: a real clip, e.g.
+# copied into ./.devdata, ignored by git and named in the carry).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -43,12 +46,17 @@ PY
 if deps_import; then
   echo "device_check: dependencies import; no install"
 else
-  if ! compgen -G "$wheels/*.whl" >/dev/null; then
-    echo "device_check: dependencies missing and no wheels in $wheels (run ../shared/tools/device-wheels.sh)" >&2
+  site=${SITE:-/tmp/liftvid-site}
+  if [[ -f $wheels/site.tar.xz ]]; then
+    mkdir -p "$site"
+    tar -xJf "$wheels/site.tar.xz" -C "$site"
+  elif compgen -G "$wheels/*.whl" >/dev/null; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$wheels"/*.whl
+  else
+    echo "device_check: dependencies missing and neither $wheels/site.tar.xz nor wheels in $wheels" \
+         "(run workflows/device_site.sh)" >&2
     exit 2
   fi
-  site=${SITE:-/tmp/liftvid-site}
-  "$python" -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "$wheels"/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
   # the project itself: an editable install when pip can build offline, else the checkout on the path
   "$python" -m pip install -q --no-index --no-deps --no-build-isolation --find-links "$wheels" -e . \

@@ -8,7 +8,8 @@ the start of the file, never by seeking: decord's seeks land on the wrong frame 
 (MPEG-PS, some AVI/WebM files; dmlc/decord#54, #91, #195), so with forward reads a batched pass
 gives exactly the frames of one decode of the whole video. MPEG transport and program streams go
 through PyAV instead, because decord drops their first group of pictures and pads the end with
-copies of the last frame (seen with decord 0.6.0 on ``.ts`` files). Folders of JPEG/PNG frames
+copies of the last frame (seen with decord 0.6.0 on ``.ts`` files; decord2 3.4.0 refuses them).
+decord is the maintained ``decord2`` fork (same ``import decord``). Folders of JPEG/PNG frames
 (DAVIS ``JPEGImages/480p/<seq>/``) are read with PIL.
 """
 
@@ -453,7 +454,7 @@ def _one_line(exc: BaseException) -> str:
     """An exception as one line, without decord's ``[time] file.cc:123:`` prefix or stack text."""
     text = str(getattr(exc, "strerror", None) or exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
-    line = re.sub(r"^\[[\d:]+\]\s*\S+:\d+:\s*", "", line)
+    line = re.sub(r"^(\[[\d:]+\]\s*\S+:\d+:\s*)+", "", line)  # decord2 nests them: worker, then cause
     return line or type(exc).__name__
 
 
@@ -477,9 +478,10 @@ def _probe(path: Path) -> tuple[str, tuple[int, int]]:
 
 
 def _decord_width_ok(width: int) -> bool:
-    # decord 0.6.0 misreads frames whose RGB rows FFmpeg pads to an alignment when the padded row
-    # length happens to divide by the width (here widths 8, 12, 16, 24, 48, 72 fail with "size must
-    # exactly match"; the alignment depends on the CPU); False means "may fail", so try it first
+    # decord misreads frames whose RGB rows FFmpeg pads to an alignment when the padded row
+    # length happens to divide by the width (here decord 0.6.0 fails on widths 8, 12, 16, 24, 48, 72
+    # and decord2 3.4.0, which pads to 64, on 2, 4, 6, 8, 12, 16, 24, 32, 48, 96, 144: "size must exactly
+    # match"; the alignment depends on the CPU); False means "may fail", so try it first
     for align in (16, 32, 64):
         padded = -(-width // align) * align
         if padded != width and (3 * padded) % width == 0:

@@ -7,15 +7,46 @@ from collections.abc import Sequence
 
 import torch
 
-from ..ops.device import resolve_device
+from ..ops.device import cpu_bf16_support, resolve_device
 from .backbone import Backbone
 from .lift import LiFT, lift_features
 
-__all__ = ["PRECISIONS", "FeatureExtractor", "resolve_device"]
+__all__ = ["PRECISIONS", "FeatureExtractor", "precision_warning", "resolve_device", "resolve_precision"]
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")  # auto: bf16 autocast on CUDA, fp32 elsewhere
+# auto: fp32 on every device, the published numbers' arithmetic (on CUDA with PyTorch's default TF32
+# settings, as the official scripts run); bf16/fp16 autocast are explicit, measured trade-offs
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 FEATURE_DTYPES = ("float16", "float32")  # stored feature dtypes
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The compute precision a ``--precision`` value runs at on ``device``: ``"auto"`` → ``"fp32"``
+    on every device, any other value as given. fp32 is the official scripts' arithmetic; on CUDA
+    liftvid leaves PyTorch's TF32 settings at their defaults as those scripts do (matmuls in full
+    fp32, cuDNN convolutions allowed TF32).
+
+    Raises:
+        ValueError: a precision not in :data:`PRECISIONS`.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
+    # one rule for every device: bf16 on CUDA (auto's old choice) costs agreement with the published
+    # numbers (README, "Precision"), so it is only ever asked for
+    return "fp32" if precision == "auto" else precision
+
+
+def precision_warning(precision: str, device: torch.device) -> str | None:
+    """A one-line warning when ``precision`` runs slower than fp32 on ``device``: bf16 on a CPU
+    without native bf16 arithmetic (no ``avx512_bf16``/``amx_bf16``), where it is emulated; else None."""
+    device = torch.device(device)
+    if resolve_precision(precision, device) != "bf16" or device.type != "cpu":
+        return None
+    support = cpu_bf16_support()
+    if support.native is not False:
+        return None
+    return (f"--precision bf16 on this CPU ({support.describe()}): it has no native bf16, so bf16 runs "
+            f"slower than fp32 here, and is less exact; use --precision fp32")
 
 
 class FeatureExtractor(torch.nn.Module):
@@ -24,8 +55,8 @@ class FeatureExtractor(torch.nn.Module):
 
     Normalisation happens on the device, with ``mean``/``std`` (default: the backbone's; the
     ``--resize`` protocol chooses them, :meth:`liftvid.io.video.Resize.normalisation`).
-    ``precision``: ``"auto"`` (bf16 autocast on CUDA, fp32 elsewhere), ``"bf16"``, ``"fp16"``
-    (autocast) or ``"fp32"``.
+    ``precision``: ``"auto"`` (fp32 on every device, see :func:`resolve_precision`), ``"bf16"``,
+    ``"fp16"`` (autocast) or ``"fp32"``.
     """
 
     def __init__(self, backbone: Backbone, lift: LiFT | None = None, lift_iterations: int = 1,
@@ -46,10 +77,8 @@ class FeatureExtractor(torch.nn.Module):
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def resolved_precision(self) -> str:
-        """The precision the model runs in on its current device: ``auto`` is bf16 on CUDA, fp32 elsewhere."""
-        if self.precision != "auto":
-            return self.precision
-        return "bf16" if self.mean.device.type == "cuda" else "fp32"
+        """The precision the model runs in on its current device (:func:`resolve_precision`)."""
+        return resolve_precision(self.precision, self.mean.device)
 
     @property
     def pixels_per_cell(self) -> float:

@@ -1,8 +1,17 @@
-"""Where tensor work runs: one rule for every command (``auto`` → CUDA when available)."""
+"""Where tensor work runs: one rule for every command (``auto`` → CUDA when available), and what
+the CPU can compute natively (detected at run time, never assumed)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+
+# CPU flags (as /proc/cpuinfo and torch.cpu.get_capabilities() spell them) of native bf16 arithmetic:
+# x86 AVX-512 BF16 and AMX tiles; Arm's BF16 extension. Without one, bf16 matmuls are emulated in
+# fp32 plus conversions, slower than fp32 itself.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -23,3 +32,55 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 def compute_dtype(device: torch.device) -> torch.dtype:
     """The matmul dtype of the matching kernels: bf16 on CUDA, fp32 elsewhere."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+@dataclass(frozen=True)
+class CpuBf16Support:
+    """Whether this CPU computes bf16 natively, and how that was found out."""
+
+    native: bool | None  # None: the CPU's flags could not be read
+    capability: str  # torch's kernel dispatch level, e.g. "AVX2", "AVX512", "DEFAULT"
+    flags: tuple[str, ...]  # the bf16 flags of BF16_CPU_FLAGS this CPU has
+    source: str  # where the flags came from: "torch.cpu.get_capabilities", "/proc/cpuinfo" or "unknown"
+
+    def describe(self) -> str:
+        """One phrase for a message, e.g. ``"torch CPU capability AVX2, no avx512_bf16/amx_bf16"``."""
+        found = "/".join(self.flags) if self.flags else f"no {'/'.join(BF16_CPU_FLAGS[:2])}"
+        if self.native is None:
+            found = "its bf16 flags unknown"
+        return f"torch CPU capability {self.capability}, {found}"
+
+
+def _torch_cpu_flags() -> frozenset[str] | None:
+    get_capabilities = getattr(getattr(torch, "cpu", None), "get_capabilities", None)  # torch >= 2.9
+    if get_capabilities is None:
+        return None
+    try:
+        return frozenset(name for name, value in get_capabilities().items() if value is True)
+    except Exception:  # cpuinfo could not initialise: fall back to the kernel's list
+        return None
+
+
+def _proc_cpuinfo_flags(path: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    try:
+        text = path.read_text()
+    except OSError:
+        return None
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):  # x86, Arm
+            flags.update(value.split())
+    return frozenset(flags) if flags else None
+
+
+def cpu_bf16_support() -> CpuBf16Support:
+    """Whether this CPU has native bf16 arithmetic (``avx512_bf16``/``amx_bf16`` on x86, ``bf16`` on
+    Arm), read at run time from torch's CPU capabilities, else from ``/proc/cpuinfo``."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    for source, read in (("torch.cpu.get_capabilities", _torch_cpu_flags), ("/proc/cpuinfo", _proc_cpuinfo_flags)):
+        flags = read()
+        if flags is not None:
+            found = tuple(f for f in BF16_CPU_FLAGS if f in flags)
+            return CpuBf16Support(native=bool(found), capability=capability, flags=found, source=source)
+    return CpuBf16Support(native=None, capability=capability, flags=(), source="unknown")

@@ -13,6 +13,7 @@ import shutil
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -22,7 +23,8 @@ import torch
 
 from ..io import store as st
 from ..io.video import DEFAULT_FPS, Resize, find_sources, open_video, sample_indices
-from ..models.extractor import resolve_device
+from ..models.extractor import resolve_device, resolve_precision
+from ..ops.device import cpu_bf16_support
 from .extract import ExtractOptions, build_extractor, extract_videos
 
 
@@ -41,7 +43,9 @@ class BenchOptions:
     decode_threads: int = 0  # decord threads per video (0: its default)
     naive_frames: int = 50
     model_batches: int = 20
-    precision: str = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: fp32 on every device
+    # also time model-only at these precisions beside --precision's (the cost of exactness in speed)
+    compare_precisions: tuple[str, ...] = ("fp32", "bf16")
     feature_dtype: str = "float16"
     compile: bool = False
     shard: bool = False
@@ -62,6 +66,8 @@ class BenchResult:
     naive_fps: float = 0.0
     resolved: dict = field(default_factory=dict)
     """What the options' ``auto`` values ran as: device (and its name), precision, batch size, decode threads."""
+    # model-only frames/s per compute precision: the run's own and BenchOptions.compare_precisions
+    model_fps_by_precision: dict[str, float] = field(default_factory=dict)
     details: dict = field(default_factory=dict)
 
     @property
@@ -152,6 +158,17 @@ def measure_model(extractor, frame_size: tuple[int, int], batch_size: int, batch
     return batches * batch_size / (time.perf_counter() - t0)
 
 
+@contextmanager
+def _at_precision(extractor, precision: str):
+    """The extractor computing at ``precision`` inside the block (the same modules and weights)."""
+    before = extractor.precision
+    extractor.precision = precision
+    try:
+        yield extractor
+    finally:
+        extractor.precision = before
+
+
 def measure_write(path: str, n_frames: int, grid: tuple[int, int], channels: int, batch_size: int,
                   shard: bool = False, workers: int = 2) -> float:
     """Frames/s of writing float16 features in batches through the store's writer path (chunk
@@ -177,31 +194,34 @@ def measure_write(path: str, n_frames: int, grid: tuple[int, int], channels: int
 def measure_naive(source, resize: Resize, extractor, n_frames: int, path: str, device: torch.device) -> float:
     """The official script's way: decode one frame, PIL bicubic resize, ``ToTensor`` + ``Normalize``
     (torchvision), the fp32 model (no autocast) on that one frame, write it as float32."""
-    import decord
     import zarr
     from PIL import Image
     from torchvision import transforms
 
     backbone = extractor.backbone
-    vr = decord.VideoReader(str(source.path), ctx=decord.cpu(0))
-    h, w = vr[0].shape[:2]
+    # liftvid's decoder at the source's own size (decord, or PyAV for the widths decord misreads)
+    reader = open_video(source, Resize("native"), 1)
+    h, w = reader.source_size
     th, tw = resize.target_size((h, w), backbone.patch_size)
     preprocess = transforms.Compose([
         transforms.Resize((th, tw), interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.ToTensor(),
         transforms.Normalize(backbone.mean, backbone.std),
     ])
-    n = min(n_frames, len(vr))
+    n = min(n_frames, reader.n_frames)
     root = zarr.open_group(path, mode="w")
     out = None
     t0 = time.perf_counter()
-    for i in range(n):
-        x = preprocess(Image.fromarray(vr[i].asnumpy()))[None].to(device)
-        with torch.no_grad():
-            feats = extractor.features(x)[0].permute(1, 2, 0).float().cpu().numpy()
-        if out is None:
-            out = root.create_array("features", shape=(n, *feats.shape), chunks=(1, *feats.shape), dtype="float32")
-        out[i] = feats
+    try:
+        for i, (_, frame) in enumerate(reader.batches(np.arange(n), 1)):
+            x = preprocess(Image.fromarray(frame[0]))[None].to(device)
+            with torch.no_grad():
+                feats = extractor.features(x)[0].permute(1, 2, 0).float().cpu().numpy()
+            if out is None:
+                out = root.create_array("features", shape=(n, *feats.shape), chunks=(1, *feats.shape), dtype="float32")
+            out[i] = feats
+    finally:
+        reader.close()
     return n / (time.perf_counter() - t0)
 
 
@@ -246,14 +266,22 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
                            "decode_threads": options.decode_threads or "decord default"}
         result.details = {"videos": len(sources), "frame_size": frame_size, "grid": grid,
                           "channels": extractor.backbone.channels, "threads": torch.get_num_threads(),
+                          "precision": resolve_precision(options.precision, device),
                           "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                          "cpu_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())}
+                          "cpu_bf16": cpu_bf16_support().native, "cpu_bf16_flags": cpu_bf16_support().flags}
 
         _, result.decode_fps = measure_decode(sources, resize, patch, options.batch_size, options.decode_workers,
                                               options.decode_threads)
         report("decode", result.decode_fps)
         result.model_fps = measure_model(extractor, frame_size, options.batch_size, options.model_batches, device)
         report("model", result.model_fps)
+        result.model_fps_by_precision = {result.details["precision"]: result.model_fps}
+        for precision in options.compare_precisions:
+            if precision not in result.model_fps_by_precision:
+                with _at_precision(extractor, precision):
+                    fps = measure_model(extractor, frame_size, options.batch_size, options.model_batches, device)
+                result.model_fps_by_precision[precision] = fps
+                report(f"model {precision}", fps)
         result.write_fps = measure_write(str(tmp / "write.zarr"), result.frames, grid,
                                          extractor.backbone.channels, options.batch_size, options.shard,
                                          extract_options.write_workers)

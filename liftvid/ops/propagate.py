@@ -23,6 +23,13 @@ sources its neighbourhood reaches; each previous frame's window is multiplied wi
 the ``n_last`` frames that follow it in one tall matmul; the top-k is exact but never sorts more
 than a few dozen values per cell (:class:`_ChunkAffinity`). Features stream in chunks, so memory is
 bounded whatever the length of the video.
+
+Memory on dense grids: the affinity of a frame to its context is ``N × (1 + n_last)·N`` (4096 ×
+32768 on a 64×64 grid) and is never formed. Each tile of targets holds only its window's
+similarities, and the tile side and the frames per sub-batch are chosen so that one block stays
+within ``affinity_bytes`` (:func:`affinity_block_bytes`, :func:`fit_tile`), whatever the grid's
+density or the radius. Each target cell's top-k depends on its own similarities only, so the result
+is the same, bit for bit, for any budget.
 """
 
 from __future__ import annotations
@@ -58,7 +65,7 @@ def _compute_dtype(features: Any) -> torch.dtype:
 def _windows(n: int, step: int, radius: int | None) -> list[tuple[int, int, int, int]]:
     """Bands ``(t0, t1, s0, s1)`` of one grid axis: targets [t0, t1) see sources [s0, s1)."""
     if not radius or radius <= 0:
-        return [(0, n, 0, n)]
+        return [(t0, min(n, t0 + step), 0, n) for t0 in range(0, n, step)]
     return [(t0, min(n, t0 + step), max(0, t0 - radius), min(n, t0 + step + radius))
             for t0 in range(0, n, step)]
 
@@ -215,10 +222,11 @@ class _ChunkAffinity:
         self.grid, self.radius, self.itemsize = (h, w), radius, itemsize
         # tiles small enough that one target frame's block fits the budget (a dense grid's
         # unrestricted window can hold thousands of sources per target)
-        self.tile = fit_tile(tile, (h, w), radius, n_slots - 1, itemsize, self.sims_bytes)
+        # (unrestricted, every target sees the whole grid: one tile unless the budget says otherwise)
+        start = tile if radius and radius > 0 else max(h, w)
+        self.tile = fit_tile(start, (h, w), radius, n_slots - 1, itemsize, self.sims_bytes)
         self.tiling = _Tiling(h, w, radius, self.tile)
         self.n, self.slots, self.k = h * w, n_slots, topk
-        self.largest_block_bytes = 0  # the most similarity bytes one block held (a check on the budget)
 
     def __call__(self, targets: torch.Tensor, first: torch.Tensor, previous: torch.Tensor,
                  start: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -258,14 +266,12 @@ class _ChunkAffinity:
             srcs = src_bands[tile.band][:, tile.s0:tile.s1].reshape(L + B, win, C) if L else None
             block = (tile.y1 - tile.y0, x1 - x0)
             step = self._frames_per_block(block, win, tgt.element_size(), B)
-            self.largest_block_bytes = max(self.largest_block_bytes,
-                                           self._block_bytes(block, win, min(step, B), tgt.element_size()))
             kc = min(k, nc)
             for b0 in range(0, B, step):
                 b1 = min(B, b0 + step)
                 sb = b1 - b0
                 # slot 0: frame 0 against every target of the sub-batch
-                sims0 = torch.mm(tgt[pad + b0:pad + b1].view(sb * M, C), src0).view(sb, M, win)
+                sims0 = _mm(tgt[pad + b0:pad + b1].view(sb * M, C), src0).view(sb, M, win)
                 slot_views = [sims0]
                 if L:
                     # by source: previous[i], i in [b0, b1 + L - 1), against its L targets
@@ -280,8 +286,8 @@ class _ChunkAffinity:
                         for i in range(max(b0, first_valid), b0 + n):
                             j_lo, j_hi = max(b0, i - L + 1), min(b1, i + 1)
                             e_lo, e_hi = j_lo - (i - L + 1), j_hi - (i - L + 1)
-                            torch.mm(tgt[pad + j_lo:pad + j_hi].view(-1, C), src[i - b0],
-                                     out=bysrc[i - b0, e_lo * M:e_hi * M])
+                            _mm(tgt[pad + j_lo:pad + j_hi].view(-1, C), src[i - b0],
+                                out=bysrc[i - b0, e_lo * M:e_hi * M])
                     else:  # one bmm; the pad frames make every source's L targets a tall view
                         tall = tgt.as_strided((n, L * M, C), (M * C, C, 1), tgt.storage_offset() + b0 * M * C)
                         bysrc = torch.bmm(tall, src)
@@ -313,19 +319,33 @@ class _ChunkAffinity:
         order = tiling.grid_order(dev)
         return vals[:, order], slots[:, order], cells[:, order]
 
-    def _block_bytes(self, block: tuple[int, int], window: int, frames: int, itemsize: int) -> int:
-        """The similarity buffers of one block (as :func:`affinity_block_bytes`, for the tile's own
-        clipped window): frame 0's products and the slot maxima (``frames`` rows each) and the
-        previous frames' products by source (``frames + n_last - 1`` sources × ``n_last``)."""
-        L = self.slots - 1
-        return (2 * frames + (frames + L - 1) * L) * block[0] * block[1] * window * itemsize
-
     def _frames_per_block(self, block: tuple[int, int], window: int, itemsize: int, frames: int) -> int:
-        """The most target frames (≤ ``frames``, ≥ 1) whose block fits the budget."""
+        """The most target frames (≤ ``frames``, ≥ 1) whose block fits the budget: frame 0's
+        products and the slot maxima (``frames`` rows each) and the previous frames' products by
+        source (``frames + n_last - 1`` sources × ``n_last``), as :func:`affinity_block_bytes`
+        for the tile's own clipped window."""
         L = self.slots - 1
         per_row = block[0] * block[1] * window * itemsize
         fit = (self.sims_bytes // per_row - (L - 1) * L) // (2 + L) if L else self.sims_bytes // per_row // 2
         return int(max(1, min(frames, fit)))
+
+
+MIN_MATMUL_ROWS = 16
+"""Products with fewer rows are zero-padded to this many: BLAS takes other code paths for one or
+a few rows (gemv-like kernels) whose sums differ in the last bit, so without padding the small
+tiles a tight ``affinity_bytes`` budget makes would change results by a rounding error."""
+
+
+def _mm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``a @ b`` (into ``out`` when given), with ``a`` padded to :data:`MIN_MATMUL_ROWS` rows."""
+    m = a.shape[0]
+    if m >= MIN_MATMUL_ROWS:
+        return torch.mm(a, b) if out is None else torch.mm(a, b, out=out)
+    padded = torch.mm(torch.cat([a, a.new_zeros((MIN_MATMUL_ROWS - m, a.shape[1]))]), b)[:m]
+    if out is None:
+        return padded
+    out.copy_(padded)
+    return out
 
 
 def _max_dim(x: torch.Tensor, dim: int) -> torch.Tensor:

@@ -256,3 +256,26 @@ def test_viz_renders_a_dense_store_at_the_source_size(tmp_path):
         assert len(frames) == T
         assert frames[0].dtype == np.uint8 and frames[0].shape[0] == size[0]
         assert frames[0].shape[1] == size[1] or frames[0].shape[1] > 2 * size[1]  # beside the source: wider
+
+
+def test_track_memory_plan_counts_the_dense_grid_cells(tmp_path):
+    from liftvid.ops.track import TrackOptions, plan_blocks
+
+    budget = 8 << 20
+    options = TrackOptions(max_chunk_bytes=budget)
+    for grid in (16, 64, 112):  # the backbone's grid, UPLiFT ×2, LiFT ×3 at 224 px
+        plan = plan_blocks(np.arange(2000) % 50, 50, (grid, grid), 384, options)
+        # a block's similarity rows alone (queries × frames × cells, float32) fit the budget
+        assert plan.queries_per_block * plan.frames_per_chunk * grid * grid * 4 <= budget, grid
+    # and a dense store tracked within a tight budget gives the same tracks as within a loose one
+    feats, _ = moving_scene(6, 32, (1, 1), C=16, seed=8)  # 4 cells a patch: 32×32 at 112 px, patch 14
+    store = dense_store(tmp_path / "s.zarr", {"v": (feats, (64, 64), None)}, input_size=(112, 112))
+    rng = np.random.default_rng(9)
+    (tmp_path / "q.csv").write_text("video_id,t,x,y\n" + "".join(
+        f"v,{t},{x:.3f},{y:.3f}\n" for t, x, y in zip(rng.integers(0, 6, 20), rng.uniform(0, 64, 20), rng.uniform(0, 64, 20))))
+    out = {}
+    for name, mb in (("tight", 1 << 20), ("loose", 512 << 20)):
+        liftvid.track_store(store, tmp_path / "q.csv", tmp_path / f"{name}.csv", TrackOptions(max_chunk_bytes=mb),
+                            scheduler="sync", device="cpu", write_store=False)
+        out[name] = (tmp_path / f"{name}.csv").read_text()
+    assert out["tight"] == out["loose"]

@@ -394,7 +394,7 @@ def propagate(
     topk: Annotated[int, typer.Option(help="Sources kept per target cell.", min=1)] = 5,
     radius: Annotated[int, typer.Option(help="Neighbourhood half-size in cells (square), counted as --radius-unit says; 0 = unrestricted.", min=0)] = 12,
     radius_unit: Annotated[str, typer.Option(help="What --radius counts: 'stored' cells of the grid in the store, whatever made it (the DINO and LiFT protocols' rule, exact on their grids; on a denser LiFT x2 or UPLiFT grid the same 12 cells cover a smaller area, at the same cost per cell), or 'backbone' cells (the same image area on any grid: radius x cells per patch stored cells, at that factor squared the cost).")] = "stored",
-    affinity_mb: Annotated[Optional[int], typer.Option("--affinity-mb", help="Memory bound of one block of similarities (target cells x their window x context frames); dense grids are cut into smaller blocks to fit; the masks do not depend on it (default 64).", min=1)] = None,
+    affinity_mb: Annotated[Optional[int], typer.Option("--affinity-mb", help="Memory bound of one block of similarities (target cells x their window x context frames); dense grids are cut into smaller blocks to fit; the masks do not depend on it (default 64 on a CPU, 256 on a GPU).", min=1)] = None,
     temperature: Annotated[float, typer.Option(help="Affinity temperature: exp(cos / T).", min=1e-6)] = 0.1,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write <out>/<video_id>.mp4 with the masks drawn on the frames.")] = False,
     store_masks: Annotated[bool, typer.Option("--store-masks/--no-store-masks", help="Also write each video's masks array into the store.")] = True,

@@ -177,6 +177,13 @@ def fit_tile(tile: int, grid_size: tuple[int, int], radius: int | None, n_last: 
     return side
 
 
+def default_affinity_bytes(device: torch.device) -> int:
+    """The budget of one block of similarities: :data:`SIMS_BYTES` on a CPU; 4× that on a GPU,
+    whose bigger tiles (:func:`default_tile`) and one-bmm products want long sub-batches of frames
+    (at least as long as before the budget counted the by-source products in full)."""
+    return SIMS_BYTES if device.type == "cpu" else 4 * SIMS_BYTES
+
+
 def default_tile(device: torch.device) -> int:
     """Tile side in cells: small tiles skip more sources outside the neighbourhood, big ones make
     bigger matmuls; 4 suits a CPU (each previous frame's product is 7 frames × 16 targets tall), a
@@ -219,7 +226,6 @@ class _ChunkAffinity:
     def __init__(self, h: int, w: int, radius: int | None, n_slots: int, topk: int, tile: int,
                  sims_bytes: int | None = None, itemsize: int = 4):
         self.sims_bytes = SIMS_BYTES if sims_bytes is None else sims_bytes
-        self.grid, self.radius, self.itemsize = (h, w), radius, itemsize
         # tiles small enough that one target frame's block fits the budget (a dense grid's
         # unrestricted window can hold thousands of sources per target)
         # (unrestricted, every target sees the whole grid: one tile unless the budget says otherwise)
@@ -377,7 +383,8 @@ def iter_propagate(features: Any, first_labels: Any, n_last: int = N_LAST, topk:
         device: where to compute (default: the features' device if a tensor, else CPU).
         chunk_frames: target frames per chunk (default: :func:`chunk_length`).
         tile: side of the target tiles in cells (default: :func:`default_tile`); speed only.
-        affinity_bytes: memory budget of one block of similarities (default :data:`SIMS_BYTES`):
+        affinity_bytes: memory budget of one block of similarities (default
+            :func:`default_affinity_bytes`, 64 MB on a CPU):
             target cells go in tiles, and target frames in sub-batches, small enough that no block
             holds more (:func:`affinity_block_bytes`; a single cell against its window in one frame
             is the floor). The result does not depend on it: each target cell's top-k is its own.
@@ -400,8 +407,8 @@ def iter_propagate(features: Any, first_labels: Any, n_last: int = N_LAST, topk:
     dtype = _compute_dtype(features)
     N, K = h * w, labels0.shape[0]
     chunk = chunk_frames or chunk_length((h, w), C, n_last, topk)
-    affinity = _ChunkAffinity(h, w, radius, n_last + 1, topk, tile or default_tile(device), affinity_bytes,
-                              torch.finfo(dtype).bits // 8)
+    affinity = _ChunkAffinity(h, w, radius, n_last + 1, topk, tile or default_tile(device),
+                              affinity_bytes or default_affinity_bytes(device), torch.finfo(dtype).bits // 8)
 
     with torch.inference_mode():
         lab0 = labels0.to(device=device, dtype=dtype)

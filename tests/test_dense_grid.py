@@ -133,7 +133,7 @@ def _largest_allocation(run) -> int:
 
 
 def test_propagation_memory_stays_within_the_affinity_budget():
-    T, h, w, C, n_last, chunk = 3, 12, 12, 8, 3, 2
+    T, h, w, C, n_last, chunk = 3, 10, 10, 8, 3, 2
     g = torch.Generator().manual_seed(6)
     feats = torch.randn(T, h, w, C, generator=g)
     labels = F.one_hot(torch.randint(0, 2, (h, w), generator=g), 2).permute(2, 0, 1).float()
@@ -155,7 +155,7 @@ def scene_store(tmp_path_factory):
     """A 64×64 grid (UPLiFT ×2 at 224 px, patch 14) of a scene moving 1 cell right per frame, for a
     120×180 source; its first mask as a PNG."""
     d = tmp_path_factory.mktemp("dense")
-    feats, cells = moving_scene(4, 64, (0, 1), C=16, seed=2)
+    feats, cells = moving_scene(3, 64, (0, 1), C=16, seed=2)
     size = (120, 180)
     store = dense_store(d / "s.zarr", {"v": (feats, size, None)})
     gt = to_source(cells, size)
@@ -240,7 +240,7 @@ def test_track_on_a_dense_store_follows_the_motion_in_source_pixels(tmp_path):
 def test_viz_renders_a_dense_store_at_the_source_size(tmp_path):
     from liftvid.pipelines.render import render_masks, render_pca, render_similarity, render_tracks
 
-    T, size = 4, (48, 64)
+    T, size = 3, (48, 64)
     video = tmp_path / "clip.mp4"
     write_video(video, synthetic_frames(T, *size, seed=7), fps=12)
     feats, cells = moving_scene(T, 56, (0, 1), C=16, seed=6)  # a LiFT ×2 grid at 224 px, patch 16

@@ -25,6 +25,9 @@ _EXPORTS = {
     "track_points": "ops.track", "TrackOptions": "ops.track", "Tracks": "ops.track",
     "frames_per_chunk": "ops.track", "default_tile": "ops.propagate",
     "cell_centres": "ops.geometry", "grid_to_source": "ops.geometry", "source_to_grid": "ops.geometry",
+    "GridGeometry": "ops.geometry", "mask_upsampling_factor": "ops.geometry",
+    "radius_in_stored_cells": "ops.geometry", "affinity_block_bytes": "ops.propagate",
+    "video_geometry": "io.store", "geometry_from_record": "io.store",
     "compute_tapvid_metrics": "ops.metrics", "evaluate_sequence": "ops.metrics",
     "DAVIS_MEASURES": "ops.metrics", "db_eval_boundary": "ops.metrics", "db_eval_iou": "ops.metrics",
     # io

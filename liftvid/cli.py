@@ -534,7 +534,9 @@ def propagate(
     start_frame: Annotated[int, typer.Option(help="Source frame number of the annotated frame (from 0, as DAVIS's 00042.png is frame 42 and as track's t counts; with extract --stride, a stored one); propagates from it to the end.", min=0)] = 0,
     n_last: Annotated[int, typer.Option(help="Previous frames in the context, besides the annotated frame.", min=0)] = 7,
     topk: Annotated[int, typer.Option(help="Sources kept per target cell.", min=1)] = 5,
-    radius: Annotated[int, typer.Option(help="Neighbourhood half-size in feature cells (square); 0 = unrestricted.", min=0)] = 12,
+    radius: Annotated[int, typer.Option(help="Neighbourhood half-size in cells (square), counted as --radius-unit says; 0 = unrestricted.", min=0)] = 12,
+    radius_unit: Annotated[str, typer.Option(help="What --radius counts: 'stored' cells of the grid in the store, whatever made it (the DINO and LiFT protocols' rule, exact on their grids; on a denser LiFT x2 or UPLiFT grid the same 12 cells cover a smaller area, at the same cost per cell), or 'backbone' cells (the same image area on any grid: radius x cells per patch stored cells, at that factor squared the cost).")] = "stored",
+    affinity_mb: Annotated[Optional[int], typer.Option("--affinity-mb", help="Memory bound of one block of similarities (target cells x their window x context frames); dense grids are cut into smaller blocks to fit; the masks do not depend on it (default 64 on a CPU, 256 on a GPU).", min=1)] = None,
     temperature: Annotated[float, typer.Option(help="Affinity temperature: exp(cos / T).", min=1e-6)] = 0.1,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write <out>/<video_id>.mp4 with the masks drawn on the frames.")] = False,
     store_masks: Annotated[bool, typer.Option("--store-masks/--no-store-masks", help="Also write each video's masks array into the store.")] = True,
@@ -545,7 +547,9 @@ def propagate(
 ) -> None:
     """Propagate first-frame object masks through each video by feature affinity; DAVIS PNGs out.
 
-    The DINO/LiFT DAVIS protocol, one Dask task per video.
+    The DINO/LiFT DAVIS protocol, one Dask task per video, on the grid the store holds (backbone,
+    LiFT or a denser UPLiFT grid). Soft labels are upsampled by ceil(min(patch, 2 x stride)): the
+    patch size on the protocols' grids, twice the model input on denser ones.
     """
     from rich.table import Table
 
@@ -554,9 +558,13 @@ def propagate(
     con = console()  # lines are not wrapped when not a terminal
     if not masks.exists():
         fail(f"{masks}: no such mask file or folder")
-    options = PropagateOptions(n_last=n_last, topk=topk, radius=radius, temperature=temperature,
-                               start_frame=start_frame, overlay=overlay, write_store=store_masks, device=device,
-                               overwrite=overwrite)
+    try:
+        options = PropagateOptions(n_last=n_last, topk=topk, radius=radius, temperature=temperature,
+                                   start_frame=start_frame, overlay=overlay, write_store=store_masks, device=device,
+                                   overwrite=overwrite, radius_unit=radius_unit,
+                                   affinity_bytes=None if affinity_mb is None else affinity_mb << 20)
+    except ValueError as exc:
+        fail(f"--radius-unit: {exc}")
     from rich.progress import Progress
 
     try:

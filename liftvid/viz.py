@@ -177,9 +177,13 @@ def pca_frames(features: Any, frames: Sequence[int] | slice | None = None,
 # ---------------------------------------------------------------- similarity
 
 
-def _grid_and_source(ds: Any) -> tuple[tuple[int, int], tuple[int, int]]:
-    h, w = ds.sizes["y"], ds.sizes["x"]
-    return (h, w), tuple(int(s) for s in ds.attrs["source_size"])
+def grid_geometry(ds: Any):
+    """The :class:`~liftvid.ops.geometry.GridGeometry` of an :func:`~liftvid.open_store` Dataset:
+    its stored grid (``y``, ``x`` sizes) on its model input and source frames, as recorded
+    (:func:`liftvid.io.store.geometry_from_record`), whatever made the grid."""
+    from .io.store import geometry_from_record
+
+    return geometry_from_record(ds.attrs.get("store_config") or {}, ds.attrs, (ds.sizes["y"], ds.sizes["x"]))
 
 
 def query_feature(ds: Any, x: float, y: float, t: int) -> np.ndarray:
@@ -191,17 +195,17 @@ def query_feature(ds: Any, x: float, y: float, t: int) -> np.ndarray:
     """
     import torch
 
-    from .ops.geometry import source_to_grid
     from .ops.track import sample_bilinear
 
-    grid, (H, W) = _grid_and_source(ds)
+    geometry = grid_geometry(ds)
+    H, W = geometry.source_size
     T = ds.sizes["frame"]
     if not 0 <= t < T:
         raise ValueError(f"query frame {t} is outside the video's {T} frames (0…{T - 1})")
     if not (0 <= x <= W and 0 <= y <= H):
         raise ValueError(f"query point x={x:g}, y={y:g} is outside the {W}×{H} (W×H) source frame")
     # the tracker's sampler: the same bilinear rule between cell centres, clamped at the border
-    xy = torch.from_numpy(source_to_grid(np.array([[x, y]]), grid, (H, W)))
+    xy = torch.from_numpy(geometry.source_to_grid(np.array([[x, y]])))
     frame = torch.from_numpy(np.asarray(_data(ds["features"])[int(t)], dtype=np.float32))
     return sample_bilinear(frame, xy)[0].numpy()
 

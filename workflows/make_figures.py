@@ -145,7 +145,7 @@ def main(argv=None) -> None:
         # 3. frame 0's mask propagated through the features (the DAVIS protocol's defaults)
         feats = best.features.values
         soft = propagate_labels(feats, masks_to_labels(masks[0], feats.shape[1:3]))
-        predicted = labels_to_masks(soft, (H, W), liftvid.upsampling_scale(best.attrs["store_config"]))
+        predicted = labels_to_masks(soft, (H, W), liftvid.upsampling_scale(best.attrs["store_config"], best.attrs))
         predicted[0] = masks[0]  # the given mask, as `liftvid propagate` writes it
         panels = [labelled(viz.mask_overlay(source[i], predicted[t]),
                            "frame 0: given mask" if t == 0 else f"frame {t}: propagated") for i, t in enumerate(shown)]

@@ -550,6 +550,46 @@ def video_info(root, video_id: str) -> dict:
     return dict(root[video_id].attrs.get(ATTRS_KEY, {}))
 
 
+def geometry_from_record(config: dict, attrs: dict, grid_size: tuple[int, int] | None = None):
+    """A video's :class:`~liftvid.ops.geometry.GridGeometry` from what the store records: the
+    stored grid (``grid_size``, default the video's recorded one), the model input
+    (``frame_size``), the source size and the backbone's patch. Whatever made the grid (the
+    backbone alone, LiFT, UPLiFT), nothing is derived from an upsampler's iteration count.
+
+    Args:
+        config: the store's ``attrs["liftvid"]`` (:func:`read_config`; an ``open_store``
+            Dataset's ``attrs["store_config"]``).
+        attrs: the video's ``attrs["liftvid"]`` (or an ``open_store`` Dataset's attrs).
+        grid_size: ``(h, w)`` of the features array, which wins over the record.
+
+    Raises:
+        StoreError: the record lacks the source size or the grid.
+    """
+    from ..ops.geometry import GridGeometry
+
+    info = VideoInfo.from_attrs(attrs)
+    grid = tuple(int(n) for n in grid_size) if grid_size is not None else info.grid_size
+    if grid is None or info.source_size is None:
+        raise StoreError(f"video {attrs.get('video_id', '')!r}: its record lacks the "
+                         f"{'grid size' if grid is None else 'source size'}; rerun `liftvid extract` on it")
+    stride = float(config.get("feature_stride") or 0) or None
+    # a store written before frame_size was recorded: its grid covers the input at the recorded stride
+    size = info.frame_size
+    if size is None and stride:
+        size = (round(grid[0] * stride), round(grid[1] * stride))
+    if size is None:
+        raise StoreError(f"video {attrs.get('video_id', '')!r}: neither the model input size nor the "
+                         "feature stride is recorded; rerun `liftvid extract` on it")
+    patch = float((config.get("backbone") or {}).get("patch_size") or stride or size[0] / grid[0])
+    return GridGeometry(grid, tuple(int(n) for n in size), info.source_size, patch)
+
+
+def video_geometry(root, video_id: str):
+    """:func:`geometry_from_record` of one video of an open store, on its features' own grid."""
+    features = root[video_id]["features"]
+    return geometry_from_record(read_config(root), video_info(root, video_id), tuple(features.shape[1:3]))
+
+
 def store_label(root) -> str:
     """The store's path (local) or URL-ish description, for messages."""
     from zarr.storage import LocalStore

@@ -36,7 +36,14 @@ from .device import compute_dtype, resolve_device
 class TrackOptions:
     """The tracker's parameters; the defaults here are the only ones.
 
-    Distances are in grid cells.
+    Distances are in cells of the stored grid, whatever its density (the backbone's, LiFT ×k,
+    UPLiFT ×k). The soft-argmax window refines an argmax that is already right to one cell, so it
+    needs the argmax cell's neighbours, not a fixed image area: on a denser grid the same ±2 cells
+    cover a smaller area around a more precise argmax, its cost per query stays ``(2r + 1)²``, and a
+    window scaled to the backbone's area (±8 cells on a 64×64 grid at patch 14) would average 17×17
+    cells of a smooth similarity plateau and pull positions to the middle of uniform regions, the
+    blur a dense grid is there to remove. The memory plan (:func:`plan_blocks`) counts the stored
+    grid's ``h·w`` cells, so a dense grid gets proportionally smaller blocks and chunks.
     """
 
     min_similarity: float = 0.5

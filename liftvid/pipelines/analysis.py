@@ -13,9 +13,8 @@ import numpy as np
 
 from .. import jobs
 from ..io.store import (ATTRS_KEY, COMPLETE, CORE_ARRAYS, DAMAGED, ENCODING_ARRAYS, FEATURE_DIMS, DamagedChunkError,
-                        FeatureEncoding, NamedReads, StoreError, VideoInfo, check_video_intact, damaged_groups,
-                        feature_reader, list_videos, open_root, read_config, video_info)
-from ..ops.geometry import cell_centres
+                        FeatureEncoding, NamedReads, StoreError, check_video_intact, damaged_groups,
+                        feature_reader, geometry_from_record, list_videos, open_root, read_config, video_info)
 
 
 # labels of small trailing dimensions that other writers use (track.py: positions (…, xy), queries (…, txy))
@@ -137,13 +136,18 @@ class FeatureStore:
         group = self.root[video_id]
         info = self._all[video_id]
         features = group["features"]
-        T, h, w, _ = features.shape
-        ys, xs = cell_centres((h, w), VideoInfo.from_attrs(info).source_size)
+        # the stored grid as recorded (model input, grid, source), whatever made it: a dense grid's
+        # cells are as many, and as small, as the features array says
+        geometry = geometry_from_record(self.config, info, tuple(features.shape[1:3]))
+        ys, xs = geometry.cell_centres("source")
+        ys_in, xs_in = geometry.cell_centres("input")
         coords = {
             "frame_index": ("frame", np.asarray(group["frame_index"][:]), {"long_name": "source frame number"}),
             "time": ("frame", np.asarray(group["timestamps"][:]), {"units": "s"}),
             "y": ("y", ys, {"units": "source px", "long_name": "row of the cell centre in the source frame"}),
             "x": ("x", xs, {"units": "source px", "long_name": "column of the cell centre in the source frame"}),
+            "y_input": ("y", ys_in, {"units": "input px", "long_name": "row of the cell centre in the model input"}),
+            "x_input": ("x", xs_in, {"units": "input px", "long_name": "column of the cell centre in the model input"}),
         }
         lazy = _lazy_features(group, f"{self.path}: video {video_id!r}", self.full_channels)
         variables = {"features": xr.Variable(FEATURE_DIMS, lazy, attrs={"encoding": self.encoding.describe()})}
@@ -201,7 +205,10 @@ def open_store(path_or_url: str | os.PathLike, full_channels: bool = False) -> F
       with ``full_channels`` the C decoded channels z Vᵀ float32;
     - coordinates ``frame_index`` (source frame numbers), ``time`` (seconds), and ``y``/``x``: the
       source-pixel centres of the grid cells (:func:`liftvid.geometry.cell_centres`; continuous
-      coordinates, 0 = the frame's top/left edge), right for every resize mode;
+      coordinates, 0 = the frame's top/left edge), right for every resize mode; ``y_input`` /
+      ``x_input`` on the same dimensions: the centres in model-input pixels. Both follow the
+      stored grid as recorded (:func:`liftvid.io.store.geometry_from_record`: model input, grid,
+      source size), whatever made it: the backbone, LiFT ×k or a pixel-dense UPLiFT grid;
     - ``masks (frame, height, width)`` and ``tracks_*`` when ``liftvid propagate``/``track`` wrote them;
     - ``attrs``: the video's provenance (source, sizes, fps, sampling) and ``store_config``.
 

@@ -25,6 +25,7 @@ from ..io.encode import write_video
 from ..io.tables import stored_position
 from ..io.video import VideoInputError, read_source_frames
 from ..models.extractor import resolve_device
+from ..ops.geometry import RADIUS_UNITS, mask_upsampling_factor
 from ..ops.propagate import N_LAST, RADIUS, TEMPERATURE, TOPK, iter_propagate, labels_to_masks, masks_to_labels
 
 MASKS_ARRAY = "masks"
@@ -56,10 +57,21 @@ class PropagateOptions:
     chunk_frames: int | None = None
     overwrite: bool = False
     """Replace ``<out>/<video_id>/`` folders and overlays that liftvid did not write (never an input)."""
+    radius_unit: str = "stored"
+    """What ``radius`` counts: ``"stored"`` cells of the grid propagation runs on (the DINO and LiFT
+    protocols' rule, kept on denser grids) or ``"backbone"`` cells (the same image area on any
+    grid); :func:`liftvid.ops.geometry.radius_in_stored_cells` says why."""
+    affinity_bytes: int | None = None
+    """Bound on one block of similarities (:func:`liftvid.ops.propagate.iter_propagate`); memory only."""
+
+    def __post_init__(self):
+        if self.radius_unit not in RADIUS_UNITS:
+            raise ValueError(f"radius unit {self.radius_unit!r}: use one of {', '.join(RADIUS_UNITS)}")
 
     def protocol(self) -> dict:
-        return {"n_last": self.n_last, "topk": self.topk, "radius": self.radius, "temperature": self.temperature,
-                "upsampling": "bilinear x patch_size, min-max, argmax, nearest"}
+        return {"n_last": self.n_last, "topk": self.topk, "radius": self.radius, "radius_unit": self.radius_unit,
+                "temperature": self.temperature,
+                "upsampling": "bilinear x ceil(min(patch_size, 2 x stride)), min-max, argmax, nearest"}
 
 
 @dataclass
@@ -154,10 +166,22 @@ def _start_position(video_id: str, frame_index: np.ndarray, start_frame: int) ->
         raise PropagateError(f"{video_id}: {exc}") from None
 
 
-def upsampling_scale(config: dict) -> float:
-    """The protocol's mask upsampling factor for a store: its backbone's patch size (also with
-    LiFT, as the official code), or the feature stride for a store that records no patch size."""
-    return float((config.get("backbone") or {}).get("patch_size") or config["feature_stride"])
+def upsampling_scale(config: dict, attrs: dict | None = None) -> float:
+    """The mask upsampling factor of a store's videos
+    (:func:`liftvid.ops.geometry.mask_upsampling_factor`): the backbone's patch size on the
+    backbone's grid and on a LiFT ×1 grid (as the official code), the factor that brings a denser
+    grid to twice the model input otherwise.
+
+    Args:
+        config: the store's configuration (an ``open_store`` Dataset's ``attrs["store_config"]``).
+        attrs: a video's record (an ``open_store`` Dataset's ``attrs``): its grid and input size
+            decide. Without it, the store's recorded feature stride does (the same for every video).
+    """
+    if attrs is not None:
+        return float(st.geometry_from_record(config, attrs).mask_upsampling())
+    patch = (config.get("backbone") or {}).get("patch_size")
+    stride = float(config["feature_stride"])
+    return float(mask_upsampling_factor(patch or stride, stride))
 
 
 def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str,
@@ -166,8 +190,10 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
 
     Writes ``<out_dir>/<video_id>/<frame:05d>.png`` (DAVIS palette) from the start frame on, the
     store's ``<video_id>/masks`` array (frames before the start frame are 0) and, with
-    ``options.overlay``, ``<out_dir>/<video_id>.mp4``. ``scale`` is the mask upsampling factor
-    (default :func:`upsampling_scale` of the store).
+    ``options.overlay``, ``<out_dir>/<video_id>.mp4``. The grid geometry is the video's stored one
+    (:func:`liftvid.io.store.video_geometry`): ``scale`` is the mask upsampling factor (default
+    the geometry's, :func:`liftvid.ops.geometry.mask_upsampling_factor`) and ``options.radius``
+    counts stored or backbone cells as ``options.radius_unit`` says.
 
     Raises:
         PropagateError, MaskError: bad inputs, naming the video and the file.
@@ -179,7 +205,9 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
     root = st.open_root(store_path, mode="r+" if options.write_store else "r")
     features, info, frame_index = _check_video(root, video_id)
     features = st.feature_reader(root[video_id], f"{store_path}: video {video_id!r}")  # decoded floats; a corrupt chunk is named
-    scale = float(scale or upsampling_scale(st.read_config(root)))
+    geometry = st.video_geometry(root, video_id)  # the stored grid, whatever made it
+    scale = float(scale or geometry.mask_upsampling())
+    radius = geometry.radius_cells(options.radius, options.radius_unit)
     T, h, w, _ = features.shape
     H, W = info.source_size
     pos = _start_position(video_id, frame_index, options.start_frame)
@@ -210,12 +238,14 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
         store_masks = group.create_array(partial, shape=(T, H, W), chunks=(t_chunk, H, W), dtype="uint8",
                                          dimension_names=MASK_DIMS, fill_value=0, overwrite=True)
         meta = {"status": st.INCOMPLETE, "start_frame": int(options.start_frame), "mask": str(mask_path),
-                "objects": n_objects, "protocol": options.protocol()}
+                "objects": n_objects, "protocol": {**options.protocol(), "radius_stored_cells": radius,
+                                                   "upsampling_factor": scale, "grid_size": [h, w]}}
         store_masks.attrs[st.ATTRS_KEY] = meta
 
     def masks_out() -> Iterator[tuple[int, np.ndarray]]:
         for a, soft in iter_propagate(_Window(features, pos), labels, options.n_last, options.topk,
-                                      options.radius, options.temperature, device, options.chunk_frames):
+                                      radius, options.temperature, device, options.chunk_frames,
+                                      affinity_bytes=options.affinity_bytes):
             ids = labels_to_masks(soft, (H, W), scale)
             if a == 0:
                 ids[0] = mask  # the annotated frame is written as given (DINO writes seg_ori)
@@ -336,7 +366,6 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
         if not todo:
             raise ValueError(f"{masks}: no mask for any of the {len(complete)} complete videos of {store_path} "
                              f"(e.g. {complete[0]}); masks are named <video id>.png or <video id>/<frame>.png")
-    scale = upsampling_scale(st.read_config(root))
     tasks, failed = {}, {}
     for vid in todo:
         try:
@@ -346,7 +375,7 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
             failed[vid] = str(exc)
             continue
         # resolved here: cluster workers run in their own folder, or on another machine
-        tasks[vid] = (client_path(store_path), vid, client_path(path), client_path(out_dir), options, scale)
+        tasks[vid] = (client_path(store_path), vid, client_path(path), client_path(out_dir), options)
     claim_results(out_dir, list(tasks), {**inputs, **_video_sources(root, list(tasks), store_path)}, options)
     if not (Path(masks).is_file() and len(todo) == 1):
         names = set(st.group_names(root))

@@ -35,7 +35,7 @@ from ..io.paths import client_path, component_problem
 from ..io.tables import QueryRow, read_queries_csv, stored_position, write_tracks_csv
 from ..io.video import read_source_frames
 from ..ops.device import resolve_device
-from ..ops.geometry import grid_to_source, source_to_grid
+from ..ops.geometry import GridGeometry, grid_to_source
 from ..ops.track import (MIN_FRAMES_PER_CHUNK, BlockPlan, TrackOptions, Tracks, frames_per_chunk, plan_blocks,
                          prepare_queries, track_chunk, track_points)
 
@@ -98,6 +98,7 @@ class _VideoJob:
     grid_size: tuple[int, int]
     source_size: tuple[int, int]
     frame_index: np.ndarray  # (T,) int64 source frame numbers of the stored frames (the CSVs' t)
+    geometry: GridGeometry | None = None  # the stored grid on the frames (liftvid.io.store.video_geometry)
 
 
 def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[SkippedQuery]]:
@@ -127,11 +128,10 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
         if damage := st.check_video_intact(root, vid):  # missing chunks read as NaN: refuse the video
             skipped += [SkippedQuery(r.line, vid, r.query, damage) for r in vrows]
             continue
-        info = st.read_video_info(root, vid)
-        n_frames, h, w, _ = root[vid]["features"].shape
+        n_frames = root[vid]["features"].shape[0]
         frame_index = np.asarray(root[vid]["frame_index"][:], np.int64)
-        source_size = info.source_size
-        grid_size = (int(h), int(w))
+        geometry = st.video_geometry(root, vid)  # the stored grid, whatever made it
+        source_size, grid_size = geometry.source_size, geometry.grid_size
         good = []
         for r in vrows:
             why = _check_row(r, frame_index, source_size)
@@ -142,12 +142,12 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
         if not good:
             continue
         src = np.array([[r.x, r.y] for r in good])
-        xy = source_to_grid(src, grid_size, source_size)
+        xy = geometry.source_to_grid(src)
         # x = W (the right edge) maps half a cell beyond the last centre: keep it on the grid's extent
         xy = np.clip(xy, -0.5, np.array([grid_size[1], grid_size[0]]) - 0.5)
         at = [stored_position(frame_index, r.t, f"frame t={r.t:g}") for r in good]  # source number → position
         grid_queries = np.column_stack([at, xy])
-        jobs.append(_VideoJob(vid, good, grid_queries, int(n_frames), grid_size, source_size, frame_index))
+        jobs.append(_VideoJob(vid, good, grid_queries, int(n_frames), grid_size, source_size, frame_index, geometry))
     return jobs, skipped
 
 

@@ -500,3 +500,41 @@ def _state_channels(state: dict[str, torch.Tensor], config: UPLiFTConfig) -> int
 __all__ = ["UPLiFT", "UPLiFTConfig", "UPLiFTConfigError", "UPLiFTCheckpointError", "LocalAttender",
            "load_uplift", "infer_uplift_config", "uplift_features", "uplift_output_shape", "state_shapes",
            "read_uplift_file", "RELEASED_UPLIFTS"]
+
+
+# ---- training support (issue 22, build item 4) ----------------------------------------------------
+
+
+def uplift_steps(uplift: UPLiFT, images: torch.Tensor, features: torch.Tensor, iterations: int) -> list[torch.Tensor]:
+    """Every step's output of ``uplift(images, features, iterations)``, as the release's
+    ``return_steps(True)`` gives them to its training loss.
+
+    Returns:
+        ``[(B, C, f h, f w), (B, C, f² h, f² w), …]``, ``iterations`` grids; the last equals
+        ``uplift(images, features, iterations)``.
+    """
+    outputs, encoded = [], None
+    for i in range(iterations):
+        if encoded is None or not uplift.config.share_encoder:
+            scaled = images if i == 0 else tv_resize(
+                images, [int(s * uplift.config.up_factor ** i) for s in images.shape[-2:]])
+            encoded = uplift.encode(scaled)
+        features = uplift.step(features, encoded)
+        outputs.append(features)
+    return outputs
+
+
+def save_uplift(path: str | Path, uplift: UPLiFT, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``uplift``'s state dict as the release's ``.safetensors`` (its parameter names, float
+    tensors as they are), with ``metadata`` strings in the header; written whole (temporary, rename),
+    so :func:`load_uplift` reads it as it reads a released file."""
+    import os
+
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in uplift.state_dict().items()}, str(tmp), metadata=metadata)
+    os.replace(tmp, path)
+    return path

@@ -108,12 +108,13 @@ class UPLiFTMethod:
     def check_size(self, size: int, patch: int) -> None:
         levels = self.config.training.down_steps
         step = patch * self.config.up_factor ** levels
-        if size < step or size % step:
-            lower, upper = max(step, size // step * step), max(step, -(-size // step) * step)
+        # the smallest level needs 2×2 cells: batch norm on a 1×1 grid fails for a last batch of one frame
+        if size < 2 * step or size % step:
+            lower, upper = max(2 * step, size // step * step), max(2 * step, -(-size // step) * step)
             hint = f"{lower}" if lower == upper else f"{lower} or {upper}"
-            raise ValueError(f"--size {size} is not a multiple of {self.config.up_factor}^{levels} × the patch size "
-                             f"{patch} = {step} (the pyramid's smallest level must still tile into patches): use "
-                             f"e.g. --size {hint}")
+            raise ValueError(f"--size {size}: UPLiFT training needs a multiple of {self.config.up_factor}^{levels} × the "
+                             f"patch size {patch} = {step}, at least {2 * step} (the pyramid's smallest level, S/"
+                             f"{self.config.up_factor ** levels}, must tile into 2×2 patches or more): use e.g. --size {hint}")
 
     def check_output(self, out: Path, resume: bool, overwrite: bool) -> None:
         if out.suffix != ".safetensors":

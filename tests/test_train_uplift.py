@@ -226,17 +226,35 @@ def test_resume_after_interruption_is_bit_identical(clips, tiny_yaml, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_default_architecture_for_dinov2_loads_like_the_released_one(video_dir, tmp_path):
     """No --uplift-config: patch 14 trains the released DINOv2-S/14 architecture, so extraction's
     infer_uplift_config recognises the file as it recognises the released weights."""
     out = tmp_path / "uplift14.safetensors"
     options = replace(TINY, backbone="vit_small_patch14_dinov2", size=224, epochs=1, batch_size=2,
-                      frames_per_video=1, held_out=1)
+                      frames_per_video=2, held_out=0)
     summary = train_lift([video_dir / "clip_b.mp4"], out, options)
-    assert summary.epochs[0].steps == 1 and summary.epochs[0].held_out_lift is not None
+    assert summary.epochs[0].steps == 1
     config = infer_uplift_config(out, 384, 14)
     assert config.name == "uplift_dinov2-s14"
     load_uplift(out, config)
+
+
+def test_init_fine_tunes_from_a_release_style_file(trained, clips, tiny_yaml, tmp_path):
+    _, _, start = trained
+    out = tmp_path / "tuned.safetensors"
+    summary = train_lift([clips / "clip1.mp4"], out, replace(TINY, uplift_config=str(tiny_yaml), epochs=1,
+                                                              init=str(start)))
+    assert summary.epochs[0].steps == 2  # 6 frames, batch 4
+    state = torch.load(train_state_path(out), weights_only=True)
+    assert state["init"]["path"] == str(start) and len(state["init"]["sha256"]) == 64
+    # two Adam steps (about lr = 5e-3 each) moved the given weights; a fresh initialisation is far off
+    config = UPLiFTConfig.from_yaml(tiny_yaml)
+    given, tuned = load_uplift(start, config).state_dict(), load_uplift(out, config).state_dict()
+    w = "attender.conv1.weight"
+    assert 0 < (tuned[w] - given[w]).abs().max() <= 3 * 0.005
+    torch.manual_seed(0)
+    assert (UPLiFT(config).state_dict()[w] - given[w]).abs().max() > 10 * 0.005
 
 
 # ---- bad input -------------------------------------------------------------------------------------

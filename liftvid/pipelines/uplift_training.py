@@ -9,6 +9,10 @@ counters and history — written whole before ``OUT``, so it is always one consi
 run dies between the two writes (a resume then re-exports ``OUT``). Both are tensors and plain values,
 read with ``weights_only=True``; a safetensors file cannot hold the optimizer's nested state, and
 extra tensors in ``OUT`` would not load as the release's state dict.
+
+Frames reach the objective as every liftvid training's do: ``square:S`` (PIL bicubic, antialiased),
+sampled per video; the release's ImageNet loader resized with PIL bilinear. From there on (the
+normalised batch, its pyramid, the features, the per-step losses) it is the release's computation.
 """
 
 from __future__ import annotations

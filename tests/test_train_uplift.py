@@ -307,12 +307,16 @@ def test_bad_outputs_and_configs(clips, tiny_yaml, tmp_path):
 
 def test_resume_with_another_facet_or_architecture_is_refused(trained, clips, tiny_yaml, tmp_path):
     _, _, out = trained
+    before = out.read_bytes()
     with pytest.raises(UPLiFTCheckpointError, match="trained for facet 'token-norm' but the run uses 'token'"):
         train_lift([clips], out, replace(TINY, uplift_config=str(tiny_yaml), facet="token", resume=True))
+    with pytest.raises(UPLiFTCheckpointError, match="backbone weights 'random:seed=0'.*'random:seed=1'"):
+        train_lift([clips], out, replace(TINY, uplift_config=str(tiny_yaml), seed=1, resume=True))
     other = tmp_path / "other.yaml"
     other.write_text(TINY_YAML.replace("attender: 9", "attender: 5"))
     with pytest.raises(UPLiFTCheckpointError, match="trained with another architecture"):
         train_lift([clips], out, replace(TINY, uplift_config=str(other), resume=True))
+    assert out.read_bytes() == before  # refusals write nothing
     lonely = tmp_path / "released.safetensors"
     lonely.write_bytes(out.read_bytes())
     with pytest.raises(UPLiFTCheckpointError, match="released.safetensors: has no training state to resume"):

@@ -54,5 +54,8 @@ class LiftMethod:
     def read_resume(self, out: Path, backbone: Backbone) -> tuple[LiFT, dict]:
         return load_lift_checkpoint(out, backbone)  # channels, patch, timm name, layer, facet
 
+    def resumed(self, out: Path, model: LiFT, meta: dict) -> None:
+        pass  # one file: the resume point is the output
+
     def save(self, out: Path, model: LiFT, backbone: Backbone, extra: dict) -> None:
         save_lift_checkpoint(out, model, backbone, extra)

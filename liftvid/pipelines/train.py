@@ -35,6 +35,7 @@ from .lift_training import LiftMethod
 from .uplift_training import UPLiFTMethod
 
 METHODS = ("lift", "uplift")
+Method = LiftMethod | UPLiFTMethod  # what the loop asks of a method: defaults, model, objective, files
 JITTER = (0.2, 0.2, 0.2, 0.2)  # brightness, contrast, saturation, hue: the paper's ColorJitter
 SHUFFLE_BATCHES = 8  # frames of this many batches are mixed before one is drawn
 DECODE_AHEAD = 2  # videos queued per decode worker
@@ -315,7 +316,7 @@ def _check_method(options: TrainOptions) -> None:
         raise ValueError(f"{flag} trains an UPLiFT: add --method uplift")
 
 
-def _prepare(options: TrainOptions) -> tuple[TrainOptions, Backbone, LiftMethod | UPLiFTMethod]:
+def _prepare(options: TrainOptions) -> tuple[TrainOptions, Backbone, Method]:
     """The backbone, the method and the options with the method's defaults filled in, all checked."""
     _check_method(options)
     facet = options.facet or (UPLiFTMethod if options.method == "uplift" else LiftMethod).default_facet
@@ -352,7 +353,7 @@ def _same_weights(recorded: dict, backbone: Backbone) -> bool:
     return recorded.get("weights", backbone.weights_id) == backbone.weights_id
 
 
-def _load_resume(path: Path, backbone: Backbone, method) -> tuple[nn.Module, dict]:
+def _load_resume(path: Path, backbone: Backbone, method: Method) -> tuple[nn.Module, dict]:
     """The model and training state of ``path``, refused when it belongs to another backbone."""
     model, meta = method.read_resume(path, backbone)
     recorded = meta.get("backbone") or {}
@@ -363,6 +364,7 @@ def _load_resume(path: Path, backbone: Backbone, method) -> tuple[nn.Module, dic
     if not isinstance(meta.get("state"), dict):
         raise method.checkpoint_error(f"{path}: has no training state to resume (a final or released "
                                       f"{method.label}?); start a new training with --init {path}")
+    method.resumed(path, model, meta)
     return model, meta
 
 
@@ -384,7 +386,7 @@ class _Run:
     """The models and counters of one training run."""
 
     backbone: Backbone
-    method: LiftMethod | UPLiFTMethod
+    method: Method
     model: nn.Module  # the LiFT or UPLiFT being trained
     norm: FeatureExtractor  # the backbone's mean/std buffers
     optimizer: torch.optim.Optimizer
@@ -402,7 +404,7 @@ class _Run:
         return (t.pin_memory() if self.device.type == "cuda" else t).to(self.device, non_blocking=True)
 
 
-def _start(options: TrainOptions, backbone: Backbone, method, out: Path, device: torch.device,
+def _start(options: TrainOptions, backbone: Backbone, method: Method, out: Path, device: torch.device,
            progress: TrainProgress) -> _Run:
     """A fresh, ``init``-ed or resumed run; a checkpoint that does not fit ``backbone`` is refused here."""
     init_model = method.load_init(options.init, backbone) if options.init else None

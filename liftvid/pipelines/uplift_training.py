@@ -95,6 +95,7 @@ class UPLiFTMethod:
 
     label = "UPLiFT"
     default_facet = "token-norm"  # the released models' features: last block, after the final norm
+    checkpoint_error = UPLiFTCheckpointError
 
     def __init__(self, backbone: Backbone, config_file: str | None = None, arch: str | None = None):
         self.config = resolve_uplift_config(backbone, config_file, arch)
@@ -146,7 +147,7 @@ class UPLiFTMethod:
 
     def read_resume(self, out: Path, backbone: Backbone) -> tuple[UPLiFT, dict]:
         """The model and metadata of ``OUT.train-state``; refused when it belongs to another backbone,
-        layer, facet or architecture. Re-exports ``OUT`` when a run died between writing the two files."""
+        layer, facet or architecture."""
         path = train_state_path(out)
         if not path.is_file():
             raise UPLiFTCheckpointError(f"{out}: has no training state to resume ({path.name} is missing: a "
@@ -168,9 +169,13 @@ class UPLiFTMethod:
                                         "resume with the same --uplift-config / --uplift-arch")
         model = UPLiFT(self.config)
         model.load_state_dict(meta["state_dict"])
-        if _exported_epoch(out) != meta["state"]["epoch"]:
-            save_uplift(out, model, _header(meta))
         return model, meta
+
+    def resumed(self, out: Path, model: UPLiFT, meta: dict) -> None:
+        """Re-export ``OUT`` from an accepted training state when a run died between writing the two
+        files (``OUT`` missing or an epoch behind)."""
+        if _exported_epoch(out) != (meta.get("state") or {}).get("epoch"):
+            save_uplift(out, model, _header(meta))
 
     def save(self, out: Path, model: UPLiFT, backbone: Backbone, extra: dict) -> None:
         """Write ``OUT.train-state`` then ``OUT``, each whole."""
@@ -188,7 +193,9 @@ class UPLiFTMethod:
 def _header(meta: dict) -> dict[str, str]:
     # what a reader of OUT may want without the training state: provenance and the epoch
     keys = ("config", "config_file", "architecture", "backbone", "training", "init", "held_out", "data")
-    record = {k: meta.get(k) for k in keys} | {"epoch": meta["state"]["epoch"], "step": meta["state"]["step"]}
+    state = meta.get("state") or {}
+    record = {k: meta.get(k) for k in keys} | {"epoch": state.get("epoch"), "step": state.get("step"),
+                                               "architecture": json.loads(meta["architecture"])}
     return {"liftvid": json.dumps(record)}
 
 

@@ -672,7 +672,7 @@ def train(
     weights: Annotated[Optional[str], typer.Option(help="Backbone weights: a local file (timm, safetensors, DINO .pth) or 'random'. Default: timm's pretrained download.")] = None,
     layer: Annotated[int, typer.Option(help="Block to read features from (-1 = last).")] = -1,
     facet: Annotated[Optional[str], typer.Option(help="key, query, value, token or token-norm. Default: key for LiFT, token-norm for UPLiFT (the released models').", show_default=False)] = None,
-    size: Annotated[Optional[int], typer.Option(help="Training size S (frames resized to S×S). LiFT: a multiple of 4 × the patch size; UPLiFT: of 2^levels × the patch size (levels: the config's train.down_steps, 3 for dinov2-s14, 2 for dinov3-splus16). Default 448.", show_default=False)] = None,
+    size: Annotated[Optional[int], typer.Option(help="Training size S (frames resized to S×S). LiFT: a multiple of 4 × the patch size; UPLiFT: of 2^levels × the patch size and at least twice that (levels: the config's train.down_steps, 3 for dinov2-s14, 2 for dinov3-splus16). Default 448.", show_default=False)] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Epochs (each re-samples frames of every video). Default: LiFT 5; UPLiFT its config's (1 in the released ones, which were over ImageNet: raise it for a few videos).", min=1, show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Frames per optimizer step. Default 32.", min=1, show_default=False)] = None,
     frames_per_video: Annotated[int, typer.Option(help="Frames sampled per video (or frame folder) each epoch.", min=1)] = 16,

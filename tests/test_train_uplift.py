@@ -23,6 +23,7 @@ from liftvid.pipelines.train import TrainOptions, train_lift
 from liftvid.pipelines.uplift_training import train_state_path
 
 from .conftest import TINY_VIT
+from .test_security import _RunsCode
 from .test_train import Recorder
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -317,6 +318,14 @@ def test_resume_with_another_facet_or_architecture_is_refused(trained, clips, ti
     with pytest.raises(UPLiFTCheckpointError, match="trained with another architecture"):
         train_lift([clips], out, replace(TINY, uplift_config=str(other), resume=True))
     assert out.read_bytes() == before  # refusals write nothing
+    # the training state is data, never code: a pickle that would run something is refused unrun
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "evil.safetensors"
+    evil.write_bytes(out.read_bytes())
+    torch.save({"format": "liftvid-uplift-train-state/1", "x": _RunsCode(marker)}, train_state_path(evil))
+    with pytest.raises(UPLiFTCheckpointError, match=r"evil.safetensors.train-state: refused: it names .*not loaded"):
+        train_lift([clips], evil, replace(TINY, uplift_config=str(tiny_yaml), resume=True))
+    assert not marker.exists()
     lonely = tmp_path / "released.safetensors"
     lonely.write_bytes(out.read_bytes())
     with pytest.raises(UPLiFTCheckpointError, match="released.safetensors: has no training state to resume"):

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.backbone import Backbone
+from ..models.backbone import Backbone, checkpoint_read_error
 from ..models.uplift import UPLiFT, UPLiFTCheckpointError, load_uplift, save_uplift
 from ..models.uplift_config import RELEASED_UPLIFTS, UPLIFT_DINOV3_SPLUS16, UPLiFTConfig
 from ..models.uplift_objective import uplift_objective, uplift_similarity
@@ -155,8 +155,7 @@ class UPLiFTMethod:
         try:
             meta = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise UPLiFTCheckpointError(f"{path}: not a readable training state ({line[:160]})") from None
+            raise UPLiFTCheckpointError(checkpoint_read_error(path, exc, "UPLiFT training state")) from None
         if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
             raise UPLiFTCheckpointError(f"{path}: not a liftvid UPLiFT training state")
         recorded = meta.get("backbone") or {}

@@ -31,10 +31,7 @@ import torch
 import torchvision.transforms.functional as TVF
 import yaml
 
-from liftvid.models.backbone import Backbone
-from liftvid.models.uplift import UPLiFT
-from liftvid.models.uplift_config import UPLiFTConfig
-from liftvid.models.uplift_objective import uplift_objective
+from liftvid import Backbone, UPLiFT, UPLiFTConfig, uplift_objective
 
 CASES = (("uplift_dinov2-s14", "vit_small_patch14_dinov2", 224), ("uplift_dinov3-splus16", "vit_small_patch16_dinov3", 256))
 

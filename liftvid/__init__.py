@@ -17,7 +17,11 @@ _EXPORTS = {
     "FACETS": "models.backbone",
     "LiFT": "models.lift", "lift_features": "models.lift", "load_lift_checkpoint": "models.lift",
     "save_lift_checkpoint": "models.lift",
+    "UPLiFT": "models.uplift", "load_uplift": "models.uplift", "uplift_features": "models.uplift",
+    "infer_uplift_config": "models.uplift", "UPLiFTConfig": "models.uplift_config",
+    "RELEASED_UPLIFTS": "models.uplift_config",
     "FeatureExtractor": "models.extractor", "resolve_device": "models.extractor",
+    "lift_objective": "models.lift_objective", "uplift_objective": "models.uplift_objective",
     # ops
     "propagate_labels": "ops.propagate", "iter_propagate": "ops.propagate", "labels_to_masks": "ops.propagate",
     "masks_to_labels": "ops.propagate", "N_LAST": "ops.propagate", "TOPK": "ops.propagate",

@@ -788,12 +788,18 @@ def _naming(source: str, error: str) -> str:
     return _esc(error if error.startswith(source) else f"{source}: {error}")
 
 
+def _upsampler_flags(method: str, out: Path, uplift_config: Optional[Path]) -> str:
+    if method != "uplift":
+        return f"--lift {out}"
+    return f"--uplift {out}" + (f" --uplift-config {uplift_config}" if uplift_config else "")
+
+
 class _RichTrainProgress:
     """Renders :class:`liftvid.train.TrainProgress` events: a bar per epoch with loss and images/s,
     then one line per epoch with the held-out check."""
 
-    def __init__(self, progress):
-        self.progress = progress
+    def __init__(self, progress, label: str = "LiFT"):
+        self.progress, self.label = progress, label
         self.console = progress.console
         self.epochs = 0
         self.task = None
@@ -825,7 +831,7 @@ class _RichTrainProgress:
         self.progress.update(self.task, advance=1, loss=loss, rate=rate)
 
     def epoch_finished(self, stats) -> None:
-        check = (f"held-out cosine to f(x): LiFT {stats.held_out_lift:.4f} vs bilinear {stats.held_out_bilinear:.4f}"
+        check = (f"held-out cosine to f(x): {self.label} {stats.held_out_lift:.4f} vs bilinear {stats.held_out_bilinear:.4f}"
                  if stats.held_out_lift is not None else "no held-out frames")
         self.console.print(f"epoch {stats.epoch}/{self.epochs}: loss {stats.loss:.4f}, "
                            f"{stats.images_per_second:,.1f} images/s; {check}; saved {_esc(stats.checkpoint)}")
@@ -834,31 +840,35 @@ class _RichTrainProgress:
 @app.command()
 def train(
     inputs: Annotated[list[Path], typer.Argument(help="Video files, folders of videos, folders of frames or of images.", show_default=False)],
-    out: Annotated[Path, typer.Argument(help="LiFT checkpoint to write (rewritten every epoch; loads with `extract --lift`).", show_default=False)],
+    out: Annotated[Path, typer.Argument(help="Checkpoint to write, rewritten every epoch: LiFT's .pt (loads with `extract --lift`), or with --method uplift an UPLiFT .safetensors (loads with `extract --uplift`; its resume state goes to OUT.train-state beside it).", show_default=False)],
     backbone: Annotated[str, typer.Option(help="Alias (dino_vits16, dino_vits8, dino_vitb16, dino_vitb8) or any timm ViT name.")] = "dino_vits16",
     weights: Annotated[Optional[str], typer.Option(help="Backbone weights: a local file (timm, safetensors, DINO .pth) or 'random'. Default: timm's pretrained download.")] = None,
     layer: Annotated[int, typer.Option(help="Block to read features from (-1 = last).")] = -1,
-    facet: Annotated[str, typer.Option(help="key, query, value or token.")] = "key",
-    size: Annotated[int, typer.Option(help="Training size S (frames resized to S×S); a multiple of 4 × the patch size.")] = 448,
-    epochs: Annotated[int, typer.Option(help="Epochs (each re-samples frames of every video).", min=1)] = 5,
-    batch_size: Annotated[int, typer.Option(help="Frames per optimizer step.", min=1)] = 32,
+    facet: Annotated[Optional[str], typer.Option(help="key, query, value, token or token-norm. Default: key for LiFT, token-norm for UPLiFT (the released models').", show_default=False)] = None,
+    size: Annotated[Optional[int], typer.Option(help="Training size S (frames resized to S×S). LiFT: a multiple of 4 × the patch size; UPLiFT: of 2^levels × the patch size and at least twice that (levels: the config's train.down_steps, 3 for dinov2-s14, 2 for dinov3-splus16). Default 448.", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Epochs (each re-samples frames of every video). Default: LiFT 5; UPLiFT its config's (1 in the released ones, which were over ImageNet: raise it for a few videos).", min=1, show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Frames per optimizer step. Default 32.", min=1, show_default=False)] = None,
     frames_per_video: Annotated[int, typer.Option(help="Frames sampled per video (or frame folder) each epoch.", min=1)] = 16,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
-    loss: Annotated[str, typer.Option(help="cosine (the paper's), l1 or l2.")] = "cosine",
-    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Colour jitter 0.2/0.2/0.2/0.2 (the paper's).")] = True,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate. Default 1e-3.", show_default=False)] = None,
+    loss: Annotated[Optional[str], typer.Option(help="cosine, l1 or l2. Default: each paper's (LiFT cosine, UPLiFT l2).", show_default=False)] = None,
+    augment: Annotated[Optional[bool], typer.Option("--augment/--no-augment", help="Colour jitter 0.2/0.2/0.2/0.2. Default: on for LiFT (its paper's), off for UPLiFT (its release has none).", show_default=False)] = None,
+    method: Annotated[str, typer.Option(help="lift, or uplift (Walmer et al. 2026: multi-scale self-distillation over its iterative steps, the release's objective and defaults).")] = "lift",
+    uplift_config: Annotated[Optional[Path], typer.Option(help="UPLiFT architecture and training defaults from the release's YAML (for --method uplift; pass it to `extract --uplift-config` too).", show_default=False)] = None,
+    uplift_arch: Annotated[Optional[str], typer.Option(help="A released UPLiFT architecture, dinov2-s14 or dinov3-splus16, sized to the backbone. Default: dinov2-s14 for patch 14, otherwise dinov3-splus16.", show_default=False)] = None,
     workers: Annotated[int, typer.Option(help="Decode threads feeding the model.", min=1)] = 4,
     device: Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the training saved in OUT from its last epoch.")] = False,
-    init: Annotated[Optional[Path], typer.Option(help="Start from this LiFT checkpoint (e.g. a released one, to fine-tune).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of frame sampling, order, augmentation, LiFT init and --weights random.")] = 0,
+    init: Annotated[Optional[Path], typer.Option(help="Start from this LiFT (or UPLiFT) checkpoint, e.g. a released one, to fine-tune.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of frame sampling, order, augmentation, LiFT/UPLiFT init and --weights random.")] = 0,
     held_out: Annotated[int, typer.Option(help="Frames kept out of training for the per-epoch check (0 = none).", min=0)] = 32,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace OUT if it exists (instead of --resume).")] = False,
 ) -> None:
-    """Train a LiFT module for one backbone, layer and facet on frames of your videos (self-supervised).
+    """Train a LiFT (or with --method uplift an UPLiFT) for one backbone, layer and facet on frames of
+    your videos (self-supervised).
 
     Every epoch rewrites OUT with the weights, optimizer state and a held-out check: on frames kept
-    out of training, the cosine similarity to the full-resolution features f(x) of LiFT(x/2, f(x/2))
-    next to that of bilinear upsampling. LiFT above bilinear means training worked.
+    out of training, the cosine similarity to the full-resolution features f(x) of the upsampler's one
+    step from x/2 next to that of bilinear upsampling. Above bilinear means training worked.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -872,13 +882,14 @@ def train(
     options = TrainOptions(backbone=backbone, weights=weights, layer=layer, facet=facet, size=size, epochs=epochs,
                            batch_size=batch_size, frames_per_video=frames_per_video, lr=lr, loss=loss,
                            augment=augment, workers=workers, device=device, resume=resume, overwrite=overwrite,
-                           init=str(init) if init else None, seed=seed, held_out=held_out)
+                           init=str(init) if init else None, seed=seed, held_out=held_out, method=method,
+                           uplift_config=str(uplift_config) if uplift_config else None, uplift_arch=uplift_arch)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("{task.fields[rate]:,.1f} images/s", style="cyan"),
                TimeRemainingColumn())
     try:
         with Progress(*columns, console=console) as bars:
-            summary = train_lift(inputs, out, options, progress=_RichTrainProgress(bars))
+            summary = train_lift(inputs, out, options, progress=_RichTrainProgress(bars, "UPLiFT" if method == "uplift" else "LiFT"))
     except ValueError as exc:  # every input/configuration error of the library is a ValueError
         fail(str(exc))
     except KeyboardInterrupt:
@@ -886,7 +897,7 @@ def train(
     steps = summary.epochs[-1].steps if summary.epochs else 0
     console.print(f"{_esc(out)}: {plural(len(summary.epochs), 'epoch')} trained ({plural(steps, 'step')}) in {summary.seconds:.1f} s on "
                   f"{summary.frames_available} frames ({summary.held_out_frames} held out); use it with "
-                  f"`liftvid extract … --backbone {_esc(backbone)} --lift {_esc(out)}`")
+                  f"`liftvid extract … --backbone {_esc(backbone)} {_esc(_upsampler_flags(method, out, uplift_config))}`")
     for source, error in summary.skipped:
         console.print(f"[red]skipped[/] {_naming(source, error)}")
     if summary.skipped:

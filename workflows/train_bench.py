@@ -61,8 +61,8 @@ def machine(device: torch.device) -> str:
 class _Printer:
     """A TrainProgress that prints one line per epoch (and skipped inputs)."""
 
-    def __init__(self, epochs: int):
-        self.epochs = epochs
+    def __init__(self, epochs: int, label: str = "LiFT"):
+        self.epochs, self.label = epochs, label
 
     def start(self, first_epoch, epochs, steps_per_epoch):
         print(f"training: {steps_per_epoch} steps per epoch, epochs {first_epoch}..{epochs}", flush=True)
@@ -80,7 +80,7 @@ class _Printer:
         pass
 
     def epoch_finished(self, s):
-        check = (f"held-out cosine LiFT {s.held_out_lift:.4f} vs bilinear {s.held_out_bilinear:.4f}"
+        check = (f"held-out cosine {self.label} {s.held_out_lift:.4f} vs bilinear {s.held_out_bilinear:.4f}"
                  if s.held_out_lift is not None else "no held-out frames")
         print(f"  epoch {s.epoch}/{self.epochs}: {s.steps} steps, loss {s.loss:.4f}, "
               f"{s.images} images in {s.seconds:.1f} s = {s.images_per_second:.1f} images/s; {check}", flush=True)
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("inputs", nargs="*", type=Path, help="videos or folders (default: ../shared/data)")
     ap.add_argument("--backbone", default="dino_vits16")
     ap.add_argument("--weights", default="random")
-    ap.add_argument("--size", type=int, default=448, help="training size S (a multiple of 4 × patch)")
+    ap.add_argument("--size", type=int, default=448, help="training size S (LiFT: a multiple of 4 × patch)")
+    ap.add_argument("--method", default="lift", choices=["lift", "uplift"])
+    ap.add_argument("--uplift-config", default=None, help="the release's YAML (--method uplift)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
@@ -115,7 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
     options = TrainOptions(backbone=args.backbone, weights=args.weights, size=args.size, epochs=args.epochs,
                            batch_size=args.batch_size, frames_per_video=args.frames_per_video, lr=args.lr,
                            held_out=args.held_out, workers=args.workers, device=args.device, seed=args.seed,
-                           overwrite=True)
+                           overwrite=True, method=args.method, uplift_config=args.uplift_config)
+    label = "UPLiFT" if args.method == "uplift" else "LiFT"
     device = resolve_device(args.device)
     command = "python workflows/train_bench.py " + shlex.join(argv if argv is not None else sys.argv[1:])
     print(command)
@@ -133,9 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
         torch.cuda.reset_peak_memory_stats(device)
 
     with tempfile.TemporaryDirectory(prefix="liftvid-train-bench-") as tmp:
-        out = args.out or Path(tmp) / "lift.pt"
+        out = args.out or Path(tmp) / ("uplift.safetensors" if args.method == "uplift" else "lift.pt")
         t0 = time.perf_counter()
-        summary = train_lift(inputs, out, options, _Printer(args.epochs))
+        summary = train_lift(inputs, out, options, _Printer(args.epochs, label))
         wall = time.perf_counter() - t0
 
     epochs = summary.epochs
@@ -157,8 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
           f"wall {wall:.1f} s")
     if last.held_out_lift is not None:
         above = "above" if last.held_out_lift > last.held_out_bilinear else "NOT above"
-        print(f"(c) held-out cosine to f(x) after epoch {last.epoch}: LiFT {last.held_out_lift:.4f} vs bilinear "
-              f"{last.held_out_bilinear:.4f} (LiFT {above} bilinear)")
+        print(f"(c) held-out cosine to f(x) after epoch {last.epoch}: {label} {last.held_out_lift:.4f} vs bilinear "
+              f"{last.held_out_bilinear:.4f} ({label} {above} bilinear)")
     if "peak_gpu_memory_gib" in result:
         print(f"peak GPU memory {result['peak_gpu_memory_gib']:.2f} GiB")
     if args.json:

@@ -1,8 +1,9 @@
-"""LiFT training on frames of the user's videos, with the paper's self-supervised objective.
+"""LiFT or UPLiFT training on frames of the user's videos, with each paper's self-supervised objective.
 
-For a batch ``x`` at S×S, ``x/2`` and ``x/4`` taken by striding (``x[..., ::2, ::2]``) and the frozen
-backbone ``f``: LiFT(x/2, f(x/2)) learns to reproduce f(x) and LiFT(x/4, f(x/4)) to reproduce
-f(x/2) (Suri et al., ECCV 2024, §3; the released ``train_lift.py``). No labels.
+LiFT (``--method lift``, :mod:`liftvid.models.lift_objective`): LiFT(x/2, f(x/2)) learns to reproduce
+f(x) and LiFT(x/4, f(x/4)) f(x/2). UPLiFT (``--method uplift``, :mod:`liftvid.models.uplift_objective`,
+files and defaults in :mod:`.uplift_training`): multi-scale self-distillation over its iterative
+steps. No labels. Both run through the same loop: sampling, held-out check, checkpoints, resume.
 
 Everything random in a run is a function of ``(seed, epoch)``: which frames an epoch samples, their
 order and their colour jitter. Resuming from an epoch checkpoint therefore reproduces the
@@ -24,15 +25,19 @@ from typing import Protocol
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from torch import nn
 
 from ..io.video import DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_video, read_frames
 from ..models.backbone import Backbone, file_sha256
 from ..models.extractor import FeatureExtractor, resolve_device
 from ..io.outputs import OutputError, refuse_over_inputs
-from ..models.lift import LiFT, LiftCheckpointError, load_lift_checkpoint, save_lift_checkpoint
+from ..models.lift_objective import lift_objective, upsampling_similarity  # noqa: F401 (re-exported)
+from ..models.losses import LOSSES
+from .lift_training import LiftMethod
+from .uplift_training import UPLiFTMethod
 
-LOSSES = ("cosine", "l1", "l2")
+METHODS = ("lift", "uplift")
+Method = LiftMethod | UPLiFTMethod  # what the loop asks of a method: defaults, model, objective, files
 JITTER = (0.2, 0.2, 0.2, 0.2)  # brightness, contrast, saturation, hue: the paper's ColorJitter
 SHUFFLE_BATCHES = 8  # frames of this many batches are mixed before one is drawn
 DECODE_AHEAD = 2  # videos queued per decode worker
@@ -42,19 +47,27 @@ _PLAN_STREAM, _JITTER_STREAM, _HELD_OUT_STREAM = 1, 2, 3
 
 @dataclass
 class TrainOptions:
-    """Everything that decides what ``train`` computes and how."""
+    """Everything that decides what ``train`` computes and how.
+
+    ``None`` takes the method's default: LiFT's (facet key, S 448, 5 epochs, batch 32, lr 1e-3, cosine,
+    colour jitter) or, for UPLiFT, facet token-norm and its config's ``train:`` section (the released
+    ones: S 448, 1 epoch, batch 32, lr 1e-3, l2, no jitter).
+    """
 
     backbone: str = "dino_vits16"
     weights: str | None = None
     layer: int = -1
-    facet: str = "key"
-    size: int = 448
-    epochs: int = 5
-    batch_size: int = 32
+    facet: str | None = None
+    size: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
     frames_per_video: int = 16
-    lr: float = 1e-3
-    loss: str = "cosine"
-    augment: bool = True
+    lr: float | None = None
+    loss: str | None = None
+    augment: bool | None = None
+    method: str = "lift"
+    uplift_config: str | None = None  # the release's YAML (--method uplift)
+    uplift_arch: str | None = None  # a released architecture by name (--method uplift)
     workers: int = 4  # decode threads (decord releases the GIL)
     device: str = "auto"
     resume: bool = False
@@ -66,20 +79,21 @@ class TrainOptions:
 
     def settings(self) -> dict:
         """The training settings recorded in checkpoints."""
-        keys = ("size", "epochs", "batch_size", "frames_per_video", "lr", "loss", "augment", "seed", "held_out")
+        keys = ("method", "size", "epochs", "batch_size", "frames_per_video", "lr", "loss", "augment", "seed",
+                "held_out")
         return {k: getattr(self, k) for k in keys}
 
 
 @dataclass
 class EpochStats:
-    """One epoch: steps, mean loss, images/s and the held-out LiFT-vs-bilinear cosine."""
+    """One epoch: steps, mean loss, images/s and the held-out upsampler-vs-bilinear cosine."""
 
     epoch: int  # 1-based
     steps: int  # optimizer steps so far, all epochs
     loss: float  # mean training loss of the epoch
     images: int  # training images of the epoch
     seconds: float  # training time of the epoch (without held-out check and checkpoint)
-    held_out_lift: float | None  # mean cosine of LiFT(x/2, f(x/2)) to f(x) on held-out frames
+    held_out_lift: float | None  # mean cosine of LiFT(x/2, f(x/2)) (or UPLiFT's one step) to f(x), held-out frames
     held_out_bilinear: float | None  # same for bilinear upsampling of f(x/2)
     checkpoint: str = ""
 
@@ -118,60 +132,6 @@ class _NoProgress:
     def epoch_started(self, epoch, steps): pass
     def step_done(self, loss, images): pass
     def epoch_finished(self, stats): pass
-
-
-# ---- the objective -------------------------------------------------------------------------------
-
-
-def feature_loss(prediction: torch.Tensor, target: torch.Tensor, kind: str = "cosine") -> torch.Tensor:
-    """Reconstruction loss between ``(B, C, h, w)`` feature grids, in float32.
-
-    ``cosine``: mean over positions of 1 − cos (the paper's default, ``CosineEmbeddingLoss`` with
-    target 1); ``l1`` / ``l2``: mean absolute / squared error.
-    """
-    prediction, target = prediction.float(), target.float()
-    if kind == "cosine":
-        return (1 - F.cosine_similarity(prediction, target, dim=1)).mean()
-    if kind == "l1":
-        return F.l1_loss(prediction, target)
-    if kind == "l2":
-        return F.mse_loss(prediction, target)
-    raise ValueError(f"unknown loss {kind!r}: choose one of {', '.join(LOSSES)}")
-
-
-def lift_objective(backbone: Backbone, lift: LiFT, images: torch.Tensor, loss: str = "cosine") -> torch.Tensor:
-    """The paper's training loss on one batch.
-
-    Args:
-        images: ``(B, 3, S, S)`` normalised, S a multiple of 4 × the patch size.
-
-    Returns:
-        ``loss(LiFT(x/2, f(x/2)), f(x)) + loss(LiFT(x/4, f(x/4)), f(x/2))``, a float32 scalar; the
-        backbone runs without gradients.
-    """
-    half, quarter = images[..., ::2, ::2], images[..., ::4, ::4]
-    with torch.no_grad():
-        full_feats, half_feats, quarter_feats = backbone(images), backbone(half), backbone(quarter)
-    return (feature_loss(lift(half, half_feats), full_feats, loss)
-            + feature_loss(lift(quarter, quarter_feats), half_feats, loss))
-
-
-@torch.no_grad()
-def upsampling_similarity(backbone: Backbone, lift: LiFT, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image mean cosine similarity to f(x) of LiFT(x/2, f(x/2)) and of bilinear f(x/2).
-
-    Args:
-        images: ``(B, 3, S, S)`` normalised.
-
-    Returns:
-        ``(lift_cos (B,), bilinear_cos (B,))`` float32: each averaged over the f(x) grid.
-    """
-    half = images[..., ::2, ::2]
-    target, coarse = backbone(images).float(), backbone(half)
-    lifted = lift(half, coarse).float()
-    bilinear = F.interpolate(coarse.float(), size=target.shape[-2:], mode="bilinear", align_corners=False)
-    return (F.cosine_similarity(lifted, target, dim=1).mean(dim=(1, 2)),
-            F.cosine_similarity(bilinear, target, dim=1).mean(dim=(1, 2)))
 
 
 # ---- colour jitter -------------------------------------------------------------------------------
@@ -347,16 +307,29 @@ def _draw(buffer: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndar
     return np.stack(picks)
 
 
-# ---- checkpoints ----------------------------------------------------------------------------------
+# ---- the method -----------------------------------------------------------------------------------
 
 
-def _check_size(size: int, patch: int) -> None:
-    step = 4 * patch
-    if size < step or size % step:
-        lower, upper = max(step, size // step * step), max(step, -(-size // step) * step)
-        hint = f"{lower}" if lower == upper else f"{lower} or {upper}"
-        raise ValueError(f"--size {size} is not a multiple of 4 × the patch size {patch} = {step} "
-                         f"(x/4 must still tile into patches): use e.g. --size {hint}")
+def _check_method(options: TrainOptions) -> None:
+    if options.method not in METHODS:
+        raise ValueError(f"--method {options.method!r}: choose one of {', '.join(METHODS)}")
+    if options.method != "uplift" and (options.uplift_config or options.uplift_arch):
+        flag = "--uplift-config" if options.uplift_config else "--uplift-arch"
+        raise ValueError(f"{flag} trains an UPLiFT: add --method uplift")
+
+
+def _prepare(options: TrainOptions) -> tuple[TrainOptions, Backbone, Method]:
+    """The backbone, the method and the options with the method's defaults filled in, all checked."""
+    _check_method(options)
+    facet = options.facet or (UPLiFTMethod if options.method == "uplift" else LiftMethod).default_facet
+    backbone = Backbone(options.backbone, weights=options.weights, layer=options.layer, facet=facet, seed=options.seed)
+    method = (UPLiFTMethod(backbone, options.uplift_config, options.uplift_arch) if options.method == "uplift"
+              else LiftMethod())
+    unset = {k: v for k, v in method.defaults().items() if getattr(options, k) is None}
+    options = replace(options, facet=facet, **unset)
+    _check_options(options)
+    method.check_size(options.size, backbone.patch_size)
+    return options, backbone, method
 
 
 def _check_options(options: TrainOptions) -> None:
@@ -373,24 +346,28 @@ def _check_options(options: TrainOptions) -> None:
         raise ValueError(f"--lr {options.lr}: must be positive")
 
 
+# ---- checkpoints ----------------------------------------------------------------------------------
+
+
 def _same_weights(recorded: dict, backbone: Backbone) -> bool:
     if recorded.get("weights_sha256") or backbone.weights_sha256:
         return recorded.get("weights_sha256") == backbone.weights_sha256
     return recorded.get("weights", backbone.weights_id) == backbone.weights_id
 
 
-def _load_resume(path: Path, backbone: Backbone) -> tuple[LiFT, dict]:
-    """The LiFT and training state of ``path``, refused when it belongs to another backbone."""
-    lift, meta = load_lift_checkpoint(path, backbone)  # channels, patch, timm name, layer, facet
+def _load_resume(path: Path, backbone: Backbone, method: Method) -> tuple[nn.Module, dict]:
+    """The model and training state of ``path``, refused when it belongs to another backbone."""
+    model, meta = method.read_resume(path, backbone)
     recorded = meta.get("backbone") or {}
     if not _same_weights(recorded, backbone):
-        raise LiftCheckpointError(
+        raise method.checkpoint_error(
             f"{path}: training was started with backbone weights {recorded.get('weights')!r} but this run "
             f"uses {backbone.weights_id!r}; resume with the same --weights (and --seed for random)")
     if not isinstance(meta.get("state"), dict):
-        raise LiftCheckpointError(f"{path}: has no training state to resume (a final or released "
-                                  "LiFT?); start a new training with --init " f"{path}")
-    return lift, meta
+        raise method.checkpoint_error(f"{path}: has no training state to resume (a final or released "
+                                      f"{method.label}?); start a new training with --init {path}")
+    method.resumed(path, model, meta)
+    return model, meta
 
 
 def _cpu(obj):
@@ -411,7 +388,8 @@ class _Run:
     """The models and counters of one training run."""
 
     backbone: Backbone
-    lift: LiFT
+    method: Method
+    model: nn.Module  # the LiFT or UPLiFT being trained
     norm: FeatureExtractor  # the backbone's mean/std buffers
     optimizer: torch.optim.Optimizer
     device: torch.device
@@ -428,14 +406,14 @@ class _Run:
         return (t.pin_memory() if self.device.type == "cuda" else t).to(self.device, non_blocking=True)
 
 
-def _start(options: TrainOptions, backbone: Backbone, out: Path, device: torch.device,
+def _start(options: TrainOptions, backbone: Backbone, method: Method, out: Path, device: torch.device,
            progress: TrainProgress) -> _Run:
     """A fresh, ``init``-ed or resumed run; a checkpoint that does not fit ``backbone`` is refused here."""
-    init_lift = load_lift_checkpoint(options.init, backbone)[0] if options.init else None
+    init_model = method.load_init(options.init, backbone) if options.init else None
     init = {"path": str(options.init), "sha256": file_sha256(options.init)} if options.init else None
     state, history = {}, []
-    if options.resume and out.exists():
-        lift, meta = _load_resume(out, backbone)
+    if options.resume and method.has_resume_point(out):
+        model, meta = _load_resume(out, backbone, method)
         state, history, init = meta["state"], list(meta.get("history") or []), meta.get("init")
         saved = meta.get("training") or {}
         changed = [f"{k} {saved[k]!r} → {v!r}" for k, v in options.settings().items()
@@ -443,23 +421,23 @@ def _start(options: TrainOptions, backbone: Backbone, out: Path, device: torch.d
         if changed:
             progress.message("resuming with changed settings (the result will differ from an uninterrupted "
                              "run): " + ", ".join(changed))
-    elif init_lift is not None:
-        lift = init_lift
+    elif init_model is not None:
+        model = init_model
     else:
         if options.resume:
             progress.message(f"{out}: no checkpoint yet, starting a new training")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(options.seed)
-            lift = LiFT(backbone.channels, backbone.patch_size)
-    lift = lift.to(device).train()
-    optimizer = torch.optim.Adam(lift.parameters(), lr=options.lr)
+            model = method.new_model(backbone)
+    model = model.to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
     if state:
         optimizer.load_state_dict(state["optimizer"])
         for group in optimizer.param_groups:
             group["lr"] = options.lr
         if isinstance(state.get("rng", {}).get("torch"), torch.Tensor):
             torch.set_rng_state(state["rng"]["torch"])
-    return _Run(backbone.to(device), lift, FeatureExtractor(backbone).to(device), optimizer, device,
+    return _Run(backbone.to(device), method, model, FeatureExtractor(backbone).to(device), optimizer, device,
                 int(state.get("epoch", 0)), int(state.get("step", 0)), history, init)
 
 
@@ -499,39 +477,41 @@ def _decode_held_out(clips: Sequence[_Clip], pool: ThreadPoolExecutor, decode, s
 
 def train_lift(inputs: Sequence[str | Path], out: str | Path, options: TrainOptions,
                progress: TrainProgress | None = None) -> TrainSummary:
-    """Train a LiFT module for one backbone on frames of ``inputs`` and write it to ``out``.
+    """Train a LiFT (``options.method`` "lift") or UPLiFT ("uplift") for one backbone on frames of
+    ``inputs`` and write it to ``out``.
 
-    ``out`` is rewritten at the end of every epoch with the LiFT weights, the optimizer state, the
+    LiFT: ``out`` is rewritten at the end of every epoch with the weights, the optimizer state, the
     step count, the settings and the held-out check (``save_lift_checkpoint``'s metadata), so it is
-    both the resume point and the final file for ``liftvid extract --lift``.
+    both the resume point and the final file for ``liftvid extract --lift``. UPLiFT: ``out`` is the
+    release's ``.safetensors`` for ``extract --uplift`` and ``out.train-state`` the resume point
+    (:mod:`.uplift_training`).
 
     Raises:
         VideoInputError: a missing input or no videos found.
-        BackboneError, LiftCheckpointError: backbone that cannot be built; an ``init`` or resumed
-            checkpoint that belongs to another backbone, layer, facet or weights (before any work).
-        ValueError: bad options (size not a multiple of 4 × patch, unknown loss …), ``out`` present
+        BackboneError, LiftCheckpointError, UPLiFTCheckpointError: backbone that cannot be built; an
+            ``init`` or resumed checkpoint that belongs to another backbone, layer, facet or weights
+            (before any work).
+        ValueError: bad options (unknown method or loss, size that does not tile …), ``out`` present
             without ``resume``/``overwrite``, or no frames that decode.
     """
     progress = progress or _NoProgress()
     t0 = time.perf_counter()
-    _check_options(options)
+    _check_method(options)
     out = Path(out)
     # the output rule (io.outputs): never an input, even with --overwrite; an existing checkpoint,
-    # even one liftvid wrote, only with --resume or --overwrite (a trained model is worth asking for)
+    # even one liftvid wrote, only with --resume or --overwrite (the method's check_output, below)
     given = {f"input {p}": p for p in inputs}
     given |= {"--init checkpoint": options.init, "--weights file": options.weights
               if options.weights and os.path.exists(options.weights) else None}
     refuse_over_inputs(out, given, option="OUT")
     if out.is_dir():
-        raise OutputError(f"OUT {out}: is a folder; give the checkpoint file to write, e.g. {out / 'lift.pt'}")
-    if out.exists() and not (options.resume or options.overwrite):
-        raise ValueError(f"{out} exists: pass --resume to continue its training or --overwrite to replace it")
+        example = "uplift.safetensors" if options.method == "uplift" else "lift.pt"
+        raise OutputError(f"OUT {out}: is a folder; give the checkpoint file to write, e.g. {out / example}")
     sources = find_sources(inputs)
+    options, backbone, method = _prepare(options)
+    method.check_output(out, options.resume, options.overwrite)
     device = resolve_device(options.device)
-    backbone = Backbone(options.backbone, weights=options.weights, layer=options.layer,
-                        facet=options.facet, seed=options.seed)
-    _check_size(options.size, backbone.patch_size)
-    run = _start(options, backbone, out, device, progress)
+    run = _start(options, backbone, method, out, device, progress)
     resize = Resize.parse(f"square:{options.size}")
     summary = TrainSummary(str(out))
 
@@ -594,7 +574,7 @@ def _train_step(run: _Run, frames: np.ndarray, options: TrainOptions, jitter_rng
         unit = colour_jitter(unit, *jitter_params(len(frames), jitter_rng))
     x = (unit - run.norm.mean) / run.norm.std  # FeatureExtractor.normalise, after the jitter
     with run.autocast():
-        loss = lift_objective(run.backbone, run.lift, x, options.loss)
+        loss = run.method.objective(run.backbone, run.model, x, options.loss)
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     run.optimizer.step()
@@ -606,12 +586,9 @@ def step_throughput(options: TrainOptions, steps: int = 10, warmup: int = 2) -> 
     """Training images/s of the model alone: ``steps`` optimizer steps (after ``warmup``) on random
     ``batch_size × S × S`` frames already in memory, so no decoding; compare with an epoch's rate to
     see whether the decode workers keep up."""
-    _check_options(options)
+    options, backbone, method = _prepare(options)
     device = resolve_device(options.device)
-    backbone = Backbone(options.backbone, weights=options.weights, layer=options.layer,
-                        facet=options.facet, seed=options.seed)
-    _check_size(options.size, backbone.patch_size)
-    run = _start(replace(options, resume=False, init=None), backbone, Path("-"), device, _NoProgress())
+    run = _start(replace(options, resume=False, init=None), backbone, method, Path("-"), device, _NoProgress())
     frames = np.random.default_rng(options.seed).integers(
         0, 256, (options.batch_size, options.size, options.size, 3), dtype=np.uint8)
     jitter_rng = _torch_generator(options.seed, _JITTER_STREAM, 0)
@@ -635,7 +612,7 @@ def _train_epoch(run: _Run, batches: _EpochFeed, options: TrainOptions, epoch: i
                  progress: TrainProgress) -> tuple[float, int, float]:
     """One pass over ``batches``: ``(mean loss, images, seconds)``."""
     jitter_rng = _torch_generator(options.seed, _JITTER_STREAM, epoch)
-    run.lift.train()
+    run.model.train()
     t0 = time.perf_counter()
     loss_sum, images = torch.zeros((), device=run.device), 0
     reported = None  # the previous step's loss: reading it does not stall the device queue
@@ -653,17 +630,17 @@ def _train_epoch(run: _Run, batches: _EpochFeed, options: TrainOptions, epoch: i
 
 
 def _held_out_check(run: _Run, frames: np.ndarray, batch_size: int) -> tuple[float, float]:
-    """Mean over held-out frames of :func:`upsampling_similarity` (LiFT in eval mode)."""
-    run.lift.eval()
+    """Mean over held-out frames of the method's upsampler-vs-bilinear similarity (model in eval mode)."""
+    run.model.eval()
     sums = torch.zeros(2, dtype=torch.float64)
     try:
         for start in range(0, len(frames), batch_size):
             x = run.norm.normalise(run.to_device(frames[start:start + batch_size]))
             with run.autocast():
-                lifted, bilinear = upsampling_similarity(run.backbone, run.lift, x)
+                lifted, bilinear = run.method.similarity(run.backbone, run.model, x)
             sums += torch.stack((lifted.sum(), bilinear.sum())).double().cpu()
     finally:
-        run.lift.train()
+        run.model.train()
     mean = sums / len(frames)
     return float(mean[0]), float(mean[1])
 
@@ -682,5 +659,5 @@ def _save(out: Path, run: _Run, options: TrainOptions, summary: TrainSummary, n_
         "data": {"sources": n_sources, "frames": summary.frames_available,
                  "skipped": [s for s, _ in summary.skipped]},
     }
-    lift = run.lift if run.device.type == "cpu" else copy.deepcopy(run.lift).cpu()
-    save_lift_checkpoint(out, lift, run.backbone, extra)
+    model = run.model if run.device.type == "cpu" else copy.deepcopy(run.model).cpu()
+    run.method.save(out, model, run.backbone, extra)

@@ -208,3 +208,9 @@ def test_released_config_is_inferred_from_the_weights_and_the_backbone_patch(tmp
     save_file(random_state(UPLiFT(dataclasses.replace(UPLIFT_DINOV2_S14, channels=192))), str(small))
     with pytest.raises(UPLiFTCheckpointError, match="192-channel features but the backbone gives 384"):
         infer_uplift_config(small, 384, 14)
+    with pytest.raises(UPLiFTCheckpointError, match="384-channel features but the backbone gives 192"):
+        infer_uplift_config(path, 192, 16)
+    # the released architecture trained (with the release's code) for a 192-channel patch-16 backbone
+    inferred = infer_uplift_config(small, 192, 16)
+    assert dataclasses.replace(inferred, name="", backbone="") == dataclasses.replace(
+        UPLIFT_DINOV3_SPLUS16, channels=192, name="", backbone="")

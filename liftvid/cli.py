@@ -868,7 +868,10 @@ def bench(
     inputs: Annotated[list[Path], typer.Argument(help="Videos or folders to benchmark on.", show_default=False)],
     backbone: Annotated[str, typer.Option(help="Backbone alias or timm ViT name.")] = "dino_vits16",
     weights: Annotated[str, typer.Option(help="Backbone weights ('random': speed does not depend on them).")] = "random",
-    lift: Annotated[bool, typer.Option("--lift/--no-lift", help="Include a (random) LiFT module.")] = True,
+    lift: Annotated[bool, typer.Option("--lift/--no-lift", help="Include a (random) LiFT module (not with --uplift).")] = True,
+    uplift: Annotated[Optional[Path], typer.Option(help="Benchmark this UPLiFT (weights file) instead of LiFT, and print its share of the model time per frame at 1..--uplift-iterations iterations.", exists=False)] = None,
+    uplift_config: Annotated[Optional[Path], typer.Option(help="The UPLiFT's YAML config (default: the released architecture the weights fit).", exists=False)] = None,
+    uplift_iterations: Annotated[int, typer.Option(help="UPLiFT iterations of the extraction stages, and the largest count of the share table.", min=1)] = 2,
     resize: Annotated[str, typer.Option(help="square:S, short:S or native.")] = "square:224",
     batch_size: Annotated[int, typer.Option(help="Frames per model batch.", min=1)] = 64,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
@@ -891,7 +894,10 @@ def bench(
     from .pipelines.bench import BenchOptions, run_benchmark
 
     out = console()
-    options = BenchOptions(backbone=backbone, weights=weights, lift=lift, resize=resize, batch_size=batch_size,
+    options = BenchOptions(backbone=backbone, weights=weights, lift=lift and uplift is None, resize=resize,
+                           uplift=str(uplift) if uplift else None,
+                           uplift_config=str(uplift_config) if uplift_config else None,
+                           uplift_iterations=uplift_iterations, batch_size=batch_size,
                            device=device, min_frames=min_frames, decode_workers=decode_workers,
                            decode_threads=decode_threads,
                            naive_frames=naive_frames, model_batches=model_batches, precision=precision,
@@ -900,7 +906,8 @@ def bench(
         result = run_benchmark(inputs, options, report=lambda stage, fps: out.print(f"  {stage:<11} {fps:12,.1f} frames/s"))
     except ValueError as exc:
         fail(str(exc))
-    table = Table(title=f"liftvid bench: {_esc(backbone)} {'+ LiFT ' if lift else ''}{_esc(resize)}, batch {batch_size}, "
+    module = f"+ UPLiFT ×{uplift_iterations} " if uplift else ("+ LiFT " if lift else "")
+    table = Table(title=f"liftvid bench: {_esc(backbone)} {module}{_esc(resize)}, batch {batch_size}, "
                         f"{precision}{', compiled' if compile_model else ''}, {result.device}, {result.frames} frames")
     table.add_column("stage")
     table.add_column("frames/s", justify="right")
@@ -911,6 +918,15 @@ def bench(
     out.print(table)
     out.print(f"(d)/(e) = {result.speedup_vs_naive:,.1f}×   (d)/min(a,b,c) = {result.fraction_of_bottleneck:.2f}"
                   f"   slowest stage: {result.bottleneck}")
+    if result.upsampler:
+        share = Table(title="(f) UPLiFT's share of the model time per frame")
+        for name in ("iterations", "grid", "batch", "backbone ms/frame", "UPLiFT ms/frame", "model ms/frame", "UPLiFT share"):
+            share.add_column(name, justify="right")
+        for row in result.upsampler:
+            share.add_row(str(row.iterations), f"{row.grid[0]}×{row.grid[1]}", str(row.batch_size),
+                          f"{row.backbone_ms:,.2f}", f"{row.upsampler_ms:,.2f}", f"{row.model_ms:,.2f}",
+                          f"{row.share:.0%}")
+        out.print(share)
     if json_out:
         write_json_whole(json_out, result.to_dict())
 

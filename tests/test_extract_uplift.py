@@ -158,3 +158,22 @@ def test_uplift_that_does_not_fit_the_backbone_is_one_line_before_any_work(tmp_p
     assert "uplift_dinov3-splus16.yaml" in line
     assert "384-channel features of patch 16" in line and f"backbone {TINY_VIT}" in line and "192 channels" in line
     assert not store.exists()  # refused before anything was written
+
+
+def test_batches_shrink_with_the_dense_output_so_memory_stays_bounded(tiny_uplift):
+    from liftvid.pipelines.extract import DENSE_BATCH_BYTES, build_extractor, frames_per_batch
+
+    weights, yaml_path = tiny_uplift
+    sizes = {}
+    for iterations in (1, 3, 4):
+        options = ExtractOptions(backbone=TINY_VIT, weights="random", uplift=str(weights),
+                                 uplift_config=str(yaml_path), uplift_iterations=iterations, batch_size=32,
+                                 device="cpu")
+        extractor, _ = build_extractor(options, torch.device("cpu"))
+        sizes[iterations] = frames_per_batch(options, extractor, (224, 224))
+    # float32 output of one frame at 224 px: (14·2^k)² cells × 192 channels × 4 bytes
+    for iterations, frames in sizes.items():
+        frame_bytes = (14 * 2 ** iterations) ** 2 * 192 * 4
+        assert frames == min(32, DENSE_BATCH_BYTES // frame_bytes)
+        assert frames * frame_bytes <= DENSE_BATCH_BYTES
+    assert sizes[1] == 32 and sizes[4] < sizes[3] < 32

@@ -12,6 +12,7 @@ import zarr
 from typer.testing import CliRunner
 
 from liftvid.cli import app
+from liftvid.io import store as st
 from liftvid.io.video import Resize, find_sources, open_video, read_frames, sample_indices
 from liftvid.models.backbone import Backbone, file_sha256
 from liftvid.models.uplift import UPLiFT
@@ -102,6 +103,9 @@ def test_stored_features_equal_backbone_plus_uplift_of_the_same_frames(tmp_path,
     assert record["architecture"]["channels"] == 192 and record["architecture"]["neighbourhood"] == 17
     assert config["feature_stride"] == 4  # 16 input pixels per backbone cell, 4× denser
     assert root["clip_a"].attrs["liftvid"]["grid_size"] == [8, 8]
+    # `liftvid verify` names the command that redoes a video: with the same UPLiFT
+    redo = st.redo_command(root, "clip_a")
+    assert f"--uplift {weights} --uplift-iterations 2 --uplift-config {yaml_path}" in redo
 
 
 @pytest.mark.parametrize("iterations", [1, 2, 3])

@@ -303,8 +303,11 @@ def extract(
     weights: Annotated[Optional[str], typer.Option(help="Backbone weights: a local file (timm, safetensors, DINO .pth) or 'random' (features mean nothing). Default: timm's pretrained download.")] = None,
     lift: Annotated[Optional[Path], typer.Option(help="LiFT checkpoint (the paper's release or `liftvid train`). Without it the backbone's own grid is stored.", exists=False)] = None,
     lift_iterations: Annotated[int, typer.Option(help="Apply LiFT k times (each doubles the grid).", min=1)] = 1,
+    uplift: Annotated[Optional[Path], typer.Option(help="UPLiFT weights (.safetensors of the mwalmer-umd/UPLiFT release, e.g. uplift_dinov2-s14.safetensors with --backbone vit_small_patch14_dinov2.lvd142m, or a torch file); exclusive with --lift. Facet default: token-norm. Dense stores are large: 64x64x384 float16 = 3.1 MB a frame at 224 px with 2 iterations, 12.6 MB with 3; --quantize int8 halves that, --pca K keeps K channels.", exists=False)] = None,
+    uplift_iterations: Annotated[int, typer.Option(help="Apply UPLiFT k times (each doubles the grid: 16x16 -> 64x64 at 224 px for DINOv2-S/14 with 2).", min=1)] = 2,
+    uplift_config: Annotated[Optional[Path], typer.Option(help="The UPLiFT's YAML config (the release's format, for models trained with its code). Default: the released architecture the weights fit.", exists=False)] = None,
     layer: Annotated[int, typer.Option(help="Block to read features from (-1 = last).")] = -1,
-    facet: Annotated[Optional[str], typer.Option(help="key, query, value (attention projections of the block's normed input), token (block output) or token-norm (block output through the final LayerNorm: DINO's get_intermediate_layers). Default: token-norm with --resize dino-davis / dino:S, else key.", show_default=False)] = None,
+    facet: Annotated[Optional[str], typer.Option(help="key, query, value (attention projections of the block's normed input), token (block output) or token-norm (block output through the final LayerNorm: DINO's get_intermediate_layers). Default: token-norm with --uplift or --resize dino-davis / dino:S, else key.", show_default=False)] = None,
     resize: Annotated[str, typer.Option(help=RESIZE_HELP)] = "lift-davis",
     fast_resize: Annotated[bool, typer.Option("--fast-resize", help="Resize in the decoder (swscale; PIL BILINEAR for frame folders) instead of the --resize rule: faster, not the protocol's pixels (workflows/bench_resize.py measures the difference).")] = False,
     stride: Annotated[int, typer.Option(help="Keep every N-th frame.", min=1)] = 1,
@@ -326,9 +329,10 @@ def extract(
     pca: Annotated[Optional[int], typer.Option(help="Store K components of a store-wide uncentred PCA basis (fitted on the first videos before any is written); propagate and track run on them exactly as on the decoded features.", show_default=False)] = None,
     pca_fit_frames: Annotated[int, typer.Option(help=f"Frames the --pca basis is fitted on, an equal share evenly spaced through each of the first {PCA_FIT_VIDEOS} videos.", min=1)] = PCA_FIT_FRAMES,
 ) -> None:
-    """Decode videos, run the ViT (+ LiFT) in batches and write dense features to a Zarr store.
+    """Decode videos, run the ViT (+ LiFT or UPLiFT) in batches and write dense features to a Zarr store.
 
-    Rerunning skips complete videos and redoes incomplete or failed ones.
+    Rerunning skips complete videos and redoes incomplete or failed ones. Each upsampling iteration
+    quadruples the bytes per frame (pixel-dense UPLiFT stores: see --uplift).
     """
     from rich.progress import Progress
 
@@ -343,6 +347,8 @@ def extract(
     _warn_precision(err, precision, device)
     options = ExtractOptions(backbone=backbone, weights=weights, layer=layer, facet=facet,
                              lift=str(lift) if lift else None, lift_iterations=lift_iterations,
+                             uplift=str(uplift) if uplift else None, uplift_iterations=uplift_iterations,
+                             uplift_config=str(uplift_config) if uplift_config else None,
                              resize=resize + ("+fast" if fast_resize and not resize.endswith("+fast") else ""),
                              stride=stride, max_frames=max_frames, batch_size=batch_size,
                              device=device, fps=fps, overwrite=overwrite, seed=seed,
@@ -388,8 +394,13 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
     out.print(f"[bold]{escape(store)}[/]  liftvid store v{config['schema_version']} (written by liftvid {config.get('liftvid_version')})")
     out.print(f"  backbone  {_esc(bb['name'])} ({_esc(bb['timm_name'])}), block {bb['layer']}, facet {bb['facet']}, "
                   f"patch {bb['patch_size']}, {bb['channels']} channels, weights {_esc(bb['weights'])}")
-    out.print("  LiFT      " + (f"{_esc(lift_cfg['checkpoint'])} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
-                                  if lift_cfg else "none (backbone grid)"))
+    uplift_cfg = config.get("uplift")
+    if uplift_cfg:
+        out.print(f"  UPLiFT    {_esc(uplift_cfg['checkpoint'])} ×{uplift_cfg['iterations']} ({_esc(uplift_cfg['config'])}, "
+                  f"grid ×{uplift_cfg['grid_scale']}, sha256 {uplift_cfg['sha256'][:12]}…)")
+    else:
+        out.print("  LiFT      " + (f"{_esc(lift_cfg['checkpoint'])} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
+                                      if lift_cfg else "none (backbone grid)"))
     out.print(f"  resize    {_esc(pre['resize'])}, features {FeatureEncoding.from_config(config).describe()}, "
                   f"{config['feature_stride']:g} input px per cell")
     table = Table(show_edge=False)
@@ -1062,7 +1073,10 @@ def bench(
     inputs: Annotated[list[Path], typer.Argument(help="Videos or folders to benchmark on.", show_default=False)],
     backbone: Annotated[str, typer.Option(help="Backbone alias or timm ViT name.")] = "dino_vits16",
     weights: Annotated[str, typer.Option(help="Backbone weights ('random': speed does not depend on them).")] = "random",
-    lift: Annotated[bool, typer.Option("--lift/--no-lift", help="Include a (random) LiFT module.")] = True,
+    lift: Annotated[bool, typer.Option("--lift/--no-lift", help="Include a (random) LiFT module (not with --uplift).")] = True,
+    uplift: Annotated[Optional[Path], typer.Option(help="Benchmark this UPLiFT (weights file) instead of LiFT, and print its share of the model time per frame at 1..--uplift-iterations iterations.", exists=False)] = None,
+    uplift_config: Annotated[Optional[Path], typer.Option(help="The UPLiFT's YAML config (default: the released architecture the weights fit).", exists=False)] = None,
+    uplift_iterations: Annotated[int, typer.Option(help="UPLiFT iterations of the extraction stages, and the largest count of the share table.", min=1)] = 2,
     resize: Annotated[str, typer.Option(help="square:S, short:S or native.")] = "square:224",
     batch_size: Annotated[int, typer.Option(help="Frames per model batch.", min=1)] = 64,
     device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
@@ -1088,7 +1102,10 @@ def bench(
     out = console()
     _claim(json_out, BENCH_JSON_KIND, {f"input {i}": p for i, p in enumerate(inputs)}, overwrite, option="--json")
     _warn_precision(console(stderr=True), precision, device)
-    options = BenchOptions(backbone=backbone, weights=weights, lift=lift, resize=resize, batch_size=batch_size,
+    options = BenchOptions(backbone=backbone, weights=weights, lift=lift and uplift is None, resize=resize,
+                           uplift=str(uplift) if uplift else None,
+                           uplift_config=str(uplift_config) if uplift_config else None,
+                           uplift_iterations=uplift_iterations, batch_size=batch_size,
                            device=device, min_frames=min_frames, decode_workers=decode_workers,
                            decode_threads=decode_threads,
                            naive_frames=naive_frames, model_batches=model_batches, precision=precision,
@@ -1099,7 +1116,8 @@ def bench(
         fail(str(exc))
     ran = result.resolved  # what `auto` resolved to
     ran_at = ran["precision"]
-    table = Table(title=f"liftvid bench: {_esc(backbone)} {'+ LiFT ' if lift else ''}{_esc(resize)}, batch {ran['batch_size']}, "
+    module = f"+ UPLiFT ×{uplift_iterations} " if uplift else ("+ LiFT " if lift else "")
+    table = Table(title=f"liftvid bench: {_esc(backbone)} {module}{_esc(resize)}, batch {ran['batch_size']}, "
                         f"{ran_at}{', compiled' if compile_model else ''}, {ran['device']} "
                         f"({_esc(ran['device_name'])}), {result.frames} frames")
     table.add_column("stage")
@@ -1119,6 +1137,15 @@ def bench(
                   f"the exact default, bf16 an explicit option that costs agreement (README, Precision)")
     out.print(f"(d)/(e) = {result.speedup_vs_naive:,.1f}×   (d)/min(a,b,c) = {result.fraction_of_bottleneck:.2f}"
                   f"   slowest stage: {result.bottleneck}")
+    if result.upsampler:
+        share = Table(title="(f) UPLiFT's share of the model time per frame")
+        for name in ("iterations", "grid", "batch", "backbone ms/frame", "UPLiFT ms/frame", "model ms/frame", "UPLiFT share"):
+            share.add_column(name, justify="right")
+        for row in result.upsampler:
+            share.add_row(str(row.iterations), f"{row.grid[0]}×{row.grid[1]}", str(row.batch_size),
+                          f"{row.backbone_ms:,.2f}", f"{row.upsampler_ms:,.2f}", f"{row.model_ms:,.2f}",
+                          f"{row.share:.0%}")
+        out.print(share)
     if json_out:
         write_json_whole(json_out, result.to_dict(), BENCH_JSON_KIND)
 

@@ -61,3 +61,30 @@ def test_ratios_and_bottleneck_by_hand():
     assert r.to_dict()["speedup_vs_naive"] == 4.0 and r.to_dict()["bottleneck"] == "model"
     idle = BenchResult(options={}, device="cpu", frames=0)  # nothing measured: no ratio, not a crash
     assert math.isnan(idle.speedup_vs_naive) and math.isnan(idle.fraction_of_bottleneck)
+
+
+def test_bench_uplift_prints_its_share_of_the_model_time_per_iteration_count(video_dir, tmp_path):
+    import dataclasses
+
+    from safetensors.torch import save_file
+
+    from liftvid.models.uplift import UPLiFT
+    from liftvid.models.uplift_config import UPLIFT_DINOV3_SPLUS16
+
+    weights = tmp_path / "uplift_tiny.safetensors"  # the released architecture at the tiny ViT's 192 channels
+    save_file(UPLiFT(dataclasses.replace(UPLIFT_DINOV3_SPLUS16, channels=192)).state_dict(), str(weights))
+    out = tmp_path / "bench.json"
+    result = CliRunner().invoke(app, ["bench", str(video_dir / "clip_b.mp4"), "--backbone", TINY_VIT,
+                                      "--resize", "square:32", "--batch-size", "3", "--device", "cpu",
+                                      "--min-frames", "1", "--naive-frames", "1", "--model-batches", "1",
+                                      "--uplift", str(weights), "--uplift-iterations", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "UPLiFT's share of the model time per frame" in result.output
+    rows = json.loads(out.read_text())["upsampler"]
+    assert [r["iterations"] for r in rows] == [1, 2]
+    # 32 px / patch 16 = 2 cells a side, doubled per iteration
+    assert [r["grid"] for r in rows] == [[4, 4], [8, 8]]
+    for r in rows:
+        assert r["model_ms"] > 0 and 0 <= r["share"] <= 1
+        assert r["share"] == pytest.approx(r["upsampler_ms"] / r["model_ms"])
+        assert f"{r['share']:.0%}" in result.output

@@ -208,3 +208,25 @@ def test_released_config_is_inferred_from_the_weights_and_the_backbone_patch(tmp
     save_file(random_state(UPLiFT(dataclasses.replace(UPLIFT_DINOV2_S14, channels=192))), str(small))
     with pytest.raises(UPLiFTCheckpointError, match="192-channel features but the backbone gives 384"):
         infer_uplift_config(small, 384, 14)
+    with pytest.raises(UPLiFTCheckpointError, match="384-channel features but the backbone gives 192"):
+        infer_uplift_config(path, 192, 16)
+    # the released architecture trained (with the release's code) for a 192-channel patch-16 backbone
+    inferred = infer_uplift_config(small, 192, 16)
+    assert dataclasses.replace(inferred, name="", backbone="") == dataclasses.replace(
+        UPLIFT_DINOV3_SPLUS16, channels=192, name="", backbone="")
+
+
+@pytest.mark.parametrize("name", ["vit_small_patch14_reg4_dinov2", "vit_small_patch16_dinov3"])
+def test_token_norm_facet_is_what_the_release_feeds_uplift(name):
+    # the release's wrapper: forward_intermediates(x, 1, norm=True, output_fmt="NCHW"), prefix tokens
+    # (CLS, registers) returned apart; `extract --uplift` defaults to the token-norm facet
+    from liftvid.models.backbone import Backbone
+
+    bb = Backbone(name, weights="random", facet="token-norm")
+    images = torch.randn(1, 3, 3 * bb.patch_size, 2 * bb.patch_size)
+    with torch.no_grad():
+        expected = bb.model.forward_intermediates(images, 1, return_prefix_tokens=True, norm=True,
+                                                  output_fmt="NCHW", intermediates_only=True)[0][0]
+        ours = bb(images)
+    assert ours.shape == (1, 384, 3, 2)
+    torch.testing.assert_close(ours, expected)

@@ -55,7 +55,7 @@ SAFE_NAME_SUFFIX = "-video"
 
 # configuration entries that must agree between runs appending to one store
 # (``encoding`` is compared by :meth:`FeatureEncoding.identity`: a store without one is plain float)
-_IDENTITY_KEYS = ("backbone", "lift", "preprocessing", "feature_dtype", "feature_stride", "encoding")
+_IDENTITY_KEYS = ("backbone", "lift", "uplift", "preprocessing", "feature_dtype", "feature_stride", "encoding")
 
 
 class StoreError(ValueError):
@@ -73,8 +73,12 @@ def _version() -> str:
 
 def make_config(backbone: dict, lift: dict | None, resize: str, mean, std,
                 feature_stride: float, feature_dtype: str = "float16", protocol: dict | None = None,
-                encoding: "FeatureEncoding | None" = None) -> dict:
+                encoding: "FeatureEncoding | None" = None, uplift: dict | None = None) -> dict:
     """The store-level ``attrs["liftvid"]`` dict (JSON-serialisable).
+
+    ``lift`` / ``uplift``: the upsampler's record (at most one; ``uplift``: name, configuration and
+    architecture, weights' path and sha256, iterations, grid scale). A store written before UPLiFT
+    has no ``uplift`` entry, which reads as none.
 
     ``encoding``: how features are stored (:class:`FeatureEncoding`; default plain
     ``feature_dtype`` floats), recorded under ``encoding``.
@@ -89,6 +93,7 @@ def make_config(backbone: dict, lift: dict | None, resize: str, mean, std,
         "liftvid_version": _version(),
         "backbone": dict(backbone),
         "lift": dict(lift) if lift else None,
+        "uplift": dict(uplift) if uplift else None,
         "preprocessing": {"resize": str(resize), "mean": list(mean), "std": list(std), **dict(protocol or {})},
         "feature_dtype": feature_dtype,
         "feature_stride": feature_stride,
@@ -268,6 +273,21 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str | None:
     return None if a == b else f"{prefix[:-1]}: store has {a!r}, this run {b!r}"
 
 
+def upsampler_name(config: dict) -> str:
+    """``"LiFT"``, ``"UPLiFT"`` or ``"none"``: which module made a store's features dense."""
+    if config.get("uplift"):
+        return "UPLiFT"
+    return "LiFT" if config.get("lift") else "none"
+
+
+def _upsampler_label(config: dict) -> str:
+    name = upsampler_name(config)
+    if name == "none":
+        return "no upsampler (the backbone's grid)"
+    record = config.get("uplift") or config.get("lift") or {}
+    return f"{name} ×{record.get('iterations', 1)} ({record.get('checkpoint')})"
+
+
 def _remove_stray_temporaries(path) -> None:
     """Delete the ``zarr.<hex>.partial`` files a killed writer left in a local store's root or its
     video groups' folders (Zarr writes metadata to such a file, then links it into place; creating
@@ -317,6 +337,9 @@ def init_store(path: str | os.PathLike, config: dict, overwrite: bool = False):
         diff = _first_difference(_identity(existing), _identity(config))
         if diff is None:
             return root
+        if not overwrite and upsampler_name(existing) != upsampler_name(config):
+            raise StoreError(f"{path}: features of {_upsampler_label(existing)}, this run uses "
+                             f"{_upsampler_label(config)}; use another store or --overwrite to replace it")
         if not overwrite:
             raise StoreError(f"{path}: written with another configuration ({diff}); "
                              "use another store or --overwrite to replace it")
@@ -1228,6 +1251,11 @@ def redo_command(root, video_id: str) -> str:
         args += ["--resize", str(pre["resize"])]
     if lift:
         args += ["--lift", str(lift.get("checkpoint")), "--lift-iterations", str(lift.get("iterations", 1))]
+    uplift = config.get("uplift")
+    if uplift:
+        args += ["--uplift", str(uplift.get("checkpoint")), "--uplift-iterations", str(uplift.get("iterations", 2))]
+        if uplift.get("config_file"):
+            args += ["--uplift-config", str(uplift["config_file"])]
     sampling = info.get("sampling") or {}
     if sampling.get("stride", 1) != 1:
         args += ["--stride", str(sampling["stride"])]

@@ -10,6 +10,7 @@ import torch
 from ..ops.device import cpu_bf16_support, resolve_device
 from .backbone import Backbone
 from .lift import LiFT, lift_features
+from .uplift import UPLiFT, uplift_features
 
 __all__ = ["PRECISIONS", "FeatureExtractor", "precision_warning", "resolve_device", "resolve_precision"]
 
@@ -50,7 +51,7 @@ def precision_warning(precision: str, device: torch.device) -> str | None:
 
 
 class FeatureExtractor(torch.nn.Module):
-    """Backbone (+ LiFT) on uint8 frames: ``(B, H, W, 3) uint8`` → ``(B, h, w, C)`` of
+    """Backbone (+ LiFT or UPLiFT) on uint8 frames: ``(B, H, W, 3) uint8`` → ``(B, h, w, C)`` of
     ``feature_dtype`` (float16 or float32).
 
     Normalisation happens on the device, with ``mean``/``std`` (default: the backbone's; the
@@ -61,7 +62,7 @@ class FeatureExtractor(torch.nn.Module):
 
     def __init__(self, backbone: Backbone, lift: LiFT | None = None, lift_iterations: int = 1,
                  precision: str = "auto", mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
-                 feature_dtype: str = "float16"):
+                 feature_dtype: str = "float16", uplift: UPLiFT | None = None, uplift_iterations: int = 2):
         super().__init__()
         if precision not in PRECISIONS:
             raise ValueError(f"--precision {precision}: use one of {', '.join(PRECISIONS)}")
@@ -72,6 +73,10 @@ class FeatureExtractor(torch.nn.Module):
         self.backbone = backbone
         self.lift = lift
         self.lift_iterations = lift_iterations if lift is not None else 0
+        if lift is not None and uplift is not None:
+            raise ValueError("--lift and --uplift are exclusive: features are upsampled by one module")
+        self.uplift = uplift
+        self.uplift_iterations = uplift_iterations if uplift is not None else 0
         mean, std = backbone.mean if mean is None else mean, backbone.std if std is None else std
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
@@ -81,9 +86,16 @@ class FeatureExtractor(torch.nn.Module):
         return resolve_precision(self.precision, self.mean.device)
 
     @property
+    def grid_scale(self) -> int:
+        """How many times denser than the backbone's grid the output grid is."""
+        if self.uplift is not None:
+            return self.uplift.config.grid_factor ** self.uplift_iterations
+        return 2 ** self.lift_iterations
+
+    @property
     def pixels_per_cell(self) -> float:
         """Input pixels per output cell."""
-        return self.backbone.patch_size / 2 ** self.lift_iterations
+        return self.backbone.patch_size / self.grid_scale
 
     def normalise(self, frames: torch.Tensor) -> torch.Tensor:
         """``(B, H, W, 3) uint8`` → ``(B, 3, H, W) float32``: ``/255`` (ToTensor), then ``(x - mean) / std``
@@ -92,10 +104,13 @@ class FeatureExtractor(torch.nn.Module):
         return (x - self.mean) / self.std
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, H, W)`` normalised → ``(B, C, h, w)`` (LiFT applied when present)."""
+        """``(B, 3, H, W)`` normalised → ``(B, C, s·h, s·w)``, s = :attr:`grid_scale` (LiFT or UPLiFT
+        applied when present)."""
         feats = self.backbone(images)
         if self.lift is not None:
             feats = lift_features(self.lift, images.to(feats.dtype), feats, self.lift_iterations)
+        elif self.uplift is not None:
+            feats = uplift_features(self.uplift, images.to(feats.dtype), feats, self.uplift_iterations)
         return feats
 
     @torch.inference_mode()

@@ -466,27 +466,34 @@ def infer_uplift_config(path: str | Path, channels: int, patch_size: int) -> UPL
     import dataclasses
 
     state = read_uplift_file(path)
-    for config in RELEASED_UPLIFTS.values():
-        if config.patch_size == patch_size and checkpoint_misfit(state, config) is None:
-            return config
     fits = [c for c in RELEASED_UPLIFTS.values() if checkpoint_misfit(state, c) is None]
+    for config in fits:
+        if (config.channels, config.patch_size) == (channels, patch_size):
+            return config
+    if fits and fits[0].channels != channels:
+        raise UPLiFTCheckpointError(
+            f"{path}: UPLiFT for {fits[0].channels}-channel features but the backbone gives {channels}; use "
+            f"the backbone it was trained for ({' or '.join(c.backbone for c in fits)}, --facet token-norm)")
     if fits:
         patches = " or ".join(str(c.patch_size) for c in fits)
         raise UPLiFTCheckpointError(
             f"{path}: released UPLiFT for patch {patches} ({fits[0].channels} channels) but the backbone has "
-            f"patch {patch_size}; use the backbone it was trained for ({fits[0].backbone}) or pass --uplift-config")
+            f"patch {patch_size}; use the backbone it was trained for ({' or '.join(c.backbone for c in fits)})")
     for config in RELEASED_UPLIFTS.values():
-        # the released architecture at other channel counts: say which channels the weights carry
+        # the released architecture at another channel count: say which channels the weights carry
         c = _state_channels(state, config)
-        if c is not None and c != channels:
-            sized = dataclasses.replace(config, channels=c)
-            if checkpoint_misfit(state, sized) is None:
-                raise UPLiFTCheckpointError(
-                    f"{path}: UPLiFT for {c}-channel features but the backbone gives {channels}; use an "
-                    "UPLiFT trained for this backbone and facet")
+        if c is None or checkpoint_misfit(state, dataclasses.replace(config, channels=c)) is not None:
+            continue
+        if c != channels:
+            raise UPLiFTCheckpointError(
+                f"{path}: UPLiFT for {c}-channel features but the backbone gives {channels}; use an UPLiFT "
+                "trained for this backbone and facet")
+        if config.patch_size == patch_size:
+            # trained with the release's code on another backbone: its architecture, this backbone's size
+            return dataclasses.replace(config, channels=c, name=f"{config.name}@{c}", backbone="")
     first = min((checkpoint_misfit(state, c) for c in RELEASED_UPLIFTS.values()), key=len)
-    raise UPLiFTCheckpointError(f"{path}: the weights fit no released UPLiFT architecture ({first}); pass "
-                                "--uplift-config FILE (the YAML it was trained with)")
+    raise UPLiFTCheckpointError(f"{path}: the weights fit no released UPLiFT architecture for patch {patch_size} "
+                                f"({first}); pass --uplift-config FILE (the YAML it was trained with)")
 
 
 def _state_channels(state: dict[str, torch.Tensor], config: UPLiFTConfig) -> int | None:

@@ -4,6 +4,9 @@
 into the store format), (d) end-to-end ``extract``, (e) a naive reference: one frame at a time,
 fp32, the official script's PIL bicubic resize + ToTensor + Normalize, synchronous writes. The end-to-end rate should be close to the slowest
 of (a), (b), (c): that ratio says whether the pipeline hides the stages behind each other.
+
+With an UPLiFT, (f) times the model per frame with the backbone alone and with 1…N UPLiFT iterations,
+so the upsampler's share of the model time is read per iteration count.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ..io import store as st
 from ..io.video import DEFAULT_FPS, Resize, find_sources, open_video, sample_indices
 from ..models.extractor import resolve_device, resolve_precision
 from ..ops.device import cpu_bf16_support
-from .extract import ExtractOptions, build_extractor, extract_videos
+from .extract import ExtractOptions, build_extractor, extract_videos, frames_per_batch
 
 
 @dataclass
@@ -35,6 +38,9 @@ class BenchOptions:
     backbone: str = "dino_vits16"
     weights: str = "random"
     lift: bool = True  # a random LiFT checkpoint made for the run (speed does not depend on weights)
+    uplift: str | None = None  # UPLiFT weights (exclusive with lift); stages run at uplift_iterations
+    uplift_config: str | None = None  # its YAML (None: the released architecture the weights fit)
+    uplift_iterations: int = 2
     resize: str = "square:224"
     batch_size: int = 64
     device: str = "auto"
@@ -50,6 +56,29 @@ class BenchOptions:
     compile: bool = False
     shard: bool = False
     seed: int = 0
+
+
+@dataclass
+class UpsamplerShare:
+    """Model time per frame with the backbone alone and with ``iterations`` upsampler steps, in ms."""
+
+    iterations: int
+    grid: tuple[int, int]
+    batch_size: int
+    backbone_ms: float
+    model_ms: float
+
+    @property
+    def upsampler_ms(self) -> float:
+        return max(0.0, self.model_ms - self.backbone_ms)
+
+    @property
+    def share(self) -> float:
+        """The upsampler's fraction of the model time per frame."""
+        return self.upsampler_ms / self.model_ms if self.model_ms else float("nan")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "upsampler_ms": self.upsampler_ms, "share": self.share}
 
 
 @dataclass
@@ -69,6 +98,7 @@ class BenchResult:
     # model-only frames/s per compute precision: the run's own and BenchOptions.compare_precisions
     model_fps_by_precision: dict[str, float] = field(default_factory=dict)
     details: dict = field(default_factory=dict)
+    upsampler: list[UpsamplerShare] = field(default_factory=list)  # (f), with an UPLiFT
 
     @property
     def speedup_vs_naive(self) -> float:
@@ -85,7 +115,8 @@ class BenchResult:
         return min(rates, key=rates.get)
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "speedup_vs_naive": self.speedup_vs_naive,
+        return {**asdict(self), "upsampler": [u.to_dict() for u in self.upsampler],
+                "speedup_vs_naive": self.speedup_vs_naive,
                 "fraction_of_bottleneck": self.fraction_of_bottleneck, "bottleneck": self.bottleneck}
 
 
@@ -225,6 +256,46 @@ def measure_naive(source, resize: Resize, extractor, n_frames: int, path: str, d
     return n / (time.perf_counter() - t0)
 
 
+def _ms_per_frame(extractor, frame_size: tuple[int, int], batch_size: int, batches: int,
+                  device: torch.device) -> float:
+    """The fastest of ``batches`` timed batches (after one warm-up), per frame: on a shared machine
+    the minimum is what the model costs, a mean also counts the other processes' bursts."""
+    frames = torch.randint(0, 255, (batch_size, *frame_size, 3), dtype=torch.uint8, device=device)
+    extractor(frames)
+    best = float("inf")
+    for _ in range(max(batches, 3)):
+        _sync(device)
+        t0 = time.perf_counter()
+        extractor(frames)
+        _sync(device)
+        best = min(best, time.perf_counter() - t0)
+    return 1000.0 * best / batch_size
+
+
+def measure_upsampler_share(extractor, options: ExtractOptions, frame_size: tuple[int, int], batches: int,
+                            device: torch.device, max_iterations: int) -> list[UpsamplerShare]:
+    """(f) Model time per frame, uint8 frames already on the device, with the backbone alone and
+    with 1…``max_iterations`` UPLiFT steps, each pair at the batch size extraction uses for that
+    output (:func:`~liftvid.pipelines.extract.frames_per_batch`), each the fastest of
+    ``max(batches, 3)`` batches. The extractor is left as it came."""
+    uplift, iterations = extractor.uplift, extractor.uplift_iterations
+    patch = extractor.backbone.patch_size
+    rows = []
+    try:
+        for k in range(1, max_iterations + 1):
+            extractor.uplift, extractor.uplift_iterations = uplift, k
+            batch = frames_per_batch(options, extractor, frame_size)
+            model_ms = _ms_per_frame(extractor, frame_size, batch, batches, device)
+            extractor.uplift = None
+            backbone_ms = _ms_per_frame(extractor, frame_size, batch, batches, device)
+            scale = uplift.config.grid_factor ** k
+            rows.append(UpsamplerShare(k, (frame_size[0] // patch * scale, frame_size[1] // patch * scale), batch,
+                                       backbone_ms, model_ms))
+    finally:
+        extractor.uplift, extractor.uplift_iterations = uplift, iterations
+    return rows
+
+
 def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: str | Path | None = None,
                   report=lambda stage, value: None) -> BenchResult:
     """Measure (a)–(e) on ``inputs``; ``report(stage, frames_per_s)`` is called after each stage."""
@@ -236,6 +307,8 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
     tmp = Path(tempfile.mkdtemp(prefix="liftvid-bench-", dir=workdir))
     try:
         lift_path = None
+        if options.lift and options.uplift:
+            raise ValueError("--lift and --uplift are exclusive: benchmark one upsampler (--no-lift)")
         if options.lift:
             bb = Backbone(options.backbone, weights=options.weights, seed=options.seed)
             with torch.random.fork_rng(devices=[]):
@@ -243,6 +316,8 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
                 lift_module = LiFT(bb.channels, bb.patch_size)
             lift_path = str(save_lift_checkpoint(tmp / "lift.pt", lift_module, bb))
         extract_options = ExtractOptions(backbone=options.backbone, weights=options.weights, lift=lift_path,
+                                         uplift=options.uplift, uplift_config=options.uplift_config,
+                                         uplift_iterations=options.uplift_iterations,
                                          resize=options.resize, batch_size=options.batch_size,
                                          device=str(device), decode_workers=options.decode_workers,
                                          decode_threads=options.decode_threads,
@@ -255,13 +330,14 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
         first = open_video(sources[0], resize, patch)
         frame_size = first.frame_size
         first.close()
-        scale = 2 ** extractor.lift_iterations
+        scale = extractor.grid_scale
         grid = (frame_size[0] // patch * scale, frame_size[1] // patch * scale)
+        model_batch = frames_per_batch(extract_options, extractor, frame_size)
         result = BenchResult(options=asdict(options), device=str(device), frames=sum(counts))
         result.resolved = {"device": str(device), "device_name": (torch.cuda.get_device_name(device)
                                                                   if device.type == "cuda" else platform.processor()
                                                                   or platform.machine()),
-                           "precision": extractor.resolved_precision(), "batch_size": options.batch_size,
+                           "precision": extractor.resolved_precision(), "batch_size": model_batch,
                            "decode_workers": options.decode_workers,
                            "decode_threads": options.decode_threads or "decord default"}
         result.details = {"videos": len(sources), "frame_size": frame_size, "grid": grid,
@@ -273,17 +349,17 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
         _, result.decode_fps = measure_decode(sources, resize, patch, options.batch_size, options.decode_workers,
                                               options.decode_threads)
         report("decode", result.decode_fps)
-        result.model_fps = measure_model(extractor, frame_size, options.batch_size, options.model_batches, device)
+        result.model_fps = measure_model(extractor, frame_size, model_batch, options.model_batches, device)
         report("model", result.model_fps)
         result.model_fps_by_precision = {result.details["precision"]: result.model_fps}
         for precision in options.compare_precisions:
             if precision not in result.model_fps_by_precision:
                 with _at_precision(extractor, precision):
-                    fps = measure_model(extractor, frame_size, options.batch_size, options.model_batches, device)
+                    fps = measure_model(extractor, frame_size, model_batch, options.model_batches, device)
                 result.model_fps_by_precision[precision] = fps
                 report(f"model {precision}", fps)
         result.write_fps = measure_write(str(tmp / "write.zarr"), result.frames, grid,
-                                         extractor.backbone.channels, options.batch_size, options.shard,
+                                         extractor.backbone.channels, model_batch, options.shard,
                                          extract_options.write_workers)
         report("write", result.write_fps)
         e2e_inputs = _distinct_copies(sources, tmp / "inputs")
@@ -295,6 +371,9 @@ def run_benchmark(inputs: Sequence[str | Path], options: BenchOptions, workdir: 
         result.naive_fps = measure_naive(sources[0], resize, extractor, options.naive_frames,
                                          str(tmp / "naive.zarr"), device)
         report("naive", result.naive_fps)
+        if extractor.uplift is not None:
+            result.upsampler = measure_upsampler_share(extractor, extract_options, frame_size, options.model_batches,
+                                                       device, options.uplift_iterations)
         return result
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The extraction pipeline: decode → device → normalise → backbone → LiFT → float16 → Zarr writer.
+"""The extraction pipeline: decode → device → normalise → backbone → LiFT/UPLiFT → float16 → Zarr writer.
 
 Videos decode in a pool of threads ahead of the model (decord releases the GIL), the model runs on
 the calling thread, and chunk-aligned Zarr writes (with compression) run on writer threads, so the
@@ -31,10 +31,15 @@ from ..io.video import (DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find
 from ..models.backbone import Backbone, file_sha256
 from ..models.extractor import FeatureExtractor, resolve_device
 from ..models.lift import load_lift_checkpoint
+from ..models.uplift import UPLiFT, UPLiFTCheckpointError, infer_uplift_config, load_uplift
+from ..models.uplift_config import UPLiFTConfig
 
 MAX_PENDING_WRITES = 4  # batches of one video in flight to the writer threads: bounds host memory
 MAX_VIDEOS_AWAITING_WRITES = 2  # videos computed whose last writes have not landed yet
 FLOAT16_MAX = 65504.0
+# the model's float32 output of one batch when an upsampler makes features dense: UPLiFT ×4 at 224 px
+# is 256×256×384 floats (100 MB) a frame, so batches shrink to keep device and host memory bounded
+DENSE_BATCH_BYTES = 256 << 20
 
 
 @dataclass
@@ -47,6 +52,9 @@ class ExtractOptions:
     facet: str | None = None  # None: the --resize protocol's (token-norm for dino:S, else key)
     lift: str | None = None
     lift_iterations: int = 1
+    uplift: str | None = None  # UPLiFT weights (.safetensors, or a torch file)
+    uplift_iterations: int = 2
+    uplift_config: str | None = None  # the release's YAML; None: inferred among the released architectures
     resize: str = "lift-davis"  # the LiFT DAVIS protocol (video.PRESETS)
     stride: int = 1
     max_frames: int | None = None
@@ -69,6 +77,9 @@ class ExtractOptions:
     lease: object | None = None
 
     def __post_init__(self):
+        if self.facet is None and self.uplift is not None:
+            # the released UPLiFTs take the last block's tokens after the final norm
+            self.facet = "token-norm"
         if self.facet is None:
             try:
                 self.facet = Resize.parse(self.resize).default_facet
@@ -144,12 +155,54 @@ def _lift_info(options: ExtractOptions) -> dict | None:
             "iterations": options.lift_iterations}
 
 
+def load_uplift_for(options: ExtractOptions, backbone: Backbone) -> tuple[UPLiFT, dict]:
+    """The UPLiFT of ``options`` for ``backbone`` and its provenance for the store.
+
+    The configuration is ``options.uplift_config`` (the release's YAML) or, without one, the released
+    architecture the weights fit (:func:`~liftvid.models.uplift.infer_uplift_config`).
+
+    Raises:
+        UPLiFTCheckpointError, UPLiFTConfigError: weights or configuration that do not fit each other or
+            the backbone (channels, patch size); the message names both.
+    """
+    if options.uplift_iterations < 1:
+        raise ValueError(f"--uplift-iterations {options.uplift_iterations}: must be at least 1")
+    path = options.uplift
+    if options.uplift_config is not None:
+        config = UPLiFTConfig.from_yaml(options.uplift_config)
+        if (config.channels, config.patch_size) != (backbone.channels, backbone.patch_size):
+            raise UPLiFTCheckpointError(
+                f"{options.uplift_config}: UPLiFT for {config.channels}-channel features of patch "
+                f"{config.patch_size} ({config.backbone or 'backbone unrecorded'}) but backbone {backbone.name} "
+                f"({backbone.facet} facet) gives {backbone.channels} channels of patch {backbone.patch_size}")
+    else:
+        config = infer_uplift_config(path, backbone.channels, backbone.patch_size)
+    uplift = load_uplift(path, config)
+    return uplift, uplift_record(options, config)
+
+
+def uplift_record(options: ExtractOptions, config: UPLiFTConfig) -> dict:
+    """What the store records of the UPLiFT of a run (JSON-serialisable)."""
+    import dataclasses
+
+    architecture = dataclasses.asdict(config)
+    architecture.pop("training")
+    return {"name": "UPLiFT", "config": config.name, "config_file": options.uplift_config,
+            "architecture": architecture, "checkpoint": str(options.uplift), "sha256": file_sha256(options.uplift),
+            "iterations": options.uplift_iterations,
+            "grid_scale": config.grid_factor ** options.uplift_iterations}
+
+
 def build_extractor(options: ExtractOptions, device: torch.device) -> tuple[FeatureExtractor, dict | None]:
-    """The models of a run and the LiFT provenance; a LiFT that does not fit is refused here,
-    before anything is decoded."""
+    """The models of a run and the upsampler's provenance (LiFT's, or UPLiFT's :func:`uplift_record`);
+    a module that does not fit the backbone is refused here, before anything is decoded."""
+    if options.lift is not None and options.uplift is not None:
+        raise ValueError("--lift and --uplift are exclusive: choose one upsampler")
     backbone = Backbone(options.backbone, weights=options.weights, layer=options.layer,
                         facet=options.facet, seed=options.seed)
-    lift, lift_info = None, None
+    lift, lift_info, uplift = None, None, None
+    if options.uplift is not None:
+        uplift, lift_info = load_uplift_for(options, backbone)
     if options.lift is not None:
         if options.lift_iterations < 1:
             raise ValueError(f"--lift-iterations {options.lift_iterations}: must be at least 1")
@@ -157,13 +210,26 @@ def build_extractor(options: ExtractOptions, device: torch.device) -> tuple[Feat
         lift_info = _lift_info(options)
     mean, std = Resize.parse(options.resize).normalisation(backbone.mean, backbone.std)
     extractor = FeatureExtractor(backbone, lift, options.lift_iterations, options.precision,
-                                 mean, std, options.feature_dtype).to(device).eval()
+                                 mean, std, options.feature_dtype, uplift=uplift,
+                                 uplift_iterations=options.uplift_iterations).to(device).eval()
     if device.type == "cuda":
         extractor = extractor.to(memory_format=torch.channels_last)
     if options.compile:
         # the instance attribute shadows the method; forward() calls it inside inference mode
         extractor.features = torch.compile(extractor.features)
     return extractor, lift_info
+
+
+def frames_per_batch(options: ExtractOptions, extractor: FeatureExtractor, frame_size: tuple[int, int]) -> int:
+    """Frames per model batch for frames of ``frame_size (H, W)``: ``options.batch_size``, fewer where
+    UPLiFT's dense output (float32 on the device) would pass :data:`DENSE_BATCH_BYTES` a batch. The
+    batch is also the unit written and queued, so this bounds device and host memory alike whatever
+    the iterations and the video length."""
+    if getattr(extractor, "uplift", None) is None:
+        return options.batch_size
+    p, s = extractor.backbone.patch_size, extractor.grid_scale
+    frame_bytes = (frame_size[0] // p * s) * (frame_size[1] // p * s) * extractor.backbone.channels * 4
+    return max(1, min(options.batch_size, DENSE_BATCH_BYTES // max(1, frame_bytes)))
 
 
 def _check_resize(resize: Resize, patch_size: int) -> None:
@@ -182,8 +248,10 @@ class _VideoFeed:
     """
 
     def __init__(self, source: VideoSource, resize: Resize, patch: int, options: ExtractOptions,
-                 depth: int = 2):
+                 depth: int = 2, batch_for=None):
         self.source = source
+        # frames per batch for the opened video's frame size (frames_per_batch); None: options.batch_size
+        self.batch_for = batch_for
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
         self._args = (resize, patch, options)
@@ -207,7 +275,8 @@ class _VideoFeed:
             indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
             if not self._put((reader, indices)):
                 return
-            batches = reader.batches(indices, options.batch_size)
+            batch_size = self.batch_for(reader.frame_size) if self.batch_for else options.batch_size
+            batches = reader.batches(indices, batch_size)
             try:
                 for batch in batches:
                     if not self._put(batch):
@@ -306,7 +375,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     source = feed.source
     patch = extractor.backbone.patch_size
     reader, indices = feed.get()
-    scale = 2 ** extractor.lift_iterations
+    scale = extractor.grid_scale
     fh, fw = reader.frame_size
     grid = (fh // patch * scale, fw // patch * scale)
     info = {
@@ -320,7 +389,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     encoding = st.store_encoding(root)
     t_chunk = st.chunk_frames(grid, encoding.stored_channels(channels),
                               np.dtype(encoding.stored_dtype(extractor.feature_dtype)).itemsize,
-                              batch_size=options.batch_size)
+                              batch_size=frames_per_batch(options, extractor, (fh, fw)))
     group = st.begin_video(root, video_id, info, len(indices), grid, channels, reader.frame_numbers[indices],
                            reader.timestamps(indices), dtype=extractor.feature_dtype, t_chunk=t_chunk,
                            shard=options.shard)
@@ -363,7 +432,8 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
 
 
 # every ExtractOptions field that changes the models build_extractor makes (or what they compute)
-MODEL_FIELDS = ("backbone", "weights", "layer", "facet", "lift", "lift_iterations", "device", "seed", "resize",
+MODEL_FIELDS = ("backbone", "weights", "layer", "facet", "lift", "lift_iterations", "uplift", "uplift_iterations",
+                "uplift_config", "device", "seed", "resize",
                 "precision", "compile", "feature_dtype")
 
 
@@ -371,9 +441,11 @@ def _model_key(options: ExtractOptions) -> tuple:
     """The worker model cache key: the values of :data:`MODEL_FIELDS`, and the LiFT file's
     modification time and size (a checkpoint rewritten in place is a new model)."""
     key = tuple(getattr(options, name) for name in MODEL_FIELDS)
-    if options.lift is not None:
+    for module in (options.lift, options.uplift):
+        if module is None:
+            continue
         try:
-            stat = os.stat(options.lift)
+            stat = os.stat(module)
             key += (stat.st_mtime_ns, stat.st_size)
         except OSError:
             pass  # build_extractor reports the missing file
@@ -405,7 +477,8 @@ def extract_one(source: VideoSource, video_id: str, store_path: str, options: Ex
     root = st.open_root(store_path, mode="a")
     resize = Resize.parse(options.resize)
     pinned = _stages_on_host(extractor)
-    feed = _VideoFeed(source, resize, extractor.backbone.patch_size, options)
+    feed = _VideoFeed(source, resize, extractor.backbone.patch_size, options,
+                      batch_for=lambda size: frames_per_batch(options, extractor, size))
     with ThreadPoolExecutor(max_workers=1) as decoder, \
             ThreadPoolExecutor(max_workers=max(1, options.write_workers)) as writer:
         decoder.submit(feed.run)
@@ -452,8 +525,13 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
         # distributed: check the configuration here, on the CPU; the workers build their own
         device = resolve_device(options.device) if scheduler is None else torch.device("cpu")
         extractor, lift_info = build_extractor(options, device)
+    elif extractor.uplift is not None:
+        lift_info = uplift_record(options, extractor.uplift.config)
     else:
         lift_info = _lift_info(options)
+    # one record, under the upsampler's own key: a LiFT store and an UPLiFT store refuse each other
+    uplift_info = lift_info if extractor.uplift is not None else None
+    lift_info = None if extractor.uplift is not None else lift_info
     _check_resize(resize, extractor.backbone.patch_size)
     backbone = extractor.backbone
     mean, std = resize.normalisation(backbone.mean, backbone.std)
@@ -462,7 +540,8 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
     if options.pca_fit_frames < 1:
         raise ValueError(f"--pca-fit-frames {options.pca_fit_frames}: must be at least 1")
     config = st.make_config(backbone.describe(), lift_info, str(resize), mean, std, extractor.pixels_per_cell,
-                            protocol=resize.record(), feature_dtype=extractor.feature_dtype, encoding=encoding)
+                            protocol=resize.record(), feature_dtype=extractor.feature_dtype, encoding=encoding,
+                            uplift=uplift_info)
     with st.StoreLock(store_path) as lock:
         try:
             if scheduler is not None:
@@ -561,7 +640,7 @@ def _ensure_pca_basis(extractor: FeatureExtractor, root, sources: list[VideoSour
         try:
             indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
             picked = indices[st.pca_sample(len(indices), share)]
-            batches = reader.batches(picked, options.batch_size)
+            batches = reader.batches(picked, frames_per_batch(options, extractor, reader.frame_size))
             try:
                 for _, batch in batches:
                     moment.add(extractor(torch.from_numpy(batch)).float().cpu().numpy())
@@ -627,7 +706,8 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
                 # decoders pick videos in order, a few ahead of the model, never the whole list
                 while len(feeds) < ahead and (item := next(todo, None)) is not None:
                     source, video_id = item
-                    feed = _VideoFeed(source, resize, patch, options)
+                    feed = _VideoFeed(source, resize, patch, options,
+                                      batch_for=lambda size: frames_per_batch(options, extractor, size))
                     feeds.append((feed, source, video_id))
                     decoders.submit(feed.run)
 

@@ -38,16 +38,28 @@ def test_16_bit_grey_png_frames_decode_as_their_picture_by_the_high_byte(tmp_pat
     for c in range(3):
         np.testing.assert_array_equal(frames[..., c], expected)
     assert frames[0, 0, :4, 0].tolist() == [0, 0, 1, 255]
-    cv2 = pytest.importorskip("cv2")  # the DINO protocol's reader gives the same picture
-    np.testing.assert_array_equal(cv2.imread(str(folder / "00001.png"), cv2.IMREAD_COLOR)[..., 0], expected[1])
+    # the DINO protocol's reader gives the same picture (in a fresh process: once decord and PyAV
+    # are loaded, as other tests of this session do, this OpenCV build reads 16-bit PNGs as None)
+    code = ("import cv2, sys; sys.stdout.buffer.write(cv2.imread(sys.argv[1], cv2.IMREAD_COLOR)[..., 0].tobytes())")
+    by_cv2 = _in_fresh_python(code, str(folder / "00001.png"))
+    np.testing.assert_array_equal(np.frombuffer(by_cv2, np.uint8).reshape(16, 24), expected[1])
+
+
+def _in_fresh_python(code: str, *args: str) -> bytes:
+    import subprocess
+    import sys
+
+    pytest.importorskip("cv2")
+    return subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, timeout=120).stdout
 
 
 def test_16_bit_rgb_png_frames_decode_by_the_high_byte_too(tmp_path):
-    cv2 = pytest.importorskip("cv2")
     folder = tmp_path / "deep_rgb"
     folder.mkdir()
     levels = np.random.default_rng(1).integers(0, 65536, size=(16, 24, 3), dtype=np.uint16)
-    cv2.imwrite(str(folder / "00000.png"), levels[..., ::-1])  # OpenCV writes BGR
+    np.save(tmp_path / "levels.npy", levels[..., ::-1])  # OpenCV writes BGR; PIL cannot write 16-bit RGB
+    _in_fresh_python("import cv2, numpy, sys; cv2.imwrite(sys.argv[2], numpy.load(sys.argv[1]))",
+                     str(tmp_path / "levels.npy"), str(folder / "00000.png"))
     with open_video(_frames_source(folder), Resize("native"), 1) as reader:
         np.testing.assert_array_equal(read_frames(reader)[0], (levels >> 8).astype(np.uint8))
 

@@ -224,9 +224,9 @@ def _resize_pool() -> ThreadPoolExecutor:
 
 
 # The ViT attends every patch to every other: time and memory grow with the square of the
-# patches. 65,536 patches (4096x4096 at patch 16, 2048x2048 at patch 8) is a 4K frame at patch 16
-# with room to spare, and already minutes per frame on a CPU; --resize native on an 8192x8192
-# video (262,144 patches) ran 10 minutes at 4 GB without finishing a frame.
+# patches. 65,536 patches (4096x4096 at patch 16, 2048x2048 at patch 8) holds a 4K frame at patch
+# 16 with room to spare; --resize native on an 8192x8192 video (262,144 patches) ran 10 minutes at
+# 4 GB without finishing a frame (issue 20).
 MAX_PATCHES = 65536
 MAX_PATCHES_ENV = "LIFTVID_MAX_PATCHES"
 

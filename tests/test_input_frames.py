@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from liftvid.cli import app
 from liftvid.io import store as st
-from liftvid.io.video import (NATIVE_SPAN_BYTES, Resize, VideoDecodeError, VideoSource, open_video, read_frames,
-                              read_source_frames)
+from liftvid.io.video import (NATIVE_SPAN_BYTES, Resize, VideoDecodeError, VideoSource, open_model_video, open_video,
+                              read_frames, read_source_frames)
 
 from .conftest import TINY_VIT
 
@@ -157,13 +157,15 @@ def test_a_model_input_beyond_the_patch_limit_is_refused_with_what_to_do(tmp_pat
     source = VideoSource(tmp_path / "v.mp4", "v", "file")
     monkeypatch.setenv(video.MAX_PATCHES_ENV, "20")  # 64x96 at patch 16 is 4x6 = 24 patches
     with pytest.raises(VideoDecodeError) as refused:
-        open_video(source, Resize("native"), 16)
+        open_model_video(source, Resize("native"), 16)
     assert str(refused.value) == (
         f"{tmp_path / 'v.mp4'}: --resize native gives a 64x96 model input, 24 patches of 16 px, more than the "
         f"20 the ViT's attention is allowed ({video.MAX_PATCHES_ENV}); use a smaller --resize (e.g. short:480) "
         f"or raise {video.MAX_PATCHES_ENV}")
-    with open_video(source, Resize.parse("square:64"), 16) as reader:  # 16 patches: within the limit
+    with open_model_video(source, Resize.parse("square:64"), 16) as reader:  # 16 patches: within the limit
         assert reader.frame_size == (64, 64)
+    with open_video(source, Resize("native"), 16) as reader:  # no model reads it (overlays): not limited
+        assert reader.frame_size == (64, 96)
     monkeypatch.delenv(video.MAX_PATCHES_ENV)
     assert video.max_patches() * 16 * 16 < 8192 * 8192  # the default refuses the 8192² native input
 

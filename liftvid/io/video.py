@@ -872,7 +872,6 @@ def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float 
             make = lambda size: _PyAVFrames(path, size, num_threads)  # noqa: E731
     try:
         frame_size = resize.target_size(native, patch_size)
-        check_model_input(resize, frame_size, patch_size)
     except ValueError as exc:
         probe.close()
         raise VideoDecodeError(f"{path}: {exc}") from None
@@ -888,6 +887,24 @@ def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float 
     if ts is None or not _valid_timestamps(ts):
         ts = np.arange(probe.n_frames, dtype=np.float64) / rate
     return VideoReader(source, decoder, rate, native, frame_size, ts, None if resize.fast else resize)
+
+
+def open_model_video(source: VideoSource, resize: Resize, patch_size: int, fps: float = DEFAULT_FPS,
+                     num_threads: int = 0) -> VideoReader:
+    """:func:`open_video` for frames a ViT will read: also refuses a model input of more patches
+    than :func:`max_patches` (:func:`check_model_input`), before any frame is decoded.
+
+    Raises:
+        VideoDecodeError: as :func:`open_video`, or too many patches (one line naming the file,
+            why, and what to do).
+    """
+    reader = open_video(source, resize, patch_size, fps=fps, num_threads=num_threads)
+    try:
+        check_model_input(resize, reader.frame_size, patch_size)
+    except ValueError as exc:
+        reader.close()
+        raise VideoDecodeError(f"{source.path}: {exc}") from None
+    return reader
 
 
 def read_frames(reader: VideoReader, indices: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:

@@ -25,7 +25,8 @@ import torch
 from .. import jobs
 from ..io import store as st
 from ..io.lease import witness_lease
-from ..io.video import DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_video, sample_indices
+from ..io.video import (DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_model_video,
+                        sample_indices)
 from ..models.backbone import Backbone, file_sha256
 from ..models.extractor import FeatureExtractor, resolve_device
 from ..models.lift import load_lift_checkpoint
@@ -201,7 +202,7 @@ class _VideoFeed:
         if self.stop.is_set():
             return
         try:
-            reader = open_video(self.source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
+            reader = open_model_video(self.source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
             indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
             if not self._put((reader, indices)):
                 return
@@ -556,7 +557,7 @@ def _ensure_pca_basis(extractor: FeatureExtractor, root, sources: list[VideoSour
     used, frames = [], 0
     for source in first:
         try:
-            reader = open_video(source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
+            reader = open_model_video(source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
         except VideoDecodeError:
             continue
         try:

@@ -70,7 +70,6 @@ def _unexpected(exc: BaseException) -> str:
 
 def _quiet_stdout() -> None:
     """Point stdout at /dev/null, so that the interpreter's last flush into a closed pipe is silent."""
-    import os
     import sys
 
     try:

@@ -9,8 +9,8 @@ from typer.testing import CliRunner
 
 from liftvid.cli import app
 from liftvid.io import store as st
-from liftvid.io.video import (NATIVE_SPAN_BYTES, Resize, VideoDecodeError, VideoSource, open_video, read_frames,
-                              read_source_frames)
+from liftvid.io.video import (NATIVE_SPAN_BYTES, Resize, VideoDecodeError, VideoSource, open_model_video, open_video,
+                              read_frames, read_source_frames)
 
 from .conftest import TINY_VIT
 
@@ -38,16 +38,28 @@ def test_16_bit_grey_png_frames_decode_as_their_picture_by_the_high_byte(tmp_pat
     for c in range(3):
         np.testing.assert_array_equal(frames[..., c], expected)
     assert frames[0, 0, :4, 0].tolist() == [0, 0, 1, 255]
-    cv2 = pytest.importorskip("cv2")  # the DINO protocol's reader gives the same picture
-    np.testing.assert_array_equal(cv2.imread(str(folder / "00001.png"), cv2.IMREAD_COLOR)[..., 0], expected[1])
+    # the DINO protocol's reader gives the same picture (in a fresh process: once decord and PyAV
+    # are loaded, as other tests of this session do, this OpenCV build reads 16-bit PNGs as None)
+    code = ("import cv2, sys; sys.stdout.buffer.write(cv2.imread(sys.argv[1], cv2.IMREAD_COLOR)[..., 0].tobytes())")
+    by_cv2 = _in_fresh_python(code, str(folder / "00001.png"))
+    np.testing.assert_array_equal(np.frombuffer(by_cv2, np.uint8).reshape(16, 24), expected[1])
+
+
+def _in_fresh_python(code: str, *args: str) -> bytes:
+    import subprocess
+    import sys
+
+    pytest.importorskip("cv2")
+    return subprocess.run([sys.executable, "-c", code, *args], check=True, capture_output=True, timeout=120).stdout
 
 
 def test_16_bit_rgb_png_frames_decode_by_the_high_byte_too(tmp_path):
-    cv2 = pytest.importorskip("cv2")
     folder = tmp_path / "deep_rgb"
     folder.mkdir()
     levels = np.random.default_rng(1).integers(0, 65536, size=(16, 24, 3), dtype=np.uint16)
-    cv2.imwrite(str(folder / "00000.png"), levels[..., ::-1])  # OpenCV writes BGR
+    np.save(tmp_path / "levels.npy", levels[..., ::-1])  # OpenCV writes BGR; PIL cannot write 16-bit RGB
+    _in_fresh_python("import cv2, numpy, sys; cv2.imwrite(sys.argv[2], numpy.load(sys.argv[1]))",
+                     str(tmp_path / "levels.npy"), str(folder / "00000.png"))
     with open_video(_frames_source(folder), Resize("native"), 1) as reader:
         np.testing.assert_array_equal(read_frames(reader)[0], (levels >> 8).astype(np.uint8))
 
@@ -145,13 +157,15 @@ def test_a_model_input_beyond_the_patch_limit_is_refused_with_what_to_do(tmp_pat
     source = VideoSource(tmp_path / "v.mp4", "v", "file")
     monkeypatch.setenv(video.MAX_PATCHES_ENV, "20")  # 64x96 at patch 16 is 4x6 = 24 patches
     with pytest.raises(VideoDecodeError) as refused:
-        open_video(source, Resize("native"), 16)
+        open_model_video(source, Resize("native"), 16)
     assert str(refused.value) == (
         f"{tmp_path / 'v.mp4'}: --resize native gives a 64x96 model input, 24 patches of 16 px, more than the "
         f"20 the ViT's attention is allowed ({video.MAX_PATCHES_ENV}); use a smaller --resize (e.g. short:480) "
         f"or raise {video.MAX_PATCHES_ENV}")
-    with open_video(source, Resize.parse("square:64"), 16) as reader:  # 16 patches: within the limit
+    with open_model_video(source, Resize.parse("square:64"), 16) as reader:  # 16 patches: within the limit
         assert reader.frame_size == (64, 64)
+    with open_video(source, Resize("native"), 16) as reader:  # no model reads it (overlays): not limited
+        assert reader.frame_size == (64, 96)
     monkeypatch.delenv(video.MAX_PATCHES_ENV)
     assert video.max_patches() * 16 * 16 < 8192 * 8192  # the default refuses the 8192² native input
 

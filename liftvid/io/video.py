@@ -225,9 +225,9 @@ def _resize_pool() -> ThreadPoolExecutor:
 
 
 # The ViT attends every patch to every other: time and memory grow with the square of the
-# patches. 65,536 patches (4096x4096 at patch 16, 2048x2048 at patch 8) is a 4K frame at patch 16
-# with room to spare, and already minutes per frame on a CPU; --resize native on an 8192x8192
-# video (262,144 patches) ran 10 minutes at 4 GB without finishing a frame.
+# patches. 65,536 patches (4096x4096 at patch 16, 2048x2048 at patch 8) holds a 4K frame at patch
+# 16 with room to spare; --resize native on an 8192x8192 video (262,144 patches) ran 10 minutes at
+# 4 GB without finishing a frame (issue 20).
 MAX_PATCHES = 65536
 MAX_PATCHES_ENV = "LIFTVID_MAX_PATCHES"
 
@@ -930,7 +930,6 @@ def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float 
             make = lambda size: _PyAVFrames(path, size, num_threads)  # noqa: E731
     try:
         frame_size = resize.target_size(native, patch_size)
-        check_model_input(resize, frame_size, patch_size)
     except ValueError as exc:
         probe.close()
         raise VideoDecodeError(f"{path}: {exc}") from None
@@ -946,6 +945,24 @@ def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float 
     if ts is None or not _valid_timestamps(ts):
         ts = np.arange(probe.n_frames, dtype=np.float64) / rate
     return VideoReader(source, decoder, rate, native, frame_size, ts, None if resize.fast else resize)
+
+
+def open_model_video(source: VideoSource, resize: Resize, patch_size: int, fps: float = DEFAULT_FPS,
+                     num_threads: int = 0) -> VideoReader:
+    """:func:`open_video` for frames a ViT will read: also refuses a model input of more patches
+    than :func:`max_patches` (:func:`check_model_input`), before any frame is decoded.
+
+    Raises:
+        VideoDecodeError: as :func:`open_video`, or too many patches (one line naming the file,
+            why, and what to do).
+    """
+    reader = open_video(source, resize, patch_size, fps=fps, num_threads=num_threads)
+    try:
+        check_model_input(resize, reader.frame_size, patch_size)
+    except ValueError as exc:
+        reader.close()
+        raise VideoDecodeError(f"{source.path}: {exc}") from None
+    return reader
 
 
 def read_frames(reader: VideoReader, indices: np.ndarray | None = None, batch_size: int = 64) -> np.ndarray:

@@ -26,8 +26,8 @@ from .. import jobs
 from ..io.outputs import claim_store_path
 from ..io import store as st
 from ..io.lease import witness_lease
-from ..io.video import (DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_video, sample_indices,
-                        source_fingerprint)
+from ..io.video import (DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_model_video,
+                        open_video, sample_indices, source_fingerprint)
 from ..models.backbone import Backbone, file_sha256
 from ..models.extractor import FeatureExtractor, resolve_device
 from ..models.lift import load_lift_checkpoint
@@ -271,7 +271,7 @@ class _VideoFeed:
         if self.stop.is_set():
             return
         try:
-            reader = open_video(self.source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
+            reader = open_model_video(self.source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
             indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
             if not self._put((reader, indices)):
                 return
@@ -634,7 +634,7 @@ def _ensure_pca_basis(extractor: FeatureExtractor, root, sources: list[VideoSour
     used, frames = [], 0
     for source in first:
         try:
-            reader = open_video(source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
+            reader = open_model_video(source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
         except VideoDecodeError:
             continue
         try:

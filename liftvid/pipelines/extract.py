@@ -27,7 +27,7 @@ from ..io.outputs import claim_store_path
 from ..io import store as st
 from ..io.lease import witness_lease
 from ..io.video import (DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_model_video,
-                        open_video, sample_indices, source_fingerprint)
+                        sample_indices, source_fingerprint)
 from ..models.backbone import Backbone, file_sha256
 from ..models.extractor import FeatureExtractor, resolve_device
 from ..models.lift import load_lift_checkpoint

@@ -201,7 +201,8 @@ class _VideoFeed:
             indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
             if not self._put((reader, indices)):
                 return
-            batches = reader.batches(indices, options.batch_size)
+            # native-size uint8 frames: the model's device applies the resize (reader.pending_resize)
+            batches = reader.batches(indices, options.batch_size, resized=False)
             try:
                 for batch in batches:
                     if not self._put(batch):
@@ -319,6 +320,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
                            shard=options.shard)
     progress.video_started(video_id, len(indices))
     features = st.feature_writer(group)  # encodes as the store says (plain, int8, pca)
+    resize = reader.pending_resize
     futures: list[Future] = []
     written = 0
     try:
@@ -326,7 +328,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
             _, frames = item
             tensor = torch.from_numpy(frames)
             if pinned:
-                feats = extractor(tensor.pin_memory())
+                feats = extractor(tensor.pin_memory(), resize)
                 # torch's caching host allocator recycles page-locked buffers once a write drops them
                 host = torch.empty(tuple(feats.shape), dtype=feats.dtype, pin_memory=True)
                 host.copy_(feats, non_blocking=True)
@@ -337,7 +339,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
                 futures.append(writer.submit(_write_batch, features, written, host, event, finite,
                                              str(source.path)))
             else:
-                feats = extractor(tensor).contiguous()
+                feats = extractor(tensor, resize).contiguous()
                 if not bool(torch.isfinite(feats).all()):
                     raise _range_error(source.path, written, len(frames), extractor.feature_dtype)
                 futures.append(writer.submit(_write_batch, features, written, feats.numpy()))
@@ -555,10 +557,10 @@ def _ensure_pca_basis(extractor: FeatureExtractor, root, sources: list[VideoSour
         try:
             indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
             picked = indices[st.pca_sample(len(indices), share)]
-            batches = reader.batches(picked, options.batch_size)
+            batches = reader.batches(picked, options.batch_size, resized=False)
             try:
                 for _, batch in batches:
-                    moment.add(extractor(torch.from_numpy(batch)).float().cpu().numpy())
+                    moment.add(extractor(torch.from_numpy(batch), reader.pending_resize).float().cpu().numpy())
                     frames += len(batch)
             finally:
                 batches.close()

@@ -151,10 +151,9 @@ def _banded_pass(in_size: int, xmin: np.ndarray, planes: list[np.ndarray], devic
     rank = np.arange(out_size) - np.searchsorted(window, window)  # position inside its window
     rows = len(planes) * block
     dense = np.zeros((windows, rows, span), dtype=np.float64)
+    o, t = np.nonzero(np.arange(ksize)[None, :] < ntaps[:, None])
     for p, plane in enumerate(planes):
-        for t in range(ksize):
-            live = t < ntaps
-            dense[window[live], p * block + rank[live], (xmin + t - window * stride)[live]] = plane[live, t]
+        dense[window[o], p * block + rank[o], xmin[o] + t - window[o] * stride] = plane[o, t]
     return _BandedPass(in_size, out_size, stride, span, max(in_size, (windows - 1) * stride + span), block,
                        len(planes), torch.from_numpy(dense).to(device=device, dtype=dtype),
                        torch.from_numpy(window * rows + rank).to(device))
@@ -216,7 +215,7 @@ def _padded_input(x: torch.Tensor, p: _BandedPass) -> torch.Tensor:
 def _apply_pass(x: torch.Tensor, p: _BandedPass) -> list[torch.Tensor]:
     """``x (M, padded)`` → each plane's ``(out_size, M)``: the filter along the last axis, transposed."""
     m = x.shape[0]
-    windows = x.unfold(1, p.span, p.stride).permute(1, 2, 0)  # (J, span, M), a view
+    windows = x.unfold(1, p.span, p.stride)[:, :p.weights.shape[0]].permute(1, 2, 0)  # (J, span, M), a view
     out = torch.bmm(p.weights, windows).view(-1, m)  # (J * planes * block, M)
     return [out.index_select(0, p.pick + plane * p.block) for plane in range(p.planes)]
 

@@ -220,6 +220,11 @@ def _apply_pass(x: torch.Tensor, p: _BandedPass) -> list[torch.Tensor]:
     return [out.index_select(0, p.pick + plane * p.block) for plane in range(p.planes)]
 
 
+def _floor_(x: torch.Tensor, divisor: float = 1.0) -> torch.Tensor:
+    """``x = floor(x / divisor)`` in place (``divisor`` a power of two: exact)."""
+    return (x if divisor == 1.0 else x.mul_(1.0 / divisor)).floor_()
+
+
 def _round_pil(planes: list[torch.Tensor], out: torch.Tensor) -> None:
     """Pillow's ``clip8((sum + 2**21) >> 22)`` of a pass's planes (scaled by 2**-22), into ``out``.
 
@@ -227,11 +232,11 @@ def _round_pil(planes: list[torch.Tensor], out: torch.Tensor) -> None:
     ``q = floor(high + 1/2)`` and ``q + floor((high + 1/2 - q) + low)``, each step exact (at most 24
     significant bits, :func:`_digit_planes`), where ``high + low`` itself would round."""
     if len(planes) == 1:
-        torch.clamp(planes[0].add_(0.5).floor_(), 0, 255, out=out)
+        torch.clamp(_floor_(planes[0].add_(0.5)), 0, 255, out=out)
         return
     high, low = planes
-    q = torch.floor(high.add_(0.5))
-    high.sub_(q).add_(low).floor_().add_(q)
+    q = _floor_(high.add_(0.5).clone())
+    _floor_(high.sub_(q).add_(low)).add_(q)
     torch.clamp(high, 0, 255, out=out)
 
 
@@ -368,18 +373,18 @@ def resize_linear_cv2(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tens
             (sums,) = _apply_pass(_padded_input(chunk.permute(0, 3, 1, 2), px), px)
             if h == height:
                 # rows map to themselves with weights (2048, 0): the rounding is ((D >> 9) + 2) >> 2
-                v = sums.view(width, n, 3, h).mul_(1.0 / 512).floor_().add_(2).mul_(0.25).floor_()
+                v = _floor_(_floor_(sums.view(width, n, 3, h), 512).add_(2), 4)
                 out[i:i + n].copy_(v.permute(1, 3, 0, 2))
                 continue
             # rows first (contiguous rows to gather), then S >> 4 (exact in float: S < 2**20)
             rows = torch.empty((h, width, n * 3), dtype=sums.dtype, device=device)
             rows.copy_(sums.view(width, n * 3, h).permute(2, 0, 1))
-            rows.mul_(1.0 / 16).floor_()
+            _floor_(rows, 16)
             # the 8-bit VResizeLinear rounding: ((b0*(S0>>4))>>16) + ((b1*(S1>>4))>>16) + 2) >> 2, in
             # float64 (products below 2**27 with 16 fraction bits: exact) with the weights over 2**16
-            t0 = rows.index_select(0, rows0).to(torch.float64).mul_(b0).floor_()
-            t1 = rows.index_select(0, rows1).to(torch.float64).mul_(b1).floor_()
-            v = t0.add_(t1).add_(2).mul_(0.25).floor_()
+            t0 = _floor_(rows.index_select(0, rows0).to(torch.float64).mul_(b0))
+            t1 = _floor_(rows.index_select(0, rows1).to(torch.float64).mul_(b1))
+            v = _floor_(t0.add_(t1).add_(2), 4)
             out[i:i + n].copy_(v.view(height, width, n, 3).permute(2, 0, 1, 3))
     return out
 

@@ -1,9 +1,11 @@
 """Video sources: finding videos and frame folders, resizing rules, sampling and batched decoding.
 
 Every source decodes at its own size into uint8 RGB, and each frame is then resized once by the
-``--resize`` rule (:class:`Resize`: PIL BICUBIC, or OpenCV bilinear for DINO's protocol), so a
-picture gives the same model input as an mp4, a ``.ts`` file or a frame folder; resizing in the
-decoder is only the explicit ``+fast`` option. Frames are always read forward from
+``--resize`` rule (:class:`Resize`: PIL BICUBIC, or OpenCV bilinear for DINO's protocol, both as
+exact tensor ops, :mod:`liftvid.ops.resize`), so a picture gives the same model input as an mp4, a
+``.ts`` file or a frame folder; extraction takes the frames at native size and resizes them on the
+model's device (:attr:`VideoReader.pending_resize`). Resizing in the decoder is only the explicit
+``+fast`` option. Frames are always read forward from
 the start of the file, never by seeking: decord's seeks land on the wrong frame in some containers
 (MPEG-PS, some AVI/WebM files; dmlc/decord#54, #91, #195), so with forward reads a batched pass
 gives exactly the frames of one decode of the whole video. MPEG transport and program streams go
@@ -76,7 +78,8 @@ class Resize:
     """The ``--resize`` rule: the model input size and the one resize that produces it.
 
     ``square:S``, ``short:S``, ``native``: PIL ``BICUBIC`` (antialiased, what torchvision's
-    ``Resize(..., BICUBIC)`` does on a PIL image; the LiFT DAVIS protocol at ``square:224``).
+    ``Resize(..., BICUBIC)`` does on a PIL image; the LiFT DAVIS protocol at ``square:224``), in
+    Pillow's classic pass order (Pillow <= 12.3; :func:`liftvid.ops.resize.resize_bicubic_pil`).
     ``dino:S``: DINO's ``read_frame``, ``cv2.resize`` bilinear (no antialiasing) to short side S
     with the long side rounded down to a multiple of 64. The presets :data:`PRESETS` name the two
     papers' DAVIS protocols. ``fast``: the decoder resizes (swscale for files, PIL ``BILINEAR``
@@ -735,7 +738,8 @@ def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float 
     """Open ``source`` for frames at the size ``resize`` gives for ``patch_size``.
 
     Every source decodes at its own size into uint8 RGB (decord, PyAV or PIL) and each frame is
-    resized once by ``resize``'s rule (:meth:`Resize.apply`), so one picture gives one model input
+    resized once by ``resize``'s rule (:meth:`Resize.frame_resize`: by :meth:`VideoReader.batches`
+    on the CPU, or by the consumer on its device), so one picture gives one model input
     whatever the container. With ``resize.fast`` the decoder resizes instead (inexact). A file
     whose width decord cannot decode natively (:func:`_decord_width_ok`) goes through PyAV.
 

@@ -1,9 +1,11 @@
 """Video sources: finding videos and frame folders, resizing rules, sampling and batched decoding.
 
 Every source decodes at its own size into uint8 RGB, and each frame is then resized once by the
-``--resize`` rule (:class:`Resize`: PIL BICUBIC, or OpenCV bilinear for DINO's protocol), so a
-picture gives the same model input as an mp4, a ``.ts`` file or a frame folder; resizing in the
-decoder is only the explicit ``+fast`` option. Frames are always read forward from
+``--resize`` rule (:class:`Resize`: PIL BICUBIC, or OpenCV bilinear for DINO's protocol, both as
+exact tensor ops, :mod:`liftvid.ops.resize`), so a picture gives the same model input as an mp4, a
+``.ts`` file or a frame folder; extraction takes the frames at native size and resizes them on the
+model's device (:attr:`VideoReader.pending_resize`). Resizing in the decoder is only the explicit
+``+fast`` option. Frames are always read forward from
 the start of the file, never by seeking: decord's seeks land on the wrong frame in some containers
 (MPEG-PS, some AVI/WebM files; dmlc/decord#54, #91, #195), so with forward reads a batched pass
 gives exactly the frames of one decode of the whole video. MPEG transport and program streams go
@@ -19,12 +21,14 @@ import os
 import queue
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
+import torch
+
+from ..ops.resize import FrameResize
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -75,7 +79,8 @@ class Resize:
     """The ``--resize`` rule: the model input size and the one resize that produces it.
 
     ``square:S``, ``short:S``, ``native``: PIL ``BICUBIC`` (antialiased, what torchvision's
-    ``Resize(..., BICUBIC)`` does on a PIL image; the LiFT DAVIS protocol at ``square:224``).
+    ``Resize(..., BICUBIC)`` does on a PIL image; the LiFT DAVIS protocol at ``square:224``), in
+    Pillow's classic pass order (Pillow <= 12.3; :func:`liftvid.ops.resize.resize_bicubic_pil`).
     ``dino:S``: DINO's ``read_frame``, ``cv2.resize`` bilinear (no antialiasing) to short side S
     with the long side rounded down to a multiple of 64. The presets :data:`PRESETS` name the two
     papers' DAVIS protocols. ``fast``: the decoder resizes (swscale for files, PIL ``BILINEAR``
@@ -192,36 +197,29 @@ class Resize:
                              f"size {p}; use --resize square:{max(p, 224 // p * p)}")
         return out
 
-    def apply(self, frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """One ``(H, W, 3) uint8`` RGB frame at native size → ``(H', W', 3) uint8`` at ``size`` by the rule.
+    @property
+    def rule(self) -> str:
+        """The pixel rule's name in :data:`liftvid.ops.resize.RESIZE_RULES`: ``"cv2-linear"`` for
+        ``dino:S``, else ``"pil-bicubic"``."""
+        return "cv2-linear" if self.mode == "dino" else "pil-bicubic"
 
-        A frame already at ``size`` is returned as it is (both libraries copy it unchanged).
+    def frame_resize(self, size: tuple[int, int]) -> FrameResize:
+        """The exact resize to ``size`` as a tensor op (:class:`liftvid.ops.resize.FrameResize`),
+        for frames decoded at native size and resized on the model's device."""
+        return FrameResize(self.rule, (int(size[0]), int(size[1])))
+
+    def apply(self, frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """``(H, W, 3)`` or ``(B, H, W, 3) uint8`` RGB at native size → ``(…, H', W', 3) uint8`` at
+        ``size`` by the rule, on the CPU (bit-equal to PIL / OpenCV, :mod:`liftvid.ops.resize`).
+
+        Frames already at ``size`` are returned as they are (both libraries copy them unchanged).
         """
-        height, width = int(size[0]), int(size[1])
-        if frame.shape[:2] == (height, width):
-            return frame
-        if self.mode == "dino":
-            import cv2
-
-            # per-channel filter: resizing RGB equals DINO's BGR resize followed by the flip
-            return cv2.resize(np.ascontiguousarray(frame), (width, height), interpolation=cv2.INTER_LINEAR)
-        from PIL import Image
-
-        return np.asarray(Image.fromarray(frame).resize((width, height), Image.BICUBIC))
-
-
-RESIZE_THREADS = max(1, min(4, os.cpu_count() or 1))  # PIL and OpenCV release the GIL while resizing
-_RESIZE_POOL: ThreadPoolExecutor | None = None
-_RESIZE_POOL_LOCK = threading.Lock()
-
-
-def _resize_pool() -> ThreadPoolExecutor:
-    """The process's resize threads, shared by every reader (made on first use)."""
-    global _RESIZE_POOL
-    with _RESIZE_POOL_LOCK:
-        if _RESIZE_POOL is None:
-            _RESIZE_POOL = ThreadPoolExecutor(max_workers=RESIZE_THREADS, thread_name_prefix="liftvid-resize")
-        return _RESIZE_POOL
+        single = frames.ndim == 3
+        batch = frames[None] if single else frames
+        if batch.shape[1:3] == (int(size[0]), int(size[1])):
+            return frames
+        out = self.frame_resize(size)(torch.from_numpy(np.ascontiguousarray(batch))).numpy()
+        return out[0] if single else out
 
 
 # The ViT attends every patch to every other: time and memory grow with the square of the
@@ -798,9 +796,19 @@ class VideoReader:
                              f"{self.n_frames} frames)")
         return indices
 
-    def _decode(self, indices: np.ndarray) -> np.ndarray:
-        """``(B, H', W', 3) uint8`` frames ``indices`` (any order, repeats allowed), each decoded,
-        then resized once by the rule (only the wanted frames of a decoded block are resized)."""
+    @property
+    def pending_resize(self) -> FrameResize | None:
+        """The resize still to apply to frames from :meth:`batches` with ``resized=False``
+        (``(B, H, W, 3)`` at :attr:`source_size` → :attr:`frame_size`), or ``None`` when the
+        decoder already gives :attr:`frame_size` (``+fast``, or a source at the model size)."""
+        if self._resize is None or self.source_size == self.frame_size:
+            return None
+        return self._resize.frame_resize(self.frame_size)
+
+    def _decode(self, indices: np.ndarray, resized: bool = True) -> np.ndarray:
+        """``(B, H', W', 3) uint8`` frames ``indices`` (any order, repeats allowed), decoded, then
+        (``resized``) resized once by the rule on the CPU; ``resized=False`` leaves them at the
+        decoded size for the consumer's device (:attr:`pending_resize`)."""
         wanted = np.unique(indices)
         frames: dict[int, np.ndarray] = {}
         span = getattr(self._decoder, "span", READ_SPAN)
@@ -811,16 +819,19 @@ class VideoReader:
                 stop = min(start + span, int(wanted[-1]) + 1)
                 block = self._decoder.read(start, stop)
                 keys = [int(k) for k in wanted[(wanted >= start) & (wanted < stop)]]
-                picked = [block[k - start] for k in keys]
-                if self._resize is not None:  # frame by frame, the same pixels in any thread
-                    rule, size = self._resize, self.frame_size
-                    picked = list(_resize_pool().map(lambda f: rule.apply(f, size), picked))
-                frames.update(zip(keys, picked))
+                frames.update(zip(keys, block[[k - start for k in keys]]))
                 i += len(keys)
-        return np.stack([frames[int(k)] for k in indices])
+        batch = np.stack([frames[int(k)] for k in indices])
+        resize = self.pending_resize if resized else None
+        # one batched call: the same pixels as frame by frame, in any thread
+        return batch if resize is None else resize(torch.from_numpy(batch)).numpy()
 
-    def batches(self, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(self, indices: np.ndarray, batch_size: int,
+                resized: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(frame indices (B,) int64, frames (B, H', W', 3) uint8 RGB)`` batches in order.
+
+        ``resized=False`` yields the frames as decoded (``(B, H, W, 3)`` at :attr:`source_size`
+        unless ``+fast``): the consumer applies :attr:`pending_resize` on its own device.
 
         The next batch decodes in a background thread while the caller works on the current one;
         at most ``PREFETCH_BATCHES + 2`` batches exist at once, whatever the video length. Closing
@@ -850,7 +861,7 @@ class VideoReader:
         def work() -> None:
             try:
                 for chunk in chunks:
-                    if stop.is_set() or not put((chunk, self._decode(chunk))):
+                    if stop.is_set() or not put((chunk, self._decode(chunk, resized))):
                         return
                 put(_END)
             except BaseException as exc:  # handed to the consumer
@@ -886,7 +897,8 @@ def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float 
     """Open ``source`` for frames at the size ``resize`` gives for ``patch_size``.
 
     Every source decodes at its own size into uint8 RGB (decord, PyAV or PIL) and each frame is
-    resized once by ``resize``'s rule (:meth:`Resize.apply`), so one picture gives one model input
+    resized once by ``resize``'s rule (:meth:`Resize.frame_resize`: by :meth:`VideoReader.batches`
+    on the CPU, or by the consumer on its device), so one picture gives one model input
     whatever the container. With ``resize.fast`` the decoder resizes instead (inexact). A file
     whose width decord cannot decode natively (:func:`_decord_width_ok`) goes through PyAV.
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ..ops.device import cpu_bf16_support, resolve_device
+from ..ops.resize import FrameResize
 from .backbone import Backbone
 from .lift import LiFT, lift_features
 from .uplift import UPLiFT, uplift_features
@@ -114,9 +115,14 @@ class FeatureExtractor(torch.nn.Module):
         return feats
 
     @torch.inference_mode()
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, resize: FrameResize | None = None) -> torch.Tensor:
+        """``(B, H, W, 3) uint8`` → ``(B, h, w, C)`` features; ``resize`` (the exact pixel rule,
+        :class:`liftvid.ops.resize.FrameResize`) first brings native-size frames to the model input
+        on the model's device, as uint8, outside any autocast."""
         device = self.mean.device
         frames = frames.to(device, non_blocking=True)
+        if resize is not None:
+            frames = resize(frames)
         precision = self.resolved_precision()
         with torch.autocast(device.type, dtype=_AUTOCAST.get(precision, torch.bfloat16), enabled=precision != "fp32"):
             feats = self.features(self.normalise(frames))

@@ -159,12 +159,13 @@ def _distinct_copies(sources, folder: Path) -> list[Path]:
 
 def measure_decode(sources, resize: Resize, patch: int, batch_size: int, workers: int,
                    threads: int = 0) -> tuple[int, float]:
-    """Frames/s of decoding every source at the model size, ``workers`` videos at once, each with
-    ``threads`` decord threads (0: decord's default)."""
+    """Frames/s of decoding every source as extraction does (native size; the exact resize runs
+    on the model's device, in the model stage), ``workers`` videos at once, each with ``threads``
+    decord threads (0: decord's default)."""
     def decode(source) -> int:
         reader = open_video(source, resize, patch, num_threads=threads)
         n = 0
-        for _, frames in reader.batches(sample_indices(reader.n_frames), batch_size):
+        for _, frames in reader.batches(sample_indices(reader.n_frames), batch_size, resized=False):
             n += len(frames)
         reader.close()
         return n

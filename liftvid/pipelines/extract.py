@@ -40,6 +40,9 @@ FLOAT16_MAX = 65504.0
 # the model's float32 output of one batch when an upsampler makes features dense: UPLiFT ×4 at 224 px
 # is 256×256×384 floats (100 MB) a frame, so batches shrink to keep device and host memory bounded
 DENSE_BATCH_BYTES = 256 << 20
+# native-size uint8 frames of one batch, on their way to the device's exact resize (decode threads
+# no longer shrink them): bounds a batch of 4000×3000 frames to 7 (the frame-folder test of issue 20)
+NATIVE_BATCH_BYTES = 256 << 20
 
 
 @dataclass
@@ -220,16 +223,23 @@ def build_extractor(options: ExtractOptions, device: torch.device) -> tuple[Feat
     return extractor, lift_info
 
 
-def frames_per_batch(options: ExtractOptions, extractor: FeatureExtractor, frame_size: tuple[int, int]) -> int:
-    """Frames per model batch for frames of ``frame_size (H, W)``: ``options.batch_size``, fewer where
-    UPLiFT's dense output (float32 on the device) would pass :data:`DENSE_BATCH_BYTES` a batch. The
-    batch is also the unit written and queued, so this bounds device and host memory alike whatever
-    the iterations and the video length."""
+def frames_per_batch(options: ExtractOptions, extractor: FeatureExtractor, frame_size: tuple[int, int],
+                     native_size: tuple[int, int] | None = None) -> int:
+    """Frames per model batch for frames of ``frame_size (H, W)`` decoded at ``native_size``:
+    ``options.batch_size``, fewer where UPLiFT's dense output (float32 on the device) would pass
+    :data:`DENSE_BATCH_BYTES` a batch, or where the native-size uint8 frames that travel to the
+    device for its exact resize would pass :data:`NATIVE_BATCH_BYTES` (a 4000×3000 frame is 36 MB).
+    The batch is also the unit written and queued, so this bounds device and host memory alike
+    whatever the iterations, the source size and the video length."""
+    batch = options.batch_size
+    if native_size is not None:
+        native_bytes = int(native_size[0]) * int(native_size[1]) * 3
+        batch = min(batch, max(1, NATIVE_BATCH_BYTES // max(1, native_bytes)))
     if getattr(extractor, "uplift", None) is None:
-        return options.batch_size
+        return batch
     p, s = extractor.backbone.patch_size, extractor.grid_scale
     frame_bytes = (frame_size[0] // p * s) * (frame_size[1] // p * s) * extractor.backbone.channels * 4
-    return max(1, min(options.batch_size, DENSE_BATCH_BYTES // max(1, frame_bytes)))
+    return max(1, min(batch, DENSE_BATCH_BYTES // max(1, frame_bytes)))
 
 
 def _check_resize(resize: Resize, patch_size: int) -> None:
@@ -250,7 +260,7 @@ class _VideoFeed:
     def __init__(self, source: VideoSource, resize: Resize, patch: int, options: ExtractOptions,
                  depth: int = 2, batch_for=None):
         self.source = source
-        # frames per batch for the opened video's frame size (frames_per_batch); None: options.batch_size
+        # frames per batch for the opened reader (frames_per_batch); None: options.batch_size
         self.batch_for = batch_for
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
@@ -275,8 +285,9 @@ class _VideoFeed:
             indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
             if not self._put((reader, indices)):
                 return
-            batch_size = self.batch_for(reader.frame_size) if self.batch_for else options.batch_size
-            batches = reader.batches(indices, batch_size)
+            batch_size = self.batch_for(reader) if self.batch_for else options.batch_size
+            # native-size uint8 frames: the model's device applies the resize (reader.pending_resize)
+            batches = reader.batches(indices, batch_size, resized=False)
             try:
                 for batch in batches:
                     if not self._put(batch):
@@ -389,12 +400,13 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     encoding = st.store_encoding(root)
     t_chunk = st.chunk_frames(grid, encoding.stored_channels(channels),
                               np.dtype(encoding.stored_dtype(extractor.feature_dtype)).itemsize,
-                              batch_size=frames_per_batch(options, extractor, (fh, fw)))
+                              batch_size=frames_per_batch(options, extractor, (fh, fw), reader.source_size))
     group = st.begin_video(root, video_id, info, len(indices), grid, channels, reader.frame_numbers[indices],
                            reader.timestamps(indices), dtype=extractor.feature_dtype, t_chunk=t_chunk,
                            shard=options.shard)
     progress.video_started(video_id, len(indices))
     features = st.feature_writer(group)  # encodes as the store says (plain, int8, pca)
+    resize = reader.pending_resize
     futures: list[Future] = []
     written = 0
     try:
@@ -402,7 +414,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
             _, frames = item
             tensor = torch.from_numpy(frames)
             if pinned:
-                feats = extractor(tensor.pin_memory())
+                feats = extractor(tensor.pin_memory(), resize)
                 # torch's caching host allocator recycles page-locked buffers once a write drops them
                 host = torch.empty(tuple(feats.shape), dtype=feats.dtype, pin_memory=True)
                 host.copy_(feats, non_blocking=True)
@@ -413,7 +425,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
                 futures.append(writer.submit(_write_batch, features, written, host, event, finite,
                                              str(source.path)))
             else:
-                feats = extractor(tensor).contiguous()
+                feats = extractor(tensor, resize).contiguous()
                 if not bool(torch.isfinite(feats).all()):
                     raise _range_error(source.path, written, len(frames), extractor.feature_dtype)
                 futures.append(writer.submit(_write_batch, features, written, feats.numpy()))
@@ -478,7 +490,7 @@ def extract_one(source: VideoSource, video_id: str, store_path: str, options: Ex
     resize = Resize.parse(options.resize)
     pinned = _stages_on_host(extractor)
     feed = _VideoFeed(source, resize, extractor.backbone.patch_size, options,
-                      batch_for=lambda size: frames_per_batch(options, extractor, size))
+                      batch_for=lambda r: frames_per_batch(options, extractor, r.frame_size, r.source_size))
     with ThreadPoolExecutor(max_workers=1) as decoder, \
             ThreadPoolExecutor(max_workers=max(1, options.write_workers)) as writer:
         decoder.submit(feed.run)
@@ -640,10 +652,11 @@ def _ensure_pca_basis(extractor: FeatureExtractor, root, sources: list[VideoSour
         try:
             indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
             picked = indices[st.pca_sample(len(indices), share)]
-            batches = reader.batches(picked, frames_per_batch(options, extractor, reader.frame_size))
+            per_batch = frames_per_batch(options, extractor, reader.frame_size, reader.source_size)
+            batches = reader.batches(picked, per_batch, resized=False)
             try:
                 for _, batch in batches:
-                    moment.add(extractor(torch.from_numpy(batch)).float().cpu().numpy())
+                    moment.add(extractor(torch.from_numpy(batch), reader.pending_resize).float().cpu().numpy())
                     frames += len(batch)
             finally:
                 batches.close()
@@ -706,8 +719,8 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
                 # decoders pick videos in order, a few ahead of the model, never the whole list
                 while len(feeds) < ahead and (item := next(todo, None)) is not None:
                     source, video_id = item
-                    feed = _VideoFeed(source, resize, patch, options,
-                                      batch_for=lambda size: frames_per_batch(options, extractor, size))
+                    feed = _VideoFeed(source, resize, patch, options, batch_for=lambda r: frames_per_batch(
+                        options, extractor, r.frame_size, r.source_size))
                     feeds.append((feed, source, video_id))
                     decoders.submit(feed.run)
 

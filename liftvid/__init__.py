@@ -32,6 +32,8 @@ _EXPORTS = {
     "GridGeometry": "ops.geometry", "mask_upsampling_factor": "ops.geometry",
     "radius_in_stored_cells": "ops.geometry", "affinity_block_bytes": "ops.propagate",
     "video_geometry": "io.store", "geometry_from_record": "io.store",
+    "resize_frames": "ops.resize", "resize_bicubic_pil": "ops.resize", "resize_linear_cv2": "ops.resize",
+    "FrameResize": "ops.resize",
     "compute_tapvid_metrics": "ops.metrics", "evaluate_sequence": "ops.metrics",
     "DAVIS_MEASURES": "ops.metrics", "db_eval_boundary": "ops.metrics", "db_eval_iou": "ops.metrics",
     # io
@@ -50,7 +52,7 @@ _EXPORTS = {
     "TrainOptions": "pipelines.train", "train_lift": "pipelines.train", "step_throughput": "pipelines.train",
     "evaluate_davis": "pipelines.evaluate", "evaluate_tapvid": "pipelines.evaluate",
     "davis_sequences": "pipelines.evaluate",
-    "BenchOptions": "pipelines.bench", "run_benchmark": "pipelines.bench",
+    "BenchOptions": "pipelines.bench", "run_benchmark": "pipelines.bench", "measure_model": "pipelines.bench",
     "open_store": "pipelines.analysis", "FeatureStore": "pipelines.analysis",
     "recode_store": "pipelines.recode", "FeatureEncoding": "io.store", "feature_reader": "io.store",
     "render_pca": "pipelines.render", "render_similarity": "pipelines.render", "render_masks": "pipelines.render",

@@ -31,11 +31,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from liftvid.io.video import Resize, find_sources, open_video, read_frames
-from liftvid.models.backbone import Backbone
-from liftvid.models.lift import LiFT, save_lift_checkpoint
-from liftvid.pipelines.bench import measure_model
-from liftvid.pipelines.extract import ExtractOptions, build_extractor, extract_videos
+from liftvid import (Backbone, ExtractOptions, LiFT, Resize, build_extractor, extract_videos, find_sources,
+                     measure_model, open_video, read_frames, save_lift_checkpoint)
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

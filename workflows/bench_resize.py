@@ -23,8 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from liftvid import Resize, find_sources, open_video, read_frames
-from liftvid.ops.resize import resize_frames
+from liftvid import Resize, find_sources, open_video, read_frames, resize_frames
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 DEFAULT_RULES = ("lift-davis", "dino-davis", "square:448", "short:480")

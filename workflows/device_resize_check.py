@@ -66,7 +66,7 @@ def check(device_name: str, n_frames: int, seed: int = 0, n_random: int = 10) ->
     import torch
     from PIL import Image
 
-    from liftvid.ops.resize import resize_bicubic_pil, resize_linear_cv2
+    from liftvid import resize_bicubic_pil, resize_linear_cv2
 
     device = torch.device(device_name)
     rng = np.random.default_rng(seed)

@@ -14,6 +14,8 @@ Speed does not depend on the weights. Per row it prints
   decode, resize, model, compress and write are in;
 - propagation frames/s: ``liftvid.propagate_store`` end to end (read the store, propagate, upsample
   the masks, write PNGs and the store's masks) from a first-frame mask, a centred ellipse;
+- an untimed 3-frame warm-up run first (extract + propagate), so no row pays the process's
+  first-call costs (lazy imports, thread pools);
 - beside each wall frames/s, the process CPU time per frame (all threads), the steadier number on a
   shared machine; the load average at the start and the end, and torch's threads.
 
@@ -120,6 +122,16 @@ def bench(name: str, clip: Path, work: Path, options: ExtractOptions) -> Row:
                T / e_wall, 1e3 * e_cpu / T, (T - 1) / p_wall, 1e3 * p_cpu / (T - 1))
 
 
+def warm_up(clip: Path, work: Path, options: ExtractOptions) -> None:
+    """An untimed 3-frame extract + propagate, so that no row pays the process's first-call costs
+    (lazy imports of zarr, dask, the decoder, PIL; thread pools): about 4 s measured on the first
+    propagation of a process, which would dominate a 16-frame row."""
+    import dataclasses
+
+    work.mkdir(parents=True, exist_ok=True)
+    bench("warm-up", clip, work, dataclasses.replace(options, max_frames=3))
+
+
 def markdown(rows: list[Row]) -> str:
     lines = ["| upsampler | frames | grid | stored MB/frame | float16 MB/frame | extract frames/s (CPU ms/frame) "
              "| propagate frames/s (CPU ms/frame) | build s |",
@@ -165,6 +177,7 @@ def main() -> None:
             plans.append((f"UPLiFT ×{k} (dinov2-s14)",
                           ExtractOptions(backbone=UPLIFT_BACKBONE, uplift=str(uplift), uplift_iterations=k,
                                          max_frames=frames, **common)))
+        warm_up(args.clip, work / "warm-up", plans[0][1])
         for i, (name, options) in enumerate(plans):
             (work / str(i)).mkdir(exist_ok=True)
             row = bench(name, args.clip, work / str(i), options)
@@ -178,7 +191,8 @@ def main() -> None:
     print()
     print(markdown(rows))
     print()
-    print("extract: models built before the clock (build s apart); CPU ms/frame is process time over all threads.")
+    print("extract: models built before the clock (build s apart); propagate: T-1 frames from a first-frame mask; "
+          "untimed warm-up run first; CPU ms/frame is process time over all threads.")
     print(f"load average at end {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}; "
           f"torch threads {torch.get_num_threads()}")
     if args.json:

@@ -45,7 +45,7 @@ PIL_BICUBIC_SUPPORT = 2.0
 PIL_BICUBIC_A = -0.5
 CV_COEF_BITS = 11  # INTER_RESIZE_COEF_BITS
 CV_COEF_SCALE = 1 << CV_COEF_BITS
-CPU_CHUNK_BYTES = 24 << 20  # float64-sized copies of the frames resized at once on the CPU
+CPU_CHUNK_BYTES = 16 << 20  # float64-sized copies of the frames resized at once on the CPU
 DEVICE_CHUNK_BYTES = 1 << 30  # the same on an accelerator (bounds memory for 4000x3000 batches)
 # input positions between consecutive windows of a banded pass, tried in turn (the cheapest is kept)
 WINDOW_STRIDES = (16, 24, 32, 48, 64, 96, 128, 192, 256)
@@ -100,7 +100,7 @@ def _float32_tolerance(weights: np.ndarray, pixel_max: int, n: int) -> float:
     u = 2.0 ** -24
     gamma = n * u / (1 - n * u)
     largest = float(np.abs(weights).sum(axis=1).max(initial=0)) * 2.0 ** -PIL_PRECISION_BITS * pixel_max
-    return gamma * largest * 2 + 2.0 ** -12
+    return gamma * largest + 2.0 ** -12  # the margin: strictly inside, and the threshold rounded to float32
 
 
 @dataclass(frozen=True)
@@ -251,26 +251,22 @@ def _horizontal(x: torch.Tensor, p: _BandedPass) -> tuple[torch.Tensor, Callable
 
 
 def _vertical(y: torch.Tensor, p: _BandedPass) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """The pass along the middle axis of ``y (m, in_size, C)``.
+    """The pass along the middle axis of ``y (m, padded, C)``, zero past ``in_size`` rows.
 
     Returns ``sums (m, windows, block, C)`` and the exact float64 recount of the sums at flat
-    indices into it. Each window is a block of whole rows of ``y``, read in place by one product
-    per window (a batched product over all windows would copy the overlapping windows first); the
-    last windows stop at the last row (their weights past it are zero)."""
-    m, h, c = y.shape
-    sums = torch.empty((m, p.windows, p.block, c), dtype=p.dtype, device=y.device)
-    weights = p.weights.transpose(1, 2)  # (J, block, span)
-    for j in range(p.windows):
-        start = j * p.stride
-        stop = min(start + p.span, h)
-        sums[:, j] = torch.matmul(weights[j, :, :stop - start], y[:, start:stop])
+    indices into it. One batched product over all windows (one op: with several threads on a busy
+    machine each op pays for waking them, so a loop over windows costs far more than the copy of
+    the overlapping windows that the product makes)."""
+    m, _, c = y.shape
+    windows = y.unfold(1, p.span, p.stride)[:, :p.windows].transpose(2, 3)  # (m, J, span, C), a view
+    sums = torch.matmul(p.weights.transpose(1, 2), windows)  # (m, J, block, C)
 
     def recount(flat: torch.Tensor) -> torch.Tensor:
         col = flat % c
         slot = (flat // c) % p.block
         j = (flat // (c * p.block)) % p.windows
         frame = flat // (c * p.block * p.windows)
-        taps = (j[:, None] * p.stride + torch.arange(p.span, device=y.device)).clamp_(max=h - 1)
+        taps = j[:, None] * p.stride + torch.arange(p.span, device=y.device)
         pixels = y[frame[:, None], taps, col[:, None]].to(torch.float64)
         return (pixels * p.exact_weights[j, slot]).sum(dim=1)
 
@@ -380,7 +376,9 @@ def resize_bicubic_pil(frames: torch.Tensor, size: tuple[int, int]) -> torch.Ten
                     torch.index_select(slots, 1, px.slot, out=x)
                     x = x.view(n, 3, h, width)
             if py is not None:
-                y = x.reshape(n * 3, h, width).to(py.dtype)  # a view when it can be
+                y = _workspace((n * 3, py.padded, width), py.dtype, device, "vertical")
+                y[:, h:].zero_()
+                y[:, :h].view(n, 3, h, width).copy_(x)
                 sums, recount = _vertical(y, py)  # (n * 3, J, block, W')
                 _round_pil(sums, recount, py, sums)
                 x = _in_order(sums.view(n, 3, -1, width), py, 2)

@@ -21,10 +21,21 @@ reproduced here, integer for integer:
   rows clamped, and the 8-bit vertical rounding ``((b0*(S0>>4))>>16) + ((b1*(S1>>4))>>16) + 2) >> 2``;
   an exact 2× downscale on both axes is OpenCV's INTER_AREA shortcut ``(a+b+c+d+2) >> 2``.
 
-Every sum is exact: the Pillow passes run as float64 matrix products of integers whose partial
-sums stay far below 2**53, and the OpenCV rule in int32, so the result is the same on every device
-and in any summation order. A video has one source size, so the coefficient blocks are built once
-per (source size, target size, device) and each pass is one batched product over the whole batch.
+Every rounded value is exact, so the result is the same on every device and in any summation
+order. Each pass is one batched product of overlapping input windows with a banded block of
+coefficients, built once per (source size, target size, device) (a video has one source size):
+
+* Pillow's passes: on CUDA (where TF32 may round float32 products) float64, whose products of
+  22-bit weights and 8-bit pixels and their sums (< 2**31 units) are exact. On the CPU (IEEE
+  float32 products) float32, half the work: a float32 sum is within a proven bound of the exact one
+  (``gamma_n * sum|w * p|``, any order, :func:`_float32_tolerance`), so it rounds to Pillow's
+  value unless it lies that close to a half-integer; those sums (about 1 in 400 for 854x480 ->
+  224x224) are recounted exactly in float64 from the same windows.
+* OpenCV's: 11-bit weights on 8-bit pixels, every sum below 2**20 (exact in float32), then its
+  shifts as exact float operations.
+
+The batch is resized a few frames at a time so that intermediates stay under a byte budget
+(small on the CPU, for its caches; 1 GiB elsewhere) whatever the batch and frame size.
 """
 
 from __future__ import annotations
@@ -92,11 +103,12 @@ def pil_coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarra
 
 
 def _float32_tolerance(weights: np.ndarray, pixel_max: int, n: int) -> float:
-    """A bound on how far a float32 sum of ``weights (out, ksize)`` (fixed point over 2**22) times
-    pixels up to ``pixel_max`` can be from the exact sum, in grey levels, plus the rounding of
-    adding 1/2: ``gamma_n * sum|w * p|`` with ``gamma_n = n u / (1 - n u)`` holds for float32
-    products and sums of ``n`` terms in any order, with or without FMA (Higham, Accuracy and
-    Stability, 3.1). Sums this close to a rounding boundary are recomputed exactly."""
+    """A bound on how far a float32 sum of ``n`` terms (the window's span) of ``weights (out,
+    ksize)`` (fixed point over 2**22, exact in float32) times pixels up to ``pixel_max`` can be from
+    the exact sum, in grey levels, plus a margin: ``gamma_n * sum|w * p|`` with ``gamma_n = n u /
+    (1 - n u)`` holds for float32 products and sums in any order and blocking, with or without FMA
+    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1). Sums this close to a rounding
+    boundary are recounted exactly."""
     u = 2.0 ** -24
     gamma = n * u / (1 - n * u)
     largest = float(np.abs(weights).sum(axis=1).max(initial=0)) * 2.0 ** -PIL_PRECISION_BITS * pixel_max

@@ -29,7 +29,7 @@ coefficients, built once per (source size, target size, device) (a video has one
   22-bit weights and 8-bit pixels and their sums (< 2**31 units) are exact. On the CPU (IEEE
   float32 products) float32, half the work: a float32 sum is within a proven bound of the exact one
   (``gamma_n * sum|w * p|``, any order, :func:`_float32_tolerance`), so it rounds to Pillow's
-  value unless it lies that close to a half-integer; those sums (about 1 in 400 for 854x480 ->
+  value unless it lies that close to a half-integer; those sums (about 1 in 1,000 for 854x480 ->
   224x224) are recounted exactly in float64 from the same windows.
 * OpenCV's: 11-bit weights on 8-bit pixels, every sum below 2**20 (exact in float32), then its
   shifts as exact float operations.
@@ -103,7 +103,7 @@ def pil_coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarra
 
 
 def _float32_tolerance(weights: np.ndarray, pixel_max: int, n: int) -> float:
-    """A bound on how far a float32 sum of ``n`` terms (the window's span) of ``weights (out,
+    """A bound on how far a float32 sum of ``n`` nonzero terms of ``weights (out,
     ksize)`` (fixed point over 2**22, exact in float32) times pixels up to ``pixel_max`` can be from
     the exact sum, in grey levels, plus a margin: ``gamma_n * sum|w * p|`` with ``gamma_n = n u /
     (1 - n u)`` holds for float32 products and sums in any order and blocking, with or without FMA
@@ -202,8 +202,10 @@ def _pil_pass(in_size: int, out_size: int, device: torch.device, exact_float32: 
     xmin, fixed = pil_coefficients(in_size, out_size)
     unit = 2.0 ** -PIL_PRECISION_BITS  # a power of two: the scaled weights are exact in float32 and float64
     if exact_float32:
+        # the window's other weights are zeros: their products and additions are exact, so a sum
+        # rounds like one of at most ksize terms in any order (a summation tree without the zeros)
         p = _banded_pass(in_size, xmin, fixed * unit, device, torch.float32,
-                         lambda span: _float32_tolerance(fixed, 255, span))
+                         _float32_tolerance(fixed, 255, fixed.shape[1]))
         if p.tolerance < MAX_FLOAT32_TOLERANCE:
             return p
     # float64: products of 22-bit weights and 8-bit pixels and their sums (< 2**31 units) are exact
@@ -308,7 +310,7 @@ def _round_pil(sums: torch.Tensor, recount: Callable[[torch.Tensor], torch.Tenso
     Exact sums (float64) round as ``floor(acc + 1/2)``. Float32 sums may be up to ``p.tolerance``
     off: they round to the nearest integer, and where a sum is that close to a half-integer (a
     tie included) ``recount(flat indices)`` gives the exact float64 sums there, which round as
-    Pillow does (about 1 sum in 200 is recounted; the rest are certain). ``sums`` is overwritten."""
+    Pillow does (about 1 sum in 1,000 is recounted; the rest are certain). ``sums`` is overwritten."""
     if p.tolerance == 0:
         rounded = sums.add_(0.5).floor_()
     else:

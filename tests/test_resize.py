@@ -158,6 +158,19 @@ def test_inside_bf16_autocast_stays_exact():
     assert np.array_equal(got, np.stack([pil_reference(f, (48, 48)) for f in frames]))
 
 
+def test_width_only_exact_without_ieee_float32_products():
+    """The float64 fallback also where only the width changes (OpenCV's rows map to themselves)."""
+    rng = np.random.default_rng(11)
+    frames = rng.integers(0, 256, (2, 48, 200, 3), dtype=np.uint8)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        check(frames, (48, 77), "cv2-linear")
+        check(frames, (48, 77), "pil-bicubic")
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
 def test_every_sum_recounted_exactly(monkeypatch):
     """The exact float64 recount (the path of the float32 sums near a rounding boundary, ~1 in 200)
     gives Pillow's pixels on its own: with the tolerance widened to 1/2 every sum goes through it."""

@@ -292,7 +292,8 @@ def _floor_(x: torch.Tensor, divisor: float = 1.0) -> torch.Tensor:
     return (x if divisor == 1.0 else x.mul_(1.0 / divisor)).floor_()
 
 
-ROUNDING_MAGIC = float(3 << 22)  # x + 1.5 * 2**23 - 1.5 * 2**23 rounds a float32 |x| < 2**22 to the nearest integer
+# x + 1.5 * 2**(mantissa bits) - the same rounds |x| < 2**(mantissa bits - 1) to the nearest integer
+ROUNDING_MAGIC = {torch.float32: float(3 << 22), torch.float64: float(3 << 51)}
 
 
 def _flat_above(x: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -315,7 +316,8 @@ def _round_pil(sums: torch.Tensor, recount: Callable[[torch.Tensor], torch.Tenso
         rounded = sums.add_(0.5).floor_()
     else:
         rounded = _workspace(tuple(sums.shape), sums.dtype, sums.device, "rounded")
-        torch.add(sums, ROUNDING_MAGIC, out=rounded).sub_(ROUNDING_MAGIC)
+        magic = ROUNDING_MAGIC[sums.dtype]
+        torch.add(sums, magic, out=rounded).sub_(magic)
         distance = sums.sub_(rounded).abs_()  # exact: |sums| < 2**9; 1/2 at a tie
         flat = _flat_above(distance, 0.5 - p.tolerance)
         if flat.numel():
@@ -473,7 +475,8 @@ def resize_linear_cv2(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tens
             if h == height:
                 # rows map to themselves with weights (2048, 0): ((D >> 9) + 2) >> 2 = (D + 1024) >> 11,
                 # which is the nearest integer to (D + 1/2) / 2**11 (never a tie): exact float adds
-                v = sums.add_(0.5).mul_(1.0 / 2048).add_(ROUNDING_MAGIC).sub_(ROUNDING_MAGIC)
+                magic = ROUNDING_MAGIC[sums.dtype]
+                v = sums.add_(0.5).mul_(1.0 / 2048).add_(magic).sub_(magic)
                 v = _in_order(v.view(n * 3 * h, -1), px, 1).view(n, 3, h, width)
                 out[i:i + n].copy_(v.permute(0, 2, 3, 1))
                 continue

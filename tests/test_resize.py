@@ -158,6 +158,56 @@ def test_inside_bf16_autocast_stays_exact():
     assert np.array_equal(got, np.stack([pil_reference(f, (48, 48)) for f in frames]))
 
 
+def test_width_only_exact_without_ieee_float32_products():
+    """The float64 fallback also where only the width changes (OpenCV's rows map to themselves)."""
+    rng = np.random.default_rng(11)
+    frames = rng.integers(0, 256, (2, 48, 200, 3), dtype=np.uint8)
+    before = torch.get_float32_matmul_precision()
+    try:
+        torch.set_float32_matmul_precision("medium")
+        check(frames, (48, 77), "cv2-linear")
+        check(frames, (48, 77), "pil-bicubic")
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_every_sum_recounted_exactly(monkeypatch):
+    """The exact float64 recount (the path of the float32 sums near a rounding boundary, ~1 in 200)
+    gives Pillow's pixels on its own: with the tolerance widened to 1/2 every sum goes through it."""
+    from liftvid.ops import resize
+
+    monkeypatch.setattr(resize, "_float32_tolerance", lambda *args: 0.499)
+    monkeypatch.setattr(resize, "MAX_FLOAT32_TOLERANCE", 1.0)
+    resize._pil_pass.cache_clear()
+    try:
+        assert resize._cached_pil_pass(90, 37, torch.device("cpu")).tolerance == 0.499
+        rng = np.random.default_rng(8)
+        for (h, w), size in (((120, 90), (37, 64)), ((61, 200), (150, 33)), ((480, 854), (224, 224))):
+            check(rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8), size, "pil-bicubic")
+    finally:
+        resize._pil_pass.cache_clear()
+
+
+def test_batch_in_sub_batches_equals_frame_by_frame(monkeypatch):
+    """A batch larger than the memory budget is resized a few frames at a time (the last group
+    ragged) and gives each frame's reference, for both rules."""
+    from liftvid.ops import resize
+
+    frame_bytes = 60 * 80 * 3 * 8
+    monkeypatch.setattr(resize, "CPU_CHUNK_BYTES", 2 * frame_bytes)  # 2 frames at a time: 2 + 2 + 1
+    frames = np.random.default_rng(9).integers(0, 256, (5, 60, 80, 3), dtype=np.uint8)
+    check(frames, (33, 47), "pil-bicubic")
+    check(frames, (33, 47), "cv2-linear")
+
+
+def test_large_native_frames_one_at_a_time():
+    """Two 4000x3000 frames (each over the CPU's memory budget, so they go one by one) match Pillow
+    frame by frame."""
+    rng = np.random.default_rng(10)
+    frames = rng.integers(0, 256, (2, 3000, 4000, 3), dtype=np.uint8)
+    check(frames, (224, 224), "pil-bicubic")
+
+
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="uint8"):
         resize_bicubic_pil(torch.zeros(1, 4, 4, 3), (2, 2))

@@ -21,10 +21,21 @@ reproduced here, integer for integer:
   rows clamped, and the 8-bit vertical rounding ``((b0*(S0>>4))>>16) + ((b1*(S1>>4))>>16) + 2) >> 2``;
   an exact 2× downscale on both axes is OpenCV's INTER_AREA shortcut ``(a+b+c+d+2) >> 2``.
 
-Every sum is exact: the Pillow passes run as float64 matrix products of integers whose partial
-sums stay far below 2**53, and the OpenCV rule in int32, so the result is the same on every device
-and in any summation order. A video has one source size, so the coefficient blocks are built once
-per (source size, target size, device) and each pass is one batched product over the whole batch.
+Every rounded value is exact, so the result is the same on every device and in any summation
+order. Each pass is one batched product of overlapping input windows with a banded block of
+coefficients, built once per (source size, target size, device) (a video has one source size):
+
+* Pillow's passes: on CUDA (where TF32 may round float32 products) float64, whose products of
+  22-bit weights and 8-bit pixels and their sums (< 2**31 units) are exact. On the CPU (IEEE
+  float32 products) float32, half the work: a float32 sum is within a proven bound of the exact one
+  (``gamma_n * sum|w * p|``, any order, :func:`_float32_tolerance`), so it rounds to Pillow's
+  value unless it lies that close to a half-integer; those sums (about 1 in 1,000 for 854x480 ->
+  224x224) are recounted exactly in float64 from the same windows.
+* OpenCV's: 11-bit weights on 8-bit pixels, every sum below 2**20 (exact in float32), then its
+  shifts as exact float operations.
+
+The batch is resized a few frames at a time so that intermediates stay under a byte budget
+(small on the CPU, for its caches; 1 GiB elsewhere) whatever the batch and frame size.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass
+from collections.abc import Callable
 from functools import lru_cache
 
 import numpy as np
@@ -44,8 +56,8 @@ PIL_BICUBIC_SUPPORT = 2.0
 PIL_BICUBIC_A = -0.5
 CV_COEF_BITS = 11  # INTER_RESIZE_COEF_BITS
 CV_COEF_SCALE = 1 << CV_COEF_BITS
-FLOAT32_EXACT = 1 << 24  # every integer below this is a float32, so sums below it are exact
-CPU_CHUNK_BYTES = 16 << 20  # float32 planes of the frames resized at once on the CPU
+CPU_CHUNK_BYTES = 16 << 20  # float64-sized copies of the frames resized at once on the CPU
+DEVICE_CHUNK_BYTES = 1 << 30  # the same on an accelerator (bounds memory for 4000x3000 batches)
 # input positions between consecutive windows of a banded pass, tried in turn (the cheapest is kept)
 WINDOW_STRIDES = (16, 24, 32, 48, 64, 96, 128, 192, 256)
 WINDOW_OVERHEAD = 256  # the cost model's multiply-adds per output row of a window's product
@@ -90,20 +102,17 @@ def pil_coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarra
     return xmin, fixed
 
 
-def _digit_planes(fixed: np.ndarray, pixel_max: int) -> int | None:
-    """The shift that splits Pillow's weights into two float32-exact digit planes, or ``None``.
-
-    ``fixed = low + high * 2**shift`` with ``0 <= low < 2**shift``. A plane's product with pixels
-    up to ``pixel_max`` is exact in float32 when the sum of ``|pixel * weight|`` over an output's
-    taps stays below 2**24 (every partial sum, in any order and blocking, is then an exact
-    integer); :func:`_round_planes` also needs ``low``'s below 2**23 and room for adding 1/2 to
-    ``high``'s. ``None`` when no shift does it (a very strong downscale: float64 instead)."""
-    bound = lambda q: int((np.abs(q) * pixel_max).sum(axis=1).max(initial=0))  # noqa: E731
-    for shift in range(1, PIL_PRECISION_BITS):
-        low, high = fixed % (1 << shift), fixed >> shift  # floor: the high plane keeps the sign
-        if bound(low) < FLOAT32_EXACT // 2 and bound(high) + (1 << (PIL_PRECISION_BITS - 1 - shift)) < FLOAT32_EXACT:
-            return shift
-    return None
+def _float32_tolerance(weights: np.ndarray, pixel_max: int, n: int) -> float:
+    """A bound on how far a float32 sum of ``n`` nonzero terms of ``weights (out,
+    ksize)`` (fixed point over 2**22, exact in float32) times pixels up to ``pixel_max`` can be from
+    the exact sum, in grey levels, plus a margin: ``gamma_n * sum|w * p|`` with ``gamma_n = n u /
+    (1 - n u)`` holds for float32 products and sums in any order and blocking, with or without FMA
+    (Higham, Accuracy and Stability of Numerical Algorithms, 3.1). Sums this close to a rounding
+    boundary are recounted exactly."""
+    u = 2.0 ** -24
+    gamma = n * u / (1 - n * u)
+    largest = float(np.abs(weights).sum(axis=1).max(initial=0)) * 2.0 ** -PIL_PRECISION_BITS * pixel_max
+    return gamma * largest + 2.0 ** -12  # the margin: strictly inside, and the threshold rounded to float32
 
 
 @dataclass(frozen=True)
@@ -112,8 +121,10 @@ class _BandedPass:
     pass is one batched matrix product.
 
     Window ``j`` reads input positions ``[j * stride, j * stride + span)`` (the input zero-padded to
-    ``padded``) and writes ``block`` rows per plane; ``pick + p * block`` are plane ``p``'s outputs,
-    in order, among the ``windows * planes * block`` rows of the product."""
+    ``padded``) and writes ``block`` outputs: output ``o`` is slot ``slot[o]`` of the
+    ``windows * block`` slots (window-major); ``slot`` is ``None`` when it is ``arange(out_size)``
+    (every window holds exactly ``block`` outputs, so no gather is needed). ``tolerance`` > 0: the
+    product is float32 and may be that far (in output units) from the exact sum."""
 
     in_size: int
     out_size: int
@@ -121,47 +132,61 @@ class _BandedPass:
     span: int
     padded: int
     block: int
-    planes: int
-    weights: torch.Tensor  # (windows, planes * block, span)
-    pick: torch.Tensor  # (out_size,) int64
+    weights: torch.Tensor  # (windows, span, block)
+    slot: torch.Tensor | None  # (out_size,) int64
+    tolerance: float = 0.0
 
     @property
     def dtype(self) -> torch.dtype:
         return self.weights.dtype
 
+    @property
+    def windows(self) -> int:
+        return self.weights.shape[0]
 
-def _banded_pass(in_size: int, xmin: np.ndarray, planes: list[np.ndarray], device: torch.device,
-                 dtype: torch.dtype) -> _BandedPass:
-    """Plane ``p``'s weights ``planes[p] (out, ksize) float64``: output ``o`` takes input ``xmin[o] + t``."""
-    out_size, ksize = planes[0].shape
-    nonzero = np.any([q != 0 for q in planes], axis=0)
-    ntaps = np.where(nonzero, np.arange(ksize) + 1, 0).max(axis=1)
+    @property
+    def exact_weights(self) -> torch.Tensor:
+        """``(windows, block, span) float64``: the weights of each output, for exact recounts."""
+        cached = self.__dict__.get("_exact_weights")
+        if cached is None:
+            cached = self.weights.transpose(1, 2).to(torch.float64).contiguous()
+            object.__setattr__(self, "_exact_weights", cached)
+        return cached
+
+
+def _banded_pass(in_size: int, xmin: np.ndarray, weights: np.ndarray, device: torch.device,
+                 dtype: torch.dtype, tolerance: float | Callable[[int], float] = 0.0) -> _BandedPass:
+    """``weights (out, ksize) float64``: output ``o`` takes input ``xmin[o] + t`` with weight ``weights[o, t]``;
+    ``tolerance`` a number or a function of the windows' span (the terms of each sum)."""
+    out_size, ksize = weights.shape
+    ntaps = np.where(weights != 0, np.arange(ksize) + 1, 0).max(axis=1)
     best = None
     for stride in WINDOW_STRIDES:
         window = xmin // stride
         windows = int(window.max()) + 1
         span = int((xmin + ntaps - window * stride).max())
         block = int(np.bincount(window, minlength=windows).max())
-        cost = windows * block * len(planes) * (span + WINDOW_OVERHEAD)
+        cost = windows * block * (span + WINDOW_OVERHEAD)
         if best is None or cost < best[0]:
             best = (cost, stride, window, windows, span, block)
         if windows == 1:
             break
     _, stride, window, windows, span, block = best
     rank = np.arange(out_size) - np.searchsorted(window, window)  # position inside its window
-    rows = len(planes) * block
-    dense = np.zeros((windows, rows, span), dtype=np.float64)
+    dense = np.zeros((windows, span, block), dtype=np.float64)
     o, t = np.nonzero(np.arange(ksize)[None, :] < ntaps[:, None])
-    for p, plane in enumerate(planes):
-        dense[window[o], p * block + rank[o], xmin[o] + t - window[o] * stride] = plane[o, t]
+    dense[window[o], xmin[o] + t - window[o] * stride, rank[o]] = weights[o, t]
+    slot = window * block + rank
+    identity = np.array_equal(slot, np.arange(out_size)) and windows * block == out_size
     return _BandedPass(in_size, out_size, stride, span, max(in_size, (windows - 1) * stride + span), block,
-                       len(planes), torch.from_numpy(dense).to(device=device, dtype=dtype),
-                       torch.from_numpy(window * rows + rank).to(device))
+                       torch.from_numpy(dense).to(device=device, dtype=dtype),
+                       None if identity else torch.from_numpy(slot).to(device),
+                       tolerance(span) if callable(tolerance) else tolerance)
 
 
 def _float32_is_ieee(device: torch.device) -> bool:
-    """Whether float32 products on ``device`` are plain IEEE float32 (not TF32/bf16): only then do
-    the digit planes sum exactly. CUDA (where TF32 may be switched on at any time) uses float64."""
+    """Whether float32 products on ``device`` are plain IEEE float32 (not TF32/bf16): only then does
+    the float32 error bound hold. CUDA (where TF32 may be switched on at any time) uses float64."""
     if device.type != "cpu" or torch.get_float32_matmul_precision() != "highest":
         return False
     mkldnn = getattr(torch.backends.mkldnn, "matmul", None)
@@ -169,17 +194,22 @@ def _float32_is_ieee(device: torch.device) -> bool:
 
 
 _CACHE_LOCK = threading.Lock()
+MAX_FLOAT32_TOLERANCE = 1.0 / 64  # beyond it (very strong downscales) too many sums need the exact recount
 
 
 @lru_cache(maxsize=64)
 def _pil_pass(in_size: int, out_size: int, device: torch.device, exact_float32: bool) -> _BandedPass:
     xmin, fixed = pil_coefficients(in_size, out_size)
-    shift = _digit_planes(fixed, 255) if exact_float32 else None
-    unit = 2.0 ** -PIL_PRECISION_BITS  # powers of two: the scaled products stay exact
-    if shift is None:
-        return _banded_pass(in_size, xmin, [fixed * unit], device, torch.float64)
-    high, low = fixed >> shift, fixed % (1 << shift)
-    return _banded_pass(in_size, xmin, [high * (unit * (1 << shift)), low * unit], device, torch.float32)
+    unit = 2.0 ** -PIL_PRECISION_BITS  # a power of two: the scaled weights are exact in float32 and float64
+    if exact_float32:
+        # the window's other weights are zeros: their products and additions are exact, so a sum
+        # rounds like one of at most ksize terms in any order (a summation tree without the zeros)
+        p = _banded_pass(in_size, xmin, fixed * unit, device, torch.float32,
+                         _float32_tolerance(fixed, 255, fixed.shape[1]))
+        if p.tolerance < MAX_FLOAT32_TOLERANCE:
+            return p
+    # float64: products of 22-bit weights and 8-bit pixels and their sums (< 2**31 units) are exact
+    return _banded_pass(in_size, xmin, fixed * unit, device, torch.float64)
 
 
 def _cached_pil_pass(in_size: int, out_size: int, device: torch.device) -> _BandedPass:
@@ -191,33 +221,70 @@ def _cached_pil_pass(in_size: int, out_size: int, device: torch.device) -> _Band
 _WORKSPACE = threading.local()
 
 
-def _padded_input(x: torch.Tensor, p: _BandedPass) -> torch.Tensor:
-    """``x (..., in_size)`` copied into a ``(M, padded)`` buffer of the pass's dtype, zero past
-    ``in_size``. On the CPU the buffer is kept per thread and shape: its padding is zeroed once, and
-    a fresh large buffer would cost a page fault per 4 KiB on every call."""
-    rows = x.numel() // x.shape[-1]
-    key = (rows, p.padded, p.dtype, x.device)
+def _workspace(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, tag: str) -> torch.Tensor:
+    """A buffer kept per thread, shape and purpose on the CPU (a fresh large buffer costs a page
+    fault per 4 KiB on every call); a fresh one elsewhere. Its contents are whatever the last user
+    left, so callers that need zero padding write it themselves."""
+    if device.type != "cpu":
+        return torch.empty(shape, dtype=dtype, device=device)
     cache = getattr(_WORKSPACE, "buffers", None)
     if cache is None:
         cache = _WORKSPACE.buffers = {}
-    buffer = cache.get(key) if x.device.type == "cpu" else None
+    key = (tag, shape, dtype)
+    buffer = cache.get(key)
     if buffer is None:
-        buffer = torch.empty((rows, p.padded), dtype=p.dtype, device=x.device)
-        buffer[:, p.in_size:].zero_()
-        if x.device.type == "cpu":
-            if len(cache) >= 8:  # another video size: drop the old buffers
-                cache.clear()
-            cache[key] = buffer
-    buffer[:, :p.in_size].view(x.shape).copy_(x)
+        if len(cache) >= 16:  # another video size: drop the old buffers
+            cache.clear()
+        buffer = cache[key] = torch.empty(shape, dtype=dtype, device=device)
     return buffer
 
 
-def _apply_pass(x: torch.Tensor, p: _BandedPass) -> list[torch.Tensor]:
-    """``x (M, padded)`` → each plane's ``(out_size, M)``: the filter along the last axis, transposed."""
-    m = x.shape[0]
-    windows = x.unfold(1, p.span, p.stride)[:, :p.weights.shape[0]].permute(1, 2, 0)  # (J, span, M), a view
-    out = torch.bmm(p.weights, windows).view(-1, m)  # (J * planes * block, M)
-    return [out.index_select(0, p.pick + plane * p.block) for plane in range(p.planes)]
+def _horizontal(x: torch.Tensor, p: _BandedPass) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """The pass along the last axis of ``x (n, 3, H, W)`` (any dtype, any strides).
+
+    Returns ``sums (n * 3 * H, windows, block)`` (row-major: the slots of each row in order) and the
+    exact float64 recount of the sums at flat indices into it. The input is copied once into a
+    zero-padded buffer of the pass's dtype whose windows are a plain strided view, so the product
+    reads them in place and writes each window's outputs straight into their place in the rows."""
+    rows = x.numel() // x.shape[-1]
+    buffer = _workspace((rows, p.padded), p.dtype, x.device, "horizontal")
+    if p.padded > p.in_size:
+        buffer[:, p.in_size:].zero_()
+    buffer[:, :p.in_size].view(x.shape).copy_(x)
+    windows = buffer.unfold(1, p.span, p.stride)[:, :p.windows].transpose(0, 1)  # (J, rows, span), a view
+    sums = _workspace((rows, p.windows, p.block), p.dtype, x.device, "horizontal sums")
+    torch.bmm(windows, p.weights, out=sums.transpose(0, 1))
+
+    def recount(flat: torch.Tensor) -> torch.Tensor:
+        slot = flat % p.block
+        j = (flat // p.block) % p.windows
+        row = flat // (p.block * p.windows)
+        return (windows[j, row].to(torch.float64) * p.exact_weights[j, slot]).sum(dim=1)
+
+    return sums, recount
+
+
+def _vertical(y: torch.Tensor, p: _BandedPass) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """The pass along the middle axis of ``y (m, padded, C)``, zero past ``in_size`` rows.
+
+    Returns ``sums (m, windows, block, C)`` and the exact float64 recount of the sums at flat
+    indices into it. One batched product over all windows (one op: with several threads on a busy
+    machine each op pays for waking them, so a loop over windows costs far more than the copy of
+    the overlapping windows that the product makes)."""
+    m, _, c = y.shape
+    windows = y.unfold(1, p.span, p.stride)[:, :p.windows].transpose(2, 3)  # (m, J, span, C), a view
+    sums = torch.matmul(p.weights.transpose(1, 2), windows)  # (m, J, block, C)
+
+    def recount(flat: torch.Tensor) -> torch.Tensor:
+        col = flat % c
+        slot = (flat // c) % p.block
+        j = (flat // (c * p.block)) % p.windows
+        frame = flat // (c * p.block * p.windows)
+        taps = j[:, None] * p.stride + torch.arange(p.span, device=y.device)
+        pixels = y[frame[:, None], taps, col[:, None]].to(torch.float64)
+        return (pixels * p.exact_weights[j, slot]).sum(dim=1)
+
+    return sums, recount
 
 
 def _floor_(x: torch.Tensor, divisor: float = 1.0) -> torch.Tensor:
@@ -225,19 +292,46 @@ def _floor_(x: torch.Tensor, divisor: float = 1.0) -> torch.Tensor:
     return (x if divisor == 1.0 else x.mul_(1.0 / divisor)).floor_()
 
 
-def _round_pil(planes: list[torch.Tensor], out: torch.Tensor) -> None:
-    """Pillow's ``clip8((sum + 2**21) >> 22)`` of a pass's planes (scaled by 2**-22), into ``out``.
+# x + 1.5 * 2**(mantissa bits) - the same rounds |x| < 2**(mantissa bits - 1) to the nearest integer
+ROUNDING_MAGIC = {torch.float32: float(3 << 22), torch.float64: float(3 << 51)}
 
-    One float64 plane: ``floor(acc + 1/2)``. Two float32 planes ``high + low`` (``low < 2``):
-    ``q = floor(high + 1/2)`` and ``q + floor((high + 1/2 - q) + low)``, each step exact (at most 24
-    significant bits, :func:`_digit_planes`), where ``high + low`` itself would round."""
-    if len(planes) == 1:
-        torch.clamp(_floor_(planes[0].add_(0.5)), 0, 255, out=out)
-        return
-    high, low = planes
-    q = _floor_(high.add_(0.5).clone())
-    _floor_(high.sub_(q).add_(low)).add_(q)
-    torch.clamp(high, 0, 255, out=out)
+
+def _flat_above(x: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The flat indices (int64) of the values of a contiguous ``x`` above ``threshold``, through
+    NumPy on the CPU: torch's CPU comparison and ``nonzero`` each take several times as long."""
+    if x.device.type == "cpu":
+        return torch.from_numpy(np.flatnonzero(x.numpy().reshape(-1) > threshold))
+    return (x.view(-1) > threshold).nonzero().view(-1)
+
+
+def _round_pil(sums: torch.Tensor, recount: Callable[[torch.Tensor], torch.Tensor], p: _BandedPass,
+               out: torch.Tensor) -> None:
+    """Pillow's ``clip8((sum + 2**21) >> 22)`` of a pass's contiguous ``sums`` (scaled by 2**-22), into ``out``.
+
+    Exact sums (float64) round as ``floor(acc + 1/2)``. Float32 sums may be up to ``p.tolerance``
+    off: they round to the nearest integer, and where a sum is that close to a half-integer (a
+    tie included) ``recount(flat indices)`` gives the exact float64 sums there, which round as
+    Pillow does (about 1 sum in 1,000 is recounted; the rest are certain). ``sums`` is overwritten."""
+    if p.tolerance == 0:
+        rounded = sums.add_(0.5).floor_()
+    else:
+        rounded = _workspace(tuple(sums.shape), sums.dtype, sums.device, "rounded")
+        magic = ROUNDING_MAGIC[sums.dtype]
+        torch.add(sums, magic, out=rounded).sub_(magic)
+        distance = sums.sub_(rounded).abs_()  # exact: |sums| < 2**9; 1/2 at a tie
+        flat = _flat_above(distance, 0.5 - p.tolerance)
+        if flat.numel():
+            exact = recount(flat)  # products < 2**31 units of 2**-22, sums too: exact in float64
+            rounded.view(-1)[flat] = exact.add_(0.5).floor_().to(rounded.dtype)
+    if out.dtype == rounded.dtype:
+        torch.clamp(rounded, 0, 255, out=out)
+    else:  # the next pass runs in another dtype (the values are small integers: exact in both)
+        out.copy_(rounded.clamp_(0, 255))
+
+
+def _in_order(slots: torch.Tensor, p: _BandedPass, dim: int) -> torch.Tensor:
+    """The outputs of a pass, in order, from its ``windows * block`` slots along ``dim``."""
+    return slots if p.slot is None else slots.index_select(dim, p.slot)
 
 
 def _check(frames: torch.Tensor, size: tuple[int, int]) -> tuple[int, int]:
@@ -251,10 +345,14 @@ def _check(frames: torch.Tensor, size: tuple[int, int]) -> tuple[int, int]:
     return height, width
 
 
-def _chunks(frames: torch.Tensor):
-    """Frames a few at a time on the CPU (buffers the allocator reuses), all at once elsewhere."""
+def _chunks(frames: torch.Tensor, size: tuple[int, int]):
+    """Frames a few at a time, so that the intermediates (a few float copies of the larger of the
+    source and target frame) stay under a fixed number of bytes whatever the batch and frame size;
+    the CPU's budget is small enough for its caches and reused buffers."""
     b, h, w, _ = frames.shape
-    step = b if frames.device.type != "cpu" else max(1, CPU_CHUNK_BYTES // (h * w * 3 * 4))
+    budget = CPU_CHUNK_BYTES if frames.device.type == "cpu" else DEVICE_CHUNK_BYTES
+    per_frame = max(h * w, size[0] * size[1], h * size[1]) * 3 * 8
+    step = max(1, min(b, budget // per_frame))
     for i in range(0, b, step):
         yield i, frames[i:i + step]
 
@@ -277,27 +375,30 @@ def resize_bicubic_pil(frames: torch.Tensor, size: tuple[int, int]) -> torch.Ten
         return frames
     device = frames.device
     out = torch.empty((b, height, width, 3), dtype=torch.uint8, device=device)
+    px = _cached_pil_pass(w, width, device) if w != width else None
+    py = _cached_pil_pass(h, height, device) if h != height else None
     with torch.autocast(device.type, enabled=False):
-        for i, chunk in _chunks(frames):
+        for i, chunk in _chunks(frames, size):
             n = chunk.shape[0]
-            # planes (n, 3, H, W); each pass filters the last axis and puts its result first:
-            # (n, 3, H, W) -> (W', n, 3, H) -> (H', W', n, 3)
-            x = chunk.permute(0, 3, 1, 2)
-            if w != width:
-                px = _cached_pil_pass(w, width, device)
-                planes = _apply_pass(_padded_input(x, px), px)
-                x = torch.empty((width, n, 3, h), dtype=planes[0].dtype, device=device)
-                _round_pil(planes, x.view(width, -1))
-            else:
-                x = x.permute(3, 0, 1, 2)
-            if h != height:
-                py = _cached_pil_pass(h, height, device)
-                planes = _apply_pass(_padded_input(x, py), py)
-                x = torch.empty((height, width, n, 3), dtype=planes[0].dtype, device=device)
-                _round_pil(planes, x.view(height, -1))
-            else:
-                x = x.permute(3, 0, 1, 2)
-            out[i:i + n].copy_(x.permute(2, 0, 1, 3))
+            x = chunk.permute(0, 3, 1, 2)  # planes (n, 3, H, W): each pass filters one axis of a plane
+            if px is not None:
+                sums, recount = _horizontal(x, px)  # (n * 3 * H, J, block)
+                _round_pil(sums, recount, px, sums)
+                slots = sums.view(n * 3 * h, -1)
+                if px.slot is None:
+                    x = slots.view(n, 3, h, width)
+                else:
+                    x = _workspace((n * 3 * h, width), px.dtype, device, "horizontal out")
+                    torch.index_select(slots, 1, px.slot, out=x)
+                    x = x.view(n, 3, h, width)
+            if py is not None:
+                y = _workspace((n * 3, py.padded, width), py.dtype, device, "vertical")
+                y[:, h:].zero_()
+                y[:, :h].view(n, 3, h, width).copy_(x)
+                sums, recount = _vertical(y, py)  # (n * 3, J, block, W')
+                _round_pil(sums, recount, py, sums)
+                x = _in_order(sums.view(n, 3, -1, width), py, 2)
+            out[i:i + n].copy_(x.permute(0, 2, 3, 1))
     return out
 
 
@@ -330,7 +431,7 @@ def _cv2_horizontal(in_size: int, out_size: int, device: torch.device) -> _Bande
     # two taps of 11-bit weights on 8-bit pixels: every sum below 2**20, exact in float32 (and no
     # float32 product setting can round integers this small)
     dtype = torch.float32 if _float32_is_ieee(device) else torch.float64
-    return _banded_pass(in_size, offset, [np.stack([w0, w1], axis=1).astype(np.float64)], device, dtype)
+    return _banded_pass(in_size, offset, np.stack([w0, w1], axis=1).astype(np.float64), device, dtype)
 
 
 @lru_cache(maxsize=64)
@@ -339,7 +440,7 @@ def _cv2_vertical(in_size: int, out_size: int, device: torch.device) -> tuple[to
     rows0, rows1 = np.clip(offset, 0, in_size - 1), np.clip(offset + 1, 0, in_size - 1)  # rows clamp
     as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)  # noqa: E731
     return (as_tensor(rows0, torch.int64), as_tensor(rows1, torch.int64),
-            as_tensor(w0 / 65536.0, torch.float64).view(-1, 1, 1), as_tensor(w1 / 65536.0, torch.float64).view(-1, 1, 1))
+            as_tensor(w0 / 65536.0, torch.float64).view(-1, 1), as_tensor(w1 / 65536.0, torch.float64).view(-1, 1))
 
 
 def resize_linear_cv2(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -367,25 +468,27 @@ def resize_linear_cv2(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tens
         with _CACHE_LOCK:
             px = _cv2_horizontal(w, width, device)
             rows0, rows1, b0, b1 = _cv2_vertical(h, height, device)
-        for i, chunk in _chunks(frames):
+        for i, chunk in _chunks(frames, size):
             n = chunk.shape[0]
-            # the horizontal sums (11 fraction bits) of every row, (W', n, 3, H)
-            (sums,) = _apply_pass(_padded_input(chunk.permute(0, 3, 1, 2), px), px)
+            # the horizontal sums (11 fraction bits) of every row of every plane, (n, 3, H, W')
+            sums, _ = _horizontal(chunk.permute(0, 3, 1, 2), px)  # (n * 3 * H, J, block)
             if h == height:
-                # rows map to themselves with weights (2048, 0): the rounding is ((D >> 9) + 2) >> 2
-                v = _floor_(_floor_(sums.view(width, n, 3, h), 512).add_(2), 4)
-                out[i:i + n].copy_(v.permute(1, 3, 0, 2))
+                # rows map to themselves with weights (2048, 0): ((D >> 9) + 2) >> 2 = (D + 1024) >> 11,
+                # which is the nearest integer to (D + 1/2) / 2**11 (never a tie): exact float adds
+                magic = ROUNDING_MAGIC[sums.dtype]
+                v = sums.add_(0.5).mul_(1.0 / 2048).add_(magic).sub_(magic)
+                v = _in_order(v.view(n * 3 * h, -1), px, 1).view(n, 3, h, width)
+                out[i:i + n].copy_(v.permute(0, 2, 3, 1))
                 continue
-            # rows first (contiguous rows to gather), then S >> 4 (exact in float: S < 2**20)
-            rows = torch.empty((h, width, n * 3), dtype=sums.dtype, device=device)
-            rows.copy_(sums.view(width, n * 3, h).permute(2, 0, 1))
-            _floor_(rows, 16)
+            sums = _in_order(sums.view(n * 3 * h, -1), px, 1).view(n, 3, h, width)
+            # S >> 4 (exact in float: S < 2**20), then whole rows gathered
+            _floor_(sums, 16)
             # the 8-bit VResizeLinear rounding: ((b0*(S0>>4))>>16) + ((b1*(S1>>4))>>16) + 2) >> 2, in
             # float64 (products below 2**27 with 16 fraction bits: exact) with the weights over 2**16
-            t0 = _floor_(rows.index_select(0, rows0).to(torch.float64).mul_(b0))
-            t1 = _floor_(rows.index_select(0, rows1).to(torch.float64).mul_(b1))
+            t0 = _floor_(sums.index_select(2, rows0).to(torch.float64).mul_(b0))
+            t1 = _floor_(sums.index_select(2, rows1).to(torch.float64).mul_(b1))
             v = _floor_(t0.add_(t1).add_(2), 4)
-            out[i:i + n].copy_(v.view(height, width, n, 3).permute(2, 0, 1, 3))
+            out[i:i + n].copy_(v.permute(0, 2, 3, 1))
     return out
 
 

@@ -8,7 +8,7 @@ configuration is :class:`~liftvid.models.uplift_config.UPLiFTConfig`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -343,7 +343,9 @@ class UPLiFT(nn.Module):
             x = self.ref_outc(self.refiner(x))
         return x
 
-    def forward(self, images: torch.Tensor, features: torch.Tensor, iterations: int = 1) -> torch.Tensor:
+    def iter_steps(self, images: torch.Tensor, features: torch.Tensor, iterations: int = 1) -> Iterator[torch.Tensor]:
+        """Each step's output in turn, ``(B, C, f h, f w)``, ``(B, C, f² h, f² w)``, …: the one loop
+        behind :meth:`forward` (which keeps only the last) and :func:`uplift_steps` (which keeps all)."""
         if features.shape[1] != self.in_channels:
             raise ValueError(f"UPLiFT expects {self.in_channels} feature channels, got {features.shape[1]}")
         encoded = None
@@ -354,6 +356,11 @@ class UPLiFT(nn.Module):
                     images, [int(s * self.config.up_factor ** i) for s in images.shape[-2:]])
                 encoded = self.encode(scaled)
             features = self.step(features, encoded)
+            yield features
+
+    def forward(self, images: torch.Tensor, features: torch.Tensor, iterations: int = 1) -> torch.Tensor:
+        for features in self.iter_steps(images, features, iterations):
+            pass
         return features
 
 
@@ -520,15 +527,7 @@ def uplift_steps(uplift: UPLiFT, images: torch.Tensor, features: torch.Tensor, i
         ``[(B, C, f h, f w), (B, C, f² h, f² w), …]``, ``iterations`` grids; the last equals
         ``uplift(images, features, iterations)``.
     """
-    outputs, encoded = [], None
-    for i in range(iterations):
-        if encoded is None or not uplift.config.share_encoder:
-            scaled = images if i == 0 else tv_resize(
-                images, [int(s * uplift.config.up_factor ** i) for s in images.shape[-2:]])
-            encoded = uplift.encode(scaled)
-        features = uplift.step(features, encoded)
-        outputs.append(features)
-    return outputs
+    return list(uplift.iter_steps(images, features, iterations))
 
 
 def save_uplift(path: str | Path, uplift: UPLiFT, metadata: dict[str, str] | None = None) -> Path:

@@ -117,3 +117,20 @@ def random_lift_checkpoint(path: Path) -> Path:
             module.running_mean.uniform_(-0.1, 0.1)
             module.running_var.uniform_(0.5, 1.5)
     return save_lift_checkpoint(path, lift, bb)
+
+
+def random_state(model, seed: int = 0, scale: float = 0.3) -> dict:
+    """Seeded random weights for ``model``'s state dict, with BatchNorm statistics far from identity
+    (running variances in [0.5, 1.5)), so checks and round trips see them."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for k, v in model.state_dict().items():
+        if not v.is_floating_point():
+            state[k] = v
+        elif k.endswith("running_var"):
+            state[k] = torch.rand(v.shape, generator=g) + 0.5
+        else:
+            state[k] = torch.randn(v.shape, generator=g) * scale
+    return state

@@ -19,7 +19,7 @@ from liftvid.models.uplift import UPLiFT
 from liftvid.models.uplift_config import UPLIFT_DINOV3_SPLUS16
 from liftvid.pipelines.extract import ExtractOptions, extract_videos
 
-from .conftest import TINY_VIT, random_lift_checkpoint
+from .conftest import TINY_VIT, random_lift_checkpoint, random_state
 
 DATA = Path(__file__).parent / "data"
 runner = CliRunner()
@@ -37,20 +37,6 @@ def _error_line(output: str) -> str:
     return errors[0]
 
 
-def _random_uplift_state(config, seed=0):
-    model = UPLiFT(config)
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for k, v in model.state_dict().items():
-        if not v.is_floating_point():
-            state[k] = v
-        elif k.endswith("running_var"):
-            state[k] = torch.rand(v.shape, generator=g) + 0.5
-        else:
-            state[k] = torch.randn(v.shape, generator=g) * 0.05
-    return state
-
-
 @pytest.fixture(scope="module")
 def tiny_uplift(tmp_path_factory) -> tuple[Path, Path]:
     """Random UPLiFT weights for the 192-channel, patch-16 tiny ViT (.safetensors) and their YAML,
@@ -59,7 +45,7 @@ def tiny_uplift(tmp_path_factory) -> tuple[Path, Path]:
 
     d = tmp_path_factory.mktemp("uplift")
     weights = d / "uplift_tiny16.safetensors"
-    save_file(_random_uplift_state(TINY_CONFIG), str(weights))
+    save_file(random_state(UPLiFT(TINY_CONFIG), scale=0.05), str(weights))
     yaml_path = d / "uplift_tiny16.yaml"
     yaml_path.write_text((DATA / "uplift_dinov3-splus16.yaml").read_text()
                          .replace("channel: 384", "channel: 192")
@@ -146,7 +132,7 @@ def test_uplift_that_does_not_fit_the_backbone_is_one_line_before_any_work(tmp_p
     from safetensors.torch import save_file
 
     released = tmp_path / "uplift_dinov3-splus16.safetensors"
-    save_file(_random_uplift_state(UPLIFT_DINOV3_SPLUS16), str(released))
+    save_file(random_state(UPLiFT(UPLIFT_DINOV3_SPLUS16), scale=0.05), str(released))
     store = tmp_path / "out.zarr"
     # inferred: the weights are the released 384-channel architecture, the tiny ViT gives 192
     result = runner.invoke(app, ["extract", str(video_dir), str(store), *BASE, "--uplift", str(released)])

@@ -15,6 +15,8 @@ from liftvid.models.uplift import (UPLiFT, UPLiFTCheckpointError, infer_uplift_c
 from liftvid.models.uplift_config import (UPLIFT_DINOV2_S14, UPLIFT_DINOV3_SPLUS16, UPLiFTConfig,
                                           UPLiFTConfigError)
 
+from .conftest import random_state
+
 DATA = Path(__file__).parent / "data"
 # the release's 17-neighbourhood, in its order (uplift/uplift.py, LocalAttender): channel d of the
 # attender's logits weighs the value cell at offset d
@@ -30,20 +32,6 @@ def release_state_table() -> dict[str, tuple[int, ...]]:
         key, shape = line.split("\t")
         table[key] = tuple(int(s) for s in shape.split(",")) if shape else ()
     return table
-
-
-def random_state(model: torch.nn.Module, seed: int = 0, scale: float = 0.3) -> dict[str, torch.Tensor]:
-    """Random weights with BatchNorm statistics far from identity, so the check sees them."""
-    g = torch.Generator().manual_seed(seed)
-    state = {}
-    for k, v in model.state_dict().items():
-        if not v.is_floating_point():
-            state[k] = v
-        elif k.endswith("running_var"):
-            state[k] = torch.rand(v.shape, generator=g) + 0.5
-        else:
-            state[k] = torch.randn(v.shape, generator=g) * scale
-    return state
 
 
 @pytest.mark.parametrize("config", [UPLIFT_DINOV2_S14, UPLIFT_DINOV3_SPLUS16], ids=lambda c: c.name)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import pickle
 from collections.abc import Callable, Mapping
 from typing import Any
+from .errors import LiftvidError
 
 LOCAL_SCHEDULERS = ("threads", "processes", "sync")
 
@@ -108,11 +109,11 @@ def _local_kwargs(scheduler: str, workers: int | None) -> dict[str, Any]:
     return kwargs
 
 
-class TaskError(Exception):
+class TaskError(LiftvidError):
     """A task's exception that could not travel back from a worker process as itself."""
 
 
-class ClusterResourceError(ValueError):
+class ClusterResourceError(LiftvidError, ValueError):
     """The cluster has no worker offering a resource the tasks ask for: they would wait forever."""
 
 

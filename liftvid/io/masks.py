@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..ops.propagate import resize_nearest
+from ..errors import LiftvidError
 
 MAX_OBJECTS = 255  # uint8 ids and the 256-entry palette
 VOID_LABEL = 255  # DAVIS: "void" pixels in indexed annotations, read as background
@@ -32,7 +33,7 @@ DAVIS_SUBDIR = Path("Annotations") / "480p"
 log = logging.getLogger(__name__)
 
 
-class MaskError(ValueError):
+class MaskError(LiftvidError, ValueError):
     """A mask that cannot be used: missing, unreadable, empty or with too many objects."""
 
 

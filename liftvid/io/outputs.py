@@ -42,6 +42,7 @@ import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
+from ..errors import LiftvidError
 
 PARTIAL = ".partial"  # infix of what is being written
 COMPLETE_MARKER = ".liftvid-complete"  # in a finished result folder: what wrote it
@@ -50,7 +51,7 @@ RECORD_SUFFIX = ".liftvid"  # .<name>.liftvid beside a file liftvid wrote: the p
 MADE_BY = "liftvid"
 
 
-class OutputError(ValueError):
+class OutputError(LiftvidError, ValueError):
     """An output path that cannot be used: it would overwrite an input, it holds something liftvid
     did not write, or it is of the wrong type (a folder for a file)."""
 

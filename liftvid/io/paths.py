@@ -13,6 +13,7 @@ store's ``<video>/`` group, ``<frames>/<video>/``. Each must be one safe compone
 from __future__ import annotations
 
 import os
+from ..errors import LiftvidError
 
 # names Zarr v3 (and v2 readers) give meaning to inside a group's folder, and liftvid's own root
 # array (a video group of that name would replace it)
@@ -20,7 +21,7 @@ ZARR_RESERVED = frozenset({"zarr.json", ".zattrs", ".zgroup", ".zarray", ".zmeta
 MAX_COMPONENT_BYTES = 255  # NAME_MAX of Linux and macOS filesystems
 
 
-class PathNameError(ValueError):
+class PathNameError(LiftvidError, ValueError):
     """A name that cannot be used as a single file or folder name (the message says which and why)."""
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ..errors import LiftvidError
 
 SCHEMA_VERSION = 1
 ATTRS_KEY = "liftvid"
@@ -58,7 +59,7 @@ SAFE_NAME_SUFFIX = "-video"
 _IDENTITY_KEYS = ("backbone", "lift", "uplift", "preprocessing", "feature_dtype", "feature_stride", "encoding")
 
 
-class StoreError(ValueError):
+class StoreError(LiftvidError, ValueError):
     """A store that cannot be used as asked: missing, or written with another configuration."""
 
 
@@ -1303,7 +1304,7 @@ class EncodingError(StoreError):
     """An encoding that cannot be applied: bad options, K above the channels, a store already lossy."""
 
 
-class EncodingRangeError(ValueError):
+class EncodingRangeError(LiftvidError, ValueError):
     """Encoded features that are not finite in the stored dtype (the video fails, the run goes on)."""
 
 

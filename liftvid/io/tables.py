@@ -18,6 +18,7 @@ import numpy as np
 from .outputs import claim_output, partial_folder, refuse_over_inputs, replace_folder, written_whole
 from ..ops.metrics import DAVIS_MEASURES, DavisReport, sample_tapvid_queries
 from ..ops.track import Tracks
+from ..errors import LiftvidError
 
 QUERY_COLUMNS = ("video_id", "t", "x", "y")
 TRACK_COLUMNS = ("video_id", "query", "t", "x", "y", "visible", "score")
@@ -247,7 +248,7 @@ _TAPVID_GLOBALS = frozenset({
 _TAPVID_REFUSAL = "a TAP-Vid pickle holds only arrays, lists, dicts, strings and numbers"
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(LiftvidError, ValueError):
     """A pickle that names a global outside what a TAP-Vid file holds (it could run code)."""
 
 

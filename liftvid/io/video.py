@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..ops.resize import FrameResize
+from ..errors import LiftvidError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -41,11 +42,11 @@ READ_SPAN = 64  # most frames decoded in one call: bounds memory when a stride s
 PYAV_FORMATS = frozenset({"mpegts", "mpeg", "mpegvideo"})
 
 
-class VideoInputError(ValueError):
+class VideoInputError(LiftvidError, ValueError):
     """A bad input path: missing, or a folder without videos."""
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(LiftvidError, RuntimeError):
     """A video that cannot be opened or decoded; the message names the file (one line)."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import LiftvidError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -44,7 +45,7 @@ BACKBONES: dict[str, BackboneSpec] = {
 }
 
 
-class BackboneError(ValueError):
+class BackboneError(LiftvidError, ValueError):
     """A backbone that cannot be built: unknown name, bad layer/facet, unusable weights."""
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 from torch import nn
+from ..errors import LiftvidError
 
 if TYPE_CHECKING:
     from .backbone import Backbone
@@ -21,7 +22,7 @@ IMAGE_CHANNELS = 32  # width of LiFT's image branch
 CHECKPOINT_FORMAT = 1
 
 
-class LiftCheckpointError(ValueError):
+class LiftCheckpointError(LiftvidError, ValueError):
     """A LiFT checkpoint that cannot be read or does not belong to the backbone of the run."""
 
 

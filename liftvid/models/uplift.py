@@ -17,6 +17,7 @@ from torch import nn
 
 from .uplift_config import (RELEASED_UPLIFTS, BlockGroupConfig, EncoderConfig, ResampleConfig, UPLiFTConfig,
                             UPLiFTConfigError)
+from ..errors import LiftvidError
 
 # the release's neighbourhoods: (row, col) offsets of the low-resolution cells each output mixes
 NEIGHBOUR_OFFSETS: dict[int, tuple[tuple[int, int], ...]] = {
@@ -31,7 +32,7 @@ NEIGHBOUR_OFFSETS: dict[int, tuple[tuple[int, int], ...]] = {
 PRESCALE_PATCH, PRESCALE_TO = 14, 16
 
 
-class UPLiFTCheckpointError(ValueError):
+class UPLiFTCheckpointError(LiftvidError, ValueError):
     """An UPLiFT checkpoint that cannot be read or does not fit the configuration or the backbone."""
 
 

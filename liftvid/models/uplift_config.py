@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from ..errors import LiftvidError
 
 # block kinds, in liftvid's terms → the release's YAML names
 BLOCK_KINDS = {"identity": "IdentityBlock", "conv": "SingleConv", "double-conv": "DoubleConv",
@@ -22,7 +23,7 @@ NEIGHBOURHOODS = (5, 9, 13, 17, 25)  # the Local Attender's neighbourhood sizes
 MAX_STEPS = 4  # the release supports 0..4 encoder down-steps and decoder up-steps
 
 
-class UPLiFTConfigError(ValueError):
+class UPLiFTConfigError(LiftvidError, ValueError):
     """An UPLiFT configuration that liftvid cannot build (unknown key, unsupported value)."""
 
 

@@ -33,6 +33,7 @@ from ..models.extractor import FeatureExtractor, resolve_device
 from ..models.lift import load_lift_checkpoint
 from ..models.uplift import UPLiFT, UPLiFTCheckpointError, infer_uplift_config, load_uplift
 from ..models.uplift_config import UPLiFTConfig
+from ..errors import LiftvidError
 
 MAX_PENDING_WRITES = 4  # batches of one video in flight to the writer threads: bounds host memory
 MAX_VIDEOS_AWAITING_WRITES = 2  # videos computed whose last writes have not landed yet
@@ -142,7 +143,7 @@ class _NoProgress:
     def video_finished(self, result): pass
 
 
-class FeatureRangeError(ValueError):
+class FeatureRangeError(LiftvidError, ValueError):
     """A batch of features that is not finite once cast to the stored dtype (float16 saturates at
     ±65504): the video fails with this message, the run goes on."""
 

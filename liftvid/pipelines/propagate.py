@@ -27,6 +27,7 @@ from ..io.video import VideoInputError, read_source_frames
 from ..models.extractor import resolve_device
 from ..ops.geometry import RADIUS_UNITS, mask_upsampling_factor
 from ..ops.propagate import N_LAST, RADIUS, TEMPERATURE, TOPK, iter_propagate, labels_to_masks, masks_to_labels
+from ..errors import LiftvidError
 
 MASKS_ARRAY = "masks"
 MASK_DIMS = ("frame", "height", "width")
@@ -35,7 +36,7 @@ RESULT_KIND = "propagate masks"  # the kind of output a results folder <out>/<vi
 OVERLAY_KIND = "propagate overlay"
 
 
-class PropagateError(ValueError):
+class PropagateError(LiftvidError, ValueError):
     """A video that cannot be propagated as asked (the message names it and says why)."""
 
 

@@ -17,7 +17,9 @@ from PIL import Image
 from liftvid.io import store as st
 from liftvid.models.backbone import Backbone
 from liftvid.io.encode import synthetic_frames
-from liftvid.io.video import Resize, find_sources, open_video, read_frames
+from liftvid.io.frame_size import Resize
+from liftvid.io.sources import find_sources
+from liftvid.io.video import open_video, read_frames
 
 from .conftest import TINY_VIT, random_lift_checkpoint
 

@@ -65,7 +65,7 @@ train:
   multi_step: True
   lat_aug: 0
 """
-TINY = TrainOptions(backbone=TINY_VIT, weights="random", method="uplift", frames_per_video=6, held_out=4, workers=2,
+TINY = TrainOptions(backbone=TINY_VIT, weights="random", method="uplift", frames_per_video=6, held_out=4, loader_threads=2,
                     device="cpu")
 CLI_BASE = ["--backbone", TINY_VIT, "--weights", "random", "--method", "uplift", "--frames-per-video", "4",
             "--held-out", "2", "--device", "cpu", "--workers", "2"]

@@ -20,7 +20,7 @@ from liftvid.models.uplift import (UPLiFT, UPLiFTCheckpointError, infer_uplift_c
 from liftvid.models.uplift_config import RELEASED_UPLIFTS, TrainingConfig, UPLiFTConfig
 from liftvid.models.uplift_objective import uplift_objective
 from liftvid.pipelines.train import TrainOptions, train_lift
-from liftvid.pipelines.uplift_training import train_state_path
+from liftvid.io.checkpoints import train_state_path
 
 from .conftest import TINY_VIT
 from .test_security import _RunsCode

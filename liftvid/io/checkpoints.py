@@ -2,7 +2,8 @@
 writer (:meth:`TrainState.to_metadata`) and its reader (:meth:`TrainState.from_metadata`) side by side.
 
 The record is the checkpoint's metadata dict (``save_lift_checkpoint``'s ``liftvid`` entry, or the
-UPLiFT ``.train-state`` file): plain values and tensors only, so files load with
+UPLiFT ``OUT.train-state`` file, written and read here: :func:`write_uplift_train_state`,
+:func:`read_uplift_train_state`): plain values and tensors only, so files load with
 ``torch.load(weights_only=True)``; nothing here unpickles a file. Its layout:
 ``training`` (the settings), ``init`` (``--init`` file and its SHA-256), ``state`` (epoch, step,
 Adam's state, ``rng``: seed, next epoch, torch's RNG state), ``held_out`` (the last check),
@@ -11,10 +12,18 @@ Adam's state, ``rng``: seed, next epoch, torch's RNG state), ``held_out`` (the l
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
+
+from ..models.backbone import checkpoint_read_error
+from ..models.uplift import UPLiFTCheckpointError
+
+UPLIFT_STATE_FORMAT = "liftvid-uplift-train-state/1"
+UPLIFT_STATE_SUFFIX = ".train-state"
 
 
 @dataclass
@@ -93,3 +102,32 @@ def tensors_to_cpu(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return type(obj)(tensors_to_cpu(v) for v in obj)
     return obj
+
+
+def train_state_path(out: str | Path) -> Path:
+    """Where the training state of an UPLiFT ``OUT`` lives: ``OUT.train-state`` beside it."""
+    out = Path(out)
+    return out.with_name(out.name + UPLIFT_STATE_SUFFIX)
+
+
+def write_uplift_train_state(path: Path, record: dict[str, Any]) -> None:
+    """Write ``record`` (tensors and plain values; its ``format`` set here) to ``path`` whole: a
+    temporary file, then a rename, so ``path`` is always one complete epoch."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": UPLIFT_STATE_FORMAT, **record}, tmp)
+    os.replace(tmp, path)
+
+
+def read_uplift_train_state(path: Path) -> dict[str, Any]:
+    """The record of an UPLiFT training-state file, loaded with ``weights_only=True`` (never unpickled).
+
+    Raises:
+        UPLiFTCheckpointError: unreadable, not a tensor file, or not a liftvid UPLiFT training state.
+    """
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UPLiFTCheckpointError(checkpoint_read_error(path, exc, "UPLiFT training state")) from None
+    if not isinstance(record, dict) or record.get("format") != UPLIFT_STATE_FORMAT:
+        raise UPLiFTCheckpointError(f"{path}: not a liftvid UPLiFT training state")
+    return record

@@ -79,6 +79,11 @@ class VideoReader:
         self.close()
 
     @property
+    def decoder(self) -> Decoder:
+        """The :class:`~liftvid.io.decoders.Decoder` the frames come from (which library reads the source)."""
+        return self._decoder
+
+    @property
     def frame_numbers(self) -> np.ndarray:
         """``(n_frames,) int64``: the source frame number of each decoded position: the position
         itself for video files, the number in the file's name for a frame folder that numbers its

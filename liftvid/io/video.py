@@ -40,7 +40,6 @@ def sample_indices(n_frames: int, stride: int = 1, max_frames: int | None = None
     return np.arange(0, max(0, int(n_frames)), stride, dtype=np.int64)[:max_frames]
 
 
-
 _END = object()
 
 

@@ -3,7 +3,9 @@
 LiFT (``--method lift``, :mod:`liftvid.models.lift_objective`): LiFT(x/2, f(x/2)) learns to reproduce
 f(x) and LiFT(x/4, f(x/4)) f(x/2). UPLiFT (``--method uplift``, :mod:`liftvid.models.uplift_objective`,
 files and defaults in :mod:`.uplift_training`): multi-scale self-distillation over its iterative
-steps. No labels. Both run through the same loop: sampling, held-out check, checkpoints, resume.
+steps. No labels. Both run through this module's loop: held-out check, checkpoints, resume; the frames
+come from :mod:`.training_data`, the colour jitter from :mod:`liftvid.ops.jitter`, and what a
+checkpoint records beside the weights is a :class:`~liftvid.io.checkpoints.TrainState`.
 
 Everything random in a run is a function of ``(seed, epoch)``: which frames an epoch samples, their
 order and their colour jitter. Resuming from an epoch checkpoint therefore reproduces the
@@ -371,7 +373,7 @@ def _train_step(run: _Run, frames: np.ndarray, options: TrainOptions, jitter_rng
 def step_throughput(options: TrainOptions, steps: int = 10, warmup: int = 2) -> float:
     """Training images/s of the model alone: ``steps`` optimizer steps (after ``warmup``) on random
     ``batch_size × S × S`` frames already in memory, so no decoding; compare with an epoch's rate to
-    see whether the decode workers keep up."""
+    see whether the loader threads keep up."""
     options, backbone, method = _prepare(options)
     device = resolve_device(options.device)
     run = _start(replace(options, resume=False, init=None), backbone, method, Path("-"), device, _NoProgress())

@@ -113,7 +113,8 @@ def open_decoder(path: Path, kind: str, fps: float, num_threads: int = 0,
 
 
 def one_line(exc: BaseException) -> str:
-    """An exception as one line (what error messages quote), without decord's ``[time] file.cc:123:`` prefix or stack text."""
+    """An exception as one line (what error messages quote), without decord's ``[time] file.cc:123:``
+    prefix or stack text."""
     text = str(getattr(exc, "strerror", None) or exc).strip().splitlines()
     line = text[0] if text else type(exc).__name__
     line = re.sub(r"^(\[[\d:]+\]\s*\S+:\d+:\s*)+", "", line)  # decord2 nests them: worker, then cause

@@ -243,7 +243,8 @@ def open_video(source: VideoSource, resize: Resize, patch_size: int, fps: float 
 def open_model_video(source: VideoSource, resize: Resize, patch_size: int, fps: float = DEFAULT_FPS,
                      num_threads: int = 0) -> VideoReader:
     """:func:`open_video` for frames a ViT will read: also refuses a model input of more patches
-    than :func:`~liftvid.io.frame_size.max_patches` (:func:`~liftvid.io.frame_size.check_model_input`), before any frame is decoded.
+    than :func:`~liftvid.io.frame_size.max_patches`
+    (:func:`~liftvid.io.frame_size.check_model_input`), before any frame is decoded.
 
     Raises:
         VideoDecodeError: as :func:`open_video`, or too many patches (one line naming the file,

@@ -37,8 +37,8 @@ _EXPORTS = {
     "compute_tapvid_metrics": "ops.metrics", "evaluate_sequence": "ops.metrics",
     "DAVIS_MEASURES": "ops.metrics", "db_eval_boundary": "ops.metrics", "db_eval_iou": "ops.metrics",
     # io
-    "find_sources": "io.video", "open_video": "io.video", "read_frames": "io.video", "Resize": "io.video",
-    "VideoSource": "io.video",
+    "find_sources": "io.sources", "open_video": "io.video", "read_frames": "io.video", "Resize": "io.frame_size",
+    "VideoSource": "io.sources",
     "read_mask": "io.masks", "write_mask": "io.masks", "DAVIS_PALETTE": "io.masks",
     "read_queries_csv": "io.tables", "write_davis_csv": "io.tables", "read_tracks_csv": "io.tables", "load_tapvid": "io.tables",
     "write_video": "io.encode", "synthetic_frames": "io.encode", "write_synthetic_video": "io.encode",

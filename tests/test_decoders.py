@@ -15,8 +15,10 @@ import numpy as np
 import pytest
 
 from liftvid.io.encode import synthetic_frames, write_video
-from liftvid.io.video import (VideoDecodeError, _decord_width_ok, find_sources, open_video, read_frames,
-                              read_source_frames, Resize)
+from liftvid.io.decoders import VideoDecodeError, decord_width_ok
+from liftvid.io.frame_size import Resize
+from liftvid.io.sources import find_sources
+from liftvid.io.video import open_video, read_frames, read_source_frames
 
 SHARED_CLIPS = ("apple.mp4", "backpack.mp4", "cat.mp4", "paragliding.mp4")
 HANG_LIMIT_S = 60  # a read that takes longer has deadlocked (each here takes well under a second)
@@ -100,7 +102,7 @@ def test_odd_sizes_decode_as_pyav(tmp_path, size):
     expected = _pyav_frames(path)
     assert expected.shape == (5, *size, 3)
     assert np.array_equal(_liftvid_frames(path), expected)
-    assert _decord_width_ok(size[1])
+    assert decord_width_ok(size[1])
     assert np.array_equal(decord.VideoReader(str(path)).get_batch(range(5)).asnumpy(), expected)
 
 
@@ -116,7 +118,7 @@ def test_every_width_decord_cannot_give_is_flagged_and_read_through_pyav(tmp_pat
         if not ok:
             misread.append(width)
     # whatever decord's alignment on this machine, every width it misreads is one liftvid tries first
-    assert misread and not [w for w in misread if _decord_width_ok(w)], misread
+    assert misread and not [w for w in misread if decord_width_ok(w)], misread
     for width in misread[-3:]:
         path = write_video(tmp_path / f"m{width}.mp4", synthetic_frames(6, 18, width, seed=width), fps=24)
         assert np.array_equal(_liftvid_frames(path), _pyav_frames(path))

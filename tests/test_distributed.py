@@ -21,7 +21,7 @@ from liftvid.cli import app
 from liftvid.io.encode import synthetic_frames, write_video
 from liftvid.pipelines.analysis import open_store
 from liftvid.pipelines.extract import ExtractOptions, extract_one, extract_videos
-from liftvid.io.video import find_sources
+from liftvid.io.sources import find_sources
 
 from .conftest import TINY_VIT
 from .test_extract import _assert_stores_equal, _read_store

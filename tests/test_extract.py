@@ -17,7 +17,9 @@ from liftvid.cli import app
 from liftvid.io.encode import synthetic_frames, write_video
 from liftvid.pipelines.extract import ExtractOptions, extract_videos
 from liftvid.models.lift import LiFT, save_lift_checkpoint
-from liftvid.io.video import Resize, find_sources, open_video, read_frames, sample_indices
+from liftvid.io.frame_size import Resize
+from liftvid.io.sources import find_sources
+from liftvid.io.video import open_video, read_frames, sample_indices
 
 from .conftest import TINY_VIT, random_lift_checkpoint, start_held_run, wait_until_held
 

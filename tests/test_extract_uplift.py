@@ -13,7 +13,9 @@ from typer.testing import CliRunner
 
 from liftvid.cli import app
 from liftvid.io import store as st
-from liftvid.io.video import Resize, find_sources, open_video, read_frames, sample_indices
+from liftvid.io.frame_size import Resize
+from liftvid.io.sources import find_sources
+from liftvid.io.video import open_video, read_frames, sample_indices
 from liftvid.models.backbone import Backbone, file_sha256
 from liftvid.models.uplift import UPLiFT
 from liftvid.models.uplift_config import UPLIFT_DINOV3_SPLUS16

@@ -18,7 +18,10 @@ from typer.testing import CliRunner
 from liftvid.io import store as st
 from liftvid.cli import app
 from liftvid.io.encode import synthetic_frames, write_video
-from liftvid.io.video import Resize, VideoDecodeError, find_sources, open_video, read_frames
+from liftvid.io.decoders import VideoDecodeError
+from liftvid.io.frame_size import Resize
+from liftvid.io.sources import find_sources
+from liftvid.io.video import open_video, read_frames
 
 from .conftest import TINY_VIT
 

@@ -9,8 +9,10 @@ from typer.testing import CliRunner
 
 from liftvid.cli import app
 from liftvid.io import store as st
-from liftvid.io.video import (NATIVE_SPAN_BYTES, Resize, VideoDecodeError, VideoSource, open_model_video, open_video,
-                              read_frames, read_source_frames)
+from liftvid.io.decoders import NATIVE_SPAN_BYTES, FrameFolderDecoder, VideoDecodeError
+from liftvid.io.frame_size import MAX_PATCHES_ENV, Resize, max_patches
+from liftvid.io.sources import VideoSource
+from liftvid.io.video import open_model_video, open_video, read_frames, read_source_frames
 
 from .conftest import TINY_VIT
 
@@ -123,27 +125,28 @@ def test_frame_folders_without_numbers_are_numbered_by_position(tmp_path):
         assert reader.frame_numbers.tolist() == [0, 1, 2]
 
 
-def test_frame_folder_decoding_is_bounded_by_bytes_like_video_files(tmp_path, monkeypatch):
+def test_frame_folder_decoding_is_bounded_by_bytes_like_video_files(tmp_path):
     """A batch of large frames is read a few frames at a time (as mp4s are), never the whole batch
     at native size: at most NATIVE_SPAN_BYTES of native frames per read."""
-    import liftvid.io.video as video
-
     folder = tmp_path / "big"
     folder.mkdir()
     for i in range(6):
         Image.fromarray(np.full((64, 64, 3), i, np.uint8)).save(folder / f"{i:05d}.png")
-    monkeypatch.setattr(video, "NATIVE_SPAN_BYTES", 2 * 64 * 64 * 3)  # two native frames' worth
     reads = []
-    real = video._FolderFrames.read
 
-    def counted(self, start, stop):
-        reads.append(stop - start)
-        return real(self, start, stop)
+    class CountedFolder(FrameFolderDecoder):
+        def read(self, start, stop):
+            reads.append(stop - start)
+            return super().read(start, stop)
 
-    monkeypatch.setattr(video._FolderFrames, "read", counted)
-    with open_video(_frames_source(folder), Resize.parse("square:32"), 16) as reader:
+    def open_counted(path, kind, fps, num_threads=0, exact=True):
+        decoder = CountedFolder(path, None, fps, span_bytes=2 * 64 * 64 * 3)  # two native frames' worth
+        return decoder, decoder.native
+
+    with open_video(_frames_source(folder), Resize.parse("square:32"), 16, open_decoder=open_counted) as reader:
         frames = read_frames(reader, batch_size=6)
     assert frames.shape == (6, 32, 32, 3) and max(reads) == 2 and sum(reads) == 6
+    np.testing.assert_array_equal(frames[:, 0, 0, 0], np.arange(6))  # every frame, once, in order
     assert NATIVE_SPAN_BYTES >= 32 << 20  # the real bound is tens of MB, not a batch of 4000x3000 frames
 
 
@@ -151,23 +154,22 @@ def test_a_model_input_beyond_the_patch_limit_is_refused_with_what_to_do(tmp_pat
     """`--resize native` on a huge video asks the ViT for attention over too many patches (an
     8192x8192 frame at patch 16: 262,144): refused at once, saying why and what to do."""
     from liftvid.io.encode import synthetic_frames, write_video
-    import liftvid.io.video as video
 
     write_video(tmp_path / "v.mp4", synthetic_frames(2, 64, 96, seed=1), fps=24)
     source = VideoSource(tmp_path / "v.mp4", "v", "file")
-    monkeypatch.setenv(video.MAX_PATCHES_ENV, "20")  # 64x96 at patch 16 is 4x6 = 24 patches
+    monkeypatch.setenv(MAX_PATCHES_ENV, "20")  # 64x96 at patch 16 is 4x6 = 24 patches
     with pytest.raises(VideoDecodeError) as refused:
         open_model_video(source, Resize("native"), 16)
     assert str(refused.value) == (
         f"{tmp_path / 'v.mp4'}: --resize native gives a 64x96 model input, 24 patches of 16 px, more than the "
-        f"20 the ViT's attention is allowed ({video.MAX_PATCHES_ENV}); use a smaller --resize (e.g. short:480) "
-        f"or raise {video.MAX_PATCHES_ENV}")
+        f"20 the ViT's attention is allowed ({MAX_PATCHES_ENV}); use a smaller --resize (e.g. short:480) "
+        f"or raise {MAX_PATCHES_ENV}")
     with open_model_video(source, Resize.parse("square:64"), 16) as reader:  # 16 patches: within the limit
         assert reader.frame_size == (64, 64)
     with open_video(source, Resize("native"), 16) as reader:  # no model reads it (overlays): not limited
         assert reader.frame_size == (64, 96)
-    monkeypatch.delenv(video.MAX_PATCHES_ENV)
-    assert video.max_patches() * 16 * 16 < 8192 * 8192  # the default refuses the 8192² native input
+    monkeypatch.delenv(MAX_PATCHES_ENV)
+    assert max_patches() * 16 * 16 < 8192 * 8192  # the default refuses the 8192² native input
 
 
 def test_a_tracks_csv_with_one_huge_t_is_refused_before_allocating(tmp_path):

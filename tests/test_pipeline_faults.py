@@ -21,7 +21,7 @@ from liftvid.io import store as st
 from liftvid.cli import app
 from liftvid.io.encode import synthetic_frames, write_video
 from liftvid.pipelines.extract import ExtractOptions, VideoResult, build_extractor, extract_videos
-from liftvid.io.video import find_sources
+from liftvid.io.sources import find_sources
 
 from .conftest import TINY_VIT
 

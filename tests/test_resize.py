@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from liftvid.io.video import PRESETS, Resize
+from liftvid.io.frame_size import PRESETS, Resize
 from liftvid.ops.resize import resize_bicubic_pil, resize_frames, resize_linear_cv2
 
 PIL_VERSION = tuple(int(p) for p in PIL.__version__.split(".")[:2])

@@ -15,13 +15,16 @@ from liftvid.cli import app
 from liftvid.io.encode import synthetic_frames, write_video
 from liftvid.pipelines.extract import ExtractOptions, extract_videos
 from liftvid.models.lift import LiFT, LiftCheckpointError, load_lift_checkpoint, read_lift_file, save_lift_checkpoint
-from liftvid.pipelines.train import TrainOptions, choose_held_out, colour_jitter, epoch_plan, jitter_params, lift_objective, train_lift, upsampling_similarity
+from liftvid.models.lift_objective import lift_objective, upsampling_similarity
+from liftvid.ops.jitter import colour_jitter, jitter_params
+from liftvid.pipelines.train import TrainOptions, train_lift
+from liftvid.pipelines.training_data import TrainingClip, choose_held_out, epoch_plan
 
 from .conftest import TINY_VIT
 
 runner = CliRunner()
 TINY = TrainOptions(backbone=TINY_VIT, weights="random", size=64, epochs=2, batch_size=4, frames_per_video=6,
-                    held_out=4, workers=2, device="cpu")
+                    held_out=4, loader_threads=2, device="cpu")
 CLI_BASE = ["--backbone", TINY_VIT, "--weights", "random", "--size", "64", "--batch-size", "4",
             "--frames-per-video", "4", "--held-out", "2", "--epochs", "1", "--device", "cpu", "--workers", "2"]
 
@@ -163,12 +166,10 @@ def test_colour_jitter_draws_per_image_in_its_own_order():
 
 
 def test_sampling_is_a_function_of_seed_and_epoch():
-    from liftvid.pipelines.train import _Clip
-
     held = choose_held_out([20, 5, 1], 6, seed=0)
     assert [len(h) for h in held] in ([3, 3, 0], [4, 2, 0], [2, 4, 0])
     assert held == choose_held_out([20, 5, 1], 6, seed=0) != choose_held_out([20, 5, 1], 6, seed=1)
-    clips = [_Clip(None, n, h) for n, h in zip([20, 5, 1], held)]
+    clips = [TrainingClip(None, n, h) for n, h in zip([20, 5, 1], held)]
     plan1, _ = epoch_plan(clips, 4, seed=0, epoch=1)
     again, _ = epoch_plan(clips, 4, seed=0, epoch=1)
     plan2, _ = epoch_plan(clips, 4, seed=0, epoch=2)

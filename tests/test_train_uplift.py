@@ -20,7 +20,7 @@ from liftvid.models.uplift import (UPLiFT, UPLiFTCheckpointError, infer_uplift_c
 from liftvid.models.uplift_config import RELEASED_UPLIFTS, TrainingConfig, UPLiFTConfig
 from liftvid.models.uplift_objective import uplift_objective
 from liftvid.pipelines.train import TrainOptions, train_lift
-from liftvid.pipelines.uplift_training import train_state_path
+from liftvid.io.checkpoints import train_state_path
 
 from .conftest import TINY_VIT
 from .test_security import _RunsCode
@@ -65,7 +65,7 @@ train:
   multi_step: True
   lat_aug: 0
 """
-TINY = TrainOptions(backbone=TINY_VIT, weights="random", method="uplift", frames_per_video=6, held_out=4, workers=2,
+TINY = TrainOptions(backbone=TINY_VIT, weights="random", method="uplift", frames_per_video=6, held_out=4, loader_threads=2,
                     device="cpu")
 CLI_BASE = ["--backbone", TINY_VIT, "--weights", "random", "--method", "uplift", "--frames-per-video", "4",
             "--held-out", "2", "--device", "cpu", "--workers", "2"]

@@ -9,17 +9,10 @@ import numpy as np
 import pytest
 
 from liftvid.io.encode import synthetic_frames, write_video
-from liftvid.io.video import (
-    Resize,
-    VideoDecodeError,
-    VideoInputError,
-    VideoSource,
-    _decord_width_ok,
-    find_sources,
-    open_video,
-    read_frames,
-    sample_indices,
-)
+from liftvid.io.decoders import VideoDecodeError, decord_width_ok, open_decoder
+from liftvid.io.frame_size import Resize
+from liftvid.io.sources import VideoInputError, VideoSource, find_sources
+from liftvid.io.video import open_video, read_frames, sample_indices
 
 # ---------------------------------------------------------------- Resize
 
@@ -200,7 +193,7 @@ def test_batches_equal_one_read_at_every_resize(video_dir, spec, frame_size):
         import cv2
 
         # PyAV decodes the reference: decord cannot give this 96-pixel width natively (liftvid
-        # reads it through PyAV, see _decord_width_ok)
+        # reads it through PyAV, see decord_width_ok)
         with av.open(path) as container:
             native = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
         if spec.startswith("dino"):
@@ -260,16 +253,20 @@ def test_abandoned_generator_stops_its_thread(video_dir):
     assert {t for t in threading.enumerate() if t.name.startswith("liftvid-decode")} == before
 
 
-def test_decode_error_in_thread_reaches_caller(video_dir, monkeypatch):
-    reader = open_video(_clip(video_dir), Resize.parse("square:32"), 16)
-    real = reader._decoder.read
+def test_decode_error_in_thread_reaches_caller(video_dir):
+    def open_failing(path, kind, fps, num_threads=0, exact=True):
+        decoder, native = open_decoder(path, kind, fps, num_threads, exact)
+        real = decoder.read
 
-    def failing(start, stop):
-        if stop > 6:
-            raise OSError("disk went away")
-        return real(start, stop)
+        def failing(start, stop):
+            if stop > 6:
+                raise OSError("disk went away")
+            return real(start, stop)
 
-    monkeypatch.setattr(reader._decoder, "read", failing)
+        decoder.read = failing
+        return decoder, native
+
+    reader = open_video(_clip(video_dir), Resize.parse("square:32"), 16, open_decoder=open_failing)
     gen = reader.batches(np.arange(12), 4)
     next(gen)
     with pytest.raises(VideoDecodeError, match=r"clip_a\.mp4: cannot decode: disk went away"):
@@ -324,8 +321,8 @@ def test_truncated_faststart_mp4(tmp_path):
 
 def test_decord_bad_widths_are_detected():
     # widths decord 0.6.0 fails on here; the predicate must flag every one of them
-    assert not any(_decord_width_ok(w) for w in (8, 12, 16, 24, 48, 72))
-    assert all(_decord_width_ok(w) for w in (224, 448, 384, 848, 1280))
+    assert not any(decord_width_ok(w) for w in (8, 12, 16, 24, 48, 72))
+    assert all(decord_width_ok(w) for w in (224, 448, 384, 848, 1280))
 
 
 # ---------------------------------------------------------------- frame folders
@@ -386,7 +383,7 @@ def test_shared_data_folder(shared_data):
 
 
 def test_read_source_frames_gives_native_frames_in_any_order_and_checks_the_record(video_dir, frame_folder):
-    from liftvid.io.video import VideoInputError, VideoSource, read_source_frames
+    from liftvid.io.video import read_source_frames
 
     clip = VideoSource(video_dir / "clip_b.mp4", "clip_b", "file")  # 9 frames, 80×64
     with open_video(clip, Resize.parse("native"), 1) as reader:

@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"{p}: no such file or folder (pass videos or folders as arguments)")
     options = TrainOptions(backbone=args.backbone, weights=args.weights, size=args.size, epochs=args.epochs,
                            batch_size=args.batch_size, frames_per_video=args.frames_per_video, lr=args.lr,
-                           held_out=args.held_out, workers=args.workers, device=args.device, seed=args.seed,
+                           held_out=args.held_out, loader_threads=args.workers, device=args.device, seed=args.seed,
                            overwrite=True, method=args.method, uplift_config=args.uplift_config)
     label = "UPLiFT" if args.method == "uplift" else "LiFT"
     device = resolve_device(args.device)

@@ -56,7 +56,7 @@ class FeatureExtractor(torch.nn.Module):
     ``feature_dtype`` (float16 or float32).
 
     Normalisation happens on the device, with ``mean``/``std`` (default: the backbone's; the
-    ``--resize`` protocol chooses them, :meth:`liftvid.io.video.Resize.normalisation`).
+    ``--resize`` protocol chooses them, :meth:`liftvid.io.frame_size.Resize.normalisation`).
     ``precision``: ``"auto"`` (fp32 on every device, see :func:`resolve_precision`), ``"bf16"``,
     ``"fp16"`` (autocast) or ``"fp32"``.
     """

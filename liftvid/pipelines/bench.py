@@ -25,7 +25,9 @@ import numpy as np
 import torch
 
 from ..io import store as st
-from ..io.video import DEFAULT_FPS, Resize, find_sources, open_video, sample_indices
+from ..io.frame_size import Resize
+from ..io.sources import find_sources
+from ..io.video import DEFAULT_FPS, open_video, sample_indices
 from ..models.extractor import resolve_device, resolve_precision
 from ..ops.device import cpu_bf16_support
 from .extract import ExtractOptions, build_extractor, extract_videos, frames_per_batch

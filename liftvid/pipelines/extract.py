@@ -26,8 +26,10 @@ from .. import jobs
 from ..io.outputs import claim_store_path
 from ..io import store as st
 from ..io.lease import witness_lease
-from ..io.video import (DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_model_video,
-                        sample_indices, source_fingerprint)
+from ..io.decoders import VideoDecodeError
+from ..io.frame_size import Resize
+from ..io.sources import VideoSource, find_sources, source_fingerprint
+from ..io.video import DEFAULT_FPS, open_model_video, sample_indices
 from ..models.backbone import Backbone, file_sha256
 from ..models.extractor import FeatureExtractor, resolve_device
 from ..models.lift import load_lift_checkpoint

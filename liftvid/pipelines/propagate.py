@@ -23,7 +23,8 @@ from ..io.paths import client_path, component_problem
 from ..io.masks import MAX_OBJECTS, MaskError, find_mask, frame_name, mask_ids, read_mask, write_mask
 from ..io.encode import write_video
 from ..io.tables import stored_position
-from ..io.video import VideoInputError, read_source_frames
+from ..io.sources import VideoInputError
+from ..io.video import read_source_frames
 from ..models.extractor import resolve_device
 from ..ops.geometry import RADIUS_UNITS, mask_upsampling_factor
 from ..ops.propagate import N_LAST, RADIUS, TEMPERATURE, TOPK, iter_propagate, labels_to_masks, masks_to_labels

@@ -3,7 +3,9 @@
 LiFT (``--method lift``, :mod:`liftvid.models.lift_objective`): LiFT(x/2, f(x/2)) learns to reproduce
 f(x) and LiFT(x/4, f(x/4)) f(x/2). UPLiFT (``--method uplift``, :mod:`liftvid.models.uplift_objective`,
 files and defaults in :mod:`.uplift_training`): multi-scale self-distillation over its iterative
-steps. No labels. Both run through the same loop: sampling, held-out check, checkpoints, resume.
+steps. No labels. Both run through this module's loop: held-out check, checkpoints, resume; the frames
+come from :mod:`.training_data`, the colour jitter from :mod:`liftvid.ops.jitter`, and what a
+checkpoint records beside the weights is a :class:`~liftvid.io.checkpoints.TrainState`.
 
 Everything random in a run is a function of ``(seed, epoch)``: which frames an epoch samples, their
 order and their colour jitter. Resuming from an epoch checkpoint therefore reproduces the
@@ -16,9 +18,8 @@ import copy
 import math
 import os
 import time
-from collections import deque
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
@@ -27,22 +28,23 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..io.video import DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_video, read_frames
+from ..io.checkpoints import TrainState
+from ..io.frame_size import Resize
+from ..io.outputs import OutputError, refuse_over_inputs
+from ..io.sources import VideoSource, find_sources
+from ..io.video import DEFAULT_FPS
 from ..models.backbone import Backbone, file_sha256
 from ..models.extractor import FeatureExtractor, resolve_device
-from ..io.outputs import OutputError, refuse_over_inputs
-from ..models.lift_objective import lift_objective, upsampling_similarity  # noqa: F401 (re-exported)
 from ..models.losses import LOSSES
+from ..ops.jitter import colour_jitter, jitter_params
 from .lift_training import LiftMethod
+from .training_data import (DECODE_AHEAD, JITTER_STREAM, EpochFeed, count_frames, decode_frames, decode_held_out,
+                            epoch_plan, open_clips, seeded_torch_generator)
 from .uplift_training import UPLiFTMethod
 
 METHODS = ("lift", "uplift")
 Method = LiftMethod | UPLiFTMethod  # what the loop asks of a method: defaults, model, objective, files
-JITTER = (0.2, 0.2, 0.2, 0.2)  # brightness, contrast, saturation, hue: the paper's ColorJitter
-SHUFFLE_BATCHES = 8  # frames of this many batches are mixed before one is drawn
-DECODE_AHEAD = 2  # videos queued per decode worker
-# independent random streams derived from the seed
-_PLAN_STREAM, _JITTER_STREAM, _HELD_OUT_STREAM = 1, 2, 3
+
 
 
 @dataclass
@@ -68,7 +70,7 @@ class TrainOptions:
     method: str = "lift"
     uplift_config: str | None = None  # the release's YAML (--method uplift)
     uplift_arch: str | None = None  # a released architecture by name (--method uplift)
-    workers: int = 4  # decode threads (decord releases the GIL)
+    loader_threads: int = 4  # threads decoding training frames (decord releases the GIL); CLI --workers
     device: str = "auto"
     resume: bool = False
     overwrite: bool = False
@@ -134,179 +136,6 @@ class _NoProgress:
     def epoch_finished(self, stats): pass
 
 
-# ---- colour jitter -------------------------------------------------------------------------------
-
-
-def jitter_params(n: int, generator: torch.Generator, strength: tuple[float, float, float, float] = JITTER
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image colour-jitter draws, as ``torchvision.transforms.ColorJitter.get_params`` makes them.
-
-    Returns:
-        ``factors (n, 4)`` float32 — brightness, contrast, saturation in ``[1-s, 1+s]``, hue in
-        ``[-s, s]`` — and ``order (n, 4)`` int64, a random permutation of the four operations per image.
-    """
-    u = torch.rand(n, 4, generator=generator)
-    lo = torch.tensor([max(0.0, 1 - s) for s in strength[:3]] + [-strength[3]])
-    hi = torch.tensor([1 + s for s in strength[:3]] + [strength[3]])
-    order = torch.rand(n, 4, generator=generator).argsort(dim=1)
-    return lo + u * (hi - lo), order
-
-
-def colour_jitter(images: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """torchvision's ColorJitter with a different draw per image.
-
-    Args:
-        images: ``(B, 3, H, W)`` float in [0, 1] (any device).
-        factors, order: from :func:`jitter_params`.
-
-    Returns:
-        ``(B, 3, H, W)``: per image, brightness, contrast, saturation and hue adjusted in that
-        image's order by ``torchvision.transforms.v2.functional.adjust_*``.
-    """
-    from torchvision.transforms.v2 import functional as TF
-
-    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
-    out = []
-    for image, draw, ops in zip(images, factors.tolist(), order.tolist()):
-        for op in ops:
-            image = adjust[op](image, draw[op])
-        out.append(image)
-    return torch.stack(out) if out else images
-
-
-# ---- data -----------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Clip:
-    """A source that opened, with its frame count and its held-out frame indices."""
-
-    source: VideoSource
-    n_frames: int
-    held_out: tuple[int, ...] = ()
-
-    def train_indices(self) -> np.ndarray:
-        return np.setdiff1d(np.arange(self.n_frames), np.asarray(self.held_out, dtype=np.int64))
-
-
-def _stream(seed: int, *keys: int) -> np.random.Generator:
-    return np.random.default_rng([seed, *keys])
-
-
-def _torch_generator(seed: int, *keys: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, *keys]).generate_state(2, dtype=np.uint64)
-    return torch.Generator().manual_seed(int(state[0] & ((1 << 63) - 1)))
-
-
-def choose_held_out(n_frames: Sequence[int], count: int, seed: int) -> list[tuple[int, ...]]:
-    """Fixed held-out frame indices per source: ``count`` in all, spread round-robin over the sources.
-
-    Each source keeps at least one frame for training; the choice depends only on the seed and the
-    frame counts.
-    """
-    rng = _stream(seed, _HELD_OUT_STREAM)
-    quota = [0] * len(n_frames)
-    spare = [max(0, n - 1) for n in n_frames]
-    order = rng.permutation(len(n_frames))
-    left = count
-    while left > 0 and any(spare[i] > quota[i] for i in order):
-        for i in order:
-            if left and spare[i] > quota[i]:
-                quota[i] += 1
-                left -= 1
-    return [tuple(sorted(int(j) for j in rng.choice(n, size=q, replace=False))) if q else ()
-            for n, q in zip(n_frames, quota)]
-
-
-def epoch_plan(clips: Sequence[_Clip], frames_per_video: int, seed: int, epoch: int
-               ) -> tuple[list[tuple[int, np.ndarray]], np.random.Generator]:
-    """Which frames epoch ``epoch`` trains on: ``[(clip index, sorted frame indices)]`` in decode order.
-
-    Returns the plan and the epoch's generator, which then draws the batches (same stream, so the
-    whole epoch is a function of ``(seed, epoch)``).
-    """
-    rng = _stream(seed, _PLAN_STREAM, epoch)
-    plan = []
-    for i in rng.permutation(len(clips)):
-        candidates = clips[i].train_indices()
-        k = min(frames_per_video, len(candidates))
-        if k:
-            plan.append((int(i), np.sort(rng.choice(candidates, size=k, replace=False))))
-    return plan, rng
-
-
-def _decode(source: VideoSource, indices: np.ndarray, resize: Resize, patch: int, fps: float) -> np.ndarray:
-    """``(len(indices), S, S, 3) uint8`` frames of one source (runs in a worker thread)."""
-    with open_video(source, resize, patch, fps=fps) as reader:
-        frames = read_frames(reader, indices)
-    if len(frames) != len(indices):
-        raise VideoDecodeError(f"{source.path}: decoded {len(frames)} of {len(indices)} frames")
-    return frames
-
-
-def _count_frames(source: VideoSource, resize: Resize, patch: int, fps: float) -> int:
-    with open_video(source, resize, patch, fps=fps) as reader:
-        return reader.n_frames
-
-
-class _EpochFeed:
-    """``(B, S, S, 3) uint8`` batches of one epoch, its videos decoding ahead in a thread pool.
-
-    Decoding starts when the feed is made (so the next epoch's videos decode during the held-out
-    check and checkpoint write of this one). Frames of several videos are mixed in a buffer of
-    SHUFFLE_BATCHES batches and drawn at random with the epoch's generator; decoded videos are taken
-    in plan order, so the batches never depend on thread timing.
-    """
-
-    def __init__(self, clips: Sequence[_Clip], plan: list[tuple[int, np.ndarray]], rng: np.random.Generator,
-                 batch_size: int, pool: ThreadPoolExecutor, ahead: int, decode, on_error):
-        self.clips, self.rng, self.batch_size = clips, rng, batch_size
-        self.pool, self.decode, self.on_error = pool, decode, on_error
-        self.todo = iter(plan)
-        self.pending: deque[tuple[int, Future]] = deque()
-        for _ in range(ahead):
-            self._submit()
-
-    def _submit(self) -> None:
-        nxt = next(self.todo, None)
-        if nxt is not None:
-            self.pending.append((nxt[0], self.pool.submit(self.decode, self.clips[nxt[0]].source, nxt[1])))
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        buffer: list[np.ndarray] = []
-        capacity = SHUFFLE_BATCHES * self.batch_size
-        try:
-            while self.pending:
-                i, future = self.pending.popleft()
-                self._submit()
-                try:
-                    frames = future.result()
-                except VideoDecodeError as exc:
-                    self.on_error(self.clips[i].source, str(exc))
-                    continue
-                buffer.extend(frames)
-                while len(buffer) >= capacity:
-                    yield _draw(buffer, self.rng, self.batch_size)
-            while buffer:
-                yield _draw(buffer, self.rng, min(self.batch_size, len(buffer)))
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        for _, future in self.pending:
-            future.cancel()
-        self.pending.clear()
-
-
-def _draw(buffer: list[np.ndarray], rng: np.random.Generator, n: int) -> np.ndarray:
-    picks = []
-    for _ in range(n):
-        j = int(rng.integers(len(buffer)))
-        buffer[j], buffer[-1] = buffer[-1], buffer[j]
-        picks.append(buffer.pop())
-    return np.stack(picks)
-
-
 # ---- the method -----------------------------------------------------------------------------------
 
 
@@ -340,8 +169,8 @@ def _check_options(options: TrainOptions) -> None:
             raise ValueError(f"--{name.replace('_', '-')} {getattr(options, name)}: must be at least 1")
     if options.held_out < 0:
         raise ValueError(f"--held-out {options.held_out}: must be 0 or more")
-    if options.workers < 0:
-        raise ValueError(f"--workers {options.workers}: must be 0 or more")
+    if options.loader_threads < 0:
+        raise ValueError(f"--workers {options.loader_threads}: must be 0 or more")
     if not options.lr > 0:
         raise ValueError(f"--lr {options.lr}: must be positive")
 
@@ -355,7 +184,7 @@ def _same_weights(recorded: dict, backbone: Backbone) -> bool:
     return recorded.get("weights", backbone.weights_id) == backbone.weights_id
 
 
-def _load_resume(path: Path, backbone: Backbone, method: Method) -> tuple[nn.Module, dict]:
+def _load_resume(path: Path, backbone: Backbone, method: Method) -> tuple[nn.Module, TrainState]:
     """The model and training state of ``path``, refused when it belongs to another backbone."""
     model, meta = method.read_resume(path, backbone)
     recorded = meta.get("backbone") or {}
@@ -363,21 +192,12 @@ def _load_resume(path: Path, backbone: Backbone, method: Method) -> tuple[nn.Mod
         raise method.checkpoint_error(
             f"{path}: training was started with backbone weights {recorded.get('weights')!r} but this run "
             f"uses {backbone.weights_id!r}; resume with the same --weights (and --seed for random)")
-    if not isinstance(meta.get("state"), dict):
+    state = TrainState.from_metadata(meta)
+    if state is None:
         raise method.checkpoint_error(f"{path}: has no training state to resume (a final or released "
                                       f"{method.label}?); start a new training with --init {path}")
     method.resumed(path, model, meta)
-    return model, meta
-
-
-def _cpu(obj):
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_cpu(v) for v in obj)
-    return obj
+    return model, state
 
 
 # ---- the loop -------------------------------------------------------------------------------------
@@ -411,11 +231,10 @@ def _start(options: TrainOptions, backbone: Backbone, method: Method, out: Path,
     """A fresh, ``init``-ed or resumed run; a checkpoint that does not fit ``backbone`` is refused here."""
     init_model = method.load_init(options.init, backbone) if options.init else None
     init = {"path": str(options.init), "sha256": file_sha256(options.init)} if options.init else None
-    state, history = {}, []
+    resumed: TrainState | None = None
     if options.resume and method.has_resume_point(out):
-        model, meta = _load_resume(out, backbone, method)
-        state, history, init = meta["state"], list(meta.get("history") or []), meta.get("init")
-        saved = meta.get("training") or {}
+        model, resumed = _load_resume(out, backbone, method)
+        init, saved = resumed.init, resumed.settings
         changed = [f"{k} {saved[k]!r} → {v!r}" for k, v in options.settings().items()
                    if k != "epochs" and saved.get(k, v) != v]
         if changed:
@@ -431,48 +250,17 @@ def _start(options: TrainOptions, backbone: Backbone, method: Method, out: Path,
             model = method.new_model(backbone)
     model = model.to(device).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=options.lr)
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
+    if resumed is None:
+        return _Run(backbone.to(device), method, model, FeatureExtractor(backbone).to(device), optimizer, device,
+                    init=init)
+    if resumed.optimizer:
+        optimizer.load_state_dict(resumed.optimizer)
         for group in optimizer.param_groups:
             group["lr"] = options.lr
-        if isinstance(state.get("rng", {}).get("torch"), torch.Tensor):
-            torch.set_rng_state(state["rng"]["torch"])
+    if resumed.torch_rng is not None:
+        torch.set_rng_state(resumed.torch_rng)
     return _Run(backbone.to(device), method, model, FeatureExtractor(backbone).to(device), optimizer, device,
-                int(state.get("epoch", 0)), int(state.get("step", 0)), history, init)
-
-
-def _open_clips(sources: Sequence[VideoSource], options: TrainOptions, pool: ThreadPoolExecutor, count, skip,
-                inputs) -> list[_Clip]:
-    """The sources that open, with their held-out frames; corrupt ones reported through ``skip``."""
-    futures = [(s, pool.submit(count, s)) for s in sources]
-    usable: list[tuple[VideoSource, int]] = []
-    failed = 0
-    for source, future in futures:
-        try:
-            n = future.result()
-        except VideoDecodeError as exc:
-            skip(source, str(exc))
-            failed += 1
-            continue
-        if n > 0:
-            usable.append((source, n))
-    if not usable:
-        raise ValueError("no frames found in " + ", ".join(map(str, inputs))
-                         + (f": all {failed} videos failed to decode" if failed else ""))
-    held = choose_held_out([n for _, n in usable], options.held_out, options.seed)
-    return [_Clip(s, n, h) for (s, n), h in zip(usable, held)]
-
-
-def _decode_held_out(clips: Sequence[_Clip], pool: ThreadPoolExecutor, decode, skip) -> np.ndarray | None:
-    """``(N, S, S, 3) uint8``: the held-out frames of every clip, decoded once; None when there are none."""
-    futures = [(c, pool.submit(decode, c.source, np.asarray(c.held_out))) for c in clips if c.held_out]
-    frames = []
-    for clip, future in futures:
-        try:
-            frames.append(future.result())
-        except VideoDecodeError as exc:
-            skip(clip.source, str(exc))
-    return np.concatenate(frames) if frames else None
+                resumed.epoch, resumed.step, resumed.history, init)
 
 
 def train_lift(inputs: Sequence[str | Path], out: str | Path, options: TrainOptions,
@@ -521,16 +309,16 @@ def train_lift(inputs: Sequence[str | Path], out: str | Path, options: TrainOpti
             progress.skipped(str(source.path), error)
 
     def count(source: VideoSource) -> int:
-        return _count_frames(source, resize, backbone.patch_size, options.fps)
+        return count_frames(source, resize, backbone.patch_size, options.fps)
 
     def decode(source: VideoSource, indices: np.ndarray) -> np.ndarray:
-        return _decode(source, indices, resize, backbone.patch_size, options.fps)
+        return decode_frames(source, indices, resize, backbone.patch_size, options.fps)
 
-    pool = ThreadPoolExecutor(max_workers=options.workers or 1, thread_name_prefix="liftvid-train")
+    pool = ThreadPoolExecutor(max_workers=options.loader_threads or 1, thread_name_prefix="liftvid-train")
     try:
-        clips = _open_clips(sources, options, pool, count, skip, inputs)
+        clips = open_clips(sources, options.held_out, options.seed, pool, count, skip, inputs)
         summary.frames_available = sum(c.n_frames for c in clips)
-        held = _decode_held_out(clips, pool, decode, skip)
+        held = decode_held_out(clips, pool, decode, skip)
         summary.held_out_frames = 0 if held is None else len(held)
         frames_per_epoch = sum(len(idx) for _, idx in epoch_plan(clips, options.frames_per_video, options.seed, 1)[0])
         if frames_per_epoch == 0:
@@ -542,12 +330,12 @@ def train_lift(inputs: Sequence[str | Path], out: str | Path, options: TrainOpti
             progress.message(f"{out}: already trained for {run.epochs_done} epoch{'s' if run.epochs_done != 1 else ''} "
                              f"(--epochs {options.epochs})")
 
-        def feed(epoch: int) -> _EpochFeed | None:
+        def feed(epoch: int) -> EpochFeed | None:
             if epoch > options.epochs:
                 return None
             plan, rng = epoch_plan(clips, options.frames_per_video, options.seed, epoch)
-            return _EpochFeed(clips, plan, rng, options.batch_size, pool, max(1, options.workers) * DECODE_AHEAD,
-                              decode, skip)
+            return EpochFeed(clips, plan, rng, options.batch_size, pool,
+                             max(1, options.loader_threads) * DECODE_AHEAD, decode, skip)
 
         batches = feed(run.epochs_done + 1)
         for epoch in range(run.epochs_done + 1, options.epochs + 1):
@@ -585,13 +373,13 @@ def _train_step(run: _Run, frames: np.ndarray, options: TrainOptions, jitter_rng
 def step_throughput(options: TrainOptions, steps: int = 10, warmup: int = 2) -> float:
     """Training images/s of the model alone: ``steps`` optimizer steps (after ``warmup``) on random
     ``batch_size × S × S`` frames already in memory, so no decoding; compare with an epoch's rate to
-    see whether the decode workers keep up."""
+    see whether the loader threads keep up."""
     options, backbone, method = _prepare(options)
     device = resolve_device(options.device)
     run = _start(replace(options, resume=False, init=None), backbone, method, Path("-"), device, _NoProgress())
     frames = np.random.default_rng(options.seed).integers(
         0, 256, (options.batch_size, options.size, options.size, 3), dtype=np.uint8)
-    jitter_rng = _torch_generator(options.seed, _JITTER_STREAM, 0)
+    jitter_rng = seeded_torch_generator(options.seed, JITTER_STREAM, 0)
 
     def sync() -> None:
         if device.type == "cuda":
@@ -608,10 +396,10 @@ def step_throughput(options: TrainOptions, steps: int = 10, warmup: int = 2) -> 
     return steps * options.batch_size / (time.perf_counter() - t0)
 
 
-def _train_epoch(run: _Run, batches: _EpochFeed, options: TrainOptions, epoch: int,
+def _train_epoch(run: _Run, batches: EpochFeed, options: TrainOptions, epoch: int,
                  progress: TrainProgress) -> tuple[float, int, float]:
     """One pass over ``batches``: ``(mean loss, images, seconds)``."""
-    jitter_rng = _torch_generator(options.seed, _JITTER_STREAM, epoch)
+    jitter_rng = seeded_torch_generator(options.seed, JITTER_STREAM, epoch)
     run.model.train()
     t0 = time.perf_counter()
     loss_sum, images = torch.zeros((), device=run.device), 0
@@ -648,16 +436,11 @@ def _held_out_check(run: _Run, frames: np.ndarray, batch_size: int) -> tuple[flo
 def _save(out: Path, run: _Run, options: TrainOptions, summary: TrainSummary, n_sources: int,
           stats: EpochStats) -> None:
     """Rewrite ``out`` (atomically) with the weights and everything a resume or a reader needs."""
-    extra = {
-        "training": options.settings(),
-        "init": run.init,
-        "state": {"epoch": run.epochs_done, "step": run.step, "optimizer": _cpu(run.optimizer.state_dict()),
-                  "rng": {"seed": options.seed, "next_epoch": run.epochs_done + 1, "torch": torch.get_rng_state()}},
-        "held_out": {"frames": summary.held_out_frames, "lift_cosine": stats.held_out_lift,
-                     "bilinear_cosine": stats.held_out_bilinear},
-        "history": run.history,
-        "data": {"sources": n_sources, "frames": summary.frames_available,
-                 "skipped": [s for s, _ in summary.skipped]},
-    }
+    state = TrainState(settings=options.settings(), init=run.init, epoch=run.epochs_done, step=run.step,
+                       optimizer=run.optimizer.state_dict(), seed=options.seed, torch_rng=torch.get_rng_state(),
+                       history=run.history, held_out_frames=summary.held_out_frames,
+                       held_out_lift=stats.held_out_lift, held_out_bilinear=stats.held_out_bilinear,
+                       sources=n_sources, frames=summary.frames_available,
+                       skipped=[s for s, _ in summary.skipped])
     model = run.model if run.device.type == "cpu" else copy.deepcopy(run.model).cpu()
-    run.method.save(out, model, run.backbone, extra)
+    run.method.save(out, model, run.backbone, state.to_metadata())

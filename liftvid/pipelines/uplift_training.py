@@ -19,29 +19,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 
 import torch
 
-from ..models.backbone import Backbone, checkpoint_read_error
+from ..io.checkpoints import read_uplift_train_state, train_state_path, write_uplift_train_state
+from ..models.backbone import Backbone
 from ..models.uplift import UPLiFT, UPLiFTCheckpointError, load_uplift, save_uplift
 from ..models.uplift_config import RELEASED_UPLIFTS, UPLIFT_DINOV3_SPLUS16, UPLiFTConfig
 from ..models.uplift_objective import uplift_objective, uplift_similarity
 
-STATE_FORMAT = "liftvid-uplift-train-state/1"
-STATE_SUFFIX = ".train-state"
 # the released architecture for a backbone's patch size; other patches take the one without pre-scaler
 DEFAULT_ARCH = {c.patch_size: c for c in RELEASED_UPLIFTS.values()}
 _BACKBONE_KEYS = ("timm_name", "layer", "facet", "channels", "patch_size")
 
-__all__ = ["UPLiFTMethod", "resolve_uplift_config", "train_state_path"]
-
-
-def train_state_path(out: str | Path) -> Path:
-    """Where the training state of ``OUT`` lives: ``OUT.train-state`` beside it."""
-    out = Path(out)
-    return out.with_name(out.name + STATE_SUFFIX)
+__all__ = ["UPLiFTMethod", "resolve_uplift_config"]
 
 
 def resolve_uplift_config(backbone: Backbone, config_file: str | None = None, arch: str | None = None
@@ -152,12 +144,7 @@ class UPLiFTMethod:
         if not path.is_file():
             raise UPLiFTCheckpointError(f"{out}: has no training state to resume ({path.name} is missing: a "
                                         f"released UPLiFT?); start a new training with --init {out}")
-        try:
-            meta = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise UPLiFTCheckpointError(checkpoint_read_error(path, exc, "UPLiFT training state")) from None
-        if not isinstance(meta, dict) or meta.get("format") != STATE_FORMAT:
-            raise UPLiFTCheckpointError(f"{path}: not a liftvid UPLiFT training state")
+        meta = read_uplift_train_state(path)
         recorded = meta.get("backbone") or {}
         for key in _BACKBONE_KEYS:
             if recorded.get(key) != getattr(backbone, key):
@@ -179,13 +166,10 @@ class UPLiFTMethod:
     def save(self, out: Path, model: UPLiFT, backbone: Backbone, extra: dict) -> None:
         """Write ``OUT.train-state`` then ``OUT``, each whole."""
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        meta = {"format": STATE_FORMAT, "config": self.config.name, "config_file": self.config_file,
+        meta = {"config": self.config.name, "config_file": self.config_file,
                 "architecture": architecture(self.config), "backbone": backbone.describe(), **extra,
                 "state_dict": state}
-        path = train_state_path(out)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(meta, tmp)
-        os.replace(tmp, path)
+        write_uplift_train_state(train_state_path(out), meta)
         save_uplift(out, model, _header(meta))
 
 

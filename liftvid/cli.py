@@ -11,7 +11,8 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from .io.store import PCA_FIT_FRAMES, PCA_FIT_VIDEOS
-from .io.video import DEFAULT_FPS, RESIZE_HELP
+from .io.frame_size import RESIZE_HELP
+from .io.video import DEFAULT_FPS
 
 try:  # Typer ≥ 0.22 carries its own copy of click; older ones use click itself
     from typer._click import exceptions as _usage
@@ -891,7 +892,7 @@ def train(
                       "its features mean nothing (smoke runs and benchmarks only)")
     options = TrainOptions(backbone=backbone, weights=weights, layer=layer, facet=facet, size=size, epochs=epochs,
                            batch_size=batch_size, frames_per_video=frames_per_video, lr=lr, loss=loss,
-                           augment=augment, workers=workers, device=device, resume=resume, overwrite=overwrite,
+                           augment=augment, loader_threads=workers, device=device, resume=resume, overwrite=overwrite,
                            init=str(init) if init else None, seed=seed, held_out=held_out, method=method,
                            uplift_config=str(uplift_config) if uplift_config else None, uplift_arch=uplift_arch)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

@@ -9,6 +9,8 @@ depend on them), at ``--resize lift-davis`` (square:224, PIL BICUBIC bit for bit
 * folder: ``extract_videos`` on the JPEG folder (decode threads decode, the exact resize runs on
   the model's device in batches);
 * mp4: ``extract_videos`` on the mp4 itself;
+* with ``--overlap``, both again with decoding and writing running while the model computes (the
+  accelerator default; on the CPU they take turns with the model, see ``host_work_overlaps``);
 * model: the model alone on batches of uint8 frames already at 224x224 (the ceiling).
 
     python workflows/bench_exact_resize.py                          # paragliding.mp4, 40 frames
@@ -21,6 +23,7 @@ model) and the machine load (``os.getloadavg``) before and after.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import statistics
@@ -85,6 +88,9 @@ def main() -> None:
     parser.add_argument("--model-batches", type=int, default=5)
     parser.add_argument("--decode-threads", type=int, default=1, help="decord threads for the mp4")
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--overlap", action="store_true",
+                        help="also extract with decoding and writing overlapping the model (the accelerator "
+                             "default) beside the CPU default, where they take turns with it")
     args = parser.parse_args()
     batches = args.batch or [8]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}, "
@@ -113,11 +119,15 @@ def main() -> None:
         print(f"{clip.name}: {len(native)} frames {native.shape[1]}x{native.shape[2]} -> {size[0]}x{size[1]}, "
               f"precision {args.precision}", flush=True)
         rates: dict[str, list[float]] = {}
+        overlapping = {b: dataclasses.replace(o, overlap_host_work=True) for b, o in options.items()}
         for r in range(args.rounds):
             row = {"official": official_loop(folder, extractor, size, tmp / "official.zarr")}
             for b in batches:
                 row[f"folder b{b}"] = extraction(folder, options[b], extractor, tmp / "folder.zarr")
                 row[f"mp4 b{b}"] = extraction(clip, options[b], extractor, tmp / "mp4.zarr")
+                if args.overlap:
+                    row[f"folder b{b} overlap"] = extraction(folder, overlapping[b], extractor, tmp / "folder.zarr")
+                    row[f"mp4 b{b} overlap"] = extraction(clip, overlapping[b], extractor, tmp / "mp4.zarr")
             row[f"model b{args.model_batch}"] = measure_model(extractor, size, args.model_batch,
                                                              args.model_batches, torch.device("cpu"))
             for k, v in row.items():

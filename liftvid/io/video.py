@@ -131,8 +131,8 @@ class VideoReader:
         # one batched call: the same pixels as frame by frame, in any thread
         return batch if resize is None else resize(torch.from_numpy(batch)).numpy()
 
-    def batches(self, indices: np.ndarray, batch_size: int,
-                resized: bool = True) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def batches(self, indices: np.ndarray, batch_size: int, resized: bool = True,
+                turns: threading.Semaphore | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(frame indices (B,) int64, frames (B, H', W', 3) uint8 RGB)`` batches in order.
 
         ``resized=False`` yields the frames as decoded (``(B, H, W, 3)`` at :attr:`source_size`
@@ -140,7 +140,9 @@ class VideoReader:
 
         The next batch decodes in a background thread while the caller works on the current one;
         at most ``PREFETCH_BATCHES + 2`` batches exist at once, whatever the video length. Closing
-        the generator early stops and joins the thread.
+        the generator early stops and joins the thread. With ``turns``, the thread takes one
+        permit before decoding each batch: the consumer releases one when it wants the next batch
+        decoded (so decoding can wait while the consumer's own threads compute).
 
         Raises:
             VideoDecodeError: a frame cannot be decoded (raised in the caller, naming the file).
@@ -163,10 +165,16 @@ class VideoReader:
                     continue
             return False
 
+        def my_turn() -> bool:
+            while turns is not None and not stop.is_set():
+                if turns.acquire(timeout=0.05):
+                    return True
+            return not stop.is_set()
+
         def work() -> None:
             try:
                 for chunk in chunks:
-                    if stop.is_set() or not put((chunk, self._decode(chunk, resized))):
+                    if not my_turn() or not put((chunk, self._decode(chunk, resized))):
                         return
                 put(_END)
             except BaseException as exc:  # handed to the consumer

@@ -265,23 +265,23 @@ def _horizontal(x: torch.Tensor, p: _BandedPass) -> tuple[torch.Tensor, Callable
 
 
 def _vertical(y: torch.Tensor, p: _BandedPass) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
-    """The pass along the middle axis of ``y (m, padded, C)``, zero past ``in_size`` rows.
+    """The pass along the first axis of ``y (padded, M)``, zero past ``in_size`` rows (the columns
+    are every plane's rows side by side, ``M = n * 3 * W'``).
 
-    Returns ``sums (m, windows, block, C)`` and the exact float64 recount of the sums at flat
-    indices into it. One batched product over all windows (one op: with several threads on a busy
-    machine each op pays for waking them, so a loop over windows costs far more than the copy of
-    the overlapping windows that the product makes)."""
-    m, _, c = y.shape
-    windows = y.unfold(1, p.span, p.stride)[:, :p.windows].transpose(2, 3)  # (m, J, span, C), a view
-    sums = torch.matmul(p.weights.transpose(1, 2), windows)  # (m, J, block, C)
+    Returns ``sums (windows, block, M)`` and the exact float64 recount of the sums at flat indices
+    into it. One batched product over all windows, reading them in place: window ``j`` is the
+    ``(span, M)`` slab at row ``j * stride``, a plain strided view (planes side by side make every
+    window one matrix, so nothing is copied and one op wakes the threads once)."""
+    m = y.shape[1]
+    windows = y.unfold(0, p.span, p.stride)[:p.windows].transpose(1, 2)  # (J, span, M), a view
+    sums = torch.bmm(p.weights.transpose(1, 2), windows)  # (J, block, M)
 
     def recount(flat: torch.Tensor) -> torch.Tensor:
-        col = flat % c
-        slot = (flat // c) % p.block
-        j = (flat // (c * p.block)) % p.windows
-        frame = flat // (c * p.block * p.windows)
+        col = flat % m
+        slot = (flat // m) % p.block
+        j = flat // (m * p.block)
         taps = j[:, None] * p.stride + torch.arange(p.span, device=y.device)
-        pixels = y[frame[:, None], taps, col[:, None]].to(torch.float64)
+        pixels = y[taps, col[:, None]].to(torch.float64)
         return (pixels * p.exact_weights[j, slot]).sum(dim=1)
 
     return sums, recount
@@ -392,12 +392,15 @@ def resize_bicubic_pil(frames: torch.Tensor, size: tuple[int, int]) -> torch.Ten
                     torch.index_select(slots, 1, px.slot, out=x)
                     x = x.view(n, 3, h, width)
             if py is not None:
-                y = _workspace((n * 3, py.padded, width), py.dtype, device, "vertical")
-                y[:, h:].zero_()
-                y[:, :h].view(n, 3, h, width).copy_(x)
-                sums, recount = _vertical(y, py)  # (n * 3, J, block, W')
+                # rows of every plane side by side: (padded, n, 3, W'), zero past the last row
+                y = _workspace((py.padded, n * 3 * width), py.dtype, device, "vertical")
+                y[h:].zero_()
+                y[:h].view(h, n, 3, width).copy_(x.permute(2, 0, 1, 3))
+                sums, recount = _vertical(y, py)  # (J, block, n * 3 * W')
                 _round_pil(sums, recount, py, sums)
-                x = _in_order(sums.view(n, 3, -1, width), py, 2)
+                rows = _in_order(sums.view(-1, n * 3 * width), py, 0)  # (H', n * 3 * W')
+                out[i:i + n].copy_(rows.view(height, n, 3, width).permute(1, 0, 3, 2))
+                continue
             out[i:i + n].copy_(x.permute(0, 2, 3, 1))
     return out
 

@@ -71,6 +71,9 @@ class ExtractOptions:
     decode_threads: int = 0  # decord's threads per video (0 = its default)
     decode_workers: int = 2  # videos decoding at once, ahead of the model
     write_workers: int = 2  # threads compressing and writing chunks
+    # whether decoding and writing run while the model computes (None: on accelerators, not on the
+    # CPU, where they take turns with the model: see host_work_overlaps)
+    overlap_host_work: bool | None = None
     precision: str = "auto"  # compute precision, one of PRECISIONS
     feature_dtype: str = "float16"  # stored features, one of FEATURE_DTYPES
     compile: bool = False  # torch.compile the backbone + LiFT (first batches of each shape compile)
@@ -261,12 +264,14 @@ class _VideoFeed:
     """
 
     def __init__(self, source: VideoSource, resize: Resize, patch: int, options: ExtractOptions,
-                 depth: int = 2, batch_for=None):
+                 depth: int = 2, batch_for=None, turns: bool = False):
         self.source = source
         # frames per batch for the opened reader (frames_per_batch); None: options.batch_size
         self.batch_for = batch_for
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
+        # turns: decode one batch, then one more per next_turn() (the consumer's); else decode ahead
+        self.turns: threading.Semaphore | None = threading.Semaphore(1) if turns else None
         self._args = (resize, patch, options)
 
     def _put(self, item) -> bool:
@@ -290,7 +295,7 @@ class _VideoFeed:
                 return
             batch_size = self.batch_for(reader) if self.batch_for else options.batch_size
             # native-size uint8 frames: the model's device applies the resize (reader.pending_resize)
-            batches = reader.batches(indices, batch_size, resized=False)
+            batches = reader.batches(indices, batch_size, resized=False, turns=self.turns)
             try:
                 for batch in batches:
                     if not self._put(batch):
@@ -310,8 +315,42 @@ class _VideoFeed:
             raise item
         return item
 
+    def next_turn(self) -> None:
+        """Let the next batch decode (a feed made with ``turns``; no-op otherwise)."""
+        if self.turns is not None:
+            self.turns.release()
+
     def cancel(self) -> None:
         self.stop.set()
+
+
+def all_finite(feats: torch.Tensor) -> torch.Tensor:
+    """Whether every value of ``feats`` (float16/bfloat16/float32, any shape) is finite, as a 0-d
+    bool tensor on its device.
+
+    The sum in a wider float is finite exactly when every term is: a NaN or an infinity makes it
+    non-finite, and finite terms cannot overflow it (at most 2**31 float16 values below 65504
+    summed in float32; float32 and bfloat16 ones, up to 3.4e38, in float64). One reduction, about 7x less CPU than ``isfinite().all()``
+    on float16 (0.15 vs 1.0 ms per 28x28x384 frame)."""
+    wide = torch.float32 if feats.dtype == torch.float16 else torch.float64
+    if feats.dtype not in (torch.float16, torch.bfloat16, torch.float32) or feats.numel() >= 2 ** 31:
+        return torch.isfinite(feats).all()
+    return torch.isfinite(feats.sum(dtype=wide))
+
+
+def host_work_overlaps(options: ExtractOptions, extractor: FeatureExtractor) -> bool:
+    """Whether decoding and writing run at the same time as the model (``options.overlap_host_work``;
+    by default on accelerators only).
+
+    On an accelerator the host's cores are free while the device computes, so decoding the next
+    batch and writing the last one hide behind it. On the CPU the model's threads already use every
+    core, and each of its operations ends at a barrier: a decode or write thread that takes a core
+    from one of them stalls all of them until it gives the core back. There the two take turns:
+    the model computes a batch; then the next batch decodes while the last one is written (two
+    threads, no model thread waiting), then the model again."""
+    if options.overlap_host_work is not None:
+        return options.overlap_host_work
+    return extractor.mean.device.type != "cpu"
 
 
 def _stages_on_host(extractor: FeatureExtractor) -> bool:
@@ -412,9 +451,12 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     resize = reader.pending_resize
     futures: list[Future] = []
     written = 0
+    overlap = feed.turns is None
     try:
         while (item := feed.get()) is not _END:
             _, frames = item
+            if not overlap:  # the last batch's write ran beside this batch's decoding: both are done
+                _wait_for_writes(futures, 0)
             tensor = torch.from_numpy(frames)
             if pinned:
                 feats = extractor(tensor.pin_memory(), resize)
@@ -422,18 +464,19 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
                 host = torch.empty(tuple(feats.shape), dtype=feats.dtype, pin_memory=True)
                 host.copy_(feats, non_blocking=True)
                 finite = torch.empty((), dtype=torch.bool, pin_memory=True)
-                finite.copy_(torch.isfinite(feats).all(), non_blocking=True)
+                finite.copy_(all_finite(feats), non_blocking=True)
                 event = torch.cuda.Event()
                 event.record()
                 futures.append(writer.submit(_write_batch, features, written, host, event, finite,
                                              str(source.path)))
             else:
                 feats = extractor(tensor, resize).contiguous()
-                if not bool(torch.isfinite(feats).all()):
+                if not bool(all_finite(feats)):
                     raise _range_error(source.path, written, len(frames), extractor.feature_dtype)
                 futures.append(writer.submit(_write_batch, features, written, feats.numpy()))
             written += len(frames)
             progress.frames_done(len(frames))
+            feed.next_turn()
             # bound host memory: never more than a few batches queued for writing; a failed write
             # fails the video now
             _wait_for_writes(futures, MAX_PENDING_WRITES)
@@ -493,7 +536,8 @@ def extract_one(source: VideoSource, video_id: str, store_path: str, options: Ex
     resize = Resize.parse(options.resize)
     pinned = _stages_on_host(extractor)
     feed = _VideoFeed(source, resize, extractor.backbone.patch_size, options,
-                      batch_for=lambda r: frames_per_batch(options, extractor, r.frame_size, r.source_size))
+                      batch_for=lambda r: frames_per_batch(options, extractor, r.frame_size, r.source_size),
+                      turns=not host_work_overlaps(options, extractor))
     with ThreadPoolExecutor(max_workers=1) as decoder, \
             ThreadPoolExecutor(max_workers=max(1, options.write_workers)) as writer:
         decoder.submit(feed.run)
@@ -695,6 +739,7 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
     progress.start(len(sources))
     patch = backbone.patch_size
     pinned = _stages_on_host(extractor)
+    turns = not host_work_overlaps(options, extractor)
     ahead = max(1, options.decode_workers)  # queued feeds besides the one the model reads
     feeds: deque[tuple[_VideoFeed, VideoSource, str]] = deque()
     in_flight: deque[tuple[_VideoInFlight, VideoSource, str]] = deque()
@@ -723,7 +768,7 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
                 while len(feeds) < ahead and (item := next(todo, None)) is not None:
                     source, video_id = item
                     feed = _VideoFeed(source, resize, patch, options, batch_for=lambda r: frames_per_batch(
-                        options, extractor, r.frame_size, r.source_size))
+                        options, extractor, r.frame_size, r.source_size), turns=turns)
                     feeds.append((feed, source, video_id))
                     decoders.submit(feed.run)
 

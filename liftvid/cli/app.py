@@ -10,8 +10,8 @@ import typer
 from rich.markup import escape
 from typer.core import TyperGroup
 
-from .io.store import PCA_FIT_FRAMES, PCA_FIT_VIDEOS
-from .io.video import DEFAULT_FPS, RESIZE_HELP
+from ..io.store import PCA_FIT_FRAMES, PCA_FIT_VIDEOS
+from ..io.video import DEFAULT_FPS, RESIZE_HELP
 
 try:  # Typer ≥ 0.22 carries its own copy of click; older ones use click itself
     from typer._click import exceptions as _usage
@@ -161,7 +161,7 @@ app.add_typer(eval_app, name="eval")
 
 def _version(value: bool) -> None:
     if value:
-        from . import __version__
+        from .. import __version__
 
         typer.echo(f"liftvid {__version__}")
         raise typer.Exit()
@@ -202,7 +202,7 @@ PRECISION_HELP = ("auto (fp32 on every device: the published numbers' arithmetic
 def _warn_precision(err, precision: str, device: str) -> None:
     """Warn before a run whose precision is slower than fp32 on its device (bf16 on a CPU without
     native bf16); an unusable ``--device`` is left for the library to refuse."""
-    from .models.extractor import precision_warning, resolve_device
+    from ..models.extractor import precision_warning, resolve_device
 
     try:
         warning = precision_warning(precision, resolve_device(device))
@@ -226,7 +226,7 @@ _OVERWRITE_HELP = ("Replace {what} even when liftvid did not write it (by defaul
 
 def _claim(path, kind: str, inputs: dict, overwrite: bool, option: str = "--out", folder: bool = False) -> None:
     """The output rule (:func:`liftvid.io.outputs.claim_output`) before any work: a refusal is one error line."""
-    from .io.outputs import OutputError, claim_output
+    from ..io.outputs import OutputError, claim_output
 
     if path is None:
         return
@@ -336,8 +336,8 @@ def extract(
     from rich.progress import Progress
 
 
-    from .pipelines.extract import ExtractOptions, extract_videos
-    from .jobs import check_scheduler
+    from ..pipelines.extract import ExtractOptions, extract_videos
+    from ..jobs import check_scheduler
 
     err = console(stderr=True)
     if weights == "random":
@@ -381,7 +381,7 @@ def info(store: Annotated[str, typer.Argument(help="A liftvid Zarr store (path o
     from rich.filesize import decimal
     from rich.table import Table
 
-    from .io.store import FeatureEncoding, summarize_store
+    from ..io.store import FeatureEncoding, summarize_store
 
     try:
         summary = summarize_store(store)
@@ -451,8 +451,8 @@ def recode(
     """
     from rich.progress import Progress
 
-    from .io.store import FeatureEncoding
-    from .pipelines.recode import recode_store
+    from ..io.store import FeatureEncoding
+    from ..pipelines.recode import recode_store
 
     err = console(stderr=True)
     try:
@@ -487,7 +487,7 @@ def verify(
     damaged, except with --mark once every damaged video is marked for the next extract to redo.
     """
 
-    from .io.store import verify_store
+    from ..io.store import verify_store
 
     try:
         report = verify_store(store, videos=video, mark=mark)
@@ -520,8 +520,8 @@ def sample(
     overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP.format(what="OUT"))] = False,
 ) -> None:
     """Write a synthetic sample video (a moving texture) to try liftvid without data."""
-    from .io.encode import write_synthetic_video
-    from .io.outputs import written_whole
+    from ..io.encode import write_synthetic_video
+    from ..io.outputs import written_whole
 
     _claim(out, SAMPLE_KIND, {}, overwrite, option="OUT")
     try:
@@ -563,7 +563,7 @@ def propagate(
     """
     from rich.table import Table
 
-    from .pipelines.propagate import PropagateOptions, propagate_store
+    from ..pipelines.propagate import PropagateOptions, propagate_store
 
     con = console()  # lines are not wrapped when not a terminal
     if not masks.exists():
@@ -630,8 +630,8 @@ def eval_davis(
     """DAVIS-2017 semi-supervised J&F (the official toolkit's definitions): per sequence and overall."""
     from rich.table import Table
 
-    from .io.tables import DAVIS_CSV_KIND, davis_csv_paths, write_davis_csv
-    from .pipelines.evaluate import davis_sequences, evaluate_davis
+    from ..io.tables import DAVIS_CSV_KIND, davis_csv_paths, write_davis_csv
+    from ..pipelines.evaluate import davis_sequences, evaluate_davis
 
     con = console()  # lines are not wrapped when not a terminal
     if not results.is_dir():
@@ -695,8 +695,8 @@ def track(
     """Follow query points through each video by dense feature matching, as Dask jobs."""
     from rich.console import Console
 
-    from .ops.track import TrackOptions
-    from .pipelines.track import track_store
+    from ..ops.track import TrackOptions
+    from ..pipelines.track import track_store
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)
     given = {"min_similarity": min_similarity, "cycle_radius": cycle_radius, "frame_chunk": frame_chunk,
@@ -740,8 +740,8 @@ def eval_tapvid(
     from rich.console import Console
     from rich.table import Table
 
-    from .io.outputs import write_json_whole
-    from .pipelines.evaluate import evaluate_tapvid, store_source_sizes
+    from ..io.outputs import write_json_whole
+    from ..pipelines.evaluate import evaluate_tapvid, store_source_sizes
 
     console = Console(highlight=False, soft_wrap=True)
     _claim(json_out, TAPVID_JSON_KIND, {"tracks CSV": tracks, "TAP-Vid pickle": gt, "store": store}, overwrite,
@@ -779,7 +779,7 @@ def eval_tapvid_queries(
     overwrite: Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP.format(what="the --out CSV or a FRAMES/<video>/ folder"))] = False,
 ) -> None:
     """Write TAP-Vid's queries, in its order, as a queries CSV (and optionally its frames)."""
-    from .io.tables import write_tapvid_queries
+    from ..io.tables import write_tapvid_queries
 
     try:
         counts = write_tapvid_queries(gt, out, query_mode=query_mode, frames_dir=frames, overwrite=overwrite)
@@ -883,7 +883,7 @@ def train(
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from .pipelines.train import TrainOptions, train_lift
+    from ..pipelines.train import TrainOptions, train_lift
 
     console = Console(stderr=True, highlight=False, soft_wrap=True)  # one unbroken line per message
     if weights == "random":
@@ -931,7 +931,7 @@ _VizOverwrite = Annotated[bool, typer.Option("--overwrite", help=_OVERWRITE_HELP
 
 def _viz_inputs(store: str, video: str) -> dict:
     """The store and the video's source: a picture may not be written over either."""
-    from .io import store as st
+    from ..io import store as st
 
     inputs = {"store": st.local_path(store)}
     try:
@@ -946,9 +946,9 @@ def _viz_inputs(store: str, video: str) -> dict:
 def _viz_write(store: str, video: str, out: Path, frames: Optional[str], fps: Optional[float], make,
                overwrite: bool = False) -> None:
     """Open the video, pick the frames, render and write; every bad input is one error line."""
-    from . import viz
-    from .pipelines import render
-    from .pipelines.analysis import open_store
+    from .. import viz
+    from ..pipelines import render
+    from ..pipelines.analysis import open_store
 
     try:
         viz.check_output(out)
@@ -973,7 +973,7 @@ def viz_pca(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames
 
     Example: liftvid viz pca out.zarr --video bear --out pca.mp4
     """
-    from .pipelines import render
+    from ..pipelines import render
 
     _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_pca(ds, picked, with_source), overwrite)
 
@@ -988,7 +988,7 @@ def viz_similarity(store: _VizStore, video: _VizVideo, out: _VizOut,
 
     Example: liftvid viz similarity out.zarr --video bear --point 320,200,0 --out sim.mp4
     """
-    from .pipelines import render
+    from ..pipelines import render
 
     try:
         x, y, t = (float(v) for v in point.split(","))
@@ -1003,7 +1003,7 @@ def viz_similarity(store: _VizStore, video: _VizVideo, out: _VizOut,
 def viz_masks(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFrames = None, fps: _VizFps = None,
               overwrite: _VizOverwrite = False) -> None:
     """Overlay the masks `liftvid propagate` stored for the video on its source frames (DAVIS colours)."""
-    from .pipelines import render
+    from ..pipelines import render
 
     _viz_write(store, video, out, frames, fps, render.render_masks, overwrite)
 
@@ -1013,7 +1013,7 @@ def viz_tracks(store: _VizStore, video: _VizVideo, out: _VizOut, frames: _VizFra
                trail: Annotated[int, typer.Option(help="Frames of trail behind each point.", min=0)] = 12,
                overwrite: _VizOverwrite = False) -> None:
     """Draw the tracks `liftvid track` stored for the video, with trails, on its source frames."""
-    from .pipelines import render
+    from ..pipelines import render
 
     _viz_write(store, video, out, frames, fps, lambda ds, picked: render.render_tracks(ds, picked, trail), overwrite)
 
@@ -1036,7 +1036,7 @@ def cluster(
     import signal
     import time
 
-    from .jobs import start_local_cluster, visible_gpus
+    from ..jobs import start_local_cluster, visible_gpus
 
     out = console()
     gpus = 0 if cpu else visible_gpus()
@@ -1095,8 +1095,8 @@ def bench(
 
     from rich.table import Table
 
-    from .io.outputs import write_json_whole
-    from .pipelines.bench import BenchOptions, run_benchmark
+    from ..io.outputs import write_json_whole
+    from ..pipelines.bench import BenchOptions, run_benchmark
 
     out = console()
     _claim(json_out, BENCH_JSON_KIND, {f"input {i}": p for i, p in enumerate(inputs)}, overwrite, option="--json")
@@ -1149,5 +1149,3 @@ def bench(
         write_json_whole(json_out, result.to_dict(), BENCH_JSON_KIND)
 
 
-if __name__ == "__main__":
-    app()

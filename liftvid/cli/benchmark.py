@@ -7,32 +7,32 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import (BENCH_JSON_KIND, BatchSize, DecodeThreads, OverwriteJson, Precision, claim,
-                      optional_str)
+from .options import (BENCH_JSON_KIND, BackboneName, BatchSize, CompileModel, DecodeThreads, DecodeWorkers, Device,
+                      FeatureDtype, OverwriteJson, Precision, Shard, UpliftConfig, claim, optional_str)
 from .render import console, esc, reports_errors, warn_precision
 
 
 @reports_errors
 def bench(
     inputs: Annotated[list[Path], typer.Argument(help="Videos or folders to benchmark on.", show_default=False)],
-    backbone: Annotated[str, typer.Option(help="Backbone alias or timm ViT name.")] = "dino_vits16",
+    backbone: BackboneName = "dino_vits16",
     weights: Annotated[str, typer.Option(help="Backbone weights ('random': speed does not depend on them).")] = "random",
     lift: Annotated[bool, typer.Option("--lift/--no-lift", help="Include a (random) LiFT module (not with --uplift).")] = True,
     uplift: Annotated[Optional[Path], typer.Option(help="Benchmark this UPLiFT (weights file) instead of LiFT, and print its share of the model time per frame at 1..--uplift-iterations iterations.", exists=False)] = None,
-    uplift_config: Annotated[Optional[Path], typer.Option(help="The UPLiFT's YAML config (default: the released architecture the weights fit).", exists=False)] = None,
+    uplift_config: UpliftConfig = None,
     uplift_iterations: Annotated[int, typer.Option(help="UPLiFT iterations of the extraction stages, and the largest count of the share table.", min=1)] = 2,
     resize: Annotated[str, typer.Option(help="square:S, short:S or native.")] = "square:224",
     batch_size: BatchSize = 64,
-    device: Annotated[str, typer.Option(help="auto, cuda or cpu.")] = "auto",
+    device: Device = "auto",
     min_frames: Annotated[int, typer.Option(help="Repeat the inputs to at least this many frames.", min=1)] = 2000,
-    decode_workers: Annotated[int, typer.Option(help="Videos decoding at once.", min=1)] = 4,
+    decode_workers: DecodeWorkers = 4,
     decode_threads: DecodeThreads = 0,
     naive_frames: Annotated[int, typer.Option(help="Frames for the naive per-frame reference.", min=1)] = 50,
     model_batches: Annotated[int, typer.Option(help="Batches timed for model-only.", min=1)] = 20,
     precision: Precision = "auto",
-    feature_dtype: Annotated[str, typer.Option(help="Stored features: float16 or float32.")] = "float16",
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT.")] = False,
-    shard: Annotated[bool, typer.Option("--shard", help="One-frame chunks inside batch-sized shards.")] = False,
+    feature_dtype: FeatureDtype = "float16",
+    compile_model: CompileModel = False,
+    shard: Shard = False,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the numbers as JSON (with what `auto` resolved to: device, precision, batch).")] = None,
     overwrite: OverwriteJson = False,
 ) -> None:

@@ -10,8 +10,9 @@ from rich.markup import escape
 
 from ..io.store import PCA_FIT_FRAMES, PCA_FIT_VIDEOS
 from ..io.video import DEFAULT_FPS, RESIZE_HELP
-from .options import (OVERWRITE_HELP, SAMPLE_KIND, BackboneName, BatchSize, DecodeThreads, Device, Layer, Precision,
-                      StoreArg, claim, one_encoding, optional_str, with_fast_resize)
+from .options import (OVERWRITE_HELP, SAMPLE_KIND, BackboneName, BatchSize, CompileModel, DecodeThreads, DecodeWorkers,
+                      Device, FeatureDtype, Layer, Precision, Shard, StoreArg, UpliftConfig, Weights, claim, one_encoding,
+                      optional_str, with_fast_resize)
 from .render import (COMPLETE, DAMAGED, SKIPPED, VideoProgress, console, esc, fail, frames_per_second, naming, plural,
                      reports_errors, status_text, warn_precision, warn_random_weights)
 
@@ -21,12 +22,12 @@ def extract(
     inputs: Annotated[list[Path], typer.Argument(help="Video files, folders of videos, or folders of JPEG/PNG frames (e.g. DAVIS JPEGImages/480p).", show_default=False)],
     store: Annotated[str, typer.Argument(help="Output Zarr store: a path or an fsspec URL (memory://, s3://…).", show_default=False)],
     backbone: BackboneName = "dino_vits16",
-    weights: Annotated[Optional[str], typer.Option(help="Backbone weights: a local file (timm, safetensors, DINO .pth) or 'random' (features mean nothing). Default: timm's pretrained download.")] = None,
+    weights: Weights = None,
     lift: Annotated[Optional[Path], typer.Option(help="LiFT checkpoint (the paper's release or `liftvid train`). Without it the backbone's own grid is stored.", exists=False)] = None,
     lift_iterations: Annotated[int, typer.Option(help="Apply LiFT k times (each doubles the grid).", min=1)] = 1,
     uplift: Annotated[Optional[Path], typer.Option(help="UPLiFT weights (.safetensors of the mwalmer-umd/UPLiFT release, e.g. uplift_dinov2-s14.safetensors with --backbone vit_small_patch14_dinov2.lvd142m, or a torch file); exclusive with --lift. Facet default: token-norm. Dense stores are large: 64x64x384 float16 = 3.1 MB a frame at 224 px with 2 iterations, 12.6 MB with 3; --quantize int8 halves that, --pca K keeps K channels.", exists=False)] = None,
     uplift_iterations: Annotated[int, typer.Option(help="Apply UPLiFT k times (each doubles the grid: 16x16 -> 64x64 at 224 px for DINOv2-S/14 with 2).", min=1)] = 2,
-    uplift_config: Annotated[Optional[Path], typer.Option(help="The UPLiFT's YAML config (the release's format, for models trained with its code). Default: the released architecture the weights fit.", exists=False)] = None,
+    uplift_config: UpliftConfig = None,
     layer: Layer = -1,
     facet: Annotated[Optional[str], typer.Option(help="key, query, value (attention projections of the block's normed input), token (block output) or token-norm (block output through the final LayerNorm: DINO's get_intermediate_layers). Default: token-norm with --uplift or --resize dino-davis / dino:S, else key.", show_default=False)] = None,
     resize: Annotated[str, typer.Option(help=RESIZE_HELP)] = "lift-davis",
@@ -38,12 +39,12 @@ def extract(
     fps: Annotated[float, typer.Option(help="Frame rate assumed for folders of frames.")] = DEFAULT_FPS,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store written with another configuration.")] = False,
     seed: Annotated[int, typer.Option(help="Seed of --weights random.")] = 0,
-    decode_workers: Annotated[int, typer.Option(help="Videos decoding at once, ahead of the model.", min=1)] = 2,
+    decode_workers: DecodeWorkers = 2,
     decode_threads: DecodeThreads = 0,
     precision: Precision = "auto",
-    feature_dtype: Annotated[str, typer.Option(help="Stored features: float16 (half the disk; a video whose features exceed ±65504 fails) or float32.")] = "float16",
-    compile_model: Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT (pays off on long GPU runs).")] = False,
-    shard: Annotated[bool, typer.Option("--shard", help="Store one-frame chunks inside batch-sized shards: reading one frame reads one frame.")] = False,
+    feature_dtype: FeatureDtype = "float16",
+    compile_model: CompileModel = False,
+    shard: Shard = False,
     scheduler: Annotated[Optional[str], typer.Option(help="Run one Dask task per video: 'processes' or tcp://host:port of a dask.distributed cluster (`liftvid cluster`); the store must be reachable from every worker. Default: in-process pipeline.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Local processes for --scheduler processes.", min=1)] = None,
     quantize: Annotated[Optional[str], typer.Option(help="Store int8 codes with a scale and offset per frame and channel (about half the bytes of float16; |error| <= scale/2).", show_default=False)] = None,

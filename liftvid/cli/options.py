@@ -20,16 +20,26 @@ ExtractedStoreArg = Annotated[str, typer.Argument(help="A liftvid store (path or
 # ---- the model ------------------------------------------------------------------------------------
 
 BackboneName = Annotated[str, typer.Option(help="Alias (dino_vits16, dino_vits8, dino_vitb16, dino_vitb8) or any timm ViT name.")]
+Weights = Annotated[Optional[str], typer.Option(help="Backbone weights: a local file (timm, safetensors, DINO .pth) or 'random' (features mean nothing). Default: timm's pretrained download.")]
+UpliftConfig = Annotated[Optional[Path], typer.Option(help="The UPLiFT's YAML config (the release's format, for models trained with its code). Default: the released architecture the weights fit.", exists=False)]
 Layer = Annotated[int, typer.Option(help="Block to read features from (-1 = last).")]
 Device = Annotated[str, typer.Option(help="auto, cuda, cuda:N or cpu.")]
 PRECISION_HELP = ("auto (fp32 on every device: the published numbers' arithmetic), fp32, or bf16/fp16 autocast: "
                   "faster on GPUs and CPUs with native bf16, less exact (README, Precision).")
 Precision = Annotated[str, typer.Option(help=PRECISION_HELP)]
 BatchSize = Annotated[int, typer.Option(help="Frames per model batch.", min=1)]
+DecodeWorkers = Annotated[int, typer.Option(help="Videos decoding at once, ahead of the model.", min=1)]
 DecodeThreads = Annotated[int, typer.Option(help="decord threads per video (0: decord's default).", min=0)]
+CompileModel = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT (pays off on long GPU runs).")]
+
+# ---- the features written ------------------------------------------------------------------------
+
+FeatureDtype = Annotated[str, typer.Option(help="Stored features: float16 (half the disk; a video whose features exceed ±65504 fails) or float32.")]
+Shard = Annotated[bool, typer.Option("--shard", help="Store one-frame chunks inside batch-sized shards: reading one frame reads one frame.")]
 
 # ---- runs ------------------------------------------------------------------------------------------
 
+TaskScheduler = Annotated[str, typer.Option(help="threads, processes, sync or tcp://host:port (a dask.distributed scheduler).")]
 Workers = Annotated[Optional[int], typer.Option(help="Local worker threads/processes (default: one per core).", min=1)]
 
 # ---- outputs ---------------------------------------------------------------------------------------

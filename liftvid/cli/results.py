@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from .options import Device, ExtractedStoreArg, Workers, megabytes
+from .options import Device, ExtractedStoreArg, TaskScheduler, Workers, megabytes
 from .render import (COMPLETE, FAILED, SKIPPED, VideoProgress, console, esc, fail, frames_per_second, note, plural,
                      reports_errors, status_text)
 
@@ -31,7 +31,7 @@ def propagate(
     temperature: Annotated[float, typer.Option(help="Affinity temperature: exp(cos / T).", min=1e-6)] = 0.1,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write <out>/<video_id>.mp4 with the masks drawn on the frames.")] = False,
     store_masks: Annotated[bool, typer.Option("--store-masks/--no-store-masks", help="Also write each video's masks array into the store.")] = True,
-    scheduler: Annotated[str, typer.Option(help="threads, processes, sync or tcp://host:port (a dask.distributed scheduler).")] = "threads",
+    scheduler: TaskScheduler = "threads",
     workers: Workers = None,
     device: Device = "auto",
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace <out>/<video_id>/ folders and overlays that liftvid did not write (by default only its own earlier results are replaced; inputs never are).")] = False,
@@ -99,7 +99,7 @@ def track(
     store: ExtractedStoreArg,
     queries: Annotated[Path, typer.Option(help="CSV video_id,t,x,y: x, y in source-frame pixels (0 = top/left edge), t = source frame number (from 0, as propagate --start-frame; with extract --stride, a stored one).", show_default=False)],
     out: Annotated[Path, typer.Option(help="Output CSV video_id,query,t,x,y,visible,score (source pixels; one row per stored frame, t its source frame number).", show_default=False)],
-    scheduler: Annotated[str, typer.Option(help="threads, processes, sync or tcp://host:port (a Dask cluster).")] = "threads",
+    scheduler: TaskScheduler = "threads",
     workers: Workers = None,
     chain: Annotated[bool, typer.Option("--chain", help="Update each template from its confident recent matches (frames in order).")] = False,
     overlay: Annotated[bool, typer.Option("--overlay", help="Also write <out>_<video>.mp4: the source frames with track trails.")] = False,

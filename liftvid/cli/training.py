@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .options import BackboneName, Device, Layer, optional_str
+from .options import BackboneName, Device, Layer, Weights, optional_str
 from .render import TrainingProgress, console, esc, fail, plural, reports_errors, warn_random_weights
 
 
@@ -16,7 +16,7 @@ def train(
     inputs: Annotated[list[Path], typer.Argument(help="Video files, folders of videos, folders of frames or of images.", show_default=False)],
     out: Annotated[Path, typer.Argument(help="Checkpoint to write, rewritten every epoch: LiFT's .pt (loads with `extract --lift`), or with --method uplift an UPLiFT .safetensors (loads with `extract --uplift`; its resume state goes to OUT.train-state beside it).", show_default=False)],
     backbone: BackboneName = "dino_vits16",
-    weights: Annotated[Optional[str], typer.Option(help="Backbone weights: a local file (timm, safetensors, DINO .pth) or 'random'. Default: timm's pretrained download.")] = None,
+    weights: Weights = None,
     layer: Layer = -1,
     facet: Annotated[Optional[str], typer.Option(help="key, query, value, token or token-norm. Default: key for LiFT, token-norm for UPLiFT (the released models').", show_default=False)] = None,
     size: Annotated[Optional[int], typer.Option(help="Training size S (frames resized to S×S). LiFT: a multiple of 4 × the patch size; UPLiFT: of 2^levels × the patch size and at least twice that (levels: the config's train.down_steps, 3 for dinov2-s14, 2 for dinov3-splus16). Default 448.", show_default=False)] = None,

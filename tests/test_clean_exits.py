@@ -73,6 +73,26 @@ def test_an_unforeseen_error_is_one_line_and_the_traceback_is_on_request(small_s
     assert isinstance(result.exception, RuntimeError)  # raised through, with its traceback
 
 
+def test_every_liftvid_error_is_its_own_one_line_whatever_its_builtin_base(small_store, monkeypatch):
+    """The CLI catches liftvid's one error base, so an error liftvid names that is a RuntimeError
+    (as a video that cannot be decoded is) reads as its message alone, exit 1, never as unforeseen,
+    even with the traceback asked for."""
+    import liftvid.io.store
+    from liftvid.errors import LiftvidError
+
+    class WorkerLost(LiftvidError, RuntimeError):
+        pass
+
+    def lost(path):
+        raise WorkerLost(f"{path}: the worker reading it was lost; rerun the same command")
+
+    monkeypatch.setattr(liftvid.io.store, "summarize_store", lost)
+    monkeypatch.setenv(TRACEBACK_ENV, "1")
+    result = runner.invoke(app, ["info", str(small_store)])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {small_store}: the worker reading it was lost; rerun the same command"
+
+
 @pytest.mark.parametrize("code, advice", [(errno.ENOSPC, "free some space and rerun the same command"),
                                           (errno.EROFS, "the folder is read-only: write somewhere else"),
                                           (errno.EACCES, "no permission")])

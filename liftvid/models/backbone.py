@@ -297,10 +297,6 @@ class Backbone(nn.Module):
         if spec is not None:
             assert (self.patch_size, model.embed_dim) == (spec.patch_size, spec.channels), spec
 
-    @property
-    def random_weights(self) -> bool:
-        return self.weights_id.startswith("random:")
-
     def describe(self) -> dict:
         """Provenance for the store and for LiFT checkpoints (JSON-serialisable)."""
         return {

@@ -177,6 +177,39 @@ def read_rows(path: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def one_oracle_video_store(store, n_frames: int, masks: Path | None = None) -> np.ndarray:
+    """A new store at ``store`` (path or URL) of one oracle video ``a`` (a 16×16 grid moving right
+    past a 5×5-cell object), with its first mask written as ``masks/a.png`` when ``masks`` is given.
+    Returns the true masks ``(T, H, W) uint8``."""
+    from liftvid.io.masks import write_mask
+
+    feats, gt = oracle_video(n_frames=n_frames, grid=16, shift=(0, 1), obj=((5, 10), (5, 10)))
+    make_oracle_store(store, {"a": {"features": feats, "source_size": gt.shape[1:]}})
+    if masks is not None:
+        write_mask(Path(masks) / "a.png", gt[0])
+    return gt
+
+
+# ---- liftvid cluster ------------------------------------------------------------------------------
+
+
+def scheduler_address(proc, timeout: float = 300) -> tuple[str, str]:
+    """The address a ``liftvid cluster`` process (its stdout a text pipe) prints on its
+    ``scheduler tcp://…`` line, and what it printed up to there; fails with that output if there is
+    no such line within ``timeout`` s."""
+    import time
+
+    lines, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if line.startswith("scheduler tcp://"):
+            return line.split()[1], "".join(lines)
+    raise AssertionError("".join(lines) or "liftvid cluster printed nothing")
+
+
 # ---- hostile and recording objects ------------------------------------------------------------------
 
 

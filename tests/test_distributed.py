@@ -24,7 +24,7 @@ from liftvid.pipelines.extract import ExtractOptions, extract_one, extract_video
 from liftvid.io.video import find_sources
 
 from .conftest import TINY_VIT
-from .helpers import assert_stores_equal, read_store
+from .helpers import assert_stores_equal, read_store, scheduler_address
 
 runner = CliRunner()
 BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "4", "--device", "cpu",
@@ -266,25 +266,15 @@ def test_cluster_command_prints_address_and_stops_on_ctrl_c(tmp_path):
                              "--port", "0", "--dashboard", ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
-        lines = []
-        address = None
-        deadline = time.time() + 300
-        while address is None and time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("scheduler tcp://"):
-                address = line.split()[1]
-        assert address, "".join(lines)
+        address, printed = scheduler_address(proc)
         with Client(address, timeout=120) as client:
             client.wait_for_workers(2, timeout=300)
             assert len(client.scheduler_info()["workers"]) == 2
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
         proc.wait(timeout=120)
         rest = proc.stdout.read()  # (not communicate(): it would skip what readline buffered)
-        assert proc.returncode == 0, "".join(lines) + rest
-        text = "".join(lines) + rest
+        text = printed + rest
+        assert proc.returncode == 0, text
         assert "2 CPU workers" in text and "stopping the cluster" in text
         assert "--scheduler " + address in text
         assert "Traceback" not in text and "KeyboardInterrupt" not in text  # workers ignore Ctrl-C

@@ -16,7 +16,7 @@ from liftvid.io.encode import synthetic_frames, write_video
 from liftvid.io.masks import write_mask
 from liftvid.io.outputs import COMPLETE_MARKER, OutputError, claim_output, record_path
 from tests.conftest import TINY_VIT
-from tests.helpers import make_oracle_store, oracle_features, oracle_video, refused, write_queries
+from tests.helpers import make_oracle_store, oracle_features, one_oracle_video_store, refused, write_queries
 
 runner = CliRunner()
 
@@ -38,10 +38,8 @@ def with_source(store: Path, vid: str, source: Path) -> None:
 
 @pytest.fixture
 def prop(tmp_path):
-    feats, gt = oracle_video(n_frames=5, grid=16, shift=(0, 1), obj=((5, 10), (5, 10)))
-    store = make_oracle_store(tmp_path / "s.zarr", {"a": {"features": feats, "source_size": gt.shape[1:]}})
-    masks = tmp_path / "first"
-    write_mask(masks / "a.png", gt[0])
+    store, masks = tmp_path / "s.zarr", tmp_path / "first"
+    gt = one_oracle_video_store(store, 5, masks)
     source = tmp_path / "videos" / "a.mp4"
     write_video(source, synthetic_frames(5, *gt.shape[1:], seed=1), fps=12)
     with_source(store, "a", source)
@@ -119,8 +117,8 @@ def test_propagate_replaces_its_own_results_on_a_rerun_but_not_a_forged_record(p
 def test_propagate_never_writes_over_the_store_or_the_source_frames(prop, tmp_path):
     store, masks, _ = prop
     # a store named like a video, beside --out: --out holds the store
-    feats, gt = oracle_video(n_frames=5, grid=16, shift=(0, 1), obj=((5, 10), (5, 10)))
-    named = make_oracle_store(tmp_path / "beside" / "a", {"a": {"features": feats, "source_size": gt.shape[1:]}})
+    named = tmp_path / "beside" / "a"
+    one_oracle_video_store(named, 5)
     before = snapshot(named)
     for extra in ((), ("--overwrite",)):
         refused(run_propagate(named, masks, tmp_path / "beside", *extra), "holds the store", "choose another --out")

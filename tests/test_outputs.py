@@ -10,20 +10,16 @@ from typer.testing import CliRunner
 
 import liftvid.io.store as st
 from liftvid.cli import app
-from liftvid.io.masks import write_mask
 from liftvid.io.outputs import COMPLETE_MARKER, OutputError, refuse_over_inputs, written_whole
 from liftvid.pipelines.propagate import propagate_store
 from liftvid.pipelines.track import track_store
-from tests.helpers import make_oracle_store, oracle_features, oracle_video, write_queries
+from tests.helpers import make_oracle_store, oracle_features, one_oracle_video_store, write_queries
 
 
 @pytest.fixture
 def prop_case(tmp_path):
-    feats, gt = oracle_video(n_frames=6, grid=16, shift=(0, 1), obj=((5, 10), (5, 10)))
-    store = make_oracle_store(tmp_path / "s.zarr", {"a": {"features": feats, "source_size": gt.shape[1:]}})
-    masks = tmp_path / "first"
-    write_mask(masks / "a.png", gt[0])
-    return store, masks, gt
+    store, masks = tmp_path / "s.zarr", tmp_path / "first"
+    return store, masks, one_oracle_video_store(store, 6, masks)
 
 
 @pytest.fixture
@@ -171,10 +167,8 @@ def test_a_failed_tracks_write_keeps_the_previous_csv(track_case, tmp_path, monk
 
 
 def test_results_swap_into_a_memory_store_too(tmp_path):
-    feats, gt = oracle_video(n_frames=5, grid=16, shift=(0, 1), obj=((5, 10), (5, 10)))
     url = "memory://swap-test"
-    make_oracle_store(url, {"a": {"features": feats, "source_size": gt.shape[1:]}})
-    write_mask(tmp_path / "a.png", gt[0])
+    one_oracle_video_store(url, 5, tmp_path)
     from liftvid.pipelines.analysis import open_store
     from liftvid.pipelines.propagate import PropagateOptions
 

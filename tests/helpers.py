@@ -210,6 +210,20 @@ def scheduler_address(proc, timeout: float = 300) -> tuple[str, str]:
     raise AssertionError("".join(lines) or "liftvid cluster printed nothing")
 
 
+# ---- stand-ins ----------------------------------------------------------------------------------
+
+
+class ManualClock:
+    """A clock the test moves by hand (seconds since the epoch): what a writer frozen for a while
+    (SIGSTOP, a long pause) sees on waking."""
+
+    def __init__(self, now: float = 1_000_000.0):
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
 # ---- hostile and recording objects ------------------------------------------------------------------
 
 

@@ -26,7 +26,7 @@ from liftvid.io.encode import synthetic_frames, write_video
 
 from .conftest import TINY_VIT, start_held_run, wait_until_held
 from .s3_server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
-from .helpers import assert_stores_equal, read_store
+from .helpers import ManualClock, assert_stores_equal, read_store
 
 runner = CliRunner()
 BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "2", "--device", "cpu",
@@ -180,16 +180,6 @@ def test_killed_extract_is_redone_and_a_second_writer_is_refused(tmp_path, clips
 # ---- the lease -------------------------------------------------------------------------------------
 
 
-class _Clock:
-    """A clock the test moves by hand (seconds since the epoch)."""
-
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _lease_record(url: str) -> dict:
     return json.loads(s3fs.S3FileSystem().cat_file(f"{url}.lock".removeprefix("s3://")))
 
@@ -239,7 +229,7 @@ def test_an_expired_lease_is_taken_over_and_a_live_one_is_not(s3_bucket):
 
 def test_the_heartbeat_keeps_a_lease_alive(s3_bucket):
     url = f"{s3_bucket}/c.zarr"
-    clock = _Clock()
+    clock = ManualClock()
     holder = ObjectLease(url, ttl=30, heartbeat=0.02, clock=clock).acquire()
     try:
         first = _lease_record(url)["expires"]
@@ -259,7 +249,7 @@ def test_the_heartbeat_keeps_a_lease_alive(s3_bucket):
 
 def test_a_taken_over_lease_is_lost_and_its_release_keeps_the_new_one(s3_bucket):
     url = f"{s3_bucket}/d.zarr"
-    clock = _Clock()
+    clock = ManualClock()
     old = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()  # a run that stopped beating
     clock.now += 11
     new = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()
@@ -360,7 +350,7 @@ def test_a_run_whose_lease_was_taken_over_marks_no_video_complete(s3_bucket):
     root = st.init_store(url, {"schema_version": st.SCHEMA_VERSION, "backbone": {}, "preprocessing": {},
                                "feature_dtype": "float16", "feature_stride": 16})
     group = root.create_group("v", attributes={st.ATTRS_KEY: {"status": st.INCOMPLETE}})
-    clock = _Clock()
+    clock = ManualClock()
     old = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()
     clock.now += 11
     new = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()

@@ -133,6 +133,7 @@ def _checkpoint_paths(tmp_path, video_dir, ckpt):
     return {
         "--lift": ["extract", video, store, *EXTRACT, "--weights", "random", "--lift", str(ckpt)],
         "--weights": ["extract", video, store, *EXTRACT, "--weights", str(ckpt)],
+        "--uplift": ["extract", video, store, *EXTRACT, "--weights", "random", "--uplift", str(ckpt)],
         "--init": ["train", video, out, *TRAIN, "--init", str(ckpt)],
         "--resume": ["train", video, str(ckpt), *TRAIN, "--resume"],
     }
@@ -144,7 +145,7 @@ def _malicious(tmp_path, marker):
     return path
 
 
-@pytest.mark.parametrize("option", ["--lift", "--weights", "--init", "--resume"])
+@pytest.mark.parametrize("option", ["--lift", "--weights", "--uplift", "--init", "--resume"])
 def test_malicious_checkpoint_is_refused_on_every_path(tmp_path, video_dir, option):
     marker = tmp_path / "MARKER"
     ckpt = _malicious(tmp_path, marker)
@@ -158,7 +159,7 @@ def test_malicious_checkpoint_is_refused_on_every_path(tmp_path, video_dir, opti
 
 
 @pytest.mark.parametrize("kind", ["empty", "random"])
-@pytest.mark.parametrize("option", ["--lift", "--weights", "--init", "--resume"])
+@pytest.mark.parametrize("option", ["--lift", "--weights", "--uplift", "--init", "--resume"])
 def test_empty_or_random_checkpoint_is_not_a_checkpoint(tmp_path, video_dir, option, kind):
     ckpt = tmp_path / "bad.pt"
     ckpt.write_bytes(b"" if kind == "empty" else np.random.default_rng(2).bytes(1000))

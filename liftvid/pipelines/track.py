@@ -176,6 +176,9 @@ def write_tracks_group(root, job: _VideoJob, tracks: Tracks, meta: dict) -> None
     group[TRACKS_GROUP].attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}
 
 
+# ---- tracking graphs -----------------------------------------------------------------------------
+
+
 def _open_features(store_path: str, video_id: str):
     # decoded floats whatever the encoding; a chunk that fails its checksum is named (store, video,
     # frames), not zarr's bare error

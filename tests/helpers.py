@@ -17,11 +17,6 @@ from liftvid.ops.geometry import cell_centres
 # ---- CLI output ---------------------------------------------------------------------------------
 
 
-def error_lines(output: str) -> list[str]:
-    """The ``error:`` lines of a command's output."""
-    return [line for line in output.splitlines() if line.startswith("error:")]
-
-
 def one_error_line(output: str) -> str:
     """The one line of a refused command's output besides warnings (``--weights random``), checked
     to be an ``error:`` line: no traceback, no second line."""

@@ -48,7 +48,7 @@ _EXPORTS = {
     "build_extractor": "pipelines.extract",
     "PropagateOptions": "pipelines.propagate", "propagate_store": "pipelines.propagate",
     "upsampling_scale": "pipelines.propagate",
-    "track_store": "pipelines.track", "track_graph": "pipelines.track",
+    "track_store": "pipelines.track",
     "TrainOptions": "pipelines.train", "train_lift": "pipelines.train", "step_throughput": "pipelines.train",
     "evaluate_davis": "pipelines.evaluate", "evaluate_tapvid": "pipelines.evaluate",
     "davis_sequences": "pipelines.evaluate",
@@ -58,7 +58,6 @@ _EXPORTS = {
     "render_pca": "pipelines.render", "render_similarity": "pipelines.render", "render_masks": "pipelines.render",
     "render_tracks": "pipelines.render", "source_frames": "pipelines.render", "iter_source_frames": "pipelines.render",
     "video_fps": "pipelines.render",
-    "shared_task": "jobs", "array_from_blocks": "jobs", "compute_each": "jobs",
 }
 # public modules: pictures, the Dask layer, and the store's schema (for tools that write stores)
 _MODULES = {"viz": "viz", "jobs": "jobs", "store": "io.store"}

@@ -1,6 +1,6 @@
 """Dask graphs over videos: the one module that knows Dask.
 
-Pipelines hand their task functions in (:func:`run_per_video`, :func:`array_from_blocks`); this
+Pipelines hand their task functions in (:func:`run_per_video`, :func:`run_blocks_per_video`); this
 module imports no pipeline and knows nothing of what the tasks compute.
 
 Schedulers: ``"threads"`` (default, local threads), ``"processes"`` (local processes), ``"sync"``
@@ -28,53 +28,6 @@ def check_scheduler(scheduler: str) -> str:
     if scheduler in LOCAL_SCHEDULERS or scheduler.startswith("tcp://"):
         return scheduler
     raise ValueError(f"unknown scheduler {scheduler!r}: use threads, processes, sync or tcp://host:port")
-
-
-def compute_each(collections: Mapping[str, Any], scheduler: str = "threads",
-                 workers: int | None = None) -> dict[str, Any]:
-    """Compute several Dask collections in one graph; one failure does not stop the others.
-
-    For pure collections only (arrays, pure delayed): on a local scheduler a failure aborts the
-    graph and every collection is then recomputed alone. Tasks with side effects (writing a video)
-    go through :func:`run_per_video`, where a task's exception is its result and nothing reruns.
-
-    Args:
-        collections: name → Dask collection (array, delayed…).
-        scheduler: see the module docstring.
-        workers: local threads/processes (``None``: Dask's default, the number of cores).
-
-    Returns:
-        name → computed value, or the exception that its computation raised.
-    """
-    import dask
-
-    check_scheduler(scheduler)
-    names = list(collections)
-    if scheduler.startswith("tcp://"):
-        from distributed import Client
-
-        with Client(scheduler, set_as_default=False) as client:
-            futures = client.compute([collections[n] for n in names])
-            out = {}
-            for name, future in zip(names, futures):
-                try:
-                    out[name] = future.result()
-                except Exception as exc:  # one collection's failure is its result
-                    out[name] = exc
-            return out
-    kwargs = _local_kwargs(scheduler, workers)
-    try:
-        values = dask.compute(*[collections[n] for n in names], **kwargs)
-        return dict(zip(names, values))
-    except Exception:
-        # local schedulers abort the whole graph on the first error: redo one by one to isolate it
-        out = {}
-        for name in names:
-            try:
-                out[name] = dask.compute(collections[name], **kwargs)[0]
-            except Exception as exc:
-                out[name] = exc
-        return out
 
 
 def die_with_parent(parent: int) -> None:
@@ -285,35 +238,7 @@ def _result(future) -> Any:
         return exc
 
 
-# ---- arrays of task blocks ----------------------------------------------------------------------
-
-
-def shared_task(func: Callable[..., Any], *args: Any):
-    """One task whose value several blocks of :func:`array_from_blocks` take as an argument (it runs
-    once per graph)."""
-    import dask
-
-    return dask.delayed(func, pure=True)(*args)
-
-
-def array_from_blocks(func: Callable[..., Any], block_args: list[tuple], shapes: list[tuple[int, ...]],
-                      dtype: Any, axis: int = 0):
-    """A Dask array made of one task per block, concatenated along ``axis``.
-
-    Args:
-        func: a module-level function; ``func(*block_args[i])`` returns block i as a NumPy array
-            of ``shapes[i]`` and ``dtype`` (arguments may be :func:`shared_task` values).
-        block_args, shapes: per block, its arguments and shape.
-
-    Returns:
-        The lazy array; compute it with :func:`compute_each`.
-    """
-    import dask
-    import dask.array as da
-
-    blocks = [da.from_delayed(dask.delayed(func, pure=True)(*args), shape=shape, dtype=dtype)
-              for args, shape in zip(block_args, shapes)]
-    return blocks[0] if len(blocks) == 1 else da.concatenate(blocks, axis=axis)
+# ---- lazy arrays --------------------------------------------------------------------------------
 
 
 def lazy_array(array: Any, name: str):
@@ -354,7 +279,7 @@ def run_extraction(extract_one: Callable[..., Any], todo, store_path: str, optio
             that a worker started with ``--resources GPU=1`` runs one video at a time on its GPU.
 
     Returns:
-        video_id → :class:`liftvid.extract.VideoResult`, or the exception its task raised.
+        video_id → :class:`liftvid.pipelines.extract.VideoResult`, or the exception its task raised.
 
     Raises:
         ClusterResourceError: ``gpu`` on a cluster none of whose workers offers ``GPU``.

@@ -4,7 +4,7 @@ Pure functions on arrays. Feature inputs may be NumPy, Dask or xarray (``(T, h, 
 ``(h, w, C)`` for one frame); the PCA is fitted over a whole video in one streaming pass, so the colours
 of every frame come from one basis and a feature means the same colour throughout the video.
 Frames are ``(H, W, 3) uint8`` RGB. Point coordinates are continuous source pixels ``(x, y)``
-(0 = the frame's top/left edge), the convention of :mod:`liftvid.geometry`.
+(0 = the frame's top/left edge), the convention of :mod:`liftvid.ops.geometry`.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from liftvid.pipelines.extract import ExtractOptions, extract_one, extract_video
 from liftvid.io.sources import find_sources
 
 from .conftest import TINY_VIT
-from .test_extract import _assert_stores_equal, _read_store
+from .helpers import assert_stores_equal, read_store, scheduler_address
 
 runner = CliRunner()
 BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "4", "--device", "cpu",
@@ -75,7 +75,7 @@ def test_two_worker_cluster_equals_single_process(tmp_path, four_videos, cluster
         result = _extract([four_videos], dist, "--scheduler", local.scheduler_address)
     assert result.exit_code == 0, result.output
     assert "4 extracted, 0 already complete, 0 failed" in result.output
-    _assert_stores_equal(single, dist)  # features bitwise, attrs, config
+    assert_stores_equal(single, dist)  # features bitwise, attrs, config
 
     # each video group written by exactly one task, and the work was spread over both workers
     stream = [t for t in task_stream.data if str(t["key"]).startswith("extract-")]
@@ -245,7 +245,7 @@ def test_a_worker_killed_mid_video_is_survived(tmp_path, cluster):
         release.touch()
         client.run(_unhold)
     assert not run.is_alive() and [r.status for r in outcome[0].results] == ["complete", "complete"]
-    _assert_stores_equal(tmp_path / "single.zarr", store)
+    assert_stores_equal(tmp_path / "single.zarr", store)
     client.wait_for_workers(2, timeout=300)  # the nanny restarted it, for the tests after this one
     assert victim_pid not in client.run(os.getpid).values()
 
@@ -266,25 +266,15 @@ def test_cluster_command_prints_address_and_stops_on_ctrl_c(tmp_path):
                              "--port", "0", "--dashboard", ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
-        lines = []
-        address = None
-        deadline = time.time() + 300
-        while address is None and time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("scheduler tcp://"):
-                address = line.split()[1]
-        assert address, "".join(lines)
+        address, printed = scheduler_address(proc)
         with Client(address, timeout=120) as client:
             client.wait_for_workers(2, timeout=300)
             assert len(client.scheduler_info()["workers"]) == 2
         os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C in a terminal: the whole process group
         proc.wait(timeout=120)
         rest = proc.stdout.read()  # (not communicate(): it would skip what readline buffered)
-        assert proc.returncode == 0, "".join(lines) + rest
-        text = "".join(lines) + rest
+        text = printed + rest
+        assert proc.returncode == 0, text
         assert "2 CPU workers" in text and "stopping the cluster" in text
         assert "--scheduler " + address in text
         assert "Traceback" not in text and "KeyboardInterrupt" not in text  # workers ignore Ctrl-C
@@ -322,7 +312,7 @@ def test_memory_store_extract_read_back_and_info(tmp_path, four_videos):
     result = _extract([four_videos / "v0.mp4", four_videos / "v1.mp4"], url)
     assert result.exit_code == 0, result.output
     assert _extract([four_videos / "v0.mp4", four_videos / "v1.mp4"], local).exit_code == 0
-    _assert_stores_equal(url, local)
+    assert_stores_equal(url, local)
     info = runner.invoke(app, ["info", url])
     assert info.exit_code == 0 and "2 videos, 2 complete" in info.output, info.output
     again = _extract([four_videos / "v0.mp4"], url)
@@ -365,7 +355,7 @@ def test_file_url_store(tmp_path, four_videos):
     for name in (url, str(tmp_path / "via url.zarr")):
         info = runner.invoke(app, ["info", name])
         assert info.exit_code == 0 and "1 video, 1 complete" in info.output, info.output
-    assert _read_store(tmp_path / "via url.zarr")["v3"]["features"].shape == (4, 2, 2, 192)
+    assert read_store(tmp_path / "via url.zarr")["v3"]["features"].shape == (4, 2, 2, 192)
 
 
 def test_s3_without_s3fs_says_how_to_install(tmp_path, four_videos, monkeypatch):

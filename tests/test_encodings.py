@@ -21,6 +21,7 @@ from liftvid.ops.track import TrackOptions, track_points
 from liftvid.pipelines.extract import ExtractOptions, extract_videos
 
 from .conftest import TINY_VIT
+from .helpers import refused
 
 runner = CliRunner()
 BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "4", "--device", "cpu", "--resize", "square:96"]
@@ -44,13 +45,6 @@ def stores(tmp_path_factory, video_dir, one_torch_thread):
 
 def _raw(path, video, name="features"):
     return np.asarray(zarr.open_group(str(path), mode="r")[video][name][...])
-
-
-def _one_line_error(result) -> str:
-    assert result.exit_code != 0, result.output
-    lines = [line for line in result.output.strip().splitlines() if line.strip() and not line.startswith("warning:")]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
-    return lines[0]
 
 
 def test_int8_round_trip_within_its_bound(stores):
@@ -138,9 +132,9 @@ def test_open_store_returns_decoded_floats(stores):
 
 def test_append_with_another_encoding_is_refused_and_old_stores_read_as_plain(stores, video_dir, tmp_path):
     for extra in (["--quantize", "int8"], ["--pca", "4"]):
-        line = _one_line_error(runner.invoke(app, ["extract", str(video_dir), str(stores["float"]), *BASE, *extra]))
+        line = refused(runner.invoke(app, ["extract", str(video_dir), str(stores["float"]), *BASE, *extra]))
         assert "another configuration" in line and "encoding" in line
-    line = _one_line_error(runner.invoke(app, ["extract", str(video_dir), str(stores["pca"]), *BASE, "--pca", "4"]))
+    line = refused(runner.invoke(app, ["extract", str(video_dir), str(stores["pca"]), *BASE, "--pca", "4"]))
     assert "another configuration" in line
     # a store written before encodings existed: no "encoding" record, read as plain floats
     old = tmp_path / "old.zarr"
@@ -152,23 +146,23 @@ def test_append_with_another_encoding_is_refused_and_old_stores_read_as_plain(st
     result = runner.invoke(app, ["extract", str(video_dir), str(old), *BASE])
     assert result.exit_code == 0 and "2 already complete" in result.output, result.output
     np.testing.assert_array_equal(liftvid.open_store(old)["clip_a"].features.values, _raw(stores["float"], "clip_a"))
-    _one_line_error(runner.invoke(app, ["extract", str(video_dir), str(old), *BASE, "--quantize", "int8"]))
+    refused(runner.invoke(app, ["extract", str(video_dir), str(old), *BASE, "--quantize", "int8"]))
 
 
 def test_bad_options_are_one_line_each(stores, video_dir, tmp_path):
-    line = _one_line_error(runner.invoke(app, ["extract", str(video_dir), str(tmp_path / "k.zarr"), *BASE, "--pca", "1000"]))
+    line = refused(runner.invoke(app, ["extract", str(video_dir), str(tmp_path / "k.zarr"), *BASE, "--pca", "1000"]))
     assert "--pca 1000" in line and "192 channels" in line
     assert not (tmp_path / "k.zarr").exists()  # refused before any work
-    line = _one_line_error(runner.invoke(app, ["recode", str(stores["int8"]), str(tmp_path / "q.zarr"), "--quantize", "int8"]))
+    line = refused(runner.invoke(app, ["recode", str(stores["int8"]), str(tmp_path / "q.zarr"), "--quantize", "int8"]))
     assert "already int8" in line
-    line = _one_line_error(runner.invoke(app, ["recode", str(stores["pca"]), str(tmp_path / "q.zarr"), "--quantize", "int8"]))
+    line = refused(runner.invoke(app, ["recode", str(stores["pca"]), str(tmp_path / "q.zarr"), "--quantize", "int8"]))
     assert "already pca" in line
     assert not (tmp_path / "q.zarr").exists()
-    line = _one_line_error(runner.invoke(app, ["recode", str(stores["float"]), str(tmp_path / "q.zarr"), "--pca", "500"]))
+    line = refused(runner.invoke(app, ["recode", str(stores["float"]), str(tmp_path / "q.zarr"), "--pca", "500"]))
     assert "192 channels" in line
-    _one_line_error(runner.invoke(app, ["recode", str(stores["float"]), str(stores["float"]), "--quantize", "int8"]))
-    _one_line_error(runner.invoke(app, ["extract", str(video_dir), str(tmp_path / "b.zarr"), *BASE, "--quantize", "int4"]))
-    _one_line_error(runner.invoke(app, ["recode", str(stores["float"]), str(tmp_path / "q.zarr")]))
+    refused(runner.invoke(app, ["recode", str(stores["float"]), str(stores["float"]), "--quantize", "int8"]))
+    refused(runner.invoke(app, ["extract", str(video_dir), str(tmp_path / "b.zarr"), *BASE, "--quantize", "int4"]))
+    refused(runner.invoke(app, ["recode", str(stores["float"]), str(tmp_path / "q.zarr")]))
 
 
 def test_recode_int8_then_propagate(stores, video_dir, tmp_path):

@@ -22,6 +22,7 @@ from liftvid.io.sources import find_sources
 from liftvid.io.video import open_video, read_frames, sample_indices
 
 from .conftest import TINY_VIT, random_lift_checkpoint, start_held_run, wait_until_held
+from .helpers import assert_stores_equal, read_store
 
 runner = CliRunner()
 BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "4", "--device", "cpu"]
@@ -35,37 +36,6 @@ def lift_ckpt(tmp_path_factory) -> Path:
 
 def _extract(inputs, store, *extra):
     return runner.invoke(app, ["extract", *map(str, inputs), str(store), *BASE, *extra])
-
-
-def _read_store(path) -> dict:
-    root = zarr.open_group(str(path), mode="r")
-    out = {"config": {k: v for k, v in root.attrs["liftvid"].items() if k != "liftvid_version"}}
-    for vid in sorted(root.group_keys()):
-        g = root[vid]
-        out[vid] = {"attrs": dict(g.attrs["liftvid"])}
-        for name, arr in g.arrays():
-            out[vid][name] = arr[:]
-    return out
-
-
-def _assert_stores_equal(a, b):
-    da, db = _read_store(a), _read_store(b)
-    assert da.keys() == db.keys()
-    for key in da:
-        if key == "config":
-            assert da[key] == db[key]
-            continue
-        assert da[key].keys() == db[key].keys(), key
-        for name, value in da[key].items():
-            if isinstance(value, np.ndarray):
-                np.testing.assert_array_equal(value, db[key][name], err_msg=f"{key}/{name}")
-            elif isinstance(value, dict):  # the source relative to the store depends on where it lies,
-                # and the chunks' digest on how they are stored (chunks or shards), not on their values
-                layout = ("source_relative", "chunk_digest")
-                assert ({k: v for k, v in value.items() if k not in layout}
-                        == {k: v for k, v in db[key][name].items() if k not in layout}), key
-            else:
-                assert value == db[key][name]
 
 
 def test_store_schema_shapes_and_provenance(tmp_path, video_dir, frame_folder, lift_ckpt):
@@ -292,7 +262,7 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path):
     root = zarr.open_group(str(killed), mode="r")
     statuses = {v: st.video_info(root, v)["status"] for v in root.group_keys()}
     assert statuses["v0"] == "complete" and statuses["v1"] == "incomplete", statuses
-    reference = _read_store(clean)
+    reference = read_store(clean)
     done = [v for v, s in statuses.items() if s == "complete"]
     for vid in done:  # a video marked complete has all of its data
         np.testing.assert_array_equal(root[vid]["features"][:], reference[vid]["features"], err_msg=vid)
@@ -301,7 +271,7 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path):
     assert again.exit_code == 0, again.output
     # the complete videos are kept, the rest (v1 at least) redone
     assert f"{4 - len(done)} extracted, {len(done)} already complete, 0 failed" in again.output
-    _assert_stores_equal(clean, killed)
+    assert_stores_equal(clean, killed)
 
 
 def test_shared_data_extracts_on_cpu(tmp_path, shared_data):
@@ -327,7 +297,7 @@ def test_shard_stores_one_frame_chunks_with_the_same_values(tmp_path, video_dir)
     b = zarr.open_group(str(sharded), mode="r")["clip_a"]["features"]
     assert b.chunks == (1, *a.shape[1:]) and b.shards == (4, *a.shape[1:])  # a shard per batch of 4
     np.testing.assert_array_equal(a[:], b[:])
-    _assert_stores_equal(plain, sharded)  # same attrs; a rerun with --shard skips the video
+    assert_stores_equal(plain, sharded)  # same attrs; a rerun with --shard skips the video
     assert "1 already complete" in _extract([video_dir / "clip_a.mp4"], sharded, "--resize", "square:64").output
 
 

@@ -22,21 +22,13 @@ from liftvid.models.uplift_config import UPLIFT_DINOV3_SPLUS16
 from liftvid.pipelines.extract import ExtractOptions, extract_videos
 
 from .conftest import TINY_VIT, random_lift_checkpoint, random_state
+from .helpers import one_error_line
 
 DATA = Path(__file__).parent / "data"
 runner = CliRunner()
 BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "4", "--device", "cpu", "--max-frames", "3"]
 TINY_CONFIG = dataclasses.replace(UPLIFT_DINOV3_SPLUS16, name="uplift_tiny16", channels=192,
                                   backbone=TINY_VIT)
-
-
-def _error_line(output: str) -> str:
-    """The one error line of a refused run (after the --weights random warning), checked to be alone."""
-    errors = [ln for ln in output.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1, output
-    following = output.split(errors[0], 1)[1].strip()
-    assert not following, output  # nothing after it: no traceback, no second line
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +113,7 @@ def test_lift_and_uplift_stores_refuse_each_others_appends(tmp_path, video_dir, 
         assert ok.exit_code == 0, ok.output
         refused = runner.invoke(app, ["extract", str(clip_b), str(store), *BASE, "--resize", "square:32", *second])
         assert refused.exit_code == 1
-        line = _error_line(refused.output)
+        line = one_error_line(refused.output)
         assert str(store) in line
         assert f"features of {kinds[0]}" in line and f"this run uses {kinds[1]}" in line
         assert sorted(zarr.open_group(str(store), mode="r").group_keys()) == ["clip_a"]
@@ -139,14 +131,14 @@ def test_uplift_that_does_not_fit_the_backbone_is_one_line_before_any_work(tmp_p
     # inferred: the weights are the released 384-channel architecture, the tiny ViT gives 192
     result = runner.invoke(app, ["extract", str(video_dir), str(store), *BASE, "--uplift", str(released)])
     assert result.exit_code == 1
-    line = _error_line(result.output)
+    line = one_error_line(result.output)
     assert str(released) in line
     assert "UPLiFT for 384-channel features but the backbone gives 192" in line
     # given its YAML: the configuration names its channels and patch, and the backbone's
     result = runner.invoke(app, ["extract", str(video_dir), str(store), *BASE, "--uplift", str(released),
                                  "--uplift-config", str(DATA / "uplift_dinov3-splus16.yaml")])
     assert result.exit_code == 1
-    line = _error_line(result.output)
+    line = one_error_line(result.output)
     assert "uplift_dinov3-splus16.yaml" in line
     assert "384-channel features of patch 16" in line and f"backbone {TINY_VIT}" in line and "192 channels" in line
     assert not store.exists()  # refused before anything was written

@@ -22,7 +22,7 @@ from liftvid.cli import app
 from liftvid.io.encode import synthetic_frames, write_video
 
 from .conftest import TINY_VIT, start_held_run, wait_until_held
-from .test_extract import _assert_stores_equal, _read_store
+from .helpers import assert_stores_equal, read_store
 
 runner = CliRunner()
 BASE = ["--backbone", TINY_VIT, "--weights", "random", "--device", "cpu"]
@@ -168,7 +168,7 @@ def test_sigkill_at_ten_random_moments_then_rerun_equals_uninterrupted(tmp_path,
         clean = tmp_path / "clean.zarr"
         zygote.start([*args[:2], str(clean), *args[3:]])
         assert zygote.wait() == 0
-        reference = _read_store(clean)
+        reference = read_store(clean)
         total = _files(clean)  # metadata and chunks of five videos, 140 frames: the run's length
 
         # Kill k lands at a random point of the k-th tenth of the run (fixed seed), the run's
@@ -197,7 +197,7 @@ def test_sigkill_at_ten_random_moments_then_rerun_equals_uninterrupted(tmp_path,
         assert zygote.wait() == 0
     finally:
         zygote.close()
-    _assert_stores_equal(clean, killed)
+    assert_stores_equal(clean, killed)
     assert not list(killed.rglob("*.partial"))  # no half-written file left behind
     assert sum(": killed" in line for line in log) == N_KILLS, log  # the runs were killed, not finished
     assert any(" 0 complete" in line for line in log) and any("in flight ['v" in line for line in log), log
@@ -265,7 +265,7 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_complete_videos(tmp_path
     # may surface in the back-pressure wait, before v0 is settled): every video marked complete is
     # bit-for-bit the uninterrupted run's, and v1, whose write failed, is not among them. Whether
     # v0 got its status and how far v2 got are not fixed; the rerun below finishes them all.
-    done = _complete_groups_equal(store, _read_store(clean))
+    done = _complete_groups_equal(store, read_store(clean))
     assert "v1" not in done, done
     root = st.open_root(store)
     assert st.video_info(root, "v1")["status"] != "complete"
@@ -273,7 +273,7 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_complete_videos(tmp_path
     monkeypatch.setattr(ex, "_write_batch", write)  # space freed
     assert runner.invoke(app, ["extract", str(inputs), str(store), *BASE, "--resize", "square:64",
                                "--batch-size", "2"]).exit_code == 0
-    _assert_stores_equal(clean, store)
+    assert_stores_equal(clean, store)
 
 
 @pytest.fixture
@@ -302,12 +302,12 @@ def test_real_full_disk(tmp_path, many_videos, tiny_disk):
                                  "--batch-size", "2"])
     assert result.exit_code == 1 and "disk full" in result.output and "Traceback" not in result.output
     assert st.list_videos(st.open_root(store)) == ["a_small"]
-    _complete_groups_equal(store, _read_store(clean))
+    _complete_groups_equal(store, read_store(clean))
     subprocess.run(["mount", "-o", "remount,size=4m", str(tiny_disk)], check=True)  # space freed
     again = runner.invoke(app, ["extract", str(inputs), str(store), *BASE, "--resize", "square:64",
                                 "--batch-size", "2"])
     assert again.exit_code == 0, again.output
-    _assert_stores_equal(clean, store)
+    assert_stores_equal(clean, store)
 
 
 def test_complete_is_written_after_the_data_is_synced(tmp_path, many_videos, monkeypatch):
@@ -402,10 +402,10 @@ def test_a_write_failing_in_the_back_pressure_wait_still_settles_the_finished_vi
     store = tmp_path / "out.zarr"
     with pytest.raises(st.StoreError, match="disk full"):
         ex.extract_videos([inputs], store, _options())
-    done = _complete_groups_equal(store, _read_store(clean))
+    done = _complete_groups_equal(store, read_store(clean))
     assert done == ["v0"], "v0's data all landed before v1 failed, but v0 was left incomplete"
     # space freed: the rerun keeps v0 (no finished work redone) and does only v1
     monkeypatch.setattr(ex, "_write_batch", write)
     again = ex.extract_videos([inputs], store, _options())
     assert {r.video_id: r.status for r in again.results} == {"v0": "skipped", "v1": "complete"}
-    _assert_stores_equal(clean, store)
+    assert_stores_equal(clean, store)

@@ -14,18 +14,10 @@ from typer.testing import CliRunner
 from liftvid.cli import app
 from liftvid.io import store as st
 
+from .helpers import ManualClock
+
 runner = CliRunner()
 T, GRID, C = 4, (3, 5), 8
-
-
-class _Clock:
-    """A hand-moved clock: what a writer frozen (SIGSTOP, a long pause) for a while sees on waking."""
-
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _config() -> dict:
@@ -122,7 +114,7 @@ def _stored_frames(url: str, video: str) -> list[int]:
 def test_a_writer_frozen_past_its_lease_stops_writing_and_verify_catches_what_landed(s3_bucket):
     url = f"{s3_bucket}/frozen.zarr"
     root = st.init_store(url, _config())
-    clock = _Clock()
+    clock = ManualClock()
     lease = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()  # its heartbeat never runs: frozen
     try:
         group = _begin(root, "v")
@@ -161,7 +153,7 @@ def test_a_writer_frozen_past_its_lease_stops_writing_and_verify_catches_what_la
 def test_a_lease_that_cannot_be_refreshed_stops_the_writer_before_it_expires(s3_bucket, monkeypatch):
     url = f"{s3_bucket}/unreachable.zarr"
     root = st.init_store(url, _config())
-    clock = _Clock()
+    clock = ManualClock()
     lease = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()
     try:
         writer = st.feature_writer(_begin(root, "v"))
@@ -214,7 +206,7 @@ def test_worker_processes_prove_the_runs_lease_before_they_write(s3_bucket):
     from liftvid.io.lease import LeaseWitness
 
     url = f"{s3_bucket}/workers.zarr"
-    clock = _Clock()
+    clock = ManualClock()
     lease = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()  # the client's
     try:
         witness = LeaseWitness(lease.token_for_workers(), clock=clock)  # a worker's
@@ -251,7 +243,7 @@ def test_a_writer_that_lost_its_lease_clears_no_video(s3_bucket):
     over must not delete the video the new holder completed meanwhile."""
     url = f"{s3_bucket}/clear.zarr"
     root = st.init_store(url, _config())
-    clock = _Clock()
+    clock = ManualClock()
     lease = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()
     try:
         _write_video(root, "v", seed=1)

@@ -56,7 +56,7 @@ def test_output_doubles_grid_for_each_patch_size(patch):
     assert out2.shape == (2, 64, 4 * h, 4 * w)
 
 
-# ---- the forward against the paper's module, written here from DESIGN.md "LiFT module" ---------
+# ---- the forward against the paper's module (the released LiFT code's layers), written out here ---
 
 
 def _paper_lift(state: dict, images: torch.Tensor, feats: torch.Tensor, patch: int) -> torch.Tensor:

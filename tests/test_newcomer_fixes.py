@@ -17,8 +17,7 @@ import liftvid.io.store as st
 from liftvid.cli import app, rate_text
 from liftvid.io.masks import write_mask
 from tests.conftest import TINY_VIT
-from tests.test_propagate import make_store as make_prop_store
-from tests.test_propagate import oracle_video
+from tests.helpers import make_oracle_store, oracle_video
 
 runner = CliRunner()
 
@@ -29,7 +28,8 @@ def two_videos(tmp_path):
     fb, gb = oracle_video(n_frames=4, grid=16, shift=(1, 0), obj=((4, 9), (4, 9)))
     C = max(fa.shape[-1], fb.shape[-1])
     fa, fb = (np.pad(f, ((0, 0),) * 3 + ((0, C - f.shape[-1]),)) for f in (fa, fb))
-    store = make_prop_store(tmp_path / "s.zarr", {"a": (fa, ga.shape[1:]), "b": (fb, gb.shape[1:])})
+    store = make_oracle_store(tmp_path / "s.zarr", {"a": {"features": fa, "source_size": ga.shape[1:]},
+                                                    "b": {"features": fb, "source_size": gb.shape[1:]}})
     return store, ga
 
 

@@ -16,10 +16,7 @@ from liftvid.io.encode import synthetic_frames, write_video
 from liftvid.io.masks import write_mask
 from liftvid.io.outputs import COMPLETE_MARKER, OutputError, claim_output, record_path
 from tests.conftest import TINY_VIT
-from tests.test_propagate import make_store as make_prop_store
-from tests.test_propagate import oracle_video
-from tests.test_track_store import make_store as make_track_store
-from tests.test_track_store import oracle_features, write_queries
+from tests.helpers import make_oracle_store, oracle_features, one_oracle_video_store, refused, write_queries
 
 runner = CliRunner()
 
@@ -32,16 +29,6 @@ def snapshot(path: Path) -> dict[str, bytes]:
     return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def refused(result, *words) -> None:
-    """One error line, exit 1, no traceback, naming what the brief asks for."""
-    assert result.exit_code == 1, result.output
-    assert "Traceback" not in result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, result.output
-    for word in words:
-        assert str(word) in lines[0], (word, lines[0])
-
-
 def with_source(store: Path, vid: str, source: Path) -> None:
     """Point a video's recorded source at ``source`` (a synthetic stand-in for the real one)."""
     root = st.open_root(store, mode="a")
@@ -51,10 +38,8 @@ def with_source(store: Path, vid: str, source: Path) -> None:
 
 @pytest.fixture
 def prop(tmp_path):
-    feats, gt = oracle_video(n_frames=5, grid=16, shift=(0, 1), obj=((5, 10), (5, 10)))
-    store = make_prop_store(tmp_path / "s.zarr", {"a": (feats, gt.shape[1:])})
-    masks = tmp_path / "first"
-    write_mask(masks / "a.png", gt[0])
+    store, masks = tmp_path / "s.zarr", tmp_path / "first"
+    gt = one_oracle_video_store(store, 5, masks)
     source = tmp_path / "videos" / "a.mp4"
     write_video(source, synthetic_frames(5, *gt.shape[1:], seed=1), fps=12)
     with_source(store, "a", source)
@@ -132,8 +117,8 @@ def test_propagate_replaces_its_own_results_on_a_rerun_but_not_a_forged_record(p
 def test_propagate_never_writes_over_the_store_or_the_source_frames(prop, tmp_path):
     store, masks, _ = prop
     # a store named like a video, beside --out: --out holds the store
-    feats, gt = oracle_video(n_frames=5, grid=16, shift=(0, 1), obj=((5, 10), (5, 10)))
-    named = make_prop_store(tmp_path / "beside" / "a", {"a": (feats, gt.shape[1:])})
+    named = tmp_path / "beside" / "a"
+    one_oracle_video_store(named, 5)
     before = snapshot(named)
     for extra in ((), ("--overwrite",)):
         refused(run_propagate(named, masks, tmp_path / "beside", *extra), "holds the store", "choose another --out")
@@ -183,7 +168,7 @@ def test_propagate_out_through_a_symlink_or_a_relative_path(prop, tmp_path, monk
 
 @pytest.fixture
 def trk(tmp_path):
-    store = make_track_store(tmp_path / "t.zarr", {"a": {"features": oracle_features(6, channels=32, seed=0)}})
+    store = make_oracle_store(tmp_path / "t.zarr", {"a": {"features": oracle_features(6, channels=32, seed=0)}})
     queries = write_queries(tmp_path / "q.csv", [("a", 0, 30.0, 25.0)])
     return store, queries
 
@@ -350,6 +335,6 @@ def test_extract_and_recode_refuse_an_existing_folder_that_is_not_a_store(video_
     assert snapshot(folder) == {"thesis.tex": b"chapter 1\n"}
     empty = tmp_path / "empty"
     empty.mkdir()  # an empty folder is fine: the store's own creation (extract's) accepts it
-    make_track_store(empty, {"a": {"features": oracle_features(2, channels=8, seed=0)}})
+    make_oracle_store(empty, {"a": {"features": oracle_features(2, channels=8, seed=0)}})
     refused(runner.invoke(app, ["recode", str(empty), str(folder), "--quantize", "int8"]), folder, "not a Zarr store")
     assert snapshot(folder) == {"thesis.tex": b"chapter 1\n"}

@@ -10,28 +10,21 @@ from typer.testing import CliRunner
 
 import liftvid.io.store as st
 from liftvid.cli import app
-from liftvid.io.masks import write_mask
 from liftvid.io.outputs import COMPLETE_MARKER, OutputError, refuse_over_inputs, written_whole
 from liftvid.pipelines.propagate import propagate_store
 from liftvid.pipelines.track import track_store
-from tests.test_propagate import make_store as make_prop_store
-from tests.test_propagate import oracle_video
-from tests.test_track_store import make_store as make_track_store
-from tests.test_track_store import oracle_features, write_queries
+from tests.helpers import make_oracle_store, oracle_features, one_oracle_video_store, write_queries
 
 
 @pytest.fixture
 def prop_case(tmp_path):
-    feats, gt = oracle_video(n_frames=6, grid=16, shift=(0, 1), obj=((5, 10), (5, 10)))
-    store = make_prop_store(tmp_path / "s.zarr", {"a": (feats, gt.shape[1:])})
-    masks = tmp_path / "first"
-    write_mask(masks / "a.png", gt[0])
-    return store, masks, gt
+    store, masks = tmp_path / "s.zarr", tmp_path / "first"
+    return store, masks, one_oracle_video_store(store, 6, masks)
 
 
 @pytest.fixture
 def track_case(tmp_path):
-    store = make_track_store(tmp_path / "t.zarr", {"a": {"features": oracle_features(6, channels=32, seed=0)}})
+    store = make_oracle_store(tmp_path / "t.zarr", {"a": {"features": oracle_features(6, channels=32, seed=0)}})
     queries = write_queries(tmp_path / "q.csv", [("a", 0, 30.0, 25.0), ("a", 1, 40.0, 30.0)])
     return store, queries
 
@@ -174,10 +167,8 @@ def test_a_failed_tracks_write_keeps_the_previous_csv(track_case, tmp_path, monk
 
 
 def test_results_swap_into_a_memory_store_too(tmp_path):
-    feats, gt = oracle_video(n_frames=5, grid=16, shift=(0, 1), obj=((5, 10), (5, 10)))
     url = "memory://swap-test"
-    make_prop_store(url, {"a": (feats, gt.shape[1:])})
-    write_mask(tmp_path / "a.png", gt[0])
+    one_oracle_video_store(url, 5, tmp_path)
     from liftvid.pipelines.analysis import open_store
     from liftvid.pipelines.propagate import PropagateOptions
 

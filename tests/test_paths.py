@@ -13,7 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from liftvid.io.encode import synthetic_frames, write_video
 from liftvid.io.paths import PathNameError, check_component, component_problem
 
 from .conftest import TINY_VIT
+from .helpers import scheduler_address
 
 runner = CliRunner()
 EXTRACT = ["--backbone", TINY_VIT, "--weights", "random", "--device", "cpu", "--resize", "square:32",
@@ -64,16 +64,7 @@ def elsewhere_cluster(tmp_path):
                              "--dashboard", ""], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
-        address, lines, deadline = None, [], time.time() + 300
-        while address is None and time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if line.startswith("scheduler tcp://"):
-                address = line.split()[1]
-        assert address, "".join(lines)
-        yield address, folder
+        yield scheduler_address(proc)[0], folder
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:

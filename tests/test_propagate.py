@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from liftvid.ops.metrics import db_eval_iou
 from liftvid.ops.propagate import iter_propagate, labels_to_masks, masks_to_labels, propagate_labels, resize_nearest
 
+from .helpers import CELL, make_oracle_store, oracle_video
+
 
 def reference_propagation(features, first_labels, n_last=7, topk=5, radius=12, temperature=0.1):
     """DINO's eval_video_segmentation.py, written out: a queue of the n_last previous predictions,
@@ -129,33 +131,6 @@ def test_kernel_rejects_labels_of_another_grid():
 
 # ---- oracle features --------------------------------------------------------------------------
 
-CELL = 4  # source pixels per feature cell
-
-
-def oracle_video(n_frames=10, grid=24, shift=(0, 1), obj=((8, 16), (10, 18))):
-    """A scene translating by ``shift`` cells per frame, seen through a grid×grid window.
-
-    Each world cell has its own one-hot code; background cells also share one channel, so a
-    background cell entering the view resembles background and nothing else. Returns features
-    ``(T, g, g, C)``, the object's source-size masks ``(T, H, W)`` and frame 0's mask.
-    """
-    dy, dx = shift
-    world_h = grid + abs(dy) * n_frames
-    world_w = grid + abs(dx) * n_frames
-    (y0, y1), (x0, x1) = obj
-    is_obj = np.zeros((world_h, world_w), bool)
-    is_obj[y0:y1, x0:x1] = True
-    codes = np.eye(world_h * world_w + 1, dtype=np.float32)[:-1].reshape(world_h, world_w, -1)
-    codes[~is_obj, -1] = 0.8
-    feats, masks = [], []
-    for t in range(n_frames):
-        oy, ox = dy * t, dx * t  # the window moves, so the scene moves by -shift in the view
-        feats.append(codes[oy:oy + grid, ox:ox + grid])
-        cells = is_obj[oy:oy + grid, ox:ox + grid].astype(np.uint8)
-        masks.append(np.kron(cells, np.ones((CELL, CELL), np.uint8)))
-    return np.stack(feats), np.stack(masks)
-
-
 def test_oracle_features_carry_the_mask():
     feats, gt = oracle_video()
     labels = masks_to_labels(gt[0], feats.shape[1:3])
@@ -237,24 +212,6 @@ from liftvid.io.masks import DAVIS_PALETTE, MaskError, read_mask, write_mask  # 
 from liftvid.pipelines.propagate import PropagateOptions, propagate_store  # noqa: E402
 
 
-def make_store(path, videos):
-    """A store written with the store helpers: id → (features (T, h, w, C), source size (H, W))."""
-    C = next(iter(videos.values()))[0].shape[-1]
-    config = st.make_config({"name": "oracle", "timm_name": "oracle", "weights": "none", "weights_sha256": None,
-                             "layer": 0, "facet": "key", "patch_size": CELL, "channels": C}, None,
-                            "native", [0.5] * 3, [0.5] * 3, feature_stride=float(CELL))
-    root = st.init_store(path, config)
-    for vid, (feats, size) in videos.items():
-        T, h, w, _ = feats.shape
-        info = {"source": f"/nowhere/{vid}.mp4", "source_kind": "file", "source_size": list(size),
-                "frame_size": [h * CELL, w * CELL], "grid_size": [h, w], "fps": 12.0, "source_frames": T,
-                "sampling": {"stride": 1, "max_frames": None}}
-        group = st.begin_video(root, vid, info, T, (h, w), C, np.arange(T), np.arange(T) / 12.0)
-        group["features"][...] = feats.astype(np.float16)
-        st.mark_complete(group)
-    return path
-
-
 @pytest.fixture(scope="module")
 def oracle_store(tmp_path_factory):
     """Two oracle videos (moving right; moving down-right) with their first masks as <id>.png."""
@@ -264,7 +221,8 @@ def oracle_store(tmp_path_factory):
     C = max(fa.shape[-1], fb.shape[-1])
     fa = np.pad(fa, ((0, 0),) * 3 + ((0, C - fa.shape[-1]),))
     fb = np.pad(fb, ((0, 0),) * 3 + ((0, C - fb.shape[-1]),))
-    store = make_store(d / "s.zarr", {"a": (fa, ga.shape[1:]), "b": (fb, gb.shape[1:])})
+    store = make_oracle_store(d / "s.zarr", {"a": {"features": fa, "source_size": ga.shape[1:]},
+                                             "b": {"features": fb, "source_size": gb.shape[1:]}})
     masks = d / "first"
     write_mask(masks / "a.png", ga[0])
     write_mask(masks / "b.png", gb[0] * 2)  # object id 2
@@ -353,7 +311,8 @@ def test_bad_inputs_fail_their_video_only_with_a_named_reason(oracle_store, tmp_
 
 def test_features_of_another_length_than_the_frames_are_refused(tmp_path):
     feats, gt = oracle_video(n_frames=5, grid=12, shift=(0, 1), obj=((3, 8), (3, 8)))
-    store = make_store(tmp_path / "s.zarr", {"v": (feats, gt.shape[1:]), "w": (feats, gt.shape[1:])})
+    store = make_oracle_store(tmp_path / "s.zarr", {"v": {"features": feats, "source_size": gt.shape[1:]},
+                                                    "w": {"features": feats, "source_size": gt.shape[1:]}})
     root = st.open_root(store, mode="r+")
     del root["v"]["frame_index"]  # a group whose frame index is shorter than its features
     root["v"].create_array("frame_index", shape=(3,), dtype="int64", fill_value=0)[:] = np.arange(3)

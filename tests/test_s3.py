@@ -26,7 +26,7 @@ from liftvid.io.encode import synthetic_frames, write_video
 
 from .conftest import TINY_VIT, start_held_run, wait_until_held
 from .s3_server import s3_bucket, s3_env, s3_server  # noqa: F401  (fixtures)
-from .test_extract import _assert_stores_equal, _read_store
+from .helpers import ManualClock, assert_stores_equal, read_store
 
 runner = CliRunner()
 BASE = ["--backbone", TINY_VIT, "--weights", "random", "--batch-size", "2", "--device", "cpu",
@@ -98,11 +98,11 @@ def test_extract_propagate_track_open_store_round_trip(tmp_path, clips, s3_bucke
     r = _extract([clips], url)
     assert r.exit_code == 0, r.output
     assert "2 extracted" in r.output
-    _assert_stores_equal(url, local)
+    assert_stores_equal(url, local)
     _propagate_and_track(url, masks, queries, tmp_path / "s3")
     _propagate_and_track(local, masks, queries, tmp_path / "local")
-    _assert_stores_equal(url, local)  # features, masks, tracks: every array and attribute
-    stored = _read_store(url)
+    assert_stores_equal(url, local)  # features, masks, tracks: every array and attribute
+    stored = read_store(url)
     assert stored["v0"]["masks"].shape == (4, 32, 48) and stored["v0"]["masks"].any()
     assert (tmp_path / "s3" / "t.csv").read_text() == (tmp_path / "local" / "t.csv").read_text()
     for vid in ("v0", "v1"):
@@ -145,7 +145,7 @@ def test_killed_extract_is_redone_and_a_second_writer_is_refused(tmp_path, clips
     naming it; what it left is a complete video with all its data and an incomplete one, which the
     rerun (taking over the dead run's lease at once, same host) redoes."""
     url, local = f"{s3_bucket}/out.zarr", local_store
-    reference = _read_store(local)
+    reference = read_store(local)
     marker = tmp_path / "held"
     # held before its second "complete" mark: one video complete, the other written but not marked
     first = start_held_run(["extract", str(clips), url, *BASE], marker, "complete", 2, env=s3_env(),
@@ -165,7 +165,7 @@ def test_killed_extract_is_redone_and_a_second_writer_is_refused(tmp_path, clips
     statuses = {vid: st.video_status(root, vid) for vid in st.list_videos(root, status=None)}
     assert sorted(statuses.values()) == ["complete", "incomplete"], statuses
     done = st.list_videos(root)
-    killed = _read_store(url)
+    killed = read_store(url)
     for vid in done:  # what is marked complete holds all of its data
         for name in st.CORE_ARRAYS:
             np.testing.assert_array_equal(killed[vid][name], reference[vid][name])
@@ -173,21 +173,11 @@ def test_killed_extract_is_redone_and_a_second_writer_is_refused(tmp_path, clips
     again = _extract([clips], url)  # the killed run's lease: same host, its pid is gone
     assert again.exit_code == 0, again.output
     assert "1 extracted, 1 already complete, 0 failed" in again.output
-    _assert_stores_equal(url, local)
+    assert_stores_equal(url, local)
     assert not s3fs.S3FileSystem().exists(f"{url}.lock".removeprefix("s3://"))
 
 
 # ---- the lease -------------------------------------------------------------------------------------
-
-
-class _Clock:
-    """A clock the test moves by hand (seconds since the epoch)."""
-
-    def __init__(self, now: float = 1_000_000.0):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _lease_record(url: str) -> dict:
@@ -239,7 +229,7 @@ def test_an_expired_lease_is_taken_over_and_a_live_one_is_not(s3_bucket):
 
 def test_the_heartbeat_keeps_a_lease_alive(s3_bucket):
     url = f"{s3_bucket}/c.zarr"
-    clock = _Clock()
+    clock = ManualClock()
     holder = ObjectLease(url, ttl=30, heartbeat=0.02, clock=clock).acquire()
     try:
         first = _lease_record(url)["expires"]
@@ -259,7 +249,7 @@ def test_the_heartbeat_keeps_a_lease_alive(s3_bucket):
 
 def test_a_taken_over_lease_is_lost_and_its_release_keeps_the_new_one(s3_bucket):
     url = f"{s3_bucket}/d.zarr"
-    clock = _Clock()
+    clock = ManualClock()
     old = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()  # a run that stopped beating
     clock.now += 11
     new = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()
@@ -360,7 +350,7 @@ def test_a_run_whose_lease_was_taken_over_marks_no_video_complete(s3_bucket):
     root = st.init_store(url, {"schema_version": st.SCHEMA_VERSION, "backbone": {}, "preprocessing": {},
                                "feature_dtype": "float16", "feature_stride": 16})
     group = root.create_group("v", attributes={st.ATTRS_KEY: {"status": st.INCOMPLETE}})
-    clock = _Clock()
+    clock = ManualClock()
     old = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()
     clock.now += 11
     new = ObjectLease(url, ttl=10, heartbeat=0, clock=clock).acquire()

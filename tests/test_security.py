@@ -2,7 +2,6 @@
 refused with one line naming the file, and the code inside them never runs."""
 
 import io
-import os
 import pickle
 
 import numpy as np
@@ -16,18 +15,9 @@ from liftvid.io.tables import load_tapvid
 from liftvid.io.tables import safe_load_pickle
 
 from .conftest import TINY_VIT
+from .helpers import RunsCode, one_error_line
 
 runner = CliRunner()
-
-
-class _RunsCode:
-    """Unpickling this calls os.system, which creates the marker file."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.system, (f"touch '{self.marker}'",))
 
 
 class _WritesFile:
@@ -38,14 +28,6 @@ class _WritesFile:
 
     def __reduce__(self):
         return (open, (self.marker, "w"))
-
-
-def _error_line(output: str) -> str:
-    """The one error line; warnings (``--weights random``) aside."""
-    lines = [ln for ln in output.splitlines() if ln.strip() and not ln.startswith("warning:")]
-    assert len(lines) == 1, output
-    assert lines[0].startswith("error:"), output
-    return lines[0]
 
 
 # ---- TAP-Vid pickles ---------------------------------------------------------------------------
@@ -91,7 +73,7 @@ def test_tapvid_dict_and_list_of_jpeg_dicts_still_load(tmp_path):
     assert next(videos["0"].frames()).shape == (16, 24, 3)
 
 
-@pytest.mark.parametrize("payload", [_RunsCode, _WritesFile])
+@pytest.mark.parametrize("payload", [RunsCode, _WritesFile])
 def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path, payload):
     marker = tmp_path / "MARKER"
     evil = tmp_path / "evil.pkl"
@@ -105,16 +87,16 @@ def test_hostile_pickle_is_refused_and_runs_nothing(tmp_path, payload):
 def test_hostile_pickle_through_both_eval_commands(tmp_path):
     marker = tmp_path / "MARKER"
     evil = tmp_path / "evil.pkl"
-    evil.write_bytes(pickle.dumps(_RunsCode(marker)))
+    evil.write_bytes(pickle.dumps(RunsCode(marker)))
     tracks = tmp_path / "tracks.csv"
     tracks.write_text("video_id,query,t,x,y,visible\nbear,0,0,1.0,1.0,1\n")
     result = runner.invoke(app, ["eval", "tapvid", str(tracks), "--gt", str(evil)])
     assert result.exit_code == 1
-    line = _error_line(result.output)
+    line = one_error_line(result.output)
     assert str(evil) in line and "refuses to load" in line and "system" in line
     result = runner.invoke(app, ["eval", "tapvid-queries", str(evil), "--out", str(tmp_path / "q.csv")])
     assert result.exit_code == 1
-    assert str(evil) in _error_line(result.output)
+    assert str(evil) in one_error_line(result.output)
     assert not marker.exists() and not (tmp_path / "q.csv").exists()
 
 
@@ -125,7 +107,7 @@ def test_tapvid_video_with_no_frames_is_one_line(tmp_path):
     path.write_bytes(pickle.dumps({"bear": entry}))
     result = runner.invoke(app, ["eval", "tapvid-queries", str(path), "--out", str(tmp_path / "q.csv")])
     assert result.exit_code == 1
-    line = _error_line(result.output)
+    line = one_error_line(result.output)
     assert str(path) in line and "'bear'" in line and "no frames" in line
 
 
@@ -151,6 +133,7 @@ def _checkpoint_paths(tmp_path, video_dir, ckpt):
     return {
         "--lift": ["extract", video, store, *EXTRACT, "--weights", "random", "--lift", str(ckpt)],
         "--weights": ["extract", video, store, *EXTRACT, "--weights", str(ckpt)],
+        "--uplift": ["extract", video, store, *EXTRACT, "--weights", "random", "--uplift", str(ckpt)],
         "--init": ["train", video, out, *TRAIN, "--init", str(ckpt)],
         "--resume": ["train", video, str(ckpt), *TRAIN, "--resume"],
     }
@@ -158,17 +141,17 @@ def _checkpoint_paths(tmp_path, video_dir, ckpt):
 
 def _malicious(tmp_path, marker):
     path = tmp_path / "evil.pt"
-    torch.save({"state_dict": {"outc.weight": torch.zeros(1)}, "liftvid": _RunsCode(marker)}, path)
+    torch.save({"state_dict": {"outc.weight": torch.zeros(1)}, "liftvid": RunsCode(marker)}, path)
     return path
 
 
-@pytest.mark.parametrize("option", ["--lift", "--weights", "--init", "--resume"])
+@pytest.mark.parametrize("option", ["--lift", "--weights", "--uplift", "--init", "--resume"])
 def test_malicious_checkpoint_is_refused_on_every_path(tmp_path, video_dir, option):
     marker = tmp_path / "MARKER"
     ckpt = _malicious(tmp_path, marker)
     result = runner.invoke(app, _checkpoint_paths(tmp_path, video_dir, ckpt)[option])
     assert result.exit_code == 1
-    line = _error_line(result.output)
+    line = one_error_line(result.output)
     assert str(ckpt) in line and "refused" in line and "system" in line
     assert "weights_only" not in result.output
     assert not marker.exists()
@@ -176,13 +159,13 @@ def test_malicious_checkpoint_is_refused_on_every_path(tmp_path, video_dir, opti
 
 
 @pytest.mark.parametrize("kind", ["empty", "random"])
-@pytest.mark.parametrize("option", ["--lift", "--weights", "--init", "--resume"])
+@pytest.mark.parametrize("option", ["--lift", "--weights", "--uplift", "--init", "--resume"])
 def test_empty_or_random_checkpoint_is_not_a_checkpoint(tmp_path, video_dir, option, kind):
     ckpt = tmp_path / "bad.pt"
     ckpt.write_bytes(b"" if kind == "empty" else np.random.default_rng(2).bytes(1000))
     result = runner.invoke(app, _checkpoint_paths(tmp_path, video_dir, ckpt)[option])
     assert result.exit_code == 1
-    line = _error_line(result.output)
+    line = one_error_line(result.output)
     assert line.startswith(f"error: {ckpt}: not a ")
     assert ("empty" in line[len(str(ckpt)):]) == (kind == "empty")
     assert "weights_only" not in result.output and "Traceback" not in result.output

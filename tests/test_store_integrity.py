@@ -323,11 +323,8 @@ def test_lock_acquire_retries_when_the_file_it_locked_was_unlinked(tmp_path, mon
 
 def test_propagate_and_track_name_a_corrupt_chunk(tmp_path):
     from liftvid.io.masks import write_mask
-    from liftvid.io.tables import QueryRow
     from liftvid.pipelines.propagate import propagate_store
-    from liftvid.pipelines.track import plan_queries, track_graph
-    from liftvid.ops.track import TrackOptions
-    from liftvid import jobs
+    from liftvid.pipelines.track import track_store
 
     store = make_store(tmp_path / "s.zarr")
     _flip_byte(_chunk_file(store, "a", 1))
@@ -338,9 +335,9 @@ def test_propagate_and_track_name_a_corrupt_chunk(tmp_path):
     error = summary.results[0].error
     assert summary.results[0].status == "failed" and f"{store}: video 'a'/features frames" in error
     assert "damaged chunk" in error and "liftvid verify" in error
-    root = st.open_root(store)
-    plan, _ = plan_queries(root, [QueryRow(1, "a", 0, 0, 5.0, 5.0)])
-    job = plan[0]
-    graph = track_graph(str(store), "a", job.grid_queries, TrackOptions(frame_chunk=2), job.n_frames, job.grid_size, "cpu")
-    value = jobs.compute_each({"a": graph}, scheduler="sync")["a"]
-    assert isinstance(value, st.DamagedChunkError) and f"{store}: video 'a'/features" in str(value)
+    queries = tmp_path / "q.csv"
+    queries.write_text("video_id,t,x,y\na,0,5.0,5.0\nb,0,5.0,5.0\n")
+    tracked = track_store(store, queries, tmp_path / "tracks.csv", scheduler="sync", device="cpu", write_store=False)
+    assert list(tracked.failed) == ["a"] and "DamagedChunkError" in tracked.failed["a"]
+    assert f"{store}: video 'a'/features" in tracked.failed["a"]
+    assert tracked.queries == {"b": 1}  # the intact video is still tracked

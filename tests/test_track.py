@@ -7,40 +7,7 @@ import torch
 from liftvid.ops.geometry import cell_centres, grid_to_source, source_to_grid
 from liftvid.ops.track import TrackOptions, check_queries, sample_bilinear, track_points
 
-SOURCE = (64, 96)  # H, W pixels
-GRID = (16, 24)  # h, w cells: 4 pixels per cell
-
-
-def affine(t: int) -> tuple[np.ndarray, np.ndarray]:
-    """Frame t's content warp about the frame centre: a little rotation, zoom and sub-pixel drift."""
-    angle, scale = 0.01 * t, 1 + 0.008 * t
-    a = scale * np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-    return a, np.array([0.37 * t, -0.23 * t])
-
-
-def warp(points: np.ndarray, t: int) -> np.ndarray:
-    """Where content that sits at source pixel ``points`` in frame 0 lies in frame t."""
-    a, b = affine(t)
-    centre = np.array([SOURCE[1] / 2, SOURCE[0] / 2])
-    return (points - centre) @ a.T + centre + b
-
-
-def oracle_features(n_frames: int, channels: int = 128, length_px: float = 6.0, seed: int = 0) -> np.ndarray:
-    """Features that are a smooth function of the *content* point a cell sees (random Fourier
-    features, so cosine similarity ≈ a Gaussian of the content distance): ``(T, h, w, C) float16``."""
-    rng = np.random.default_rng(seed)
-    omega = rng.normal(0, 1 / length_px, (channels, 2))
-    phase = rng.uniform(0, 2 * np.pi, channels)
-    ys, xs = cell_centres(GRID, SOURCE)
-    cells = np.stack(np.meshgrid(xs, ys), axis=-1)  # (h, w, 2) [x, y] source pixels
-    centre = np.array([SOURCE[1] / 2, SOURCE[0] / 2])
-    out = np.empty((n_frames, *GRID, channels), np.float16)
-    for t in range(n_frames):
-        a, b = affine(t)
-        content = (cells - centre - b) @ np.linalg.inv(a).T + centre
-        out[t] = np.cos(content @ omega.T + phase)
-    return out
-
+from .helpers import GRID, SOURCE, oracle_features, warp
 
 @pytest.fixture(scope="module")
 def oracle():

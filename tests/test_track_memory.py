@@ -18,7 +18,7 @@ from liftvid.ops.geometry import grid_to_source, source_to_grid
 from liftvid.ops.track import MIN_QUERY_BLOCK, TrackOptions, plan_blocks, track_points
 from liftvid.pipelines.track import TRACKS_GROUP, track_store
 
-from .test_track_store import make_store, read_rows, write_queries
+from .helpers import make_oracle_store, read_rows, write_queries
 
 T_FRAMES, GRID, CHANNELS = 10, (6, 8), 16
 SOURCE = (64, 96)  # make_store's default source size (H, W)
@@ -30,7 +30,7 @@ def _random_store(path: Path, n_frames: int = T_FRAMES, grid=GRID, channels: int
     # smooth-ish random features: neighbouring frames alike, so some matches pass the cycle check
     base = rng.standard_normal((1, *grid, channels))
     feats = base + 0.3 * rng.standard_normal((n_frames, *grid, channels))
-    return make_store(path, {"v": {"features": feats.astype(np.float16)}})
+    return make_oracle_store(path, {"v": {"features": feats.astype(np.float16)}})
 
 
 def _random_queries(path: Path, n: int, n_frames: int = T_FRAMES, seed: int = 1, frames=None) -> Path:

@@ -1,8 +1,5 @@
 """`track_store` and `liftvid track`: queries CSV → Dask jobs → tracks CSV, store group, overlay."""
 
-import csv
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -12,50 +9,15 @@ from liftvid.ops.track import TrackOptions, track_points
 from liftvid.io.tables import read_queries_csv
 from liftvid.pipelines.track import track_store
 
-from .test_track import GRID, SOURCE, oracle_features, warp
+from .helpers import GRID, SOURCE, make_oracle_store, oracle_features, read_rows, warp, write_queries
 
 N_FRAMES = 6
-
-
-def make_store(path: Path, videos: dict[str, dict]) -> Path:
-    """A liftvid store written directly with the store helpers: ``videos`` maps an id to
-    ``{"features": (T, h, w, C), "source": ..., "source_size": (H, W), "status": ...}``."""
-    any_c = next(iter(videos.values()))["features"].shape[-1]
-    config = st.make_config({"name": "oracle", "timm_name": "oracle", "weights": "none", "weights_sha256": None,
-                             "layer": 0, "facet": "key", "patch_size": 4, "channels": any_c}, None,
-                            "native", [0.5] * 3, [0.5] * 3, feature_stride=4.0)
-    root = st.init_store(path, config)
-    for vid, spec in videos.items():
-        feats = spec["features"]
-        T, h, w, c = feats.shape
-        H, W = spec.get("source_size", SOURCE)
-        info = {"source": str(spec.get("source", f"/nowhere/{vid}.mp4")), "source_kind": "file",
-                "source_size": [H, W], "frame_size": [h * 4, w * 4], "grid_size": [h, w], "fps": 12.0,
-                "source_frames": T, "sampling": {"stride": 1, "max_frames": None}}
-        group = st.begin_video(root, vid, info, T, (h, w), c, np.arange(T), np.arange(T) / 12.0)
-        group["features"][...] = feats
-        if spec.get("status", "complete") == "complete":
-            st.mark_complete(group)
-    return path
-
-
-def write_queries(path: Path, rows: list[tuple]) -> Path:
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["video_id", "t", "x", "y"])
-        w.writerows(rows)
-    return path
-
-
-def read_rows(path: Path) -> list[dict]:
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
 
 
 @pytest.fixture(scope="module")
 def two_videos(tmp_path_factory):
     d = tmp_path_factory.mktemp("trackstore")
-    store = make_store(d / "s.zarr", {
+    store = make_oracle_store(d / "s.zarr", {
         "a": {"features": oracle_features(N_FRAMES, channels=64, seed=0)},
         "b": {"features": oracle_features(N_FRAMES, channels=64, seed=5)[:, :, ::-1].copy()},
     })
@@ -156,7 +118,7 @@ def test_out_of_frame_and_beyond_last_frame_are_named_and_skipped(two_videos, tm
 
 
 def test_unknown_and_incomplete_videos_are_named(tmp_path):
-    store = make_store(tmp_path / "s.zarr", {
+    store = make_oracle_store(tmp_path / "s.zarr", {
         "a": {"features": oracle_features(3, channels=16)},
         "half": {"features": oracle_features(3, channels=16), "status": "incomplete"},
     })
@@ -202,7 +164,7 @@ def test_empty_and_malformed_query_files(two_videos, tmp_path):
 def test_overlay_video(video_dir, tmp_path):
     import av
 
-    store = make_store(tmp_path / "s.zarr", {
+    store = make_oracle_store(tmp_path / "s.zarr", {
         "clip_a": {"features": oracle_features(12, channels=16), "source": video_dir / "clip_a.mp4"}})
     q = write_queries(tmp_path / "q.csv", [("clip_a", 0, 30, 30), ("clip_a", 3, 50, 20)])
     summary = track_store(store, q, tmp_path / "tracks.csv", scheduler="sync", overlay=True, write_store=False)

@@ -21,41 +21,13 @@ from liftvid.pipelines.train import TrainOptions, train_lift
 from liftvid.pipelines.training_data import TrainingClip, choose_held_out, epoch_plan
 
 from .conftest import TINY_VIT
+from .helpers import Recorder
 
 runner = CliRunner()
 TINY = TrainOptions(backbone=TINY_VIT, weights="random", size=64, epochs=2, batch_size=4, frames_per_video=6,
                     held_out=4, loader_threads=2, device="cpu")
 CLI_BASE = ["--backbone", TINY_VIT, "--weights", "random", "--size", "64", "--batch-size", "4",
             "--frames-per-video", "4", "--held-out", "2", "--epochs", "1", "--device", "cpu", "--workers", "2"]
-
-
-class Recorder:
-    """A TrainProgress that keeps every event; ``stop_at`` raises KeyboardInterrupt at that (epoch, step)."""
-
-    def __init__(self, stop_at: tuple[int, int] | None = None):
-        self.losses, self.epochs, self.skips, self.messages = [], [], [], []
-        self.stop_at, self.epoch, self.step = stop_at, 0, 0
-
-    def start(self, first_epoch, epochs, steps_per_epoch):
-        self.first_epoch = first_epoch
-
-    def message(self, text):
-        self.messages.append(text)
-
-    def skipped(self, source, error):
-        self.skips.append((source, error))
-
-    def epoch_started(self, epoch, steps):
-        self.epoch, self.step = epoch, 0
-
-    def step_done(self, loss, images):
-        self.losses.append(loss)
-        self.step += 1
-        if (self.epoch, self.step) == self.stop_at:
-            raise KeyboardInterrupt
-
-    def epoch_finished(self, stats):
-        self.epochs.append(stats)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

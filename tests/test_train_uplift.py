@@ -23,8 +23,7 @@ from liftvid.pipelines.train import TrainOptions, train_lift
 from liftvid.io.checkpoints import train_state_path
 
 from .conftest import TINY_VIT
-from .test_security import _RunsCode
-from .test_train import Recorder
+from .helpers import Recorder, RunsCode
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 runner = CliRunner()
@@ -322,7 +321,7 @@ def test_resume_with_another_facet_or_architecture_is_refused(trained, clips, ti
     marker = tmp_path / "MARKER"
     evil = tmp_path / "evil.safetensors"
     evil.write_bytes(out.read_bytes())
-    torch.save({"format": "liftvid-uplift-train-state/1", "x": _RunsCode(marker)}, train_state_path(evil))
+    torch.save({"format": "liftvid-uplift-train-state/1", "x": RunsCode(marker)}, train_state_path(evil))
     with pytest.raises(UPLiFTCheckpointError, match=r"evil.safetensors.train-state: refused: it names .*not loaded"):
         train_lift([clips], evil, replace(TINY, uplift_config=str(tiny_yaml), resume=True))
     assert not marker.exists()

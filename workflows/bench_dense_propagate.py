@@ -20,41 +20,19 @@ printed with the results, and the CPU time per frame is the steadier number.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import liftvid
-from liftvid import (Backbone, ExtractOptions, LiFT, PropagateOptions, extract_videos, masks_to_labels,
-                     propagate_labels, propagate_store, save_lift_checkpoint, write_mask)
+from liftvid import (ExtractOptions, PropagateOptions, extract_videos, masks_to_labels, propagate_labels,
+                     propagate_store, write_mask)
 
-DEFAULT_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cat.mp4"
-
-
-def random_lift(path: Path) -> Path:
-    """A seeded random LiFT for dino_vits16 (random weights), saved as liftvid writes it."""
-    torch.manual_seed(0)
-    backbone = Backbone("dino_vits16", weights="random")
-    return save_lift_checkpoint(path, LiFT(backbone.channels, backbone.patch_size), backbone)
-
-
-def stored_bytes(folder: Path) -> int:
-    """Bytes of the files under ``folder`` (a Zarr array's chunks and metadata)."""
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
-def timed(fn) -> tuple[float, float]:
-    w0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - w0, time.process_time() - c0
-
+from bench_common import clip_parser, random_lift, stored_bytes, timed, work_folder
 
 def bench_store(clip: Path, work: Path, iterations: int, frames: int, lift: Path, tile: int | None,
                 affinity_mb: int | None) -> dict:
@@ -88,27 +66,15 @@ def bench_store(clip: Path, work: Path, iterations: int, frames: int, lift: Path
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP, help="a real clip (default ../shared/data/cat.mp4)")
-    parser.add_argument("--frames", type=int, default=40, help="frames extracted (--max-frames; default 40)")
-    parser.add_argument("--iterations", type=int, nargs="+", default=[1, 2, 3], help="LiFT iterations (default 1 2 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser = clip_parser(__doc__.splitlines()[0], 40, "frames extracted (--max-frames; default 40)", "LiFT")
     parser.add_argument("--tile", type=int, default=None, help="kernel tile side (default: liftvid's per device)")
     parser.add_argument("--affinity-mb", type=int, default=None, help="propagation block budget (default 64)")
-    parser.add_argument("--work", type=Path, default=None, help="keep the stores here (default: a temporary folder)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
-    if not args.clip.is_file():
-        raise SystemExit(f"{args.clip}: no such clip (give --clip)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-dense-"))
-    work.mkdir(parents=True, exist_ok=True)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"bench_dense_propagate: {args.clip.name}, {args.frames} frames at square:224, dino_vits16 (random) + "
-          f"random LiFT; CPU, {torch.get_num_threads()} threads; load average {load:.1f} on {os.cpu_count()} cores")
     rows = []
-    try:
+    with work_folder(args, "bench-dense-") as work:
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        print(f"bench_dense_propagate: {args.clip.name}, {args.frames} frames at square:224, dino_vits16 (random) + "
+              f"random LiFT; CPU, {torch.get_num_threads()} threads; load average {load:.1f} on {os.cpu_count()} cores")
         lift = random_lift(work / "lift.pt")
         for k in args.iterations:
             row = bench_store(args.clip, work, k, args.frames, lift, args.tile, args.affinity_mb)
@@ -120,9 +86,6 @@ def main() -> None:
                   f"kernel {row['kernel_fps']:7.2f} frames/s ({row['kernel_cpu_ms_per_frame']:8.1f} CPU ms/frame); "
                   f"extract {row['extract_fps']:.2f} frames/s (models built included)",
                   flush=True)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"  load average at the end {load:.1f}")
     if args.json:

@@ -35,19 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from bench_common import random_lift
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 JUMP_PX = 8  # a tracked position this far from the float16 store's counts as another match
-
-
-def random_lift(path: Path, backbone: str) -> Path:
-    """A seeded random LiFT for ``backbone`` (random weights), saved as liftvid writes it."""
-    import torch
-
-    from liftvid import Backbone, LiFT, save_lift_checkpoint
-
-    torch.manual_seed(0)
-    bb = Backbone(backbone, weights="random")
-    return save_lift_checkpoint(path, LiFT(bb.channels, bb.patch_size), bb)
 
 
 def store_bytes(path: Path) -> tuple[int, int]:

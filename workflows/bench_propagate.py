@@ -9,7 +9,7 @@ grids (ViT-S/16 at 224, without and with LiFT).
     python workflows/bench_propagate.py --grid 28 --frames 400 --threads 2
 
 For each grid it prints frames/s of
-(a) kernel: ``liftvid.propagate.propagate_labels`` on float16 features in memory (as read from a
+(a) kernel: ``liftvid.ops.propagate.propagate_labels`` on float16 features in memory (as read from a
     store: conversion, normalisation, chunking included);
 (b) naive: a plain dense loop, one target frame at a time, written as DINO's
     ``eval_video_segmentation.py`` does it (full affinity to every context frame, exp, the

@@ -38,6 +38,8 @@ import numpy as np
 
 from liftvid import store as st
 
+from bench_common import random_lift
+
 DEFAULT_CLIPS = ("backpack", "cat")
 BLOSC_TYPESIZE = 2  # float16
 
@@ -88,17 +90,6 @@ class Result:
     write_cpu: float = float("inf")  # process CPU seconds (all threads) of that kind of round, best
     read_cpu: float = float("inf")
     codecs: str = ""
-
-
-def random_lift(path: Path, backbone: str, seed: int = 0) -> Path:
-    """A seeded random LiFT for ``backbone`` (random weights), saved as liftvid writes it."""
-    import torch
-
-    from liftvid import Backbone, LiFT, save_lift_checkpoint
-
-    torch.manual_seed(seed)
-    bb = Backbone(backbone, weights="random")
-    return save_lift_checkpoint(path, LiFT(bb.channels, bb.patch_size), bb)
 
 
 def extract_clips(args, tmp: Path) -> list[Clip]:

@@ -1,4 +1,4 @@
-"""Point-tracking throughput: the kernel alone, then from a Zarr store through the Dask graph.
+"""Point-tracking throughput: the kernel alone, then ``liftvid track`` from a Zarr store.
 
 Issue 8's workload: every cell of a 56×56 grid as a query (3,136) through 1,000 frames of 384
 channels, 7.5 TFLOP of similarity (2·N·h·w·C·T, the forward matching; the cycle check doubles it).
@@ -8,8 +8,8 @@ channels, 7.5 TFLOP of similarity (2·N·h·w·C·T, the forward matching; the c
 
 Prints, per stage, seconds, point-frames/s (queries × frames / s) and similarity TFLOP/s:
 (a) kernel: ``track_points`` on features already in device memory;
-(b) from store: the Dask graph of ``liftvid track`` (read + decompress + track), no output files;
-(c) track_store: (b) plus the CSV and the store's ``tracks`` group.
+(b) track_store: ``liftvid track``'s Dask graph (read + decompress + track), the CSV and the store's
+``tracks`` group.
 Features are random (speed does not depend on them); the store is written to a temporary folder
 unless ``--store`` is given.
 """
@@ -25,9 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from liftvid import jobs
 from liftvid import store as st
-from liftvid import TrackOptions, frames_per_chunk, resolve_device, track_graph, track_points, track_store
+from liftvid import TrackOptions, frames_per_chunk, resolve_device, track_points, track_store
 
 PIXELS_PER_CELL = 4  # synthetic source frames: LiFT-doubled ViT-S/16 at 224 gives 4 px per cell
 
@@ -89,7 +88,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", help="auto, cuda or cpu")
     parser.add_argument("--chunk-mb", type=int, default=TrackOptions().max_chunk_bytes >> 20,
                         help="similarity-volume budget per frame chunk")
-    parser.add_argument("--repeat", type=int, default=3, help="timings of (a) and (b); the best is reported")
+    parser.add_argument("--repeat", type=int, default=3, help="timings of (a); the best is reported")
     parser.add_argument("--store", type=Path, default=None, help="where to write the benchmark store")
     parser.add_argument("--scheduler", default="threads")
     parser.add_argument("--workers", type=int, default=None)
@@ -134,16 +133,6 @@ def main() -> None:
         nbytes = st.stored_bytes(st.open_root(path)["bench"])
         print(f"  wrote {path} ({nbytes / 2**30:.2f} GiB stored) in {time.perf_counter() - t0:.1f} s")
         dev = None if args.device == "auto" else args.device
-        best = float("inf")
-        for _ in range(args.repeat):  # the first run also pays for imports and the scheduler's start
-            t0 = time.perf_counter()
-            graph = track_graph(str(path), "bench", queries, options, n_frames, (grid, grid), dev)
-            result = jobs.compute_each({"bench": graph}, scheduler=args.scheduler, workers=args.workers)["bench"]
-            if isinstance(result, Exception):
-                raise result
-            best = min(best, time.perf_counter() - t0)
-        report("(b) from store", best, n, n_frames, grid, channels)
-
         q_csv = Path(tmp) / "queries.csv"
         with q_csv.open("w", newline="") as f:
             w = csv.writer(f)
@@ -152,7 +141,7 @@ def main() -> None:
                 w.writerow(["bench", 0, (x + 0.5) * PIXELS_PER_CELL, (y + 0.5) * PIXELS_PER_CELL])
         summary = track_store(path, q_csv, Path(tmp) / "tracks.csv", options=options, scheduler=args.scheduler,
                               workers=args.workers, device=dev)
-        report("(c) track_store", summary.seconds, n, n_frames, grid, channels)
+        report("(b) track_store", summary.seconds, n, n_frames, grid, channels)
 
 
 if __name__ == "__main__":

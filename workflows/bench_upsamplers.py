@@ -27,12 +27,8 @@ Stores go to a temporary folder (``--work`` to keep them).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
-import tempfile
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,10 +36,11 @@ import numpy as np
 import torch
 
 import liftvid
-from liftvid import (RELEASED_UPLIFTS, Backbone, ExtractOptions, LiFT, PropagateOptions, UPLiFT,
-                     build_extractor, extract_videos, propagate_store, save_lift_checkpoint, write_mask)
+from liftvid import (RELEASED_UPLIFTS, ExtractOptions, PropagateOptions, UPLiFT, build_extractor, extract_videos,
+                     propagate_store, write_mask)
 
-DEFAULT_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cat.mp4"
+from bench_common import clip_parser, random_lift, stored_bytes, timed, work_folder
+
 LIFT_BACKBONE = "dino_vits16"
 UPLIFT_BACKBONE = "vit_small_patch14_dinov2"
 UPLIFT_ARCHITECTURE = "uplift_dinov2-s14"
@@ -66,13 +63,6 @@ class Row:
     propagate_cpu_ms_per_frame: float
 
 
-def random_lift(path: Path) -> Path:
-    """A seeded random LiFT for dino_vits16 (random weights), saved as liftvid writes it."""
-    torch.manual_seed(0)
-    backbone = Backbone(LIFT_BACKBONE, weights="random")
-    return save_lift_checkpoint(path, LiFT(backbone.channels, backbone.patch_size), backbone)
-
-
 def random_uplift(path: Path) -> Path:
     """A seeded random UPLiFT of the released DINOv2-S/14 architecture, as a release-style ``.safetensors``."""
     from safetensors.torch import save_file
@@ -81,18 +71,6 @@ def random_uplift(path: Path) -> Path:
     uplift = UPLiFT(RELEASED_UPLIFTS[UPLIFT_ARCHITECTURE])
     save_file({k: v.detach().contiguous() for k, v in uplift.state_dict().items()}, str(path))
     return path
-
-
-def stored_bytes(folder: Path) -> int:
-    """Bytes of the files under ``folder`` (a Zarr array's chunks and metadata)."""
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
-def timed(fn) -> tuple[float, float]:
-    """(wall s, process CPU s) of ``fn()``."""
-    w0, c0 = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - w0, time.process_time() - c0
 
 
 def bench(name: str, clip: Path, work: Path, options: ExtractOptions) -> Row:
@@ -145,30 +123,18 @@ def markdown(rows: list[Row]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--clip", type=Path, default=DEFAULT_CLIP, help="a real clip (default ../shared/data/cat.mp4)")
-    parser.add_argument("--frames", type=int, default=16, help="first frames extracted (default 16)")
+    parser = clip_parser(__doc__.splitlines()[0], 16, "first frames extracted (default 16)", "UPLiFT")
     parser.add_argument("--frames-x3", type=int, default=8,
                         help="first frames for UPLiFT ×3, the slowest row (default 8; 0: as --frames)")
-    parser.add_argument("--iterations", type=int, nargs="+", default=[1, 2, 3], help="UPLiFT iterations (default 1 2 3)")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--work", type=Path, default=None, help="keep the stores here (default: a temporary folder)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
-    if not args.clip.is_file():
-        raise SystemExit(f"{args.clip}: no such clip (give --clip)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    work = args.work or Path(tempfile.mkdtemp(prefix="bench-upsamplers-"))
-    work.mkdir(parents=True, exist_ok=True)
-    load_start = os.getloadavg()
-    print(f"bench_upsamplers: {args.clip.name}, first {args.frames} frames at square:224, fp32 on CPU; "
-          f"torch {torch.get_num_threads()} threads on {os.cpu_count()} cores; load average at start "
-          f"{load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
     common = dict(weights="random", resize="square:224", device="cpu", precision="fp32", batch_size=8)
     rows = []
-    try:
-        lift = random_lift(work / "lift.pt")
+    with work_folder(args, "bench-upsamplers-") as work:
+        load_start = os.getloadavg()
+        print(f"bench_upsamplers: {args.clip.name}, first {args.frames} frames at square:224, fp32 on CPU; "
+              f"torch {torch.get_num_threads()} threads on {os.cpu_count()} cores; load average at start "
+              f"{load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f}", flush=True)
+        lift = random_lift(work / "lift.pt", LIFT_BACKBONE)
         uplift = random_uplift(work / f"{UPLIFT_ARCHITECTURE}-random.safetensors")
         plans = [("LiFT ×1 (dino_vits16)", ExtractOptions(backbone=LIFT_BACKBONE, lift=str(lift), lift_iterations=1,
                                                           max_frames=args.frames, **common))]
@@ -184,9 +150,6 @@ def main() -> None:
             rows.append(row)
             print(f"  {name}: {row.grid[0]}×{row.grid[1]}, {row.frames} frames; extract {row.extract_fps:.2f} frames/s, "
                   f"propagate {row.propagate_fps:.2f} frames/s", flush=True)
-    finally:
-        if args.work is None:
-            shutil.rmtree(work, ignore_errors=True)
     load_end = os.getloadavg()
     print()
     print(markdown(rows))

@@ -142,6 +142,26 @@ def checkpoint_read_error(path: Path, exc: Exception, what: str) -> str:
     return f"{path}: not a {what}: not a readable PyTorch checkpoint ({type(exc).__name__})"
 
 
+def read_weight_file(path: Path, what: str, error: type[Exception]) -> object:
+    """What a weights file holds: a ``.safetensors`` file's tensors, or any other file read by
+    ``torch.load(weights_only=True)`` onto the CPU (so a pickle that names code is refused, never run).
+
+    Raises:
+        error: one line naming ``path`` and why it is not a ``what`` (:func:`checkpoint_read_error`).
+    """
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        if path.suffix == ".safetensors" and path.is_file() and path.stat().st_size:
+            reason = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+            raise error(f"{path}: not a {what}: not a readable safetensors file ({reason})") from None
+        raise error(checkpoint_read_error(path, exc, what)) from None
+
+
 def load_weights_file(model: nn.Module, path: str | Path) -> None:
     """Load a local checkpoint (timm format, safetensors, or the DINO release ``.pth``) into ``model``.
 
@@ -153,17 +173,12 @@ def load_weights_file(model: nn.Module, path: str | Path) -> None:
     if not path.is_file():
         raise BackboneError(f"{path}: weights file not found; pass an existing file to --weights "
                             "(timm, safetensors or DINO .pth) or --weights random")
+    raw = read_weight_file(path, "weights file", BackboneError)
     try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            raw = load_file(str(path))
-        else:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
         state = _unwrap_state_dict(raw)
     except BackboneError as exc:
         raise BackboneError(f"{path}: {exc}") from None
-    except Exception as exc:
+    except Exception as exc:  # a loadable file of another shape (keys that are not names…)
         raise BackboneError(checkpoint_read_error(path, exc, "weights file")) from None
     # drop classification / DINO projection heads: we only use the trunk
     state = {k: v for k, v in state.items() if not k.startswith(("head.", "fc_norm.", "head_drop."))}
@@ -296,10 +311,6 @@ class Backbone(nn.Module):
             self.weights_id, self.weights_sha256 = str(weights), file_sha256(weights)
         if spec is not None:
             assert (self.patch_size, model.embed_dim) == (spec.patch_size, spec.channels), spec
-
-    @property
-    def random_weights(self) -> bool:
-        return self.weights_id.startswith("random:")
 
     def describe(self) -> dict:
         """Provenance for the store and for LiFT checkpoints (JSON-serialisable)."""

@@ -18,6 +18,7 @@ from torch import nn
 from .uplift_config import (RELEASED_UPLIFTS, BlockGroupConfig, EncoderConfig, ResampleConfig, UPLiFTConfig,
                             UPLiFTConfigError)
 from ..errors import LiftvidError
+from .backbone import read_weight_file
 
 # the release's neighbourhoods: (row, col) offsets of the low-resolution cells each output mixes
 NEIGHBOUR_OFFSETS: dict[int, tuple[tuple[int, int], ...]] = {
@@ -408,16 +409,7 @@ def read_uplift_file(path: str | Path) -> dict[str, torch.Tensor]:
         raise UPLiFTCheckpointError(f"{path}: UPLiFT checkpoint not found (the released weights are "
                                     "uplift_dinov2-s14.safetensors / uplift_dinov3-splus16.safetensors at "
                                     "huggingface.co/UPLiFT-upsampler)")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise UPLiFTCheckpointError(f"{path}: not a readable UPLiFT checkpoint ({line[:160]})") from None
+    state = read_weight_file(path, "UPLiFT checkpoint", UPLiFTCheckpointError)
     if isinstance(state, dict):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), dict):

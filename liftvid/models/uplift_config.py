@@ -279,6 +279,14 @@ def _resample(s: _Section, op_key: str) -> ResampleConfig:
     return out
 
 
+def _step_count(s: _Section, key: str, where: str) -> int:
+    """``s[key]``, the encoder's or decoder's number of resampling steps, checked to be 0..MAX_STEPS."""
+    steps = s.get(key, kind=int)
+    if not 0 <= steps <= MAX_STEPS:
+        raise UPLiFTConfigError(f"{where}.{key} {steps} is not in 0..{MAX_STEPS}")
+    return steps
+
+
 def _config_from_release(raw: object, name: str) -> UPLiFTConfig:
     top = _Section(raw, "")
     top.ignore("description", "data")  # dataset paths and caches of the release's trainer
@@ -299,18 +307,14 @@ def _config_from_release(raw: object, name: str) -> UPLiFTConfig:
         raise UPLiFTConfigError("uplift.no_UEP: raw-image encoder input (the VAE models') is not supported")
     attender = up.get("attender", -1, int)
     enc_s = up.section("encoder")
-    down_steps = enc_s.get("down_steps", kind=int)
-    if not 0 <= down_steps <= MAX_STEPS:
-        raise UPLiFTConfigError(f"uplift.encoder.down_steps {down_steps} is not in 0..{MAX_STEPS}")
+    down_steps = _step_count(enc_s, "down_steps", "uplift.encoder")
     encoder = EncoderConfig(
         blocks=tuple(_block_group(enc_s.section(f"block_{i}")) for i in range(down_steps + 1)),
         downs=tuple(_resample(enc_s.section(f"down_{i}"), "down_op") for i in range(1, down_steps + 1)))
     enc_s.ignore(*(f"{k}_{i}" for k in ("block", "down") for i in range(down_steps + 1, MAX_STEPS + 1)))
     enc_s.done()
     dec_s = up.section("decoder")
-    up_steps = dec_s.get("up_steps", kind=int)
-    if not 0 <= up_steps <= MAX_STEPS:
-        raise UPLiFTConfigError(f"uplift.decoder.up_steps {up_steps} is not in 0..{MAX_STEPS}")
+    up_steps = _step_count(dec_s, "up_steps", "uplift.decoder")
     decoder = DecoderConfig(
         blocks=tuple(_block_group(dec_s.section(f"block_{i}")) for i in range(up_steps + 1)),
         ups=tuple(_resample(dec_s.section(f"up_{i}"), "up_op") for i in range(1, up_steps + 1)),

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from .arrays import as_tensor
 
-# Protocol defaults (DESIGN.md "Label propagation"; DINO's eval_video_segmentation.py).
+# Protocol defaults: DINO's eval_video_segmentation.py, which the LiFT paper's DAVIS numbers use.
 N_LAST = 7
 TOPK = 5
 RADIUS = 12

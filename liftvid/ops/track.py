@@ -2,7 +2,7 @@
 
 The kernel (:func:`track_points`, :func:`prepare_queries`, :func:`track_chunk`) is pure torch on
 arrays. A query is a point ``(t, x, y)`` in grid coordinates of frame ``t`` (grid coordinate c is
-the centre of cell c, see :mod:`liftvid.geometry`). Its template is the feature sampled bilinearly
+the centre of cell c, see :mod:`liftvid.ops.geometry`). Its template is the feature sampled bilinearly
 there. In every frame: cosine similarity of the template with every cell, argmax, then a sub-cell
 position by soft-argmax over a small window around the argmax. A match is *visible* when its
 similarity reaches ``min_similarity`` and it passes a cycle check: the matched cell's feature,

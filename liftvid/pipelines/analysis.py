@@ -204,7 +204,7 @@ def open_store(path_or_url: str | os.PathLike, full_channels: bool = False) -> F
       store its K components (cosines and PCA colours equal those of the decoded features), or
       with ``full_channels`` the C decoded channels z Vᵀ float32;
     - coordinates ``frame_index`` (source frame numbers), ``time`` (seconds), and ``y``/``x``: the
-      source-pixel centres of the grid cells (:func:`liftvid.geometry.cell_centres`; continuous
+      source-pixel centres of the grid cells (:func:`liftvid.ops.geometry.cell_centres`; continuous
       coordinates, 0 = the frame's top/left edge), right for every resize mode; ``y_input`` /
       ``x_input`` on the same dimensions: the centres in model-input pixels. Both follow the
       stored grid as recorded (:func:`liftvid.io.store.geometry_from_record`: model input, grid,

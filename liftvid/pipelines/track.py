@@ -8,9 +8,6 @@ frames, tracks, and writes its results straight into the Zarr arrays of ``<video
 Nothing N × T travels to the client: the CSV is then streamed from the finished arrays, a few
 queries at a time, into a temporary file renamed when whole, and the group is swapped in for the
 previous ``tracks``. With ``write_store=False`` the arrays live in a scratch folder beside the CSV.
-
-:func:`track_graph` is the older in-memory form (one Dask array ``(N, T, 4)``), kept for callers
-that want the results as an array.
 """
 
 from __future__ import annotations
@@ -36,7 +33,7 @@ from ..io.tables import QueryRow, read_queries_csv, stored_position, write_track
 from ..io.video import read_source_frames
 from ..ops.device import resolve_device
 from ..ops.geometry import GridGeometry, grid_to_source
-from ..ops.track import (MIN_FRAMES_PER_CHUNK, BlockPlan, TrackOptions, Tracks, frames_per_chunk, plan_blocks,
+from ..ops.track import (MIN_FRAMES_PER_CHUNK, BlockPlan, TrackOptions, Tracks, plan_blocks,
                          prepare_queries, track_chunk, track_points)
 
 log = logging.getLogger(__name__)
@@ -186,53 +183,6 @@ def _open_features(store_path: str, video_id: str):
     # decoded floats whatever the encoding; a chunk that fails its checksum is named (store, video,
     # frames), not zarr's bare error
     return st.feature_reader(st.open_root(store_path)[video_id], f"{store_path}: video {video_id!r}")
-
-
-def _prepare_task(store_path: str, video_id: str, queries):
-    return prepare_queries(_open_features(store_path, video_id), queries)
-
-
-def _pack(tracks):
-    return np.concatenate([tracks.positions, tracks.score[..., None],
-                           tracks.visible[..., None].astype(np.float32)], axis=-1)
-
-
-def _chunk_task(store_path: str, video_id: str, start: int, stop: int, query_set, options, device):
-    chunk = _open_features(store_path, video_id)[start:stop]
-    return _pack(track_chunk(chunk, start, query_set, options, device))
-
-
-def _chain_task(store_path: str, video_id: str, queries, options, device):
-    return _pack(track_points(_open_features(store_path, video_id), queries, options, device))
-
-
-def track_graph(store_path: str, video_id: str, queries, options, n_frames: int,
-                grid_size: tuple[int, int], device: str | None = None):
-    """The tracking graph of one video.
-
-    Args:
-        store_path: the liftvid store (path or URL), opened by each task.
-        video_id: the video's group.
-        queries: ``(N, 3) [t, x, y]`` grid coordinates, valid for the video.
-        options: :class:`liftvid.track.TrackOptions`. In chain mode frames depend on earlier
-            frames, so the video is one task (it still reads one chunk of frames at a time).
-        n_frames, grid_size: the features' T and (h, w).
-        device: torch device of the tasks (``None``: CUDA when the worker has one).
-
-    Returns:
-        A Dask array ``(N, T, 4) float32`` = (x, y, score, visible), grid coordinates, chunked
-        along frames as the tracker's frame chunks.
-    """
-    n = len(queries)
-    if options.chain:
-        return jobs.array_from_blocks(_chain_task, [(store_path, video_id, queries, options, device)],
-                                      [(n, n_frames, 4)], np.float32)
-    size = frames_per_chunk(n, grid_size, options, device or "cpu")
-    query_set = jobs.shared_task(_prepare_task, store_path, video_id, queries)
-    spans = [(a, min(a + size, n_frames)) for a in range(0, n_frames, size)]
-    return jobs.array_from_blocks(_chunk_task,
-                                  [(store_path, video_id, a, b, query_set, options, device) for a, b in spans],
-                                  [(n, b - a, 4) for a, b in spans], np.float32, axis=1)
 
 
 # ---- streamed tracking: blocks written to the store as they are computed ---------------------------

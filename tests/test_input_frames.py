@@ -186,3 +186,30 @@ def test_a_tracks_csv_with_one_huge_t_is_refused_before_allocating(tmp_path):
         assert tracemalloc.get_traced_memory()[1] < 16 << 20
     finally:
         tracemalloc.stop()
+
+
+def test_frame_folders_decode_on_several_threads_as_on_one(tmp_path):
+    """A folder's files decode a few at once (issue 23): the same frames in the same order, and a
+    broken file in the middle is reported as one thread reports it, by name and frame number."""
+    folder = tmp_path / "seq"
+    folder.mkdir()
+    rng = np.random.default_rng(7)
+    for i in range(7):
+        Image.fromarray(rng.integers(0, 256, (24, 40, 3), dtype=np.uint8)).save(folder / f"{i:05d}.jpg", quality=90)
+    expected = np.stack([np.asarray(Image.open(folder / f"{i:05d}.jpg").convert("RGB")) for i in range(7)])
+    one = FrameFolderDecoder(folder, None, 24.0, threads=1)
+    several = FrameFolderDecoder(folder, None, 24.0, threads=3)
+    try:
+        for start, stop in ((0, 7), (2, 5), (6, 7)):
+            np.testing.assert_array_equal(several.read(start, stop), expected[start:stop])
+            np.testing.assert_array_equal(one.read(start, stop), expected[start:stop])
+        (folder / "00003.jpg").write_bytes(b"not a jpeg")
+        messages = []
+        for decoder in (one, several):
+            with pytest.raises(VideoDecodeError) as caught:
+                decoder.read(0, 7)
+            messages.append(str(caught.value))
+        assert messages[0] == messages[1]
+        assert "00003.jpg" in messages[0] and "frame 3" in messages[0]
+    finally:
+        several.close()

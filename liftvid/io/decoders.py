@@ -12,7 +12,9 @@ Folders of JPEG/PNG frames (DAVIS ``JPEGImages/480p/<seq>/``) are read with PIL.
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol, Sequence
 
@@ -83,14 +85,15 @@ def open_decoder(path: Path, kind: str, fps: float, num_threads: int = 0,
     A file goes through decord, or PyAV for :data:`PYAV_FORMATS`; with ``exact``, also a file whose
     width decord cannot decode natively (:func:`decord_width_ok`); without (``+fast``, where decord
     resizes anyway), such a file keeps decord and its coded size. ``fps`` is a frame folder's rate.
-    ``num_threads``: the decoder's threads (0: its default).
+    ``num_threads``: the decoder's threads (0: its default; a frame folder's,
+    :func:`default_folder_threads`).
 
     Raises:
         VideoDecodeError: the file is empty, not a video, truncated or has no frames (one line
             naming the file).
     """
     if kind == "frames":
-        folder = FrameFolderDecoder(path, None, fps)
+        folder = FrameFolderDecoder(path, None, fps, threads=num_threads or default_folder_threads())
         return folder, folder.native
     container_format, coded = probe_container(path)
     decoder: Decoder
@@ -363,18 +366,32 @@ def decode_rgb8(image, file: Path) -> np.ndarray:
     return np.asarray(image.convert("RGB"))
 
 
+def default_folder_threads() -> int:
+    """Threads decoding a frame folder's files at once: the cores this process may use, at most
+    4 (Pillow decodes without the GIL; on the CPU the model waits while a batch decodes, and on an
+    accelerator a few videos decode at once besides)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
 class FrameFolderDecoder:
     """A folder of JPEG/PNG frames, sorted by name, read with PIL as RGB at native size (or, fast
     path, resized to ``size`` with PIL ``BILINEAR``), :func:`decode_rgb8` for 16-bit frames.
     ``frame_numbers``: each file's source frame number (:func:`folder_frame_numbers`); ``fps``: the
     rate given for the folder, which times each frame by its number; ``span``: frames read in one
-    call, at most ``span_bytes`` of them as for video files (:func:`read_span`)."""
+    call, at most ``span_bytes`` of them as for video files (:func:`read_span`); ``threads``: files
+    decoded at once in one call."""
 
     def __init__(self, path: Path, size: tuple[int, int] | None, fps: float,
-                 span_bytes: int = NATIVE_SPAN_BYTES):
+                 span_bytes: int = NATIVE_SPAN_BYTES, threads: int = 1):
         from PIL import Image
 
         self.path, self.size, self.fps, self.span_bytes = path, size, float(fps), span_bytes
+        self.threads = max(1, int(threads))
+        self._pool: ThreadPoolExecutor | None = None
         self.files = sorted((p for p in path.iterdir() if is_image(p) and not p.name.startswith(".")),
                             key=lambda p: natural_key(p.name))
         self.n_frames = len(self.files)
@@ -391,30 +408,39 @@ class FrameFolderDecoder:
 
     def resized(self, size: tuple[int, int]) -> "FrameFolderDecoder":
         """The same folder, each frame resized to ``size`` with PIL ``BILINEAR`` (``+fast``)."""
-        return FrameFolderDecoder(self.path, size, self.fps, self.span_bytes)
+        return FrameFolderDecoder(self.path, size, self.fps, self.span_bytes, self.threads)
 
-    def read(self, start: int, stop: int) -> np.ndarray:
+    def _frame(self, position: int) -> np.ndarray:
         from PIL import Image
 
-        out = []
-        for position, file in enumerate(self.files[start:stop], start=start):
-            try:
-                with Image.open(file) as image:
-                    if (image.height, image.width) != self.native:
-                        raise VideoDecodeError(
-                            f"{file}: frame {int(self.frame_numbers[position])} is {image.height}x{image.width}, "
-                            f"the folder's first frame ({self.files[0].name}) {self.native[0]}x{self.native[1]}; "
-                            "a video's frames must all have one size (resize or remove the odd ones)")
-                    frame = decode_rgb8(image, file)
-                    if self.size is not None and frame.shape[:2] != tuple(self.size):
-                        frame = np.asarray(Image.fromarray(frame).resize((self.size[1], self.size[0]), Image.BILINEAR))
-                    out.append(frame)
-            except VideoDecodeError:
-                raise
-            except Exception as exc:
-                raise VideoDecodeError(f"{file}: cannot decode frame {int(self.frame_numbers[position])} of "
-                                       f"{self.path}: {one_line(exc)}") from None
-        return np.stack(out)
+        file = self.files[position]
+        try:
+            with Image.open(file) as image:
+                if (image.height, image.width) != self.native:
+                    raise VideoDecodeError(
+                        f"{file}: frame {int(self.frame_numbers[position])} is {image.height}x{image.width}, "
+                        f"the folder's first frame ({self.files[0].name}) {self.native[0]}x{self.native[1]}; "
+                        "a video's frames must all have one size (resize or remove the odd ones)")
+                frame = decode_rgb8(image, file)
+                if self.size is not None and frame.shape[:2] != tuple(self.size):
+                    frame = np.asarray(Image.fromarray(frame).resize((self.size[1], self.size[0]), Image.BILINEAR))
+                return frame
+        except VideoDecodeError:
+            raise
+        except Exception as exc:
+            raise VideoDecodeError(f"{file}: cannot decode frame {int(self.frame_numbers[position])} of "
+                                   f"{self.path}: {one_line(exc)}") from None
+
+    def read(self, start: int, stop: int) -> np.ndarray:
+        positions = range(start, min(stop, self.n_frames))
+        if self.threads == 1 or len(positions) < 2:
+            return np.stack([self._frame(p) for p in positions])
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="liftvid-frames")
+        # in order: the first failing file is the one reported, as one thread would
+        return np.stack(list(self._pool.map(self._frame, positions)))
 
     def close(self) -> None:
-        pass
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None

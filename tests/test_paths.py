@@ -24,6 +24,7 @@ from typer.testing import CliRunner
 
 from liftvid.cli import app
 from liftvid.io import store as st
+from liftvid.io.store import integrity
 from liftvid.io.encode import synthetic_frames, write_video
 from liftvid.io.paths import PathNameError, check_component, component_problem
 
@@ -240,7 +241,7 @@ def test_a_store_at_a_short_relative_path_reads_as_intact(tmp_path, monkeypatch,
     _extract("bears.mp4", store_name)
     root = st.open_root(store_name)
     features = root["bears"]["features"]
-    assert st._stored_keys(features) == {"c/0/0/0/0"}  # one chunk of 3 frames
+    assert integrity._stored_keys(features) == {"c/0/0/0/0"}  # one chunk of 3 frames
     assert st.check_video_intact(root, "bears") is None
     assert "0 extracted, 1 already complete" in _extract("bears.mp4", store_name)
     result = runner.invoke(app, ["verify", store_name])

@@ -19,9 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from liftvid.cli import app
-from liftvid.io import lease as lease_mod
+from liftvid.io.store import lease as lease_mod
 from liftvid.io import store as st
-from liftvid.io.lease import ObjectLease
+from liftvid.io.store.lease import ObjectLease
 from liftvid.io.encode import synthetic_frames, write_video
 
 from .conftest import TINY_VIT, start_held_run, wait_until_held

@@ -25,7 +25,7 @@ import torch
 from .. import jobs
 from ..io.outputs import claim_store_path
 from ..io import store as st
-from ..io.lease import witness_lease
+from ..io.store import witness_lease
 from ..io.video import (DEFAULT_FPS, Resize, VideoDecodeError, VideoSource, find_sources, open_model_video,
                         sample_indices, source_fingerprint)
 from ..models.backbone import Backbone, file_sha256

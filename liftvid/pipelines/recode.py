@@ -77,7 +77,7 @@ def _recode_video(root_in, root_out, vid: str, config: dict, progress: ExtractPr
     reader = st.feature_reader(group_in, f"{st.store_label(root_in)}: video {vid!r}", full=True)
     T, h, w, c = reader.shape
     codes = group_in["features"]
-    t_chunk = int(st._storage_shape(codes)[0])
+    t_chunk = int(st.storage_shape(codes)[0])
     group = st.begin_video(root_out, vid, info, T, (h, w), c, np.asarray(group_in["frame_index"][:]),
                            np.asarray(group_in["timestamps"][:]), dtype=str(config["feature_dtype"]),
                            t_chunk=t_chunk, shard=getattr(codes, "shards", None) is not None)
@@ -132,7 +132,7 @@ def recode_store(source: str | os.PathLike, store: str | os.PathLike, encoding: 
     encoding.check_channels(int(channels) if channels else 0, str(source))
     if pca_fit_frames < 1:
         raise ValueError(f"--pca-fit-frames {pca_fit_frames}: must be at least 1")
-    config = {**config_in, "liftvid_version": st._version(), "encoding": encoding.record(),
+    config = {**config_in, "liftvid_version": st.liftvid_version(), "encoding": encoding.record(),
               "recoded_from": {"store": str(source), "encoding": current.record()}}
     summary = RecodeSummary(str(source), str(store), encoding)
     videos = st.list_videos(root_in)

@@ -47,7 +47,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from .store import StoreError
+from .errors import StoreError
 
 LEASE_SECONDS = 60.0  # a lease not refreshed for this long is expired
 LEASE_ENV = "LIFTVID_LEASE_SECONDS"

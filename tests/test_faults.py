@@ -269,7 +269,7 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_complete_videos(tmp_path
     done = _complete_groups_equal(store, _read_store(clean))
     assert "v1" not in done, done
     root = st.open_root(store)
-    assert st.video_info(root, "v1")["status"] != "complete"
+    assert st.read_video_info(root, "v1").status != "complete"
     assert set(st.list_videos(root, status=None)) <= {"v0", "v1", "v2"}
     monkeypatch.setattr(ex, "_write_batch", write)  # space freed
     assert runner.invoke(app, ["extract", str(inputs), str(store), *BASE, "--resize", "square:64",
@@ -326,7 +326,7 @@ def test_complete_is_written_after_the_data_is_synced(tmp_path, many_videos, mon
     monkeypatch.setattr(durability, "_fsync", lambda path, directory=False: (
         events.append((Path(path).relative_to(store).as_posix(), complete())), fsync(path, directory))[1])
     ex.extract_videos([many_videos / "v0.mp4"], store, _options())
-    assert st.video_info(st.open_root(store), "v0")["status"] == "complete"
+    assert st.read_video_info(st.open_root(store), "v0").status == "complete"
     assert events == [("syncfs", False), ("v0/zarr.json", True), ("v0", True)]
 
     # without syncfs (other systems), every file and folder of the group is fsync'ed one by one

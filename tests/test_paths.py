@@ -265,9 +265,9 @@ def test_a_moved_video_is_found_by_its_content_not_stored_again(tmp_path):
     assert "0 extracted, 1 already complete" in out
     root = st.open_root(store)
     assert st.list_videos(root) == ["bear"]
-    info = st.video_info(root, "bear")
-    assert info["source"] == str(tmp_path / "new" / "bear.mp4")  # found where it is now
-    assert info["moved_from"] == str(tmp_path / "old" / "bear.mp4")
+    info = st.read_video_info(root, "bear")
+    assert info.source == str(tmp_path / "new" / "bear.mp4")  # found where it is now
+    assert info.moved_from == str(tmp_path / "old" / "bear.mp4")
     np.testing.assert_array_equal(_features(store, "bear"), before)  # nothing redone
     # a copy whose original is still in place is another video
     _clip(tmp_path / "copies" / "bear.mp4", seed=1)
@@ -284,6 +284,6 @@ def test_same_stem_videos_keep_their_ids_across_runs(tmp_path):
     assert "1 extracted, 1 already complete" in _extract(tmp_path / "A", tmp_path / "B", store)
     assert "0 extracted, 2 already complete" in _extract(tmp_path / "B", tmp_path / "A", store)
     root = st.open_root(store)
-    sources = {vid: st.video_info(root, vid)["source"] for vid in st.list_videos(root)}
+    sources = {vid: st.read_video_info(root, vid).source for vid in st.list_videos(root)}
     assert sources == {"bear": str(tmp_path / "B" / "bear.mp4"), "bear-2": str(tmp_path / "A" / "bear.mp4")}
     np.testing.assert_array_equal(_features(store, "bear"), b_features)

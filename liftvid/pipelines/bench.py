@@ -211,7 +211,7 @@ def measure_write(path: str, n_frames: int, grid: tuple[int, int], channels: int
     t0 = time.perf_counter()
     group = st.begin_video(root, "bench", {}, n_frames, grid, channels, np.arange(n_frames),
                            np.arange(n_frames) / DEFAULT_FPS, shard=shard,
-                           t_chunk=st.chunk_frames(grid, channels, batch_size=batch_size))
+                           t_chunk=st.frames_per_chunk(grid, channels, batch_size=batch_size))
     feats = group["features"]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as writer:
         futures = [writer.submit(feats.__setitem__, slice(i, min(i + batch_size, n_frames)),

@@ -390,23 +390,21 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     scale = extractor.grid_scale
     fh, fw = reader.frame_size
     grid = (fh // patch * scale, fw // patch * scale)
-    info = {
-        **source.record(),
-        "source_size": list(reader.source_size), "frame_size": [fh, fw], "grid_size": list(grid),
+    info = st.VideoInfo(
+        st.INCOMPLETE, **source.record(), source_size=tuple(reader.source_size), frame_size=(fh, fw),
+        grid_size=tuple(grid), fps=float(reader.fps),
         # frame numbers run to the last one a folder's file names give (YouTube-VOS keeps every 5th)
-        "fps": float(reader.fps), "source_frames": int(reader.frame_numbers[-1]) + 1,
-        "sampling": {"stride": options.stride, "max_frames": options.max_frames},
-    }
+        source_frames=int(reader.frame_numbers[-1]) + 1, stride=options.stride, max_frames=options.max_frames)
     channels = extractor.backbone.channels
     encoding = st.store_encoding(root)
-    t_chunk = st.chunk_frames(grid, encoding.stored_channels(channels),
+    t_chunk = st.frames_per_chunk(grid, encoding.stored_channels(channels),
                               np.dtype(encoding.stored_dtype(extractor.feature_dtype)).itemsize,
                               batch_size=frames_per_batch(options, extractor, (fh, fw), reader.source_size))
     group = st.begin_video(root, video_id, info, len(indices), grid, channels, reader.frame_numbers[indices],
                            reader.timestamps(indices), dtype=extractor.feature_dtype, t_chunk=t_chunk,
-                           shard=options.shard)
+                           shard=options.shard, encoding=encoding)
     progress.video_started(video_id, len(indices))
-    features = st.feature_writer(group)  # encodes as the store says (plain, int8, pca)
+    features = st.feature_writer(group, encoding=encoding)  # encodes as the store says (plain, int8, pca)
     resize = reader.pending_resize
     futures: list[Future] = []
     written = 0

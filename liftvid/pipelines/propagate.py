@@ -180,8 +180,8 @@ def upsampling_scale(config: dict, attrs: dict | None = None) -> float:
     """
     if attrs is not None:
         return float(st.geometry_from_record(config, attrs).mask_upsampling())
-    patch = (config.get("backbone") or {}).get("patch_size")
-    stride = float(config["feature_stride"])
+    typed = st.StoreConfig.from_attrs(config)
+    patch, stride = typed.backbone.patch_size, float(typed.feature_stride)
     return float(mask_upsampling_factor(patch or stride, stride))
 
 

@@ -119,7 +119,7 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
             if vid in damaged:
                 why = damaged[vid]
             elif vid in every:
-                why = f"video {vid!r} is {st.video_info(root, vid).get('status')} in the store; rerun `liftvid extract`"
+                why = f"video {vid!r} is {st.read_video_info(root, vid).status} in the store; rerun `liftvid extract`"
             else:
                 known = ", ".join(sorted(complete)[:8]) + (" …" if len(complete) > 8 else "")
                 why = f"unknown video id {vid!r} (the store has: {known or 'no complete videos'})"

@@ -35,8 +35,9 @@ read), ``durability``, ``integrity`` (chunk digests, damage, verify) and ``summa
 from __future__ import annotations
 
 from .errors import DamagedChunkError, StoreError
-from .config import (ATTRS_KEY, KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION, check_config, liftvid_version,
-                     make_config, read_config, upsampler_name)
+from .config import (ATTRS_KEY, KNOWN_SCHEMA_VERSIONS, SCHEMA_VERSION, BackboneRecord, Preprocessing, StoreConfig,
+                     UpsamplerRecord, check_config, liftvid_version, make_config, read_config, read_store_config,
+                     upsampler_name)
 from .encoding import (ENCODINGS, ENCODING_ARRAYS, EncodingError, EncodingRangeError, FLOAT, FeatureEncoding,
                        INT8, INT8_FILL, INT8_STEPS, OFFSET_ARRAY, PCA, PCA_BASIS, PCA_FIT_FRAMES,
                        PCA_FIT_VIDEOS, SCALE_ARRAY, SecondMoment, dequantize_int8, pca_sample, pca_share,
@@ -45,12 +46,12 @@ from .compression import DEFAULT_COMPRESSOR, checksummed
 from .opening import (consolidate, drop_consolidated, init_store, is_url, local_path, open_root, store_label,
                       zarr_target)
 from .lock import StoreLock
-from .records import (COMPLETE, CORE_ARRAYS, DAMAGED, FAILED, INCOMPLETE, VideoInfo, geometry_from_record,
-                      read_video_info, video_geometry, video_info, with_relative_source)
+from .records import (COMPLETE, CORE_ARRAYS, DAMAGED, FAILED, INCOMPLETE, Status, VideoInfo, geometry_from_record,
+                      read_video_info, video_geometry, with_relative_source, write_video_info)
 from .listing import damaged_groups, group_names, list_videos, video_damage, video_status
 from .naming import SAFE_NAME_SUFFIX, resolve_video_id, safe_group_name, update_source
 from .durability import check_writable, sync_group, sync_metadata
-from .layout import FEATURE_DIMS, TARGET_CHUNK_BYTES, begin_video, chunk_frames, mark_complete, mark_failed
+from .layout import FEATURE_DIMS, TARGET_CHUNK_BYTES, begin_video, frames_per_chunk, mark_complete, mark_failed
 from .features import (FeatureReader, FeatureWriter, NamedReads, feature_reader, feature_writer,
                        has_pca_basis, read_pca_basis, store_encoding, write_pca_basis)
 from .integrity import check_video_intact, chunk_digest, redo_command, storage_shape, verify_video

@@ -101,7 +101,8 @@ class FeatureEncoding:
             raise EncodingError(f"{where}: --pca {self.components} is more components than the features' "
                                 f"{channels} channels")
 
-    def record(self) -> dict:
+    def to_attrs(self) -> dict:
+        """The ``encoding`` entry of the store's configuration (:meth:`from_config` reads it back)."""
         out: dict[str, Any] = {"kind": self.kind, "dtype": self.dtype}
         if self.kind == INT8:
             out.update(scheme="per frame and channel: x = offset + code * scale, code -127..127, "
@@ -127,13 +128,15 @@ class FeatureEncoding:
     def stored_dtype(self, dtype: str) -> str:
         return "int8" if self.kind == INT8 else self.dtype if self.kind == PCA else dtype
 
-    def describe(self) -> str:
+    def label(self) -> str:
         """``float16``, ``int8 (per frame and channel)``, ``pca 64 (float16)``."""
         if self.kind == INT8:
             return "int8 (per frame and channel)"
         if self.kind == PCA:
             return f"pca {self.components} ({self.dtype})"
         return self.dtype
+
+    describe = label  # the CLI's name for it until it calls label()
 
     def cli_args(self) -> list[str]:
         """The ``extract`` options that write this encoding."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compression import checksummed
-from .config import ATTRS_KEY
+from .config import ATTRS_KEY, read_store_config
 from .durability import check_writable
 from .encoding import EncodingError, EncodingRangeError, FLOAT, FeatureEncoding, INT8, OFFSET_ARRAY, PCA, PCA_BASIS, SCALE_ARRAY, dequantize_int8, quantize_int8
 from .errors import DamagedChunkError, StoreError
@@ -63,7 +63,7 @@ def read_pca_basis(root) -> np.ndarray:
     except Exception as exc:
         raise DamagedChunkError(f"{label}/{PCA_BASIS}: damaged ({type(exc).__name__}); recode or re-extract "
                                 "the store") from None
-    channels = (dict(root.attrs.get(ATTRS_KEY) or {}).get("backbone") or {}).get("channels")
+    channels = read_store_config(root).backbone.channels
     if basis.ndim != 2 or basis.shape[1] != enc.components or (channels and basis.shape[0] != int(channels)):
         raise StoreError(f"{label}/{PCA_BASIS}: shape {basis.shape}, not ({channels}, {enc.components})")
     if not np.isfinite(basis).all():
@@ -107,13 +107,14 @@ class FeatureWriter:
             self.features[region] = x
 
 
-def feature_writer(group, basis: np.ndarray | None = None) -> FeatureWriter:
-    """The :class:`FeatureWriter` of a video group, for its store's encoding (a pca store's basis
-    is read from the store unless given)."""
-    root = _root_of(group)
-    encoding = store_encoding(root)
-    if encoding.kind == PCA and basis is None:
-        basis = read_pca_basis(root)
+def feature_writer(group, basis: np.ndarray | None = None, encoding: FeatureEncoding | None = None) -> FeatureWriter:
+    """The :class:`FeatureWriter` of a video group, for its store's encoding (``encoding``: the
+    store's, as the caller already read it; a pca store's basis is read from the store unless given)."""
+    if encoding is None or (encoding.kind == PCA and basis is None):
+        root = _root_of(group)
+        encoding = encoding or store_encoding(root)
+        if encoding.kind == PCA and basis is None:
+            basis = read_pca_basis(root)
     return FeatureWriter(group, encoding, basis)
 
 

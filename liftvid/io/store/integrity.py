@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from .config import ATTRS_KEY
-from .encoding import ENCODING_ARRAYS, FeatureEncoding, INT8, INT8_FILL, PCA
+from .config import ATTRS_KEY, read_store_config
+from .encoding import ENCODING_ARRAYS, INT8, INT8_FILL, PCA
 from .errors import StoreError
 from .features import read_pca_basis, store_encoding
 from .listing import _open_child
 from .opening import _sync, store_label
-from .records import COMPLETE, CORE_ARRAYS, video_info
+from .records import COMPLETE, CORE_ARRAYS, VideoInfo, read_video_info
 
 
 def storage_shape(array) -> tuple[int, ...]:
@@ -111,40 +111,38 @@ def redo_command(root, video_id: str) -> str:
     store was written with."""
     import shlex
 
-    config = dict(root.attrs.get(ATTRS_KEY) or {})
+    config = read_store_config(root)
     label = store_label(root)
     try:
-        info = video_info(root, video_id)
+        info = read_video_info(root, video_id)
     except Exception:
-        info = {}
-    bb, pre, lift = config.get("backbone") or {}, config.get("preprocessing") or {}, config.get("lift")
-    args = [str(info.get("source", "<its video>")), label]
-    if bb.get("name"):
-        args += ["--backbone", str(bb["name"])]
-    weights = str(bb.get("weights") or "")
+        info = VideoInfo(status="?")
+    bb, lift, uplift = config.backbone, config.lift, config.uplift
+    args = [str(info.source or "<its video>"), label]
+    if bb.name:
+        args += ["--backbone", str(bb.name)]
+    weights = str(bb.weights or "")
     if weights.startswith("random:seed="):
         args += ["--weights", "random", "--seed", weights.split("=", 1)[1]]
     elif weights and not weights.startswith("timm:"):
         args += ["--weights", weights]
-    if bb.get("layer") is not None:
-        args += ["--layer", str(bb["layer"])]
-    if bb.get("facet"):
-        args += ["--facet", str(bb["facet"])]
-    if pre.get("resize"):
-        args += ["--resize", str(pre["resize"])]
+    if bb.layer is not None:
+        args += ["--layer", str(bb.layer)]
+    if bb.facet:
+        args += ["--facet", str(bb.facet)]
+    if config.preprocessing.resize:
+        args += ["--resize", str(config.preprocessing.resize)]
     if lift:
-        args += ["--lift", str(lift.get("checkpoint")), "--lift-iterations", str(lift.get("iterations", 1))]
-    uplift = config.get("uplift")
+        args += ["--lift", str(lift.checkpoint), "--lift-iterations", str(lift.attrs.get("iterations", 1))]
     if uplift:
-        args += ["--uplift", str(uplift.get("checkpoint")), "--uplift-iterations", str(uplift.get("iterations", 2))]
-        if uplift.get("config_file"):
-            args += ["--uplift-config", str(uplift["config_file"])]
-    sampling = info.get("sampling") or {}
-    if sampling.get("stride", 1) != 1:
-        args += ["--stride", str(sampling["stride"])]
-    if sampling.get("max_frames"):
-        args += ["--max-frames", str(sampling["max_frames"])]
-    args += FeatureEncoding.from_config(config).cli_args()
+        args += ["--uplift", str(uplift.checkpoint), "--uplift-iterations", str(uplift.attrs.get("iterations", 2))]
+        if uplift.config_file:
+            args += ["--uplift-config", str(uplift.config_file)]
+    if info.stride != 1:
+        args += ["--stride", str(info.stride)]
+    if info.max_frames:
+        args += ["--max-frames", str(info.max_frames)]
+    args += config.encoding.cli_args()
     extract = "liftvid extract " + " ".join(shlex.quote(a) for a in args)
     return f"liftvid verify {shlex.quote(label)} --video {shlex.quote(video_id)} --mark && {extract}"
 
@@ -281,9 +279,7 @@ def verify_video(root, video_id: str) -> list[str]:
             problems.append(f"{name} has shape {arr.shape}, features {T} frames")
     if "grid_size" in info and list(info["grid_size"]) != [h, w]:
         problems.append(f"features are on a {h}x{w} grid, the attrs record {info['grid_size']}")
-    channels = ((root.attrs.get(ATTRS_KEY) or {}).get("backbone") or {}).get("channels")
-    if channels is not None:  # a pca store holds K components of the backbone's channels
-        channels = store_encoding(root).stored_channels(channels)
+    channels = read_store_config(root).stored_channels  # a pca store holds K components of the backbone's
     if channels is not None and int(channels) != c:
         problems.append(f"features have {c} channels, the store's backbone {channels}")
     if "stored_chunks" not in info:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -13,14 +14,14 @@ from .encoding import ENCODING_ARRAYS, FeatureEncoding, INT8, INT8_FILL
 from .errors import StoreError
 from .integrity import _stored_keys, chunk_digest
 from .opening import store_label
-from .records import COMPLETE, CORE_ARRAYS, FAILED, INCOMPLETE, with_relative_source
+from .records import COMPLETE, CORE_ARRAYS, FAILED, INCOMPLETE, VideoInfo, with_relative_source, write_video_info
 
 
 FEATURE_DIMS = ("frame", "y", "x", "channel")
 TARGET_CHUNK_BYTES = 4 << 20  # a few MB along T: big enough for throughput, small for one-frame reads
 
 
-def chunk_frames(grid_size: tuple[int, int], channels: int, itemsize: int = 2,
+def frames_per_chunk(grid_size: tuple[int, int], channels: int, itemsize: int = 2,
                  target_bytes: int = TARGET_CHUNK_BYTES, batch_size: int | None = None) -> int:
     """Frames per chunk: at most ``target_bytes`` a chunk (at least one frame).
 
@@ -34,10 +35,10 @@ def chunk_frames(grid_size: tuple[int, int], channels: int, itemsize: int = 2,
     return max(d for d in range(1, min(limit, batch_size) + 1) if batch_size % d == 0)
 
 
-def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple[int, int],
+def begin_video(root, video_id: str, info: "VideoInfo | dict", n_frames: int, grid_size: tuple[int, int],
                 channels: int, frame_index: np.ndarray, timestamps: np.ndarray,
                 dtype: str = "float16", compressors: Any = "auto", t_chunk: int | None = None,
-                shard: bool = False):
+                shard: bool = False, encoding: FeatureEncoding | None = None):
     """(Re)create a video's group with status ``incomplete`` and its arrays, ready for features.
 
     Any previous group of that name is deleted first. ``frame_index`` and ``timestamps`` are
@@ -59,13 +60,13 @@ def begin_video(root, video_id: str, info: dict, n_frames: int, grid_size: tuple
     # with a damaged one); the attrs go in with the group's one metadata write, so no group ever
     # exists without a status. A writer that lost the store's lease must not clear anything.
     check_writable(root)
-    info = with_relative_source(root, info)
+    info = with_relative_source(root, _as_info(info))
     group = root.create_group(video_id, overwrite=True,
-                              attributes={ATTRS_KEY: {**info, "status": INCOMPLETE, "error": None}})
+                              attributes={ATTRS_KEY: replace(info, status=INCOMPLETE, error=None).to_attrs()})
     h, w = grid_size
-    encoding = FeatureEncoding.from_config(root.attrs.get(ATTRS_KEY) or {})
+    encoding = encoding or FeatureEncoding.from_config(root.attrs.get(ATTRS_KEY) or {})
     stored, dtype = encoding.stored_channels(channels), encoding.stored_dtype(dtype)
-    t_chunk = min(max(n_frames, 1), t_chunk or chunk_frames(grid_size, stored, np.dtype(dtype).itemsize))
+    t_chunk = min(max(n_frames, 1), t_chunk or frames_per_chunk(grid_size, stored, np.dtype(dtype).itemsize))
     layout = ({"chunks": (1, h, w, stored), "shards": (t_chunk, h, w, stored)} if shard
               else {"chunks": (t_chunk, h, w, stored)})
     # NaN fill: a chunk that is missing reads as NaN, which no feature is, instead of zeros (int8
@@ -107,20 +108,26 @@ def mark_complete(group) -> None:
         raise StoreError(f"{label}: {why}; video {group.path!r} is left incomplete: rerun once the other run "
                          "has finished") from None
     sync_group(group)
-    info = dict(group.attrs[ATTRS_KEY])
+    info = VideoInfo.from_attrs(dict(group.attrs[ATTRS_KEY]))
     # what a reader checks the store against: the stored objects of each core array, and a digest
     # of their checksums, so that a chunk rewritten after completion (by a run that lost its lease
     # while a write was under way) is found
     arrays = [name for name in (*CORE_ARRAYS, *ENCODING_ARRAYS) if name in group]
     stored = {name: len(_stored_keys(group[name])) for name in arrays}
-    info.update(status=COMPLETE, error=None, stored_chunks=stored,
+    info = replace(info, status=COMPLETE, error=None, stored_chunks=stored,
                 chunk_digest={name: chunk_digest(group[name]) for name in arrays})
-    group.attrs[ATTRS_KEY] = info
+    write_video_info(group, info)
     sync_metadata(group)
 
 
-def mark_failed(root, video_id: str, info: dict, error: str) -> None:
+def mark_failed(root, video_id: str, info: "VideoInfo | dict", error: str) -> None:
     """Record a video that could not be extracted: a group with no arrays, status ``failed``."""
     check_writable(root)
     root.create_group(video_id, overwrite=True,
-                      attributes={ATTRS_KEY: {**with_relative_source(root, info), "status": FAILED, "error": error}})
+                      attributes={ATTRS_KEY: replace(with_relative_source(root, _as_info(info)), status=FAILED,
+                                                     error=error).to_attrs()})
+
+
+def _as_info(info: "VideoInfo | dict") -> VideoInfo:
+    """A record given as :class:`VideoInfo`, or as its entries (``VideoSource.record()``…)."""
+    return info if isinstance(info, VideoInfo) else VideoInfo.from_attrs({"status": INCOMPLETE, **info})

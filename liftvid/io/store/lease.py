@@ -67,7 +67,7 @@ class Holder:
     token: str
     expires: float
 
-    def describe(self, now: float) -> str:
+    def holder_text(self, now: float) -> str:
         left = self.expires - now
         when = f"expires in {left:.0f} s" if left >= 0 else f"expired {-left:.0f} s ago"
         return f"liftvid {self.command} pid {self.pid} on {self.host} ({when})"
@@ -332,7 +332,7 @@ class ObjectLease:
         self.proven_until = expires - self.ttl * HEARTBEAT_FRACTION
 
     def _refused(self, holder: Holder | None) -> StoreError:
-        who = holder.describe(self.clock()) if holder else "another run"
+        who = holder.holder_text(self.clock()) if holder else "another run"
         return StoreError(f"{self.store_url}: being written by {who} (lease {self.url}); wait for that run "
                           "to finish")
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import ATTRS_KEY
-from .encoding import FeatureEncoding, OFFSET_ARRAY, SCALE_ARRAY
+from .config import ATTRS_KEY, read_store_config
+from .encoding import OFFSET_ARRAY, SCALE_ARRAY
 from .opening import _local_dir, _sync, store_label
 from .records import COMPLETE
 
@@ -58,8 +58,7 @@ def _core_array_damage(root, group, video_id: str) -> str | None:
 
     from zarr.core.buffer import default_buffer_prototype
 
-    config = dict(root.attrs.get(ATTRS_KEY) or {})
-    features_dtype = FeatureEncoding.from_config(config).stored_dtype(str(config.get("feature_dtype") or "float16"))
+    features_dtype = read_store_config(root).stored_dtype
     expected = {"features": (features_dtype, 4), "frame_index": ("int64", 1), "timestamps": ("float64", 1),
                 SCALE_ARRAY: ("float32", 2), OFFSET_ARRAY: ("float32", 2)}
     prefix = f"{group.path}/" if group.path else ""

@@ -7,7 +7,7 @@ import os
 from .config import ATTRS_KEY
 from .listing import _child_names, _open_child
 from .opening import _local_dir
-from .records import video_info, with_relative_source
+from .records import VideoInfo, read_video_info, with_relative_source, write_video_info
 
 
 # names Zarr itself uses inside a group's folder (and zarr.<hex>.partial temporaries), which a video
@@ -132,8 +132,9 @@ def update_source(root, video_id: str, source: str, record) -> bool:
     Returns:
         Whether the record was changed.
     """
-    info = video_info(root, video_id)
-    if any(_same_source(r, source) for r in _recorded_sources(root, info)):
+    info = read_video_info(root, video_id)
+    if any(_same_source(r, source) for r in _recorded_sources(root, info.to_attrs())):
         return False
-    root[video_id].attrs[ATTRS_KEY] = with_relative_source(root, {**info, **record(), "moved_from": info.get("source")})
+    moved = VideoInfo.from_attrs({**info.to_attrs(), **record(), "moved_from": info.source})
+    write_video_info(root[video_id], with_relative_source(root, moved))
     return True

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from .config import ATTRS_KEY, read_config
+from .config import StoreConfig, read_config
 from .encoding import ENCODING_ARRAYS
 from .errors import StoreError
 from .integrity import redo_command, verify_video
 from .listing import damaged_groups, list_videos
 from .lock import StoreLock
 from .opening import _sync, open_root
-from .records import COMPLETE, DAMAGED, video_info
+from .records import COMPLETE, DAMAGED, read_video_info, write_video_info
 
 
 def stored_bytes(group) -> int:
@@ -118,20 +118,20 @@ def summarize_store(path: str | os.PathLike) -> StoreSummary:
     """
     root = open_root(path)
     config = read_config(root)
-    channels = (config.get("backbone") or {}).get("channels")
+    channels = StoreConfig.from_attrs(config).backbone.channels
     videos = []
     for vid in list_videos(root, status=None):
-        meta = video_info(root, vid)
+        meta = read_video_info(root, vid)
         group = root[vid]
         has = "features" in group
         shape = tuple(group["features"].shape) if has else None
-        measured = has and meta.get("status") == COMPLETE and len(shape) == 4
+        measured = has and meta.status == COMPLETE and len(shape) == 4
         float16 = None
         if measured:
             T, h, w, c = shape
             float16 = T * h * w * int(channels if channels is not None else c) * FLOAT16_BYTES
-        videos.append(VideoSummary(vid, meta.get("status", "?"), meta.get("error"), shape,
-                                   tuple(meta.get("source_size", [])), stored_bytes(group) if has else None,
+        videos.append(VideoSummary(vid, str(meta.status), meta.error, shape, tuple(meta.source_size or ()),
+                                   stored_bytes(group) if has else None,
                                    _feature_bytes(group) if measured else None, float16))
     return StoreSummary(str(path), config, videos, damaged_groups(root))
 
@@ -185,8 +185,8 @@ def verify_store(path: str | os.PathLike, videos: list[str] | None = None, mark:
             writable = open_root(path, mode="a")
             for vid, damage in damaged.items():
                 if vid not in damaged_meta:  # damaged metadata: extract redoes it already
-                    info = video_info(writable, vid)
-                    info.update(status=DAMAGED, error="; ".join(damage.problems)[:500])
-                    writable[vid].attrs[ATTRS_KEY] = info
+                    info = replace(read_video_info(writable, vid), status=DAMAGED,
+                                   error="; ".join(damage.problems)[:500])
+                    write_video_info(writable[vid], info)
             marked = len(damaged)
     return VerifyReport(intact, damaged, marked)

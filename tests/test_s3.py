@@ -302,7 +302,7 @@ def test_replace_node_on_s3_cut_short_leaves_no_half_node_and_redoes(s3_bucket, 
     import zarr
     from zarr.storage import FsspecStore
 
-    from liftvid.io.outputs import replace_node
+    from liftvid.io.store import replace_node
 
     root = zarr.open_group(f"{s3_bucket}/r.zarr", mode="a", zarr_format=3)
     video = root.create_group("v")

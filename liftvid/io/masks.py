@@ -154,14 +154,6 @@ def frame_name(frame_number: int) -> str:
     return f"{int(frame_number):05d}.png"
 
 
-def write_video_masks(out_dir: str | Path, video_id: str, masks: np.ndarray, frame_numbers) -> Path:
-    """Write ``<out_dir>/<video_id>/<frame:05d>.png`` for each ``(H, W)`` mask of ``masks``."""
-    folder = Path(out_dir) / video_id
-    for mask, number in zip(masks, frame_numbers):
-        write_mask(folder / frame_name(number), mask)
-    return folder
-
-
 def _annotation_root(source: Path) -> Path:
     """A DAVIS root (with ``Annotations/480p``) stands for its annotation tree."""
     return source / DAVIS_SUBDIR if (source / DAVIS_SUBDIR).is_dir() else source

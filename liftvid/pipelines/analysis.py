@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import jobs
-from ..io.store import (ATTRS_KEY, COMPLETE, CORE_ARRAYS, DAMAGED, ENCODING_ARRAYS, FEATURE_DIMS, DamagedChunkError,
-                        FeatureEncoding, NamedReads, StoreConfig, StoreError, check_video_intact, damaged_groups,
-                        feature_reader, geometry_from_record, list_videos, open_root, read_config, read_video_info)
+from ..io.store import (COMPLETE, CORE_ARRAYS, DAMAGED, ENCODING_ARRAYS, FEATURE_DIMS, LABELLED_DIMS,
+                        DamagedChunkError, FeatureEncoding, NamedReads, StoreConfig, StoreError, check_video_intact,
+                        damaged_groups, feature_reader, geometry_from_record, list_videos, node_complete, node_record,
+                        open_root, read_config, read_video_info)
 
 
-# labels of small trailing dimensions that other writers use (track.py: positions (…, xy), queries (…, txy))
-_LABELLED_DIMS = {"xy": ["x", "y"], "txy": ["t", "x", "y"]}
 
 
 class VideoNotFoundError(StoreError, KeyError):
@@ -62,17 +61,14 @@ def _extra_variables(group) -> dict:
     """
     import xarray as xr
 
-    def finished(node) -> bool:
-        return (node.attrs.get(ATTRS_KEY) or {}).get("status", COMPLETE) == COMPLETE
-
     out = {}
     for name, arr in sorted(group.arrays()):
-        if name not in CORE_ARRAYS and name not in ENCODING_ARRAYS and finished(arr):
-            out[name] = xr.Variable(_dims(arr, name), _lazy(arr), attrs=dict(arr.attrs.get(ATTRS_KEY) or {}))
+        if name not in CORE_ARRAYS and name not in ENCODING_ARRAYS and node_complete(arr):
+            out[name] = xr.Variable(_dims(arr, name), _lazy(arr), attrs=node_record(arr))
     for sub_name, sub in sorted(group.groups()):
-        if not finished(sub):
+        if not node_complete(sub):
             continue
-        meta = dict(sub.attrs.get(ATTRS_KEY) or {})
+        meta = node_record(sub)
         for name, arr in sorted(sub.arrays()):
             key = f"{sub_name}_{name}"
             out[key] = xr.Variable(_dims(arr, key), _lazy(arr), attrs=meta)
@@ -152,7 +148,7 @@ class FeatureStore:
         lazy = _lazy_features(group, f"{self.path}: video {video_id!r}", self.full_channels)
         variables = {"features": xr.Variable(FEATURE_DIMS, lazy, attrs={"encoding": self.encoding.label()})}
         variables.update(_extra_variables(group))
-        for dim, labels in _LABELLED_DIMS.items():
+        for dim, labels in LABELLED_DIMS.items():
             if any(dim in v.dims for v in variables.values()):
                 coords[dim] = (dim, labels)
         attrs = {"video_id": video_id, "store": self.path, **info, "store_config": self.config}

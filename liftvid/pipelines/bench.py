@@ -226,7 +226,6 @@ def measure_write(path: str, n_frames: int, grid: tuple[int, int], channels: int
 def measure_naive(source, resize: Resize, extractor, n_frames: int, path: str, device: torch.device) -> float:
     """The official script's way: decode one frame, PIL bicubic resize, ``ToTensor`` + ``Normalize``
     (torchvision), the fp32 model (no autocast) on that one frame, write it as float32."""
-    import zarr
     from PIL import Image
     from torchvision import transforms
 
@@ -241,16 +240,13 @@ def measure_naive(source, resize: Resize, extractor, n_frames: int, path: str, d
         transforms.Normalize(backbone.mean, backbone.std),
     ])
     n = min(n_frames, reader.n_frames)
-    root = zarr.open_group(path, mode="w")
-    out = None
+    out = st.PlainFeatures(path, n)
     t0 = time.perf_counter()
     try:
         for i, (_, frame) in enumerate(reader.batches(np.arange(n), 1)):
             x = preprocess(Image.fromarray(frame[0]))[None].to(device)
             with torch.no_grad():
                 feats = extractor.features(x)[0].permute(1, 2, 0).float().cpu().numpy()
-            if out is None:
-                out = root.create_array("features", shape=(n, *feats.shape), chunks=(1, *feats.shape), dtype="float32")
             out[i] = feats
     finally:
         reader.close()

@@ -57,4 +57,9 @@ from .features import (FeatureReader, FeatureWriter, NamedReads, feature_reader,
 from .integrity import check_video_intact, chunk_digest, redo_command, storage_shape, verify_video
 from .summary import (FLOAT16_BYTES, StoreSummary, VerifyReport, VideoDamage, VideoSummary, chunk_bytes,
                       stored_bytes, summarize_store, verify_store)
+from .nodes import (node_complete, node_record, partial_name, remove_node, replace_node)
+from .masks import MASK_DIMS, MASKS_ARRAY, MasksWriter, begin_masks
+from .tracks import (LABELLED_DIMS, TRACKS_GROUP, begin_tracks, dataset_tracks, discard_tracks, mark_tracks_complete,
+                     query_rows_per_chunk, read_tracks, tracks_node_name, tracks_size, write_tracks_part)
+from .plain import PlainFeatures
 from .lease import LeaseToken, witness_lease

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 from .errors import StoreError
@@ -21,10 +22,8 @@ def _running_command() -> str:
 
 
 # memory:// stores live in this process only: their writers are this process's threads
-import threading as _threading  # noqa: E402  (kept beside its one use)
-
 _MEMORY_HOLDERS: dict[str, str] = {}
-_MEMORY_MUTEX = _threading.Lock()
+_MEMORY_MUTEX = threading.Lock()
 
 
 class StoreLock:

@@ -398,8 +398,8 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     channels = extractor.backbone.channels
     encoding = st.store_encoding(root)
     t_chunk = st.frames_per_chunk(grid, encoding.stored_channels(channels),
-                              np.dtype(encoding.stored_dtype(extractor.feature_dtype)).itemsize,
-                              batch_size=frames_per_batch(options, extractor, (fh, fw), reader.source_size))
+                                  np.dtype(encoding.stored_dtype(extractor.feature_dtype)).itemsize,
+                                  batch_size=frames_per_batch(options, extractor, (fh, fw), reader.source_size))
     group = st.begin_video(root, video_id, info, len(indices), grid, channels, reader.frame_numbers[indices],
                            reader.timestamps(indices), dtype=extractor.feature_dtype, t_chunk=t_chunk,
                            shard=options.shard, encoding=encoding)

@@ -20,7 +20,7 @@ from ..viz import (PCAFit, TRAIL_FRAMES, _frame_list, cosine_map, fit_pca, heatm
 
 
 def _sizes(ds: Any) -> tuple[int, int]:
-    return tuple(int(s) for s in ds.attrs["source_size"])
+    return VideoInfo.from_attrs(ds.attrs).source_size
 
 
 def iter_source_frames(ds: Any, frames: Sequence[int] | None = None, batch: int = 16) -> Iterator[np.ndarray]:

@@ -48,7 +48,11 @@ def begin_video(root, video_id: str, info: "VideoInfo | dict", n_frames: int, gr
     inside shards of ``t_chunk`` frames (one file per shard as before, but a one-frame read
     fetches and decompresses one frame only).
 
-    The store's :class:`FeatureEncoding` decides what ``features`` holds: ``channels`` floats of
+    ``info``: the video's record (:class:`VideoInfo`, or its entries as a dict); its status and
+    relative source are set here.
+
+    The store's :class:`FeatureEncoding` (``encoding``, when the caller has read it already;
+    else read from the store) decides what ``features`` holds: ``channels`` floats of
     ``dtype`` (plain), int8 codes with ``features_scale``/``features_offset (T, C) float32``
     chunked along T like the codes (int8), or ``K`` components of ``dtype`` (pca). Write them
     through :func:`feature_writer`.

@@ -19,9 +19,9 @@ def test_a_store_finds_its_videos_from_another_folder_and_after_moving_with_them
     monkeypatch.chdir(work)
     options = ExtractOptions(backbone=TINY_VIT, weights="random", device="cpu", resize="square:32", precision="fp32")
     extract_videos(["videos/clip.mp4"], "out.zarr", options)  # relative paths, as typed
-    info = st.video_info(st.open_root(work / "out.zarr"), "clip")
-    assert info["source"] == str(work / "videos" / "clip.mp4")
-    assert info["source_relative"] == "../videos/clip.mp4"
+    info = st.read_video_info(st.open_root(work / "out.zarr"), "clip")
+    assert info.source == str(work / "videos" / "clip.mp4")
+    assert info.source_relative == "../videos/clip.mp4"
 
     monkeypatch.chdir(tmp_path)  # another folder: the absolute path finds it
     here = source_frames(open_store(work / "out.zarr")["clip"], [0, 2])

@@ -136,8 +136,8 @@ def test_failed_video_on_a_worker_is_recorded(tmp_path, four_videos, cluster):
     assert result.exit_code == 1 and "1 extracted, 0 already complete, 1 failed" in result.output
     assert "junk.mp4" in result.output
     root = st.open_root(store)
-    assert st.video_info(root, "good")["status"] == "complete"
-    assert st.video_info(root, "junk")["status"] == "failed"
+    assert st.read_video_info(root, "good").status == "complete"
+    assert st.read_video_info(root, "junk").status == "failed"
 
 
 def test_relative_paths_reach_workers_running_elsewhere(tmp_path, four_videos, cluster, monkeypatch):
@@ -154,7 +154,7 @@ def test_relative_paths_reach_workers_running_elsewhere(tmp_path, four_videos, c
         assert result.exit_code == 0, result.output
         root = st.open_root(here / "rel.zarr")
         assert st.list_videos(root) == ["v3"]
-        assert st.video_info(root, "v3")["source"] == str(here / "v3.mp4")
+        assert st.read_video_info(root, "v3").source == str(here / "v3.mp4")
         # a rerun, relative again and in-process, finds the same video complete
         assert "0 extracted, 1 already complete" in _extract([Path("v3.mp4")], "rel.zarr").output
     finally:
@@ -239,7 +239,7 @@ def test_a_worker_killed_mid_video_is_survived(tmp_path, cluster):
         assert victim_pid in pids.values()
         os.kill(victim_pid, signal.SIGKILL)  # that worker process dies with its video half-written
         root = zarr.open_group(str(store), mode="r")
-        assert st.video_info(root, "long0")["status"] == "incomplete"
+        assert st.read_video_info(root, "long0").status == "incomplete"
         run.join(timeout=300)
     finally:
         release.touch()

@@ -260,7 +260,7 @@ def test_sigkill_midway_then_rerun_equals_uninterrupted(tmp_path):
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     root = zarr.open_group(str(killed), mode="r")
-    statuses = {v: st.video_info(root, v)["status"] for v in root.group_keys()}
+    statuses = {v: st.read_video_info(root, v).status for v in root.group_keys()}
     assert statuses["v0"] == "complete" and statuses["v1"] == "incomplete", statuses
     reference = read_store(clean)
     done = [v for v, s in statuses.items() if s == "complete"]

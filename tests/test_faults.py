@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 
 import liftvid.pipelines.extract as ex
 import liftvid.io.store as st
+from liftvid.io.store import durability
 from liftvid.cli import app
 from liftvid.io.encode import synthetic_frames, write_video
 
@@ -268,7 +269,7 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_complete_videos(tmp_path
     done = _complete_groups_equal(store, read_store(clean))
     assert "v1" not in done, done
     root = st.open_root(store)
-    assert st.video_info(root, "v1")["status"] != "complete"
+    assert st.read_video_info(root, "v1").status != "complete"
     assert set(st.list_videos(root, status=None)) <= {"v0", "v1", "v2"}
     monkeypatch.setattr(ex, "_write_batch", write)  # space freed
     assert runner.invoke(app, ["extract", str(inputs), str(store), *BASE, "--resize", "square:64",
@@ -316,21 +317,21 @@ def test_complete_is_written_after_the_data_is_synced(tmp_path, many_videos, mon
     store = tmp_path / "out.zarr"
     meta = store / "v0" / "zarr.json"
     events = []
-    syncfs, fsync = st._syncfs, st._fsync
+    syncfs, fsync = durability._syncfs, durability._fsync
 
     def complete() -> bool:
         return '"complete"' in meta.read_text()
 
-    monkeypatch.setattr(st, "_syncfs", lambda folder: (events.append(("syncfs", complete())), syncfs(folder))[1])
-    monkeypatch.setattr(st, "_fsync", lambda path, directory=False: (
+    monkeypatch.setattr(durability, "_syncfs", lambda folder: (events.append(("syncfs", complete())), syncfs(folder))[1])
+    monkeypatch.setattr(durability, "_fsync", lambda path, directory=False: (
         events.append((Path(path).relative_to(store).as_posix(), complete())), fsync(path, directory))[1])
     ex.extract_videos([many_videos / "v0.mp4"], store, _options())
-    assert st.video_info(st.open_root(store), "v0")["status"] == "complete"
+    assert st.read_video_info(st.open_root(store), "v0").status == "complete"
     assert events == [("syncfs", False), ("v0/zarr.json", True), ("v0", True)]
 
     # without syncfs (other systems), every file and folder of the group is fsync'ed one by one
     events.clear()
-    monkeypatch.setattr(st, "_syncfs", lambda folder: False)
+    monkeypatch.setattr(durability, "_syncfs", lambda folder: False)
     st.sync_group(st.open_root(store, mode="a")["v0"])
     files = {p.relative_to(store).as_posix() for p in (store / "v0").rglob("*")} | {"v0"}
     assert {path for path, _ in events} == files

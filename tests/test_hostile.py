@@ -112,12 +112,12 @@ def test_every_hostile_input_in_one_run(tmp_path, hostile):
     root = st.open_root(store)
     assert sorted(st.list_videos(root)) == sorted(GOOD)  # the loop added no duplicate, nothing hung
     for vid, (frames, h, w) in GOOD.items():
-        info = st.video_info(root, vid)
-        assert info["source_size"] == [h, w] and root[vid]["features"].shape == (frames, 2, 2, 192), vid
+        info = st.read_video_info(root, vid)
+        assert info.source_size == (h, w) and root[vid]["features"].shape == (frames, 2, 2, 192), vid
         assert np.isfinite(root[vid]["features"][:].astype(np.float32)).all(), vid
     for name in BAD:
-        info = st.video_info(root, Path(name).stem)
-        assert info["status"] == "failed" and name in info["error"]
+        info = st.read_video_info(root, Path(name).stem)
+        assert info.status == "failed" and name in info.error
     np.testing.assert_allclose(root["vfr"]["timestamps"][:], np.array(VFR_PTS) / 24, atol=1e-6)
     # info shows the unicode/bracket name as it is
     shown = runner.invoke(app, ["info", str(store)])

@@ -93,7 +93,7 @@ def test_a_video_completed_before_chunk_digests_still_passes(tmp_path):
 
 s3fs = pytest.importorskip("s3fs")
 pytest.importorskip("moto.server")
-from liftvid.io.lease import ObjectLease  # noqa: E402
+from liftvid.io.store.lease import ObjectLease  # noqa: E402
 
 from .s3_server import clear_s3fs_cache, s3_bucket, s3_server  # noqa: E402, F401  (fixtures)
 
@@ -203,7 +203,7 @@ def test_a_bucket_deleted_mid_run_is_one_line(s3_bucket, tmp_path, monkeypatch):
 def test_worker_processes_prove_the_runs_lease_before_they_write(s3_bucket):
     """Workers of `--scheduler tcp://` do not hold the lease: they read it, and write only while
     the record is their run's and freshly refreshed."""
-    from liftvid.io.lease import LeaseWitness
+    from liftvid.io.store.lease import LeaseWitness
 
     url = f"{s3_bucket}/workers.zarr"
     clock = ManualClock()

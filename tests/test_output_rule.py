@@ -2,6 +2,7 @@
 the same kind), or to what the user named with --overwrite; never onto one of its inputs, compared
 after resolving symlinks and relative paths. One test (at least) per command that writes."""
 
+import dataclasses
 import os
 import pickle
 from pathlib import Path
@@ -32,8 +33,8 @@ def snapshot(path: Path) -> dict[str, bytes]:
 def with_source(store: Path, vid: str, source: Path) -> None:
     """Point a video's recorded source at ``source`` (a synthetic stand-in for the real one)."""
     root = st.open_root(store, mode="a")
-    info = st.video_info(root, vid)
-    root[vid].attrs[st.ATTRS_KEY] = {**info, "source": str(source)}
+    info = st.read_video_info(root, vid)
+    st.write_video_info(root[vid], dataclasses.replace(info, source=str(source)))
 
 
 @pytest.fixture

@@ -259,12 +259,12 @@ def test_a_full_disk_while_writing_the_store_tracks_is_one_line_and_keeps_the_ol
     store, queries = track_case
     track_store(store, queries, tmp_path / "tracks.csv", scheduler="sync")
     old = st.open_root(store)["a"]["tracks"]["positions"][:]
-    import liftvid.pipelines.track as tr
+    from liftvid.io.store import nodes
 
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(tr, "replace_node", full)
+    monkeypatch.setattr(nodes, "replace_node", full)
     result = CliRunner().invoke(app, ["track", str(store), "--queries", str(queries), "--out", str(tmp_path / "t2.csv")])
     assert result.exit_code == 1 and "No space left on device" in result.output and "Traceback" not in result.output
     np.testing.assert_array_equal(st.open_root(store)["a"]["tracks"]["positions"][:], old)

@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from liftvid.cli import app
 from liftvid.io import store as st
+from liftvid.io.store import integrity
 from liftvid.io.encode import synthetic_frames, write_video
 from liftvid.io.paths import PathNameError, check_component, component_problem
 
@@ -231,7 +232,7 @@ def test_a_store_at_a_short_relative_path_reads_as_intact(tmp_path, monkeypatch,
     _extract("bears.mp4", store_name)
     root = st.open_root(store_name)
     features = root["bears"]["features"]
-    assert st._stored_keys(features) == {"c/0/0/0/0"}  # one chunk of 3 frames
+    assert integrity._stored_keys(features) == {"c/0/0/0/0"}  # one chunk of 3 frames
     assert st.check_video_intact(root, "bears") is None
     assert "0 extracted, 1 already complete" in _extract("bears.mp4", store_name)
     result = runner.invoke(app, ["verify", store_name])
@@ -255,9 +256,9 @@ def test_a_moved_video_is_found_by_its_content_not_stored_again(tmp_path):
     assert "0 extracted, 1 already complete" in out
     root = st.open_root(store)
     assert st.list_videos(root) == ["bear"]
-    info = st.video_info(root, "bear")
-    assert info["source"] == str(tmp_path / "new" / "bear.mp4")  # found where it is now
-    assert info["moved_from"] == str(tmp_path / "old" / "bear.mp4")
+    info = st.read_video_info(root, "bear")
+    assert info.source == str(tmp_path / "new" / "bear.mp4")  # found where it is now
+    assert info.moved_from == str(tmp_path / "old" / "bear.mp4")
     np.testing.assert_array_equal(_features(store, "bear"), before)  # nothing redone
     # a copy whose original is still in place is another video
     _clip(tmp_path / "copies" / "bear.mp4", seed=1)
@@ -274,6 +275,6 @@ def test_same_stem_videos_keep_their_ids_across_runs(tmp_path):
     assert "1 extracted, 1 already complete" in _extract(tmp_path / "A", tmp_path / "B", store)
     assert "0 extracted, 2 already complete" in _extract(tmp_path / "B", tmp_path / "A", store)
     root = st.open_root(store)
-    sources = {vid: st.video_info(root, vid)["source"] for vid in st.list_videos(root)}
+    sources = {vid: st.read_video_info(root, vid).source for vid in st.list_videos(root)}
     assert sources == {"bear": str(tmp_path / "B" / "bear.mp4"), "bear-2": str(tmp_path / "A" / "bear.mp4")}
     np.testing.assert_array_equal(_features(store, "bear"), b_features)

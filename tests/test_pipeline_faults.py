@@ -244,7 +244,7 @@ def test_float16_saturation_fails_the_video_and_float32_stores_it(tmp_path, clip
     assert result.error == (f"{source}: features of frames 0–1 exceed float16's range (±65504); "
                             "rerun with --feature-dtype float32")
     root = st.open_root(tmp_path / "half.zarr")
-    assert st.video_info(root, "v0")["status"] == st.FAILED
+    assert st.read_video_info(root, "v0").status == st.FAILED
 
     wide = dataclasses.replace(OPTIONS, feature_dtype="float32")
     summary = extract_videos([source], tmp_path / "wide.zarr", wide, extractor=_saturating(wide))

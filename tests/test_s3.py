@@ -19,9 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from liftvid.cli import app
-from liftvid.io import lease as lease_mod
+from liftvid.io.store import lease as lease_mod
 from liftvid.io import store as st
-from liftvid.io.lease import ObjectLease
+from liftvid.io.store.lease import ObjectLease
 from liftvid.io.encode import synthetic_frames, write_video
 
 from .conftest import TINY_VIT, start_held_run, wait_until_held
@@ -292,7 +292,7 @@ def test_replace_node_on_s3_cut_short_leaves_no_half_node_and_redoes(s3_bucket, 
     import zarr
     from zarr.storage import FsspecStore
 
-    from liftvid.io.outputs import replace_node
+    from liftvid.io.store import replace_node
 
     root = zarr.open_group(f"{s3_bucket}/r.zarr", mode="a", zarr_format=3)
     video = root.create_group("v")

@@ -16,7 +16,8 @@ import pytest
 from liftvid.io import store as st
 from liftvid.ops.geometry import grid_to_source, source_to_grid
 from liftvid.ops.track import MIN_QUERY_BLOCK, TrackOptions, plan_blocks, track_points
-from liftvid.pipelines.track import TRACKS_GROUP, track_store
+from liftvid.io.store import TRACKS_GROUP
+from liftvid.pipelines.track import track_store
 
 from .helpers import make_oracle_store, read_rows, write_queries
 

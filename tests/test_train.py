@@ -78,7 +78,7 @@ def test_held_out_lift_ends_above_bilinear(trained):
 def test_checkpoint_records_backbone_settings_and_state(trained):
     _, _, out = trained
     _, meta = read_lift_file(out)
-    assert meta["backbone"] == Backbone(TINY_VIT, weights="random").describe()
+    assert meta["backbone"] == Backbone(TINY_VIT, weights="random").provenance()
     assert meta["patch_size"] == 16 and meta["in_channels"] == 192
     assert meta["training"] == {"method": "lift", "size": 64, "epochs": 6, "batch_size": 4, "frames_per_video": 12, "lr": 1e-3,
                                 "loss": "cosine", "augment": True, "seed": 0, "held_out": 4}

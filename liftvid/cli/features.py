@@ -116,22 +116,23 @@ def info(store: StoreArg) -> None:
 
 def _configuration(store: str, config: dict) -> tuple[list[str], int]:
     """``liftvid info``'s lines about the store's configuration (rich markup), and the backbone's
-    channels. The one place the CLI reads the configuration's keys."""
-    from ..io.store import FeatureEncoding
+    channels, read through the store's typed record (:class:`~liftvid.io.store.StoreConfig`)."""
+    from ..io.store import StoreConfig
 
-    bb, lift_cfg, pre, uplift_cfg = config["backbone"], config.get("lift"), config["preprocessing"], config.get("uplift")
-    lines = [f"[bold]{escape(store)}[/]  liftvid store v{config['schema_version']} (written by liftvid {config.get('liftvid_version')})",
-             f"  backbone  {esc(bb['name'])} ({esc(bb['timm_name'])}), block {bb['layer']}, facet {bb['facet']}, "
-             f"patch {bb['patch_size']}, {bb['channels']} channels, weights {esc(bb['weights'])}"]
-    if uplift_cfg:
-        lines.append(f"  UPLiFT    {esc(uplift_cfg['checkpoint'])} ×{uplift_cfg['iterations']} ({esc(uplift_cfg['config'])}, "
-                     f"grid ×{uplift_cfg['grid_scale']}, sha256 {uplift_cfg['sha256'][:12]}…)")
+    c = StoreConfig.from_attrs(config)
+    bb, up = c.backbone, c.uplift
+    lines = [f"[bold]{escape(store)}[/]  liftvid store v{c.schema_version} (written by liftvid {c.liftvid_version})",
+             f"  backbone  {esc(bb.name)} ({esc(bb.timm_name)}), block {bb.layer}, facet {bb.facet}, "
+             f"patch {bb.patch_size}, {bb.channels} channels, weights {esc(bb.weights)}"]
+    if up:
+        lines.append(f"  UPLiFT    {esc(up.checkpoint)} ×{up.iterations} ({esc(up.attrs['config'])}, "
+                     f"grid ×{up.attrs['grid_scale']}, sha256 {up.attrs['sha256'][:12]}…)")
     else:
-        lines.append("  LiFT      " + (f"{esc(lift_cfg['checkpoint'])} ×{lift_cfg['iterations']} (sha256 {lift_cfg['sha256'][:12]}…)"
-                                      if lift_cfg else "none (backbone grid)"))
-    lines.append(f"  resize    {esc(pre['resize'])}, features {FeatureEncoding.from_config(config).describe()}, "
-                 f"{config['feature_stride']:g} input px per cell")
-    return lines, bb["channels"]
+        lines.append("  LiFT      " + (f"{esc(c.lift.checkpoint)} ×{c.lift.iterations} (sha256 {c.lift.attrs['sha256'][:12]}…)"
+                                      if c.lift else "none (backbone grid)"))
+    lines.append(f"  resize    {esc(c.preprocessing.resize)}, features {c.encoding.label()}, "
+                 f"{c.feature_stride:g} input px per cell")
+    return lines, bb.channels
 
 
 def _videos_table(summary):
@@ -183,7 +184,7 @@ def recode(
     encoding = one_encoding(quantize, pca, plain)
     with VideoProgress(err) as progress:
         summary = recode_store(source, store, encoding, pca_fit_frames, progress=progress, overwrite=overwrite)
-    _print_run(err, store, f"recoded to {escape(summary.encoding.describe())}", summary)
+    _print_run(err, store, f"recoded to {escape(summary.encoding.label())}", summary)
     if summary.left_out:
         err.print(f"[yellow]not recoded[/] (not complete in {escape(source)}): {escape(', '.join(summary.left_out))}")
     if summary.failed:

@@ -28,7 +28,7 @@ A refusal is an :class:`OutputError`, one line naming the path, why, and what to
 **Written whole**: every file goes to a temporary name beside its target and is renamed over it
 once complete (:func:`written_whole`); result folders are built beside the old one and swapped in
 (:func:`partial_folder`, :func:`replace_folder`); results inside a store (``masks``, ``tracks``) are
-written beside the old node and swapped in when complete (:func:`replace_node`).
+written beside the old node and swapped in when complete (:func:`liftvid.io.store.replace_node`).
 """
 
 from __future__ import annotations
@@ -202,7 +202,8 @@ def _partial_name(path: Path) -> Path:
     return path.with_name(f".{path.stem}{PARTIAL}{path.suffix}")
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Flush a folder's entries (a rename into it) to the disk; a folder that cannot be opened is skipped."""
     try:
         fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:
@@ -233,7 +234,7 @@ def written_whole(path: str | os.PathLike, kind: str | None = None) -> Iterator[
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -292,73 +293,13 @@ def replace_folder(new: str | os.PathLike, folder: str | os.PathLike, marker: Ma
     if os.path.lexists(folder):
         os.replace(folder, old)
     os.replace(new, folder)
-    _fsync_dir(folder.parent)
+    fsync_dir(folder.parent)
     if os.path.lexists(old):
         if old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
         else:
             old.unlink()
     return folder
-
-
-def _local_folder(group) -> Path | None:
-    from zarr.storage import LocalStore
-
-    store = getattr(group, "store", None)
-    return Path(store.root) / group.path if isinstance(store, LocalStore) else None
-
-
-def _metadata_last(keys: list[str]) -> list[str]:
-    """``keys`` with the chunks first, then the ``zarr.json`` documents deepest first, so that the
-    node's own metadata (the one a reader opens first) is the last written."""
-    chunks = sorted(k for k in keys if not k.endswith("zarr.json"))
-    metadata = sorted((k for k in keys if k.endswith("zarr.json")), key=lambda k: (-k.count("/"), k))
-    return chunks + metadata
-
-
-def replace_node(group, partial: str, name: str) -> None:
-    """Swap the finished array or subgroup ``group[partial]`` in as ``group[name]``.
-
-    A local store renames folders (the old node goes only after the new one is in place). Object
-    and memory stores have no rename: the old node's metadata is deleted first (the node's own
-    ``zarr.json`` first, so that a kill never leaves an old node that opens with chunks missing),
-    then the rest of its keys; the new one's keys are copied over, chunks first and metadata last
-    (its own ``zarr.json`` the very last, so that a copy cut short leaves no node that looks
-    complete), then the partial is deleted. A kill between the deletion and the end of the copy
-    leaves no node ``name`` (the whole new one is still at ``partial``; a rerun writes both again).
-    """
-    folder = _local_folder(group)
-    if folder is not None:
-        new, final, old = folder / partial, folder / name, folder / f".{name}.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if final.exists():
-            os.replace(final, old)
-        os.replace(new, final)
-        _fsync_dir(folder)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
-
-    store = group.store
-    base = f"{group.path}/" if group.path else ""
-
-    async def keys(prefix: str) -> list[str]:
-        return [k async for k in store.list_prefix(prefix)]
-
-    # the old node, or what a copy cut short left under its name (chunks without metadata, not a node)
-    old = sync(keys(f"{base}{name}/"))
-    for key in reversed(_metadata_last(old)):  # metadata first, the node's own zarr.json the very first
-        if not key.endswith("zarr.json"):
-            break
-        sync(store.delete(key))
-    if old:
-        sync(store.delete_dir(f"{base}{name}"))
-    source_prefix = f"{base}{partial}/"
-    for key in _metadata_last(sync(keys(source_prefix))):
-        value = sync(store.get(key, prototype=default_buffer_prototype()))
-        sync(store.set(f"{base}{name}/" + key[len(source_prefix):], value))
-    sync(store.delete_dir(f"{base}{partial}"))
 
 
 def claim_store_path(path: str | os.PathLike, option: str = "STORE") -> None:

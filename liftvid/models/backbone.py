@@ -312,7 +312,7 @@ class Backbone(nn.Module):
         if spec is not None:
             assert (self.patch_size, model.embed_dim) == (spec.patch_size, spec.channels), spec
 
-    def describe(self) -> dict:
+    def provenance(self) -> dict:
         """Provenance for the store and for LiFT checkpoints (JSON-serialisable)."""
         return {
             "name": self.name, "timm_name": self.timm_name, "weights": self.weights_id,

@@ -144,7 +144,7 @@ def save_lift_checkpoint(path: str | Path, lift: LiFT, backbone: Backbone, extra
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": CHECKPOINT_FORMAT, "in_channels": lift.in_channels, "patch_size": lift.patch_size,
-            "backbone": backbone.describe(), **(extra or {})}
+            "backbone": backbone.provenance(), **(extra or {})}
     tmp = path.with_name(path.name + ".tmp")
     torch.save({"state_dict": lift.state_dict(), "liftvid": meta}, tmp)
     os.replace(tmp, path)

@@ -12,13 +12,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import jobs
-from ..io.store import (ATTRS_KEY, COMPLETE, CORE_ARRAYS, DAMAGED, ENCODING_ARRAYS, FEATURE_DIMS, DamagedChunkError,
-                        FeatureEncoding, NamedReads, StoreError, check_video_intact, damaged_groups,
-                        feature_reader, geometry_from_record, list_videos, open_root, read_config, video_info)
+from ..io.store import (COMPLETE, CORE_ARRAYS, DAMAGED, ENCODING_ARRAYS, FEATURE_DIMS, LABELLED_DIMS,
+                        DamagedChunkError, FeatureEncoding, NamedReads, StoreConfig, StoreError, check_video_intact,
+                        damaged_groups, feature_reader, geometry_from_record, list_videos, node_complete, node_record,
+                        open_root, read_config, read_video_info)
 
 
-# labels of small trailing dimensions that other writers use (track.py: positions (…, xy), queries (…, txy))
-_LABELLED_DIMS = {"xy": ["x", "y"], "txy": ["t", "x", "y"]}
 
 
 class VideoNotFoundError(StoreError, KeyError):
@@ -62,17 +61,14 @@ def _extra_variables(group) -> dict:
     """
     import xarray as xr
 
-    def finished(node) -> bool:
-        return (node.attrs.get(ATTRS_KEY) or {}).get("status", COMPLETE) == COMPLETE
-
     out = {}
     for name, arr in sorted(group.arrays()):
-        if name not in CORE_ARRAYS and name not in ENCODING_ARRAYS and finished(arr):
-            out[name] = xr.Variable(_dims(arr, name), _lazy(arr), attrs=dict(arr.attrs.get(ATTRS_KEY) or {}))
+        if name not in CORE_ARRAYS and name not in ENCODING_ARRAYS and node_complete(arr):
+            out[name] = xr.Variable(_dims(arr, name), _lazy(arr), attrs=node_record(arr))
     for sub_name, sub in sorted(group.groups()):
-        if not finished(sub):
+        if not node_complete(sub):
             continue
-        meta = dict(sub.attrs.get(ATTRS_KEY) or {})
+        meta = node_record(sub)
         for name, arr in sorted(sub.arrays()):
             key = f"{sub_name}_{name}"
             out[key] = xr.Variable(_dims(arr, key), _lazy(arr), attrs=meta)
@@ -99,7 +95,7 @@ class FeatureStore:
         self.config = read_config(root)
         self.encoding = FeatureEncoding.from_config(self.config)
         self.full_channels = full_channels
-        self._all = {vid: video_info(root, vid) for vid in list_videos(root, status=None)}
+        self._all = {vid: read_video_info(root, vid).to_attrs() for vid in list_videos(root, status=None)}
         self.videos = [vid for vid, info in self._all.items() if info.get("status") == COMPLETE]
         self._all.update({vid: {"status": DAMAGED, "error": error} for vid, error in damaged_groups(root).items()})
 
@@ -150,9 +146,9 @@ class FeatureStore:
             "x_input": ("x", xs_in, {"units": "input px", "long_name": "column of the cell centre in the model input"}),
         }
         lazy = _lazy_features(group, f"{self.path}: video {video_id!r}", self.full_channels)
-        variables = {"features": xr.Variable(FEATURE_DIMS, lazy, attrs={"encoding": self.encoding.describe()})}
+        variables = {"features": xr.Variable(FEATURE_DIMS, lazy, attrs={"encoding": self.encoding.label()})}
         variables.update(_extra_variables(group))
-        for dim, labels in _LABELLED_DIMS.items():
+        for dim, labels in LABELLED_DIMS.items():
             if any(dim in v.dims for v in variables.values()):
                 coords[dim] = (dim, labels)
         attrs = {"video_id": video_id, "store": self.path, **info, "store_config": self.config}
@@ -172,13 +168,13 @@ class FeatureStore:
         return ((vid, self[vid]) for vid in self.videos)
 
     def __repr__(self) -> str:
-        bb, lift, pre = self.config.get("backbone", {}), self.config.get("lift"), self.config.get("preprocessing", {})
-        lift_text = f"LiFT ×{lift.get('iterations', 1)} ({Path(str(lift.get('checkpoint'))).name})" if lift else "no LiFT"
+        typed = StoreConfig.from_attrs(self.config)
+        bb, lift = typed.backbone, typed.lift
+        lift_text = f"LiFT ×{lift.attrs.get('iterations', 1)} ({Path(str(lift.checkpoint)).name})" if lift else "no LiFT"
         lines = [f"FeatureStore({self.path!r})",
-                 f"  features  {bb.get('name')} block {bb.get('layer')} {bb.get('facet')}, "
-                 f"{bb.get('channels')} channels, {lift_text}",
-                 f"  resize    {pre.get('resize')}, {self.config.get('feature_stride', 0):g} input px per cell, "
-                 f"{self.config.get('feature_dtype')}, stored {self.encoding.describe()}"]
+                 f"  features  {bb.name} block {bb.layer} {bb.facet}, {bb.channels} channels, {lift_text}",
+                 f"  resize    {typed.preprocessing.resize}, {typed.feature_stride or 0:g} input px per cell, "
+                 f"{typed.feature_dtype}, stored {self.encoding.label()}"]
         shown = 6
         for vid in self.videos[:shown]:
             info = self._all[vid]

@@ -213,7 +213,7 @@ def measure_write(path: str, n_frames: int, grid: tuple[int, int], channels: int
     t0 = time.perf_counter()
     group = st.begin_video(root, "bench", {}, n_frames, grid, channels, np.arange(n_frames),
                            np.arange(n_frames) / DEFAULT_FPS, shard=shard,
-                           t_chunk=st.chunk_frames(grid, channels, batch_size=batch_size))
+                           t_chunk=st.frames_per_chunk(grid, channels, batch_size=batch_size))
     feats = group["features"]
     with ThreadPoolExecutor(max_workers=max(1, workers)) as writer:
         futures = [writer.submit(feats.__setitem__, slice(i, min(i + batch_size, n_frames)),
@@ -228,7 +228,6 @@ def measure_write(path: str, n_frames: int, grid: tuple[int, int], channels: int
 def measure_naive(source, resize: Resize, extractor, n_frames: int, path: str, device: torch.device) -> float:
     """The official script's way: decode one frame, PIL bicubic resize, ``ToTensor`` + ``Normalize``
     (torchvision), the fp32 model (no autocast) on that one frame, write it as float32."""
-    import zarr
     from PIL import Image
     from torchvision import transforms
 
@@ -243,16 +242,13 @@ def measure_naive(source, resize: Resize, extractor, n_frames: int, path: str, d
         transforms.Normalize(backbone.mean, backbone.std),
     ])
     n = min(n_frames, reader.n_frames)
-    root = zarr.open_group(path, mode="w")
-    out = None
+    out = st.PlainFeatures(path, n)
     t0 = time.perf_counter()
     try:
         for i, (_, frame) in enumerate(reader.batches(np.arange(n), 1)):
             x = preprocess(Image.fromarray(frame[0]))[None].to(device)
             with torch.no_grad():
                 feats = extractor.features(x)[0].permute(1, 2, 0).float().cpu().numpy()
-            if out is None:
-                out = root.create_array("features", shape=(n, *feats.shape), chunks=(1, *feats.shape), dtype="float32")
             out[i] = feats
     finally:
         reader.close()

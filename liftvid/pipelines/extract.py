@@ -25,7 +25,7 @@ import torch
 from .. import jobs
 from ..io.outputs import claim_store_path
 from ..io import store as st
-from ..io.lease import witness_lease
+from ..io.store import witness_lease
 from ..io.decoders import VideoDecodeError
 from ..io.frame_size import Resize
 from ..io.sources import VideoSource, find_sources, source_fingerprint
@@ -431,23 +431,21 @@ def extract_video(extractor: FeatureExtractor, root, feed: _VideoFeed, video_id:
     scale = extractor.grid_scale
     fh, fw = reader.frame_size
     grid = (fh // patch * scale, fw // patch * scale)
-    info = {
-        **source.record(),
-        "source_size": list(reader.source_size), "frame_size": [fh, fw], "grid_size": list(grid),
+    info = st.VideoInfo(
+        st.INCOMPLETE, **source.record(), source_size=tuple(reader.source_size), frame_size=(fh, fw),
+        grid_size=tuple(grid), fps=float(reader.fps),
         # frame numbers run to the last one a folder's file names give (YouTube-VOS keeps every 5th)
-        "fps": float(reader.fps), "source_frames": int(reader.frame_numbers[-1]) + 1,
-        "sampling": {"stride": options.stride, "max_frames": options.max_frames},
-    }
+        source_frames=int(reader.frame_numbers[-1]) + 1, stride=options.stride, max_frames=options.max_frames)
     channels = extractor.backbone.channels
     encoding = st.store_encoding(root)
-    t_chunk = st.chunk_frames(grid, encoding.stored_channels(channels),
-                              np.dtype(encoding.stored_dtype(extractor.feature_dtype)).itemsize,
-                              batch_size=frames_per_batch(options, extractor, (fh, fw), reader.source_size))
+    t_chunk = st.frames_per_chunk(grid, encoding.stored_channels(channels),
+                                  np.dtype(encoding.stored_dtype(extractor.feature_dtype)).itemsize,
+                                  batch_size=frames_per_batch(options, extractor, (fh, fw), reader.source_size))
     group = st.begin_video(root, video_id, info, len(indices), grid, channels, reader.frame_numbers[indices],
                            reader.timestamps(indices), dtype=extractor.feature_dtype, t_chunk=t_chunk,
-                           shard=options.shard)
+                           shard=options.shard, encoding=encoding)
     progress.video_started(video_id, len(indices))
-    features = st.feature_writer(group)  # encodes as the store says (plain, int8, pca)
+    features = st.feature_writer(group, encoding=encoding)  # encodes as the store says (plain, int8, pca)
     resize = reader.pending_resize
     futures: list[Future] = []
     written = 0
@@ -598,7 +596,7 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
     encoding.check_channels(backbone.channels, str(store_path))
     if options.pca_fit_frames < 1:
         raise ValueError(f"--pca-fit-frames {options.pca_fit_frames}: must be at least 1")
-    config = st.make_config(backbone.describe(), lift_info, str(resize), mean, std, extractor.pixels_per_cell,
+    config = st.make_config(backbone.provenance(), lift_info, str(resize), mean, std, extractor.pixels_per_cell,
                             protocol=resize.record(), feature_dtype=extractor.feature_dtype, encoding=encoding,
                             uplift=uplift_info)
     with st.StoreLock(store_path) as lock:

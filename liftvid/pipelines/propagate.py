@@ -17,8 +17,7 @@ import numpy as np
 
 from .. import jobs, viz
 from ..io import store as st
-from ..io.outputs import (PARTIAL, claim_output, partial_folder, refuse_over_inputs, replace_folder,
-                          replace_node, written_whole)
+from ..io.outputs import claim_output, partial_folder, refuse_over_inputs, replace_folder, written_whole
 from ..io.paths import client_path, component_problem
 from ..io.masks import MAX_OBJECTS, MaskError, find_mask, frame_name, mask_ids, read_mask, write_mask
 from ..io.encode import write_video
@@ -30,9 +29,6 @@ from ..ops.geometry import RADIUS_UNITS, mask_upsampling_factor
 from ..ops.propagate import N_LAST, RADIUS, TEMPERATURE, TOPK, iter_propagate, labels_to_masks, masks_to_labels
 from ..errors import LiftvidError
 
-MASKS_ARRAY = "masks"
-MASK_DIMS = ("frame", "height", "width")
-MASK_CHUNK_BYTES = 4 << 20
 RESULT_KIND = "propagate masks"  # the kind of output a results folder <out>/<video>/ is (io.outputs)
 OVERLAY_KIND = "propagate overlay"
 
@@ -43,7 +39,7 @@ class PropagateError(LiftvidError, ValueError):
 
 @dataclass(frozen=True)
 class PropagateOptions:
-    """What ``propagate`` computes and writes; the protocol defaults are DESIGN.md's."""
+    """What ``propagate`` computes and writes; the protocol defaults are the paper's (ARCHITECTURE.md)."""
 
     n_last: int = N_LAST
     topk: int = TOPK
@@ -181,8 +177,8 @@ def upsampling_scale(config: dict, attrs: dict | None = None) -> float:
     """
     if attrs is not None:
         return float(st.geometry_from_record(config, attrs).mask_upsampling())
-    patch = (config.get("backbone") or {}).get("patch_size")
-    stride = float(config["feature_stride"])
+    typed = st.StoreConfig.from_attrs(config)
+    patch, stride = typed.backbone.patch_size, float(typed.feature_stride)
     return float(mask_upsampling_factor(patch or stride, stride))
 
 
@@ -233,16 +229,11 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
     final = Path(out_dir) / video_id
     out = partial_folder(final)
     store_masks = None
-    partial = f"{MASKS_ARRAY}{PARTIAL}"
     if options.write_store:
-        group = root[video_id]
-        t_chunk = max(1, min(T, MASK_CHUNK_BYTES // max(1, H * W)))
-        store_masks = group.create_array(partial, shape=(T, H, W), chunks=(t_chunk, H, W), dtype="uint8",
-                                         dimension_names=MASK_DIMS, fill_value=0, overwrite=True)
-        meta = {"status": st.INCOMPLETE, "start_frame": int(options.start_frame), "mask": str(mask_path),
-                "objects": n_objects, "protocol": {**options.protocol(), "radius_stored_cells": radius,
-                                                   "upsampling_factor": scale, "grid_size": [h, w]}}
-        store_masks.attrs[st.ATTRS_KEY] = meta
+        record = {"start_frame": int(options.start_frame), "mask": str(mask_path), "objects": n_objects,
+                  "protocol": {**options.protocol(), "radius_stored_cells": radius, "upsampling_factor": scale,
+                               "grid_size": [h, w]}}
+        store_masks = st.begin_masks(root, video_id, T, (H, W), record)
 
     def masks_out() -> Iterator[tuple[int, np.ndarray]]:
         for a, soft in iter_propagate(_Window(features, pos), labels, options.n_last, options.topk,
@@ -254,9 +245,8 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
             first = pos + a
             for i, m in enumerate(ids):
                 write_mask(out / frame_name(frame_index[first + i]), m)
-            if store_masks is not None:
-                st.check_writable(group)  # a run that lost an object store's lease writes nothing more
-                store_masks[first:first + len(ids)] = ids
+            if store_masks is not None:  # a run that lost an object store's lease writes nothing more
+                store_masks.write(first, ids)
             for i, m in enumerate(ids):
                 yield first + i, m
 
@@ -280,9 +270,7 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
                                 "start_frame": int(options.start_frame), "frames": int(T - pos)},
                    RESULT_KIND, overwrite=options.overwrite)
     if store_masks is not None:
-        st.check_writable(group)
-        replace_node(group, partial, MASKS_ARRAY)
-        group[MASKS_ARRAY].attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}  # the completion mark, last
+        store_masks.mark_complete()  # swapped in, and the completion mark written last
     return VideoPropagation(video_id, "complete", frames=T - pos, objects=n_objects,
                             seconds=time.perf_counter() - t0, masks_dir=str(final),
                             overlay=str(overlay) if overlay else None, note=note)
@@ -324,7 +312,7 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
     Args:
         store_path: a liftvid store (path or URL).
         masks: first-frame masks: a DAVIS ``Annotations/480p`` tree (or DAVIS root), a folder of
-            ``<video_id>.png``, or one file (see :mod:`liftvid.masks`).
+            ``<video_id>.png``, or one file (see :mod:`liftvid.io.masks`).
         out_dir: DAVIS-format results, ``<out_dir>/<video_id>/<frame:05d>.png``.
         options: protocol, start frame, overlay, device (:class:`PropagateOptions`).
         videos: video ids to process (default: every complete video of the store).

@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,7 +24,11 @@ from ..io import store as st
 from .extract import ExtractProgress, VideoResult, VideoResults, _NoProgress
 
 # what a recoded video's attributes drop from the input's (written again by the new store)
-_DROPPED_ATTRS = ("status", "error", "stored_chunks", "source_relative")
+def _carried_info(root_in, vid: str) -> st.VideoInfo:
+    """A source video's record as the recoded store takes it over: its status, error and chunk
+    count are the new store's to write, and its relative source is recomputed for the new store."""
+    return dataclasses.replace(st.read_video_info(root_in, vid), status=st.INCOMPLETE, error=None,
+                               stored_chunks=None, source_relative=None)
 
 
 @dataclass
@@ -73,13 +78,13 @@ def _recode_video(root_in, root_out, vid: str, config: dict, progress: ExtractPr
     if damage := st.check_video_intact(root_in, vid):  # a missing chunk would read as NaN
         raise st.DamagedChunkError(damage)
     group_in = root_in[vid]
-    info = {k: v for k, v in st.video_info(root_in, vid).items() if k not in _DROPPED_ATTRS}
+    info = _carried_info(root_in, vid)
     reader = st.feature_reader(group_in, f"{st.store_label(root_in)}: video {vid!r}", full=True)
     T, h, w, c = reader.shape
     codes = group_in["features"]
-    t_chunk = int(st._storage_shape(codes)[0])
+    t_chunk = int(st.storage_shape(codes)[0])
     group = st.begin_video(root_out, vid, info, T, (h, w), c, np.asarray(group_in["frame_index"][:]),
-                           np.asarray(group_in["timestamps"][:]), dtype=str(config["feature_dtype"]),
+                           np.asarray(group_in["timestamps"][:]), dtype=st.StoreConfig.from_attrs(config).feature_dtype,
                            t_chunk=t_chunk, shard=getattr(codes, "shards", None) is not None)
     progress.video_started(vid, T)
     writer = st.feature_writer(group)
@@ -88,7 +93,7 @@ def _recode_video(root_in, root_out, vid: str, config: dict, progress: ExtractPr
         writer[a:b] = reader[a:b]
         progress.frames_done(b - a)
     st.mark_complete(group)
-    return VideoResult(vid, str(info.get("source")), st.COMPLETE, T, time.perf_counter() - t0)
+    return VideoResult(vid, str(info.source), st.COMPLETE, T, time.perf_counter() - t0)
 
 
 def recode_store(source: str | os.PathLike, store: str | os.PathLike, encoding: st.FeatureEncoding,
@@ -121,19 +126,20 @@ def recode_store(source: str | os.PathLike, store: str | os.PathLike, encoding: 
     if _same_store(source, store):
         raise st.StoreError(f"{store}: the output of recode must be a new store, not its input {source}")
     root_in = st.open_root(source)
-    config_in = st.read_config(root_in)
-    current = st.FeatureEncoding.from_config(config_in)
-    dtype = str(config_in["feature_dtype"])
+    config_in = st.read_store_config(root_in)
+    current = config_in.encoding
+    dtype = config_in.feature_dtype
     encoding = st.FeatureEncoding(encoding.kind, dtype, encoding.components)
     if current.lossy and encoding.lossy:
-        raise st.EncodingError(f"{source}: already {current.describe()}; encoding lossy features again compounds "
+        raise st.EncodingError(f"{source}: already {current.label()}; encoding lossy features again compounds "
                                f"the error: recode the float store instead (or recode this one with --plain)")
-    channels = (config_in.get("backbone") or {}).get("channels")
+    channels = config_in.backbone.channels
     encoding.check_channels(int(channels) if channels else 0, str(source))
     if pca_fit_frames < 1:
         raise ValueError(f"--pca-fit-frames {pca_fit_frames}: must be at least 1")
-    config = {**config_in, "liftvid_version": st._version(), "encoding": encoding.record(),
-              "recoded_from": {"store": str(source), "encoding": current.record()}}
+    config = dataclasses.replace(config_in, liftvid_version=st.liftvid_version(), encoding=encoding,
+                                 extra={**config_in.extra, "recoded_from": {"store": str(source),
+                                                                           "encoding": current.to_attrs()}}).to_attrs()
     summary = RecodeSummary(str(source), str(store), encoding)
     videos = st.list_videos(root_in)
     summary.left_out = {vid: str(st.video_status(root_in, vid)) for vid in st.list_videos(root_in, status=None)
@@ -147,16 +153,15 @@ def recode_store(source: str | os.PathLike, store: str | os.PathLike, encoding: 
             progress.start(len(videos))
             for vid in videos:
                 if st.video_status(root_out, vid) == st.COMPLETE and st.check_video_intact(root_out, vid) is None:
-                    result = VideoResult(vid, str(st.video_info(root_out, vid).get("source")), "skipped",
+                    result = VideoResult(vid, str(st.read_video_info(root_out, vid).source), "skipped",
                                          int(root_out[vid]["features"].shape[0]))
                 else:
                     try:
                         result = _recode_video(root_in, root_out, vid, config, progress)
                     except (st.DamagedChunkError, st.EncodingRangeError) as exc:
-                        info = st.video_info(root_in, vid)
-                        st.mark_failed(root_out, vid, {k: v for k, v in info.items() if k not in _DROPPED_ATTRS},
-                                       str(exc))
-                        result = VideoResult(vid, str(info.get("source")), st.FAILED, error=str(exc))
+                        info = _carried_info(root_in, vid)
+                        st.mark_failed(root_out, vid, info, str(exc))
+                        result = VideoResult(vid, str(info.source), st.FAILED, error=str(exc))
                 summary.results.append(result)
                 progress.video_finished(result)
         except OSError as exc:

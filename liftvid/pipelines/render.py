@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..io.store import VideoInfo
+from ..io.store import MASKS_ARRAY, VideoInfo, dataset_tracks
 from ..io.tables import stored_position
 from ..io.video import read_source_frames
 from ..viz import (PCAFit, TRAIL_FRAMES, _frame_list, cosine_map, fit_pca, heatmap, iter_pca_frames, mask_overlay,
@@ -20,7 +20,7 @@ from ..viz import (PCAFit, TRAIL_FRAMES, _frame_list, cosine_map, fit_pca, heatm
 
 
 def _sizes(ds: Any) -> tuple[int, int]:
-    return tuple(int(s) for s in ds.attrs["source_size"])
+    return VideoInfo.from_attrs(ds.attrs).source_size
 
 
 def iter_source_frames(ds: Any, frames: Sequence[int] | None = None, batch: int = 16) -> Iterator[np.ndarray]:
@@ -87,21 +87,21 @@ def render_similarity(ds: Any, x: float, y: float, t: int, frames: Sequence[int]
 
 def render_masks(ds: Any, frames: Sequence[int] | None = None) -> Iterator[np.ndarray]:
     """The store's propagated masks (``liftvid propagate``) over the source frames."""
-    if "masks" not in ds:
+    if MASKS_ARRAY not in ds:
         raise ValueError(f"video {ds.attrs.get('video_id')!r} has no masks in the store; "
                          "run `liftvid propagate` on it first")
     positions = _frame_list(ds.sizes["frame"], frames)
     for pos, src in zip(positions, iter_source_frames(ds, positions)):
-        yield mask_overlay(src, np.asarray(ds["masks"].isel(frame=int(pos)).values))
+        yield mask_overlay(src, np.asarray(ds[MASKS_ARRAY].isel(frame=int(pos)).values))
 
 
 def render_tracks(ds: Any, frames: Sequence[int] | None = None, trail: int = TRAIL_FRAMES) -> Iterator[np.ndarray]:
     """The store's tracks (``liftvid track``) with trails over the source frames."""
-    if "tracks_positions" not in ds:
+    tracks = dataset_tracks(ds)
+    if tracks is None:
         raise ValueError(f"video {ds.attrs.get('video_id')!r} has no tracks in the store; "
                          "run `liftvid track` on it first")
-    positions = np.asarray(ds["tracks_positions"].values)
-    visible = np.asarray(ds["tracks_visible"].values).astype(bool)
+    positions, visible = tracks
     picked = _frame_list(ds.sizes["frame"], frames)
     for pos, src in zip(picked, iter_source_frames(ds, picked)):
         yield track_overlay(src, positions, visible, int(pos), trail)

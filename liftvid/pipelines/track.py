@@ -27,7 +27,7 @@ import numpy as np
 from .. import jobs, viz
 from ..io import store as st
 from ..io.encode import write_video
-from ..io.outputs import PARTIAL, OutputError, claim_output, record_file, replace_node, written_whole
+from ..io.outputs import OutputError, claim_output, record_file, written_whole
 from ..io.paths import client_path, component_problem
 from ..io.tables import QueryRow, read_queries_csv, stored_position, write_tracks_csv
 from ..io.video import read_source_frames
@@ -38,7 +38,6 @@ from ..ops.track import (MIN_FRAMES_PER_CHUNK, BlockPlan, TrackOptions, Tracks, 
 
 log = logging.getLogger(__name__)
 
-TRACKS_GROUP = "tracks"
 
 
 @dataclass(frozen=True)
@@ -116,7 +115,7 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
             if vid in damaged:
                 why = damaged[vid]
             elif vid in every:
-                why = f"video {vid!r} is {st.video_info(root, vid).get('status')} in the store; rerun `liftvid extract`"
+                why = f"video {vid!r} is {st.read_video_info(root, vid).status} in the store; rerun `liftvid extract`"
             else:
                 known = ", ".join(sorted(complete)[:8]) + (" …" if len(complete) > 8 else "")
                 why = f"unknown video id {vid!r} (the store has: {known or 'no complete videos'})"
@@ -146,34 +145,6 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
         grid_queries = np.column_stack([at, xy])
         jobs.append(_VideoJob(vid, good, grid_queries, int(n_frames), grid_size, source_size, frame_index, geometry))
     return jobs, skipped
-
-
-def _unpack(block: np.ndarray) -> Tracks:
-    return Tracks(block[..., :2].astype(np.float32), block[..., 3] > 0.5, block[..., 2].astype(np.float32))
-
-
-def write_tracks_group(root, job: _VideoJob, tracks: Tracks, meta: dict) -> None:
-    """Replace ``<video>/tracks`` with these results (source pixels): written beside the old group,
-    swapped in when complete, and the status mark is written last."""
-    group = root[job.video_id]
-    partial = f"{TRACKS_GROUP}{PARTIAL}"
-    g = group.create_group(partial, overwrite=True)
-    g.attrs[st.ATTRS_KEY] = {**meta, "status": st.INCOMPLETE}
-    n, T = tracks.visible.shape
-    query_src = np.column_stack([[r.t for r in job.rows], [r.x for r in job.rows], [r.y for r in job.rows]])
-    for name, data, dims in (
-        ("positions", tracks.positions, ("query", "frame", "xy")),
-        ("visible", tracks.visible, ("query", "frame")),
-        ("score", tracks.score, ("query", "frame")),
-        ("queries", query_src.astype(np.float64), ("query", "txy")),
-        ("query_index", np.array([r.query for r in job.rows], np.int64), ("query",)),
-    ):
-        arr = g.create_array(name, shape=data.shape, dtype=data.dtype, chunks=data.shape or None,
-                             dimension_names=dims)
-        arr[...] = data
-    st.check_writable(group)
-    replace_node(group, partial, TRACKS_GROUP)
-    group[TRACKS_GROUP].attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}
 
 
 # ---- tracking graphs -----------------------------------------------------------------------------
@@ -223,34 +194,10 @@ def _fit_concurrency(root, plan: list[_VideoJob], options: TrackOptions, device:
     return concurrency
 
 
-def _create_tracks_arrays(group, job: _VideoJob, plan: BlockPlan, attrs: dict) -> None:
-    """``positions (N, T, 2) float32``, ``visible (N, T) bool``, ``score (N, T) float32`` (empty, chunked
-    by query block × frame chunk, for the tasks to fill) and the queries, in ``group``."""
-    n, T = plan.n_queries, plan.n_frames
-    qb, tc = max(1, plan.queries_per_block), max(1, plan.frames_per_chunk)
-    group.attrs[st.ATTRS_KEY] = attrs
-    for name, shape, chunks, dtype, dims, fill in (
-        ("positions", (n, T, 2), (qb, tc, 2), np.float32, ("query", "frame", "xy"), np.nan),
-        ("visible", (n, T), (qb, tc), bool, ("query", "frame"), False),
-        ("score", (n, T), (qb, tc), np.float32, ("query", "frame"), np.nan),
-    ):
-        group.create_array(name, shape=shape, chunks=chunks, dtype=dtype, dimension_names=dims, fill_value=fill,
-                           compressors=st.checksummed())
-    query_src = np.column_stack([[r.t for r in job.rows], [r.x for r in job.rows], [r.y for r in job.rows]])
-    for name, data, dims in (("queries", query_src.astype(np.float64), ("query", "txy")),
-                             ("query_index", np.array([r.query for r in job.rows], np.int64), ("query",))):
-        arr = group.create_array(name, shape=data.shape, dtype=data.dtype, chunks=data.shape or None,
-                                 dimension_names=dims)
-        arr[...] = data
-
-
 def _write_part(node, q0: int, start: int, part: Tracks, grid_size, source_size) -> None:
     """Write ``part`` (queries ``q0 …``, frames ``start …``, grid coordinates) as source pixels."""
-    q1, stop = q0 + part.visible.shape[0], start + part.visible.shape[1]
-    st.check_writable(node)  # a run that lost an object store's lease writes nothing more
-    node["positions"][q0:q1, start:stop] = grid_to_source(part.positions, grid_size, source_size).astype(np.float32)
-    node["visible"][q0:q1, start:stop] = part.visible
-    node["score"][q0:q1, start:stop] = part.score
+    st.write_tracks_part(node, q0, start, grid_to_source(part.positions, grid_size, source_size), part.visible,
+                         part.score)
 
 
 def _block_task(store_path: str, video_id: str, out_path: str, out_node: str, q0: int, queries,
@@ -285,22 +232,15 @@ def _stream_csv_results(nodes: list[tuple[_VideoJob, object]], budget: int):
     from the finished arrays (at most about ``budget`` bytes held at once); ``frame_index (T,)`` the
     stored frames' source numbers, the CSV's ``t``."""
     for job, node in nodes:
-        n, T = node["visible"].shape
+        n, T = st.tracks_size(node)
         rows = max(1, budget // max(1, T * (2 * 4 + 1 + 4) * CSV_READ_FACTOR))
-        block = node["visible"].chunks[0]
+        block = st.query_rows_per_chunk(node)
         if rows >= block:  # whole query blocks: each stored chunk is read once
             rows -= rows % block
         numbers = [r.query for r in job.rows]
         for a in range(0, n, rows):
             b = min(a + rows, n)
-            yield (job.video_id, numbers[a:b], Tracks(node["positions"][a:b], node["visible"][a:b], node["score"][a:b]),
-                   job.frame_index)
-
-
-def _remove_node(group, name: str) -> None:
-    with contextlib.suppress(Exception):
-        if name in group:
-            del group[name]
+            yield job.video_id, numbers[a:b], Tracks(*st.read_tracks(node, slice(a, b))), job.frame_index
 
 
 def write_overlay(path: Path, info: st.VideoInfo, frame_index: np.ndarray, positions: np.ndarray,
@@ -399,7 +339,6 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
             log.info("track: %d tasks at once instead of %d, so that blocks keep %d queries within --memory-mb",
                      fitted, concurrency, GOOD_QUERY_BLOCK)
             concurrency = workers = fitted
-    partial = f"{TRACKS_GROUP}{PARTIAL}"
     scratch = None if write_store else Path(tempfile.mkdtemp(prefix=f".{out_csv.stem}.tracks-",
                                                              dir=out_csv.parent if out_csv.parent.exists() else None))
     try:
@@ -411,13 +350,11 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
         nodes, tasks = {}, {}
         for job in plan:
             blocks = _plan_video(job, root[job.video_id]["features"], options, device, concurrency)
-            if write_store:  # beside the previous tracks, swapped in when complete
-                node_name = f"{job.video_id}/{partial}"
-                group = out_root[job.video_id].create_group(partial, overwrite=True)
-            else:
-                node_name = job.video_id
-                group = out_root.create_group(job.video_id, overwrite=True)
-            _create_tracks_arrays(group, job, blocks, {**meta, "status": st.INCOMPLETE})
+            # in the store: beside the previous tracks, swapped in when complete
+            node_name = st.tracks_node_name(job.video_id, beside=write_store)
+            query_src = np.column_stack([[r.t for r in job.rows], [r.x for r in job.rows], [r.y for r in job.rows]])
+            st.begin_tracks(out_root, node_name, query_src, np.array([r.query for r in job.rows], np.int64),
+                            blocks.n_frames, (blocks.queries_per_block, blocks.frames_per_chunk), meta)
             nodes[job.video_id] = node_name
             tasks[job.video_id] = _block_tasks(client_path(store_path), job, blocks, out_path, node_name, options, device,
                                                concurrency)
@@ -430,8 +367,7 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
             value = computed[job.video_id]
             if isinstance(value, BaseException):
                 summary.failed[job.video_id] = f"{type(value).__name__}: {value}"
-                parent, _, name = nodes[job.video_id].rpartition("/")
-                _remove_node(out_root[parent] if parent else out_root, name)
+                st.discard_tracks(out_root, nodes[job.video_id])
                 continue
             done.append((job, out_root[nodes[job.video_id]]))
             log.info("%s: %d queries × %d frames tracked", job.video_id, len(job.rows), job.n_frames)
@@ -448,16 +384,12 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
             if not write_store:
                 finals[job.video_id] = node
                 continue
-            group = out_root[job.video_id]
-            st.check_writable(group)  # a run that lost an object store's lease swaps nothing in
-            try:
-                replace_node(group, partial, TRACKS_GROUP)
-                group[TRACKS_GROUP].attrs[st.ATTRS_KEY] = {**meta, "status": st.COMPLETE}
+            try:  # a run that lost an object store's lease swaps nothing in (StoreError)
+                finals[job.video_id] = st.mark_tracks_complete(out_root, job.video_id, meta)
             except OSError as exc:  # a full disk: the previous tracks group stays (written beside, swapped in)
                 raise OutputError(f"{store_path}: cannot write the tracks of {job.video_id} into the store "
                                   f"({exc.strerror or exc}); {out_csv} is written, the previous tracks are "
                                   "kept") from None
-            finals[job.video_id] = group[TRACKS_GROUP]
         if overlay:
             for job, _ in done:
                 info = st.read_video_info(root, job.video_id)

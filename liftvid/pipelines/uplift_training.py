@@ -167,7 +167,7 @@ class UPLiFTMethod:
         """Write ``OUT.train-state`` then ``OUT``, each whole."""
         state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         meta = {"config": self.config.name, "config_file": self.config_file,
-                "architecture": architecture(self.config), "backbone": backbone.describe(), **extra,
+                "architecture": architecture(self.config), "backbone": backbone.provenance(), **extra,
                 "state_dict": state}
         write_uplift_train_state(train_state_path(out), meta)
         save_uplift(out, model, _header(meta))

@@ -47,7 +47,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
-from .store import StoreError
+from ..environment import positive_number_from_env
+from .errors import StoreError
 
 LEASE_SECONDS = 60.0  # a lease not refreshed for this long is expired
 LEASE_ENV = "LIFTVID_LEASE_SECONDS"
@@ -67,7 +68,7 @@ class Holder:
     token: str
     expires: float
 
-    def describe(self, now: float) -> str:
+    def holder_text(self, now: float) -> str:
         left = self.expires - now
         when = f"expires in {left:.0f} s" if left >= 0 else f"expired {-left:.0f} s ago"
         return f"liftvid {self.command} pid {self.pid} on {self.host} ({when})"
@@ -203,16 +204,8 @@ def lease_url(store_url: str) -> str:
 
 
 def default_ttl() -> float:
-    value = os.environ.get(LEASE_ENV)
-    if not value:
-        return LEASE_SECONDS
-    try:
-        ttl = float(value)
-    except ValueError:
-        raise StoreError(f"{LEASE_ENV}={value!r}: not a number of seconds") from None
-    if not ttl > 0:
-        raise StoreError(f"{LEASE_ENV}={value!r}: must be positive")
-    return ttl
+    """Seconds a lease lives without a heartbeat: ``$LIFTVID_LEASE_SECONDS`` or :data:`LEASE_SECONDS`."""
+    return positive_number_from_env(LEASE_ENV, LEASE_SECONDS, float, "a number of seconds", StoreError)
 
 
 def _precondition_failed(exc: BaseException) -> bool:
@@ -332,7 +325,7 @@ class ObjectLease:
         self.proven_until = expires - self.ttl * HEARTBEAT_FRACTION
 
     def _refused(self, holder: Holder | None) -> StoreError:
-        who = holder.describe(self.clock()) if holder else "another run"
+        who = holder.holder_text(self.clock()) if holder else "another run"
         return StoreError(f"{self.store_url}: being written by {who} (lease {self.url}); wait for that run "
                           "to finish")
 

@@ -245,7 +245,7 @@ class Recorder:
     def message(self, text):
         self.messages.append(text)
 
-    def skipped(self, source, error):
+    def source_unreadable(self, source, error):
         self.skips.append((source, error))
 
     def epoch_started(self, epoch, steps):

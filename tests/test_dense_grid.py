@@ -227,7 +227,7 @@ def test_track_on_a_dense_store_follows_the_motion_in_source_pixels(tmp_path):
     queries.write_text("video_id,t,x,y\n" + "".join(f"v,0,{(c + 0.5) * cell_w},{(r + 0.5) * cell_h}\n"
                                                     for r, c in cells))
     summary = liftvid.track_store(store, queries, tmp_path / "tracks.csv", scheduler="sync", device="cpu")
-    assert not summary.failed and not summary.skipped
+    assert not summary.failed and not summary.refused
     ds = liftvid.open_store(store)["v"]
     positions = ds["tracks_positions"].values  # (N, T, 2) source px
     assert positions.shape == (3, T, 2) and ds["tracks_visible"].values.all()

@@ -31,7 +31,7 @@ def test_track_store_csv_group_and_accuracy(two_videos, tmp_path):
     store, queries, pts = two_videos
     out = tmp_path / "tracks.csv"
     summary = track_store(store, queries, out, scheduler="sync")
-    assert summary.queries == {"a": 5, "b": 3} and not summary.skipped and not summary.failed
+    assert summary.queries == {"a": 5, "b": 3} and not summary.refused and not summary.failed
     rows = read_rows(out)
     assert list(rows[0]) == ["video_id", "query", "t", "x", "y", "visible", "score"]
     assert len(rows) == (5 + 3) * N_FRAMES
@@ -107,7 +107,7 @@ def test_out_of_frame_and_beyond_last_frame_are_named_and_skipped(two_videos, tm
     ])
     summary = track_store(store, q, tmp_path / "t.csv", scheduler="sync", write_store=False)
     assert summary.queries == {"a": 2}
-    reasons = {s.query: str(s) for s in summary.skipped}
+    reasons = {s.query: str(s) for s in summary.refused}
     assert set(reasons) == {1, 2, 3, 4}
     assert "outside the 96×64 frame" in reasons[1] and "line 3" in reasons[1]
     assert "outside the 96×64 frame" in reasons[2]
@@ -125,7 +125,7 @@ def test_unknown_and_incomplete_videos_are_named(tmp_path):
     q = write_queries(tmp_path / "q.csv", [("a", 0, 10, 10), ("nope", 0, 10, 10), ("half", 0, 5, 5)])
     summary = track_store(store, q, tmp_path / "t.csv", scheduler="sync", write_store=False)
     assert summary.queries == {"a": 1}
-    reasons = {s.video_id: s.reason for s in summary.skipped}
+    reasons = {s.video_id: s.reason for s in summary.refused}
     assert "unknown video id 'nope'" in reasons["nope"] and "a" in reasons["nope"]
     assert "incomplete" in reasons["half"]
 
@@ -136,8 +136,8 @@ def test_nan_and_garbage_numbers_are_skipped(two_videos, tmp_path):
     q.write_text("video_id,t,x,y\na,0,nan,3\na,0,12,abc\na,0,,4\na,0,12,12\n")
     summary = track_store(store, q, tmp_path / "t.csv", scheduler="sync", write_store=False)
     assert summary.queries == {"a": 1}
-    assert [s.query for s in summary.skipped] == [0, 1, 2]
-    assert all("NaN or non-numeric" in s.reason for s in summary.skipped)
+    assert [s.query for s in summary.refused] == [0, 1, 2]
+    assert all("NaN or non-numeric" in s.reason for s in summary.refused)
 
 
 def test_empty_and_malformed_query_files(two_videos, tmp_path):

@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     last = epochs[-1]
     result.update({
         "frames_available": summary.frames_available, "held_out_frames": summary.held_out_frames,
-        "skipped": summary.skipped, "wall_seconds": wall,
+        "unreadable": summary.unreadable, "wall_seconds": wall,
         "train_images_per_s": images / max(seconds, 1e-9), "train_images_per_s_after_epoch_1": steady,
         "held_out_lift_cosine": last.held_out_lift, "held_out_bilinear_cosine": last.held_out_bilinear,
         "epochs": [asdict(e) for e in epochs],

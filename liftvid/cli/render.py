@@ -237,7 +237,7 @@ class TrainingProgress(RunProgress):
     def message(self, text: str) -> None:
         note(self.console, text)
 
-    def skipped(self, source: str, error: str) -> None:
+    def source_unreadable(self, source: str, error: str) -> None:
         self.console.print(f"{status_text(SKIPPED, 'red')} {escape(naming(source, error))}")
 
     def epoch_started(self, epoch: int, steps: int) -> None:

@@ -128,15 +128,15 @@ def track(
 
 def _show_tracking(err, summary, queries: Path, out: Path) -> None:
     """track's lines: the query rows it skipped, what it tracked at what rate, overlays, failures."""
-    for skipped in summary.skipped[:_SKIPS_SHOWN]:
-        err.print(f"{status_text(SKIPPED)} {escape(str(queries))}: {escape(str(skipped))}")
-    if len(summary.skipped) > _SKIPS_SHOWN:
-        err.print(f"{status_text(SKIPPED)} … and {len(summary.skipped) - _SKIPS_SHOWN} more")
+    for refused in summary.refused[:_SKIPS_SHOWN]:
+        err.print(f"{status_text(SKIPPED)} {escape(str(queries))}: {escape(str(refused))}")
+    if len(summary.refused) > _SKIPS_SHOWN:
+        err.print(f"{status_text(SKIPPED)} … and {len(summary.refused) - _SKIPS_SHOWN} more")
     rate = frames_per_second(summary.point_frames, summary.seconds)
     err.print(f"{escape(str(out))}: {plural(sum(summary.queries.values()), 'query', 'queries')} in "
               f"{plural(len(summary.queries), 'video')}, "
               f"{summary.point_frames:,} point-frames in {summary.seconds:.1f} s ({rate:,.0f} point-frames/s); "
-              f"{len(summary.skipped)} skipped")
+              f"{len(summary.refused)} skipped")
     for path in summary.overlays:
         err.print(f"overlay {esc(path)}")
     for vid, error in summary.failed.items():

@@ -62,9 +62,9 @@ def train(
     err.print(f"{esc(out)}: {plural(len(summary.epochs), 'epoch')} trained ({plural(steps, 'step')}) in {summary.seconds:.1f} s on "
               f"{summary.frames_available} frames ({summary.held_out_frames} held out); use it with "
               f"`liftvid extract … --backbone {esc(backbone)} {esc(_upsampler_flags(method, out, uplift_config))}`")
-    for source, error in summary.skipped:  # again after the bars, where they are read
-        progress.skipped(source, error)
-    if summary.skipped:
+    for source, error in summary.unreadable:  # again after the bars, where they are read
+        progress.source_unreadable(source, error)
+    if summary.unreadable:
         raise typer.Exit(1)
 
 

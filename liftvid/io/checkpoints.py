@@ -41,7 +41,8 @@ class TrainState:
         history: one dict per finished epoch (``EpochStats`` without the checkpoint path).
         held_out_frames, held_out_lift, held_out_bilinear: the last held-out check (frames, mean
             cosine of the upsampler and of bilinear upsampling to f(x)).
-        sources, frames, skipped: the training data: usable sources, their frames, skipped paths.
+        sources, frames, unreadable: the training data: usable sources, their frames, the sources left out
+            (stored under the key ``skipped``, as checkpoints always had it).
     """
 
     settings: dict[str, Any]
@@ -57,7 +58,7 @@ class TrainState:
     held_out_bilinear: float | None = None
     sources: int = 0
     frames: int = 0
-    skipped: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)
 
     def to_metadata(self) -> dict[str, Any]:
         """The checkpoint metadata entries this state is written as (see the module docstring)."""
@@ -69,7 +70,7 @@ class TrainState:
             "held_out": {"frames": self.held_out_frames, "lift_cosine": self.held_out_lift,
                          "bilinear_cosine": self.held_out_bilinear},
             "history": self.history,
-            "data": {"sources": self.sources, "frames": self.frames, "skipped": self.skipped},
+            "data": {"sources": self.sources, "frames": self.frames, "skipped": self.unreadable},
         }
 
     @classmethod
@@ -90,7 +91,7 @@ class TrainState:
                    history=list(meta.get("history") or []), held_out_frames=int(held_out.get("frames") or 0),
                    held_out_lift=held_out.get("lift_cosine"), held_out_bilinear=held_out.get("bilinear_cosine"),
                    sources=int(data.get("sources") or 0), frames=int(data.get("frames") or 0),
-                   skipped=list(data.get("skipped") or []))
+                   unreadable=list(data.get("skipped") or []))
 
 
 def tensors_to_cpu(obj: Any) -> Any:

@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class SkippedQuery:
+class RefusedQuery:
     """A query line that was not tracked, with the reason (outside the frame, unknown video, NaN…)."""
 
     line: int
@@ -60,7 +60,7 @@ class TrackSummary:
     out_csv: Path
     queries: dict[str, int] = field(default_factory=dict)  # tracked queries per video
     frames: dict[str, int] = field(default_factory=dict)
-    skipped: list[SkippedQuery] = field(default_factory=list)
+    refused: list[RefusedQuery] = field(default_factory=list)
     failed: dict[str, str] = field(default_factory=dict)  # video → error
     overlays: list[Path] = field(default_factory=list)
     seconds: float = 0.0
@@ -97,7 +97,7 @@ class _VideoJob:
     geometry: GridGeometry | None = None  # the stored grid on the frames (liftvid.io.store.video_geometry)
 
 
-def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[SkippedQuery]]:
+def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[RefusedQuery]]:
     """Group rows by video, check each against the store, convert source pixels to grid coordinates."""
     complete = set(st.list_videos(root))
     every = set(st.list_videos(root, status=None))
@@ -105,10 +105,10 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
     by_video: dict[str, list[QueryRow]] = {}
     for row in rows:
         by_video.setdefault(row.video_id, []).append(row)
-    jobs, skipped = [], []
+    jobs, refused = [], []
     for vid, vrows in by_video.items():
         if unsafe := component_problem(vid):  # the video id names folders and files: one rule for all
-            skipped += [SkippedQuery(r.line, vid, r.query, f"video id {vid!r} cannot name a file or folder: {unsafe}")
+            refused += [RefusedQuery(r.line, vid, r.query, f"video id {vid!r} cannot name a file or folder: {unsafe}")
                         for r in vrows]
             continue
         if vid not in complete:
@@ -119,10 +119,10 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
             else:
                 known = ", ".join(sorted(complete)[:8]) + (" …" if len(complete) > 8 else "")
                 why = f"unknown video id {vid!r} (the store has: {known or 'no complete videos'})"
-            skipped += [SkippedQuery(r.line, vid, r.query, why) for r in vrows]
+            refused += [RefusedQuery(r.line, vid, r.query, why) for r in vrows]
             continue
         if damage := st.check_video_intact(root, vid):  # missing chunks read as NaN: refuse the video
-            skipped += [SkippedQuery(r.line, vid, r.query, damage) for r in vrows]
+            refused += [RefusedQuery(r.line, vid, r.query, damage) for r in vrows]
             continue
         n_frames = root[vid]["features"].shape[0]
         frame_index = np.asarray(root[vid]["frame_index"][:], np.int64)
@@ -132,7 +132,7 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
         for r in vrows:
             why = _check_row(r, frame_index, source_size)
             if why:
-                skipped.append(SkippedQuery(r.line, vid, r.query, why))
+                refused.append(RefusedQuery(r.line, vid, r.query, why))
             else:
                 good.append(r)
         if not good:
@@ -144,7 +144,7 @@ def plan_queries(root, rows: Sequence[QueryRow]) -> tuple[list[_VideoJob], list[
         at = [stored_position(frame_index, r.t, f"frame t={r.t:g}") for r in good]  # source number → position
         grid_queries = np.column_stack([at, xy])
         jobs.append(_VideoJob(vid, good, grid_queries, int(n_frames), grid_size, source_size, frame_index, geometry))
-    return jobs, skipped
+    return jobs, refused
 
 
 # ---- tracking graphs -----------------------------------------------------------------------------
@@ -286,7 +286,7 @@ def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | 
         overwrite: replace an ``out_csv`` or overlay that liftvid did not write (never an input).
 
     Returns:
-        :class:`TrackSummary`: skipped queries (named with their reason) and failed videos.
+        :class:`TrackSummary`: refused query rows (named with their reason) and failed videos.
 
     Raises:
         ValueError: no usable store, an empty/malformed queries file, or no query that can be tracked.
@@ -305,7 +305,7 @@ def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | 
     inputs = {"queries file": queries_csv, "store": st.local_path(store_path)}
     claim_output(out_csv, CSV_KIND, inputs, overwrite=overwrite)
     rows = read_queries_csv(queries_csv)
-    plan, skipped = plan_queries(root, rows)
+    plan, refused = plan_queries(root, rows)
     for job in plan:  # the source videos are inputs too: checked before any work
         info = st.read_video_info(root, job.video_id)
         inputs[f"source of video {job.video_id}"] = info.source
@@ -315,9 +315,9 @@ def track_store(store_path: str | Path, queries_csv: str | Path, out_csv: str | 
         for job in plan:
             claim_output(overlay_path(out_csv, job.video_id), OVERLAY_KIND, inputs, overwrite=overwrite,
                          option="--overlay")
-    summary = TrackSummary(out_csv=out_csv, skipped=skipped)
+    summary = TrackSummary(out_csv=out_csv, refused=refused)
     if not plan:
-        first = f"; first: {skipped[0]}" if skipped else ""
+        first = f"; first: {refused[0]}" if refused else ""
         raise ValueError(f"{queries_csv}: none of {len(rows)} queries can be tracked{first}")
     # one writer per store (extract --overwrite or another track could change what is read)
     with st.StoreLock(store_path) if write_store else contextlib.nullcontext():

@@ -106,11 +106,11 @@ class EpochStats:
 
 @dataclass
 class TrainSummary:
-    """The epochs one ``train_lift`` call ran, the checkpoint path and the skipped inputs."""
+    """The epochs one ``train_lift`` call ran, the checkpoint path and the unreadable inputs."""
 
     checkpoint: str
     epochs: list[EpochStats] = field(default_factory=list)  # the epochs this call ran
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (source, error)
+    unreadable: list[tuple[str, str]] = field(default_factory=list)  # (source, error): sources left out
     frames_available: int = 0
     held_out_frames: int = 0
     seconds: float = 0.0
@@ -121,7 +121,7 @@ class TrainProgress(Protocol):
 
     def start(self, first_epoch: int, epochs: int, steps_per_epoch: int) -> None: ...
     def message(self, text: str) -> None: ...
-    def skipped(self, source: str, error: str) -> None: ...
+    def source_unreadable(self, source: str, error: str) -> None: ...
     def epoch_started(self, epoch: int, steps: int) -> None: ...
     def step_done(self, loss: float, images: int) -> None: ...
     def epoch_finished(self, stats: EpochStats) -> None: ...
@@ -130,7 +130,7 @@ class TrainProgress(Protocol):
 class _NoProgress:
     def start(self, first_epoch, epochs, steps_per_epoch): pass
     def message(self, text): pass
-    def skipped(self, source, error): pass
+    def source_unreadable(self, source, error): pass
     def epoch_started(self, epoch, steps): pass
     def step_done(self, loss, images): pass
     def epoch_finished(self, stats): pass
@@ -304,9 +304,9 @@ def train_lift(inputs: Sequence[str | Path], out: str | Path, options: TrainOpti
     summary = TrainSummary(str(out))
 
     def skip(source: VideoSource, error: str) -> None:
-        if all(s != str(source.path) for s, _ in summary.skipped):
-            summary.skipped.append((str(source.path), error))
-            progress.skipped(str(source.path), error)
+        if all(s != str(source.path) for s, _ in summary.unreadable):
+            summary.unreadable.append((str(source.path), error))
+            progress.source_unreadable(str(source.path), error)
 
     def count(source: VideoSource) -> int:
         return count_frames(source, resize, backbone.patch_size, options.fps)
@@ -441,6 +441,6 @@ def _save(out: Path, run: _Run, options: TrainOptions, summary: TrainSummary, n_
                        history=run.history, held_out_frames=summary.held_out_frames,
                        held_out_lift=stats.held_out_lift, held_out_bilinear=stats.held_out_bilinear,
                        sources=n_sources, frames=summary.frames_available,
-                       skipped=[s for s, _ in summary.skipped])
+                       unreadable=[s for s, _ in summary.unreadable])
     model = run.model if run.device.type == "cpu" else copy.deepcopy(run.model).cpu()
     run.method.save(out, model, run.backbone, state.to_metadata())

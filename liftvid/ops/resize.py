@@ -22,8 +22,9 @@ reproduced here, integer for integer:
   an exact 2× downscale on both axes is OpenCV's INTER_AREA shortcut ``(a+b+c+d+2) >> 2``.
 
 Every rounded value is exact, so the result is the same on every device and in any summation
-order. Each pass is one batched product of overlapping input windows with a banded block of
-coefficients, built once per (source size, target size, device) (a video has one source size):
+order. Pillow's passes are each one batched product of overlapping input windows with a banded
+block of coefficients; the coefficients of every rule are built once per (source size, target
+size, device) (a video has one source size):
 
 * Pillow's passes: on CUDA (where TF32 may round float32 products) float64, whose products of
   22-bit weights and 8-bit pixels and their sums (< 2**31 units) are exact. On the CPU (IEEE
@@ -31,8 +32,9 @@ coefficients, built once per (source size, target size, device) (a video has one
   (``gamma_n * sum|w * p|``, any order, :func:`_float32_tolerance`), so it rounds to Pillow's
   value unless it lies that close to a half-integer; those sums (about 1 in 1,000 for 854x480 ->
   224x224) are recounted exactly in float64 from the same windows.
-* OpenCV's: 11-bit weights on 8-bit pixels, every sum below 2**20 (exact in float32), then its
-  shifts as exact float operations.
+* OpenCV's: two taps need no product of windows: two gathered columns, then two gathered rows,
+  with OpenCV's integer multiply-adds and shifts in int32 (every value below 2**26), on the frames
+  as they are (channels last).
 
 The batch is resized a few frames at a time so that intermediates stay under a byte budget
 (small on the CPU, for its caches; 1 GiB elsewhere) whatever the batch and frame size.
@@ -287,11 +289,6 @@ def _vertical(y: torch.Tensor, p: _BandedPass) -> tuple[torch.Tensor, Callable[[
     return sums, recount
 
 
-def _floor_(x: torch.Tensor, divisor: float = 1.0) -> torch.Tensor:
-    """``x = floor(x / divisor)`` in place (``divisor`` a power of two: exact)."""
-    return (x if divisor == 1.0 else x.mul_(1.0 / divisor)).floor_()
-
-
 # x + 1.5 * 2**(mantissa bits) - the same rounds |x| < 2**(mantissa bits - 1) to the nearest integer
 ROUNDING_MAGIC = {torch.float32: float(3 << 22), torch.float64: float(3 << 51)}
 
@@ -424,30 +421,54 @@ def cv2_linear_coefficients(in_size: int, out_size: int) -> tuple[np.ndarray, np
     return offset, w0, w1, clamped
 
 
+@dataclass(frozen=True)
+class _Cv2Taps:
+    """OpenCV INTER_LINEAR's two taps along one axis, as index and weight tensors on a device:
+    output ``o`` reads inputs ``first[o]`` and ``second[o]`` with 11-bit weights ``w0[o]``,
+    ``w1[o]`` (int32, shaped to broadcast over the axis they scale)."""
+
+    first: torch.Tensor  # (out,) int64
+    second: torch.Tensor  # (out,) int64
+    w0: torch.Tensor  # int32
+    w1: torch.Tensor  # int32
+
+
 @lru_cache(maxsize=64)
-def _cv2_horizontal(in_size: int, out_size: int, device: torch.device) -> _BandedPass:
+def _cv2_horizontal(in_size: int, out_size: int, device: torch.device) -> _Cv2Taps:
     offset, w0, w1, clamped = cv2_linear_coefficients(in_size, out_size)
     # a coordinate outside [0, in_size - 1) takes the border pixel whole (fx = 0 there)
     offset = np.where(clamped, np.clip(offset, 0, in_size - 1), offset)
     w0 = np.where(clamped, CV_COEF_SCALE, w0)
     w1 = np.where(clamped | (offset + 1 >= in_size), 0, w1)
-    # two taps of 11-bit weights on 8-bit pixels: every sum below 2**20, exact in float32 (and no
-    # float32 product setting can round integers this small)
-    dtype = torch.float32 if _float32_is_ieee(device) else torch.float64
-    return _banded_pass(in_size, offset, np.stack([w0, w1], axis=1).astype(np.float64), device, dtype)
+    second = np.minimum(offset + 1, in_size - 1)  # weight 0 where it would fall outside
+    return _Cv2Taps(_index(offset, device), _index(second, device),
+                    _weights(w0, device).view(-1, 1), _weights(w1, device).view(-1, 1))
 
 
 @lru_cache(maxsize=64)
-def _cv2_vertical(in_size: int, out_size: int, device: torch.device) -> tuple[torch.Tensor, ...]:
+def _cv2_vertical(in_size: int, out_size: int, device: torch.device) -> _Cv2Taps:
     offset, w0, w1, _ = cv2_linear_coefficients(in_size, out_size)
     rows0, rows1 = np.clip(offset, 0, in_size - 1), np.clip(offset + 1, 0, in_size - 1)  # rows clamp
-    as_tensor = lambda a, dtype: torch.from_numpy(np.ascontiguousarray(a)).to(device=device, dtype=dtype)  # noqa: E731
-    return (as_tensor(rows0, torch.int64), as_tensor(rows1, torch.int64),
-            as_tensor(w0 / 65536.0, torch.float64).view(-1, 1), as_tensor(w1 / 65536.0, torch.float64).view(-1, 1))
+    return _Cv2Taps(_index(rows0, device), _index(rows1, device),
+                    _weights(w0, device).view(-1, 1, 1), _weights(w1, device).view(-1, 1, 1))
+
+
+def _index(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64)).to(device)
+
+
+def _weights(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int32)).to(device)
 
 
 def resize_linear_cv2(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     """OpenCV's ``cv2.resize(frame, (W', H'), interpolation=INTER_LINEAR)`` of every frame, bit for bit.
+
+    OpenCV's own integer arithmetic, in int32 on the frames as they are (channels last): the
+    horizontal sums ``S = w0 * p0 + w1 * p1`` of two gathered columns (11-bit weights, below 2**19),
+    then per output row ``((b0 * (S0 >> 4)) >> 16) + ((b1 * (S1 >> 4)) >> 16) + 2) >> 2`` of two
+    gathered rows (products below 2**26). Two taps need no matrix product: gathers and integer
+    multiply-adds are the whole filter, exact on every device.
 
     Args:
         frames: ``(B, H, W, 3) uint8`` on any device (the filter is per channel, so RGB or BGR).
@@ -467,31 +488,22 @@ def resize_linear_cv2(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tens
         q = frames.to(torch.int32).view(b, height, 2, width, 2, c).sum(dim=(2, 4))
         return ((q + 2) >> 2).to(torch.uint8)
     out = torch.empty((b, height, width, 3), dtype=torch.uint8, device=device)
-    with torch.autocast(device.type, enabled=False):
-        with _CACHE_LOCK:
-            px = _cv2_horizontal(w, width, device)
-            rows0, rows1, b0, b1 = _cv2_vertical(h, height, device)
-        for i, chunk in _chunks(frames, size):
-            n = chunk.shape[0]
-            # the horizontal sums (11 fraction bits) of every row of every plane, (n, 3, H, W')
-            sums, _ = _horizontal(chunk.permute(0, 3, 1, 2), px)  # (n * 3 * H, J, block)
-            if h == height:
-                # rows map to themselves with weights (2048, 0): ((D >> 9) + 2) >> 2 = (D + 1024) >> 11,
-                # which is the nearest integer to (D + 1/2) / 2**11 (never a tie): exact float adds
-                magic = ROUNDING_MAGIC[sums.dtype]
-                v = sums.add_(0.5).mul_(1.0 / 2048).add_(magic).sub_(magic)
-                v = _in_order(v.view(n * 3 * h, -1), px, 1).view(n, 3, h, width)
-                out[i:i + n].copy_(v.permute(0, 2, 3, 1))
-                continue
-            sums = _in_order(sums.view(n * 3 * h, -1), px, 1).view(n, 3, h, width)
-            # S >> 4 (exact in float: S < 2**20), then whole rows gathered
-            _floor_(sums, 16)
-            # the 8-bit VResizeLinear rounding: ((b0*(S0>>4))>>16) + ((b1*(S1>>4))>>16) + 2) >> 2, in
-            # float64 (products below 2**27 with 16 fraction bits: exact) with the weights over 2**16
-            t0 = _floor_(sums.index_select(2, rows0).to(torch.float64).mul_(b0))
-            t1 = _floor_(sums.index_select(2, rows1).to(torch.float64).mul_(b1))
-            v = _floor_(t0.add_(t1).add_(2), 4)
-            out[i:i + n].copy_(v.permute(0, 2, 3, 1))
+    with _CACHE_LOCK:
+        across = _cv2_horizontal(w, width, device)
+        down = _cv2_vertical(h, height, device)
+    for i, chunk in _chunks(frames, size):
+        # horizontal sums of every row, (n, H, W', 3) int32 (11 fraction bits)
+        sums = chunk.index_select(2, across.first).to(torch.int32).mul_(across.w0)
+        sums.add_(chunk.index_select(2, across.second).to(torch.int32).mul_(across.w1))
+        if h == height:
+            # rows map to themselves with weights (2048, 0): ((b0 * (S >> 4)) >> 16 + 2) >> 2 with
+            # b0 = 2048 is (S + 1024) >> 11 (S >> 4 loses no bit the second shift keeps)
+            out[i:i + chunk.shape[0]].copy_(sums.add_(1024).bitwise_right_shift_(11))
+            continue
+        sums.bitwise_right_shift_(4)
+        top = sums.index_select(1, down.first).mul_(down.w0).bitwise_right_shift_(16)
+        bottom = sums.index_select(1, down.second).mul_(down.w1).bitwise_right_shift_(16)
+        out[i:i + chunk.shape[0]].copy_(top.add_(bottom).add_(2).bitwise_right_shift_(2))
     return out
 
 

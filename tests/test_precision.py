@@ -60,23 +60,25 @@ def _cpuinfo(tmp_path: Path, text: str) -> Path:
 
 def test_cpuinfo_flags_are_read_for_x86_and_arm(tmp_path):
     x86 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512bw\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n"
-    assert {"avx2", "avx512f"} <= device_module._proc_cpuinfo_flags(_cpuinfo(tmp_path, x86))
+    assert {"avx2", "avx512f"} <= device_module.proc_cpuinfo_flags(_cpuinfo(tmp_path, x86))
     arm = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\n"
-    assert "bf16" in device_module._proc_cpuinfo_flags(_cpuinfo(tmp_path, arm))
-    assert device_module._proc_cpuinfo_flags(tmp_path / "absent") is None
+    assert "bf16" in device_module.proc_cpuinfo_flags(_cpuinfo(tmp_path, arm))
+    assert device_module.proc_cpuinfo_flags(tmp_path / "absent") is None
 
 
-def test_cpu_bf16_support_falls_back_to_proc_cpuinfo(tmp_path, monkeypatch):
-    monkeypatch.setattr(device_module, "_torch_cpu_flags", lambda: None)  # an older torch
+def test_cpu_bf16_support_falls_back_to_proc_cpuinfo():
     text = {"no": "flags\t\t: fpu avx2 avx512f\n", "yes": "flags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n"}
-    monkeypatch.setattr(device_module, "_proc_cpuinfo_flags", lambda: frozenset(text["no"].split(":")[1].split()))
-    support = cpu_bf16_support()
+
+    def sources(cpuinfo):  # an older torch (no capabilities), then /proc/cpuinfo saying ``cpuinfo``
+        flags = None if cpuinfo is None else frozenset(text[cpuinfo].split(":")[1].split())
+        return (("torch.cpu.get_capabilities", lambda: None), ("/proc/cpuinfo", lambda: flags))
+
+    support = cpu_bf16_support(sources("no"))
     assert (support.native, support.flags, support.source) == (False, (), "/proc/cpuinfo")
     assert "no avx512_bf16/amx_bf16" in support.describe()
-    monkeypatch.setattr(device_module, "_proc_cpuinfo_flags", lambda: frozenset(text["yes"].split(":")[1].split()))
-    assert cpu_bf16_support().flags == ("avx512_bf16", "amx_bf16") and cpu_bf16_support().native
-    monkeypatch.setattr(device_module, "_proc_cpuinfo_flags", lambda: None)  # nothing readable: unknown, no guess
-    assert cpu_bf16_support().native is None
+    support = cpu_bf16_support(sources("yes"))
+    assert support.flags == ("avx512_bf16", "amx_bf16") and support.native
+    assert cpu_bf16_support(sources(None)).native is None  # nothing readable: unknown, no guess
 
 
 def test_cpu_bf16_support_agrees_with_this_machines_proc_cpuinfo():

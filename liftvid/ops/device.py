@@ -51,7 +51,8 @@ class CpuBf16Support:
         return f"torch CPU capability {self.capability}, {found}"
 
 
-def _torch_cpu_flags() -> frozenset[str] | None:
+def torch_cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags that torch reports (``torch.cpu.get_capabilities``, torch >= 2.9), or None."""
     get_capabilities = getattr(getattr(torch, "cpu", None), "get_capabilities", None)  # torch >= 2.9
     if get_capabilities is None:
         return None
@@ -61,7 +62,8 @@ def _torch_cpu_flags() -> frozenset[str] | None:
         return None
 
 
-def _proc_cpuinfo_flags(path: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+def proc_cpuinfo_flags(path: Path = Path("/proc/cpuinfo")) -> frozenset[str] | None:
+    """The kernel's list of the CPU's feature flags (``flags`` on x86, ``Features`` on Arm), or None."""
     try:
         text = path.read_text()
     except OSError:
@@ -74,11 +76,16 @@ def _proc_cpuinfo_flags(path: Path = Path("/proc/cpuinfo")) -> frozenset[str] | 
     return frozenset(flags) if flags else None
 
 
-def cpu_bf16_support() -> CpuBf16Support:
+# where the CPU's flags are read, in turn: (name for messages, reader returning the flags or None)
+CPU_FLAG_SOURCES = (("torch.cpu.get_capabilities", torch_cpu_flags), ("/proc/cpuinfo", proc_cpuinfo_flags))
+
+
+def cpu_bf16_support(flag_sources=CPU_FLAG_SOURCES) -> CpuBf16Support:
     """Whether this CPU has native bf16 arithmetic (``avx512_bf16``/``amx_bf16`` on x86, ``bf16`` on
-    Arm), read at run time from torch's CPU capabilities, else from ``/proc/cpuinfo``."""
+    Arm), read at run time from the first of ``flag_sources`` that answers (torch's CPU
+    capabilities, else ``/proc/cpuinfo``)."""
     capability = torch.backends.cpu.get_cpu_capability()
-    for source, read in (("torch.cpu.get_capabilities", _torch_cpu_flags), ("/proc/cpuinfo", _proc_cpuinfo_flags)):
+    for source, read in flag_sources:
         flags = read()
         if flags is not None:
             found = tuple(f for f in BF16_CPU_FLAGS if f in flags)

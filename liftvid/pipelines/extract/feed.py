@@ -80,7 +80,12 @@ class VideoFeed:
             self.turns.release()
 
     def cancel(self) -> None:
+        """Stop decoding. With ``turns``, one more permit: a decoder waiting for its turn would
+        otherwise wait forever (the consumer that releases turns has stopped), and the thread
+        pool that runs it could never be shut down."""
         self.stop.set()
+        if self.turns is not None:
+            self.turns.release()
 
 
 def host_work_overlaps(options: ExtractOptions, extractor: FeatureExtractor) -> bool:

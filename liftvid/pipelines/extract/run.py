@@ -196,6 +196,7 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
                 feed, source, video_id = feeds.popleft()
                 top_up()
                 try:
+                    # through the module: tests count the videos computed and awaiting their writes
                     video = compute.extract_video(extractor, root, feed, video_id, options, writer, progress, pinned)
                     in_flight.append((video, source, video_id))
                 except VIDEO_ERRORS as exc:

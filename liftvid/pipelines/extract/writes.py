@@ -37,11 +37,15 @@ def all_finite(feats: torch.Tensor) -> torch.Tensor:
 
 
 def stages_on_host(extractor: FeatureExtractor) -> bool:
-    """Whether features are staged through page-locked host buffers (a CUDA extractor)."""
+    """Whether features are staged through page-locked host buffers (a CUDA extractor).
+
+    The runs call it through this module, so a test can run the staged path on the CPU."""
     return extractor.mean.device.type == "cuda"
 
 
 def range_error(source, start: int, n: int, dtype: str) -> FeatureRangeError:
+    """The error of ``n`` frames from ``start`` of ``source`` whose features are not finite in the
+    stored ``dtype``, with the fix where there is one."""
     if dtype == "float16":
         return FeatureRangeError(f"{source}: features of frames {start}–{start + n - 1} exceed float16's range "
                                  f"(±{FLOAT16_MAX:g}); rerun with --feature-dtype float32")
@@ -69,7 +73,11 @@ class VideoInFlight:
 def write_batch(array, start: int, feats, event=None, finite=None, source: str = "") -> None:
     """Write one batch at ``start``; on the CUDA path wait for its copy (``event``) and check the
     copied ``finite`` flag first. The page-locked buffer goes back to torch's caching host allocator
-    when the last reference drops, whether the write succeeds or fails."""
+    when the last reference drops, whether the write succeeds or fails.
+
+    The compute loop submits it through this module (``writes.write_batch``), looked up at each
+    batch: the seam tests use to fail, slow or hold a write (also in CLI child processes and on
+    Dask workers)."""
     if event is not None:
         event.synchronize()  # the non-blocking device→host copy has landed
     if finite is not None and not bool(finite):

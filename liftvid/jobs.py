@@ -279,7 +279,7 @@ def run_extraction(extract_one: Callable[..., Any], todo, store_path: str, optio
             that a worker started with ``--resources GPU=1`` runs one video at a time on its GPU.
 
     Returns:
-        video_id → :class:`liftvid.pipelines.extract.VideoResult`, or the exception its task raised.
+        video_id → :class:`liftvid.pipelines.runs.VideoRun`, or the exception its task raised.
 
     Raises:
         ClusterResourceError: ``gpu`` on a cluster none of whose workers offers ``GPU``.

@@ -61,7 +61,7 @@ def shared_data() -> Path:
 # time on a loaded machine.
 _HELD_RUN = r"""
 import pathlib, sys, time
-import liftvid.cli, liftvid.pipelines.extract as ex, liftvid.io.store as st
+import liftvid.cli, liftvid.pipelines.extract.writes as writes, liftvid.io.store as st
 marker, kind, n = pathlib.Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
 seen = [0]
 
@@ -75,7 +75,7 @@ def hold(real):
     return held
 
 if kind == "write":
-    ex._write_batch = hold(ex._write_batch)
+    writes.write_batch = hold(writes.write_batch)
 else:
     st.mark_complete = hold(st.mark_complete)
 liftvid.cli.app(sys.argv[4:], prog_name="liftvid")

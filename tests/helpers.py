@@ -259,3 +259,26 @@ class Recorder:
 
     def epoch_finished(self, stats):
         self.epochs.append(stats)
+
+
+class RunRecorder:
+    """A RunProgress (liftvid.pipelines.runs) that keeps every event of a per-video run."""
+
+    def __init__(self):
+        self.started, self.videos, self.finished, self.messages = [], [], [], []
+        self.frames = 0
+
+    def start(self, n_videos):
+        self.started.append(n_videos)
+
+    def video_started(self, video_id, n_frames):
+        self.videos.append((video_id, n_frames))
+
+    def frames_done(self, n):
+        self.frames += n
+
+    def video_finished(self, result):
+        self.finished.append(result)
+
+    def message(self, text):
+        self.messages.append(text)

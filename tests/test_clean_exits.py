@@ -158,7 +158,7 @@ def _interrupt(tmp_path: Path, target: str, args: list[str]) -> subprocess.Compl
 def test_ctrl_c_during_extract_says_what_is_kept_and_how_to_resume(tmp_path):
     write_video(tmp_path / "v.mp4", synthetic_frames(4, 32, 32, seed=3), fps=24)
     store = tmp_path / "s.zarr"
-    done = _interrupt(tmp_path, "liftvid.pipelines.extract._write_batch",
+    done = _interrupt(tmp_path, "liftvid.pipelines.extract.writes.write_batch",
                       ["extract", str(tmp_path / "v.mp4"), str(store), "--backbone", TINY_VIT, "--weights", "random",
                        "--device", "cpu", "--resize", "square:32"])
     assert done.returncode == 130

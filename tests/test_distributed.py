@@ -175,10 +175,10 @@ def _hold_a_write_of(video: str, marker: str, release: str, at: int = 5) -> None
     import os
     import time
 
-    import liftvid.pipelines.extract as ex
+    import liftvid.pipelines.extract.writes as extract_writes
 
-    real = getattr(ex, "_write_batch_unheld", ex._write_batch)
-    ex._write_batch_unheld = real
+    real = getattr(extract_writes, "_write_batch_unheld", extract_writes.write_batch)
+    extract_writes._write_batch_unheld = real
     writes = [0]
 
     def held(array, start, feats, *rest):
@@ -197,13 +197,13 @@ def _hold_a_write_of(video: str, marker: str, release: str, at: int = 5) -> None
                         time.sleep(0.05)
         return real(array, start, feats, *rest)
 
-    ex._write_batch = held
+    extract_writes.write_batch = held
 
 
 def _unhold() -> None:
-    import liftvid.pipelines.extract as ex
+    import liftvid.pipelines.extract.writes as extract_writes
 
-    ex._write_batch = getattr(ex, "_write_batch_unheld", ex._write_batch)
+    extract_writes.write_batch = getattr(extract_writes, "_write_batch_unheld", extract_writes.write_batch)
 
 
 def test_a_worker_killed_mid_video_is_survived(tmp_path, cluster):

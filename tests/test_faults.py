@@ -17,6 +17,7 @@ import zarr
 from typer.testing import CliRunner
 
 import liftvid.pipelines.extract as ex
+import liftvid.pipelines.extract.writes as extract_writes
 import liftvid.io.store as st
 from liftvid.io.store import durability
 from liftvid.cli import app
@@ -244,7 +245,7 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_complete_videos(tmp_path
     clean = tmp_path / "clean.zarr"
     ex.extract_videos([inputs], clean, _options())
 
-    write = ex._write_batch
+    write = extract_writes.write_batch
     writes = {"n": 0}
 
     def full_after_v0(array, start, feats, *rest):
@@ -254,7 +255,7 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_complete_videos(tmp_path
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return write(array, start, feats, *rest)
 
-    monkeypatch.setattr(ex, "_write_batch", full_after_v0)
+    monkeypatch.setattr(extract_writes, "write_batch", full_after_v0)
     store = tmp_path / "out.zarr"
     result = runner.invoke(app, ["extract", str(inputs), str(store), *BASE, "--resize", "square:64",
                                  "--batch-size", "2"])
@@ -271,7 +272,7 @@ def test_disk_full_stops_with_a_clear_message_and_keeps_complete_videos(tmp_path
     root = st.open_root(store)
     assert st.read_video_info(root, "v1").status != "complete"
     assert set(st.list_videos(root, status=None)) <= {"v0", "v1", "v2"}
-    monkeypatch.setattr(ex, "_write_batch", write)  # space freed
+    monkeypatch.setattr(extract_writes, "write_batch", write)  # space freed
     assert runner.invoke(app, ["extract", str(inputs), str(store), *BASE, "--resize", "square:64",
                                "--batch-size", "2"]).exit_code == 0
     assert_stores_equal(clean, store)
@@ -373,15 +374,15 @@ def test_a_write_failing_in_the_back_pressure_wait_still_settles_the_finished_vi
 
     main = threading.get_ident()
     v1_started, v1_failed = threading.Event(), threading.Event()
-    write = ex._write_batch
+    write = extract_writes.write_batch
 
     def compute_loop_waits_in_extract_video() -> bool:
         frame, names = sys._current_frames().get(main), set()
         while frame is not None:
             names.add(frame.f_code.co_name)
             frame = frame.f_back
-        # the back-pressure wait: on a future's result, or in the pipeline's _wait_for_writes
-        return bool({"result", "_wait_for_writes"} & names) and "extract_video" in names
+        # the back-pressure wait: on a future's result, or in the pipeline's wait_for_writes
+        return bool({"result", "wait_for_writes"} & names) and "extract_video" in names
 
     def forced(array, start, feats, *rest):
         video = array.path.split("/")[0]
@@ -399,14 +400,14 @@ def test_a_write_failing_in_the_back_pressure_wait_still_settles_the_finished_vi
             assert v1_failed.wait(60), "v1's first write never failed"
         return write(array, start, feats, *rest)
 
-    monkeypatch.setattr(ex, "_write_batch", forced)
+    monkeypatch.setattr(extract_writes, "write_batch", forced)
     store = tmp_path / "out.zarr"
     with pytest.raises(st.StoreError, match="disk full"):
         ex.extract_videos([inputs], store, _options())
     done = _complete_groups_equal(store, read_store(clean))
     assert done == ["v0"], "v0's data all landed before v1 failed, but v0 was left incomplete"
     # space freed: the rerun keeps v0 (no finished work redone) and does only v1
-    monkeypatch.setattr(ex, "_write_batch", write)
+    monkeypatch.setattr(extract_writes, "write_batch", write)
     again = ex.extract_videos([inputs], store, _options())
     assert {r.video_id: r.status for r in again.results} == {"v0": "skipped", "v1": "complete"}
     assert_stores_equal(clean, store)

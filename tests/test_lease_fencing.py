@@ -180,10 +180,10 @@ def test_a_lease_that_cannot_be_refreshed_stops_the_writer_before_it_expires(s3_
 
 def test_a_bucket_deleted_mid_run_is_one_line(s3_bucket, tmp_path, monkeypatch):
     from liftvid.io.encode import synthetic_frames, write_video
-    import liftvid.pipelines.extract as ex
+    import liftvid.pipelines.extract.writes as writes
 
     write_video(tmp_path / "v.mp4", synthetic_frames(4, 32, 32, seed=5), fps=24)
-    real = ex._write_batch
+    real = writes.write_batch
 
     def delete_the_bucket_first(*args, **kwargs):
         fs = s3fs.S3FileSystem()
@@ -191,7 +191,7 @@ def test_a_bucket_deleted_mid_run_is_one_line(s3_bucket, tmp_path, monkeypatch):
         fs.invalidate_cache()
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ex, "_write_batch", delete_the_bucket_first)
+    monkeypatch.setattr(writes, "write_batch", delete_the_bucket_first)
     result = runner.invoke(app, ["extract", str(tmp_path / "v.mp4"), f"{s3_bucket}/gone.zarr", "--backbone",
                                  "vit_tiny_patch16_224", "--weights", "random", "--device", "cpu",
                                  "--resize", "square:32"])

@@ -16,11 +16,13 @@ import zarr
 from typer.testing import CliRunner
 
 from liftvid.pipelines import extract as ex
+from liftvid.pipelines.extract import compute, writes
 from liftvid import jobs
 from liftvid.io import store as st
 from liftvid.cli import app
 from liftvid.io.encode import synthetic_frames, write_video
-from liftvid.pipelines.extract import ExtractOptions, VideoResult, build_extractor, extract_videos
+from liftvid.pipelines.extract import ExtractOptions, ModelCache, build_extractor, extract_videos
+from liftvid.pipelines.runs import RunStatus, VideoRun
 from liftvid.io.sources import find_sources
 
 from .conftest import TINY_VIT
@@ -77,7 +79,7 @@ def fake_cuda_staging(monkeypatch):
         return real_empty(*args, **kwargs)
 
     _FakeEvent.synced = 0
-    monkeypatch.setattr(ex, "_stages_on_host", lambda extractor: True)
+    monkeypatch.setattr(writes, "stages_on_host", lambda extractor: True)
     monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self, *a, **k: self)
     monkeypatch.setattr(torch, "empty", empty)
     monkeypatch.setattr(torch.cuda, "Event", _FakeEvent)
@@ -136,7 +138,7 @@ def test_gpu_tasks_on_a_cluster_without_gpus_fail_before_submitting(tmp_path, cl
 
 
 @pytest.mark.parametrize("scheduler", ["threads", "sync"])
-def test_one_failing_video_does_not_redo_the_others(tmp_path, clips, monkeypatch, scheduler):
+def test_one_failing_video_does_not_redo_the_others(tmp_path, clips, scheduler):
     calls: dict[str, int] = {}
     lock = threading.Lock()
 
@@ -145,25 +147,24 @@ def test_one_failing_video_does_not_redo_the_others(tmp_path, clips, monkeypatch
             calls[video_id] = calls.get(video_id, 0) + 1
         if video_id == "v1":
             raise RuntimeError("v1 is broken")
-        return VideoResult(video_id, str(source.path), st.COMPLETE, 6)
+        return VideoRun(video_id, RunStatus.COMPLETE, 6, source=str(source.path))
 
-    monkeypatch.setattr(ex, "extract_one", fake_extract_one)
     todo = [(s, s.video_id) for s in find_sources([clips])]
-    out = jobs.run_extraction(ex.extract_one, todo, str(tmp_path / "x.zarr"), OPTIONS, scheduler)
+    out = jobs.run_extraction(fake_extract_one, todo, str(tmp_path / "x.zarr"), OPTIONS, scheduler)
     assert calls == {"v0": 1, "v1": 1, "v2": 1}
     assert isinstance(out["v1"], RuntimeError) and str(out["v1"]) == "v1 is broken"
     assert out["v0"].status == out["v2"].status == st.COMPLETE
 
 
-def test_worker_model_cache_keys_on_precision_compile_and_dtype(monkeypatch):
-    monkeypatch.setattr(ex, "_WORKER_EXTRACTORS", {})
-    fp32 = ex._worker_extractor(OPTIONS)
-    assert ex._worker_extractor(dataclasses.replace(OPTIONS)) is fp32  # cached
-    bf16 = ex._worker_extractor(dataclasses.replace(OPTIONS, precision="bf16"))
+def test_worker_model_cache_keys_on_precision_compile_and_dtype():
+    cache = ModelCache()
+    fp32 = cache.get(OPTIONS)
+    assert cache.get(dataclasses.replace(OPTIONS)) is fp32  # cached
+    bf16 = cache.get(dataclasses.replace(OPTIONS, precision="bf16"))
     assert bf16 is not fp32 and bf16.precision == "bf16"
-    compiled = ex._worker_extractor(dataclasses.replace(OPTIONS, compile=True))
+    compiled = cache.get(dataclasses.replace(OPTIONS, compile=True))
     assert "features" in vars(compiled) and "features" not in vars(fp32)  # torch.compile's wrapper
-    wide = ex._worker_extractor(dataclasses.replace(OPTIONS, feature_dtype="float32"))
+    wide = cache.get(dataclasses.replace(OPTIONS, feature_dtype="float32"))
     assert wide.feature_dtype == "float32" and fp32.feature_dtype == "float16"
     assert set(ex.MODEL_FIELDS) >= {"precision", "compile", "feature_dtype", "backbone", "weights", "lift",
                                     "lift_iterations", "layer", "facet", "device", "seed"}
@@ -178,7 +179,7 @@ def test_many_short_videos_keep_few_feeds_and_few_videos_in_flight(tmp_path, man
             state[key] += delta
             state[f"max_{key}"] = max(state[f"max_{key}"], state[key])
 
-    real_init, real_cancel = ex._VideoFeed.__init__, ex._VideoFeed.cancel
+    real_init, real_cancel = ex.VideoFeed.__init__, ex.VideoFeed.cancel
 
     def init(self, *args, **kwargs):
         real_init(self, *args, **kwargs)
@@ -191,7 +192,7 @@ def test_many_short_videos_keep_few_feeds_and_few_videos_in_flight(tmp_path, man
             bump("feeds", -1)
         real_cancel(self)
 
-    real_extract_video, real_finish = ex.extract_video, ex._VideoInFlight.finish
+    real_extract_video, real_finish = compute.extract_video, ex.VideoInFlight.finish
 
     def extract_video(*args, **kwargs):
         video = real_extract_video(*args, **kwargs)
@@ -203,17 +204,17 @@ def test_many_short_videos_keep_few_feeds_and_few_videos_in_flight(tmp_path, man
         return real_finish(self)
 
     gate = threading.Event()  # writes wait until the model has run well ahead of them
-    real_write = ex._write_batch
+    real_write = writes.write_batch
 
     def slow_write(*args, **kwargs):
         gate.wait(timeout=0.05)
         return real_write(*args, **kwargs)
 
-    monkeypatch.setattr(ex._VideoFeed, "__init__", init)
-    monkeypatch.setattr(ex._VideoFeed, "cancel", cancel)
-    monkeypatch.setattr(ex, "extract_video", extract_video)
-    monkeypatch.setattr(ex._VideoInFlight, "finish", finish)
-    monkeypatch.setattr(ex, "_write_batch", slow_write)
+    monkeypatch.setattr(ex.VideoFeed, "__init__", init)
+    monkeypatch.setattr(ex.VideoFeed, "cancel", cancel)
+    monkeypatch.setattr(compute, "extract_video", extract_video)
+    monkeypatch.setattr(ex.VideoInFlight, "finish", finish)
+    monkeypatch.setattr(writes, "write_batch", slow_write)
     options = dataclasses.replace(OPTIONS, decode_workers=2)
     summary = extract_videos([many_clips], tmp_path / "out.zarr", options)
     assert [r.status for r in summary.results] == [st.COMPLETE] * 12

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from liftvid.ops.metrics import db_eval_iou
 from liftvid.ops.propagate import iter_propagate, labels_to_masks, masks_to_labels, propagate_labels, resize_nearest
 
-from .helpers import CELL, make_oracle_store, oracle_video
+from .helpers import CELL, RunRecorder, make_oracle_store, oracle_video
 
 
 def reference_propagation(features, first_labels, n_last=7, topk=5, radius=12, temperature=0.1):
@@ -281,14 +281,16 @@ def test_bad_inputs_fail_their_video_only_with_a_named_reason(oracle_store, tmp_
     empty = tmp_path / "empty"
     write_mask(empty / "a.png", np.zeros_like(gt["a"][0]))
     write_mask(empty / "b.png", gt["b"][0])
-    reported = []
-    s = propagate_store(store, empty, tmp_path / "o2", scheduler="threads",
-                        progress=lambda result, n: reported.append((result.video_id, result.status, n)))
+    progress = RunRecorder()
+    s = propagate_store(store, empty, tmp_path / "o2", scheduler="threads", progress=progress)
     by = {r.video_id: r for r in s.results}
     assert by["a"].status == "failed" and "empty mask" in by["a"].error and "a.png" in by["a"].error
     assert by["b"].status == "complete"
-    # each video is reported once as it finishes, failures included, with the number of videos
-    assert sorted(reported) == [("a", "failed", 2), ("b", "complete", 2)]
+    # the run contract: the number of videos first, then each video once as it finishes, failures
+    # included, with its frames
+    assert progress.started == [2]
+    assert sorted((r.video_id, r.status) for r in progress.finished) == [("a", "failed"), ("b", "complete")]
+    assert progress.frames == by["b"].frames > 0
     # more objects than the palette holds: a 16-bit id map with id 300
     many = tmp_path / "many"
     many.mkdir()

@@ -13,10 +13,11 @@ from rich.markup import escape
 
 from ..errors import LiftvidError
 from ..io.store import COMPLETE, DAMAGED, FAILED
+from ..pipelines.runs import RunStatus
 
-# extract's and recode's status of a video already complete in the store (their VideoResult), and
-# the word for a source or query row a run left out; the library has no constant for it yet
-SKIPPED = "skipped"
+# a video already complete in the store (extract, recode), and the word for a source or query row a
+# run left out
+SKIPPED = RunStatus.SKIPPED
 _STATUS_STYLE = {COMPLETE: "green", FAILED: "red", DAMAGED: "red", SKIPPED: "yellow"}
 
 
@@ -155,7 +156,7 @@ def _columns():
             TimeRemainingColumn())
 
 
-class RunProgress:
+class ProgressDisplay:
     """The one progress display of liftvid's long commands, on stderr: per bar its description, the
     bar, done of total, the rate in the bar's unit (``1,234.5 frames/s``) and the time left.
 
@@ -187,14 +188,14 @@ class RunProgress:
         return self.add(description, total, unit, **fields)
 
 
-class VideoProgress(RunProgress):
-    """Per-video runs: extract's and recode's events (a bar of videos and one of the current
-    video's frames) and propagate's callback (:meth:`video_done`: one bar of frames)."""
+class VideoProgress(ProgressDisplay):
+    """The library's :class:`~liftvid.pipelines.runs.RunProgress` of per-video runs (extract, recode,
+    propagate): a bar of videos, and one of the current video's frames (or, where videos run in
+    parallel and none is "current", of all frames)."""
 
     def __init__(self, err, transient: bool = False):
         super().__init__(err, transient)
         self.videos = self.frames = None
-        self.finished = 0
 
     def start(self, n_videos: int) -> None:
         self.videos = self.add("videos", n_videos, "video")
@@ -203,24 +204,21 @@ class VideoProgress(RunProgress):
         self.frames = self.replace(self.frames, f"  {escape(video_id)}", n_frames, "frame")
 
     def frames_done(self, n: int) -> None:
+        if self.frames is None:  # no video_started: videos finish in parallel tasks
+            self.frames = self.add("  frames", None, "frame")
         self.bars.advance(self.frames, n)
+
+    def message(self, text: str) -> None:
+        self.console.print(escape(text))
 
     def video_finished(self, result) -> None:
         self.bars.advance(self.videos, 1)
         if result.status == FAILED:
             self.console.print(f"{status_text(FAILED)} {escape(naming(result.source, result.error))}")
 
-    def count_frames(self) -> None:
-        """One bar of frames for :meth:`video_done` (its rate is frames/s; it counts videos in words)."""
-        self.frames = self.add("videos", None, "frame")
-
-    def video_done(self, result, n_videos: int) -> None:
-        """propagate's ``progress(result, n_videos)``."""
-        self.finished += 1
-        self.bars.update(self.frames, advance=result.frames, description=f"videos {self.finished}/{n_videos}, frames")
 
 
-class TrainingProgress(RunProgress):
+class TrainingProgress(ProgressDisplay):
     """Training's events: a bar per epoch with its loss and images/s, then one line per epoch with
     the held-out check (``label`` names the upsampler in it)."""
 

@@ -53,9 +53,8 @@ def propagate(
     except ValueError as exc:  # the options' one check is the unit's value; the user typed the option
         fail(f"--radius-unit: {exc}")
     with VideoProgress(console(stderr=True), transient=True) as progress:
-        progress.count_frames()
         summary = propagate_store(store, masks, out, options, videos=video, scheduler=scheduler,
-                                  workers=workers, progress=progress.video_done)
+                                  workers=workers, progress=progress)
     _show_propagation(console(), summary, out, masks)
     if summary.failed:
         raise typer.Exit(1)
@@ -75,8 +74,8 @@ def _show_propagation(con, summary, out: Path, masks: Path) -> None:
                       status_text(COMPLETE) if ok else f"{status_text(FAILED)}: {escape(str(r.error))}")
     con.print(table)
     for r in summary.results:
-        if r.note:
-            note(con, f"{r.video_id}: {r.note}")
+        if r.detail:
+            note(con, f"{r.video_id}: {r.detail}")
     done = len(summary.results) - len(summary.failed)
     rate = frames_per_second(summary.frames, summary.seconds)
     con.print(f"{esc(out)}: {plural(done, 'video')}, {plural(summary.frames, 'frame')} in {summary.seconds:.1f} s ({rate:,.1f} frames/s); "

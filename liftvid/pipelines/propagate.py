@@ -8,7 +8,7 @@ chunk's masks as it comes.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from ..models.extractor import resolve_device
 from ..ops.geometry import RADIUS_UNITS, mask_upsampling_factor
 from ..ops.propagate import N_LAST, RADIUS, TEMPERATURE, TOPK, iter_propagate, labels_to_masks, masks_to_labels
 from ..errors import LiftvidError
+from .runs import NullProgress, RunProgress, RunStatus, RunSummary, VideoRun
 
 RESULT_KIND = "propagate masks"  # the kind of output a results folder <out>/<video>/ is (io.outputs)
 OVERLAY_KIND = "propagate overlay"
@@ -73,23 +74,18 @@ class PropagateOptions:
 
 
 @dataclass
-class VideoPropagation:
-    """The outcome for one video."""
+class VideoPropagation(VideoRun):
+    """The outcome for one video (complete or failed): the run contract's :class:`VideoRun`, with
+    the objects it tracked and where its results went. ``detail``: something the user should know
+    about a complete video (an overlay that was skipped, and why)."""
 
-    video_id: str
-    status: str  # "complete" | "failed"
-    frames: int = 0
     objects: int = 0
-    seconds: float = 0.0
-    error: str | None = None
     masks_dir: str | None = None
     overlay: str | None = None
-    note: str | None = None
-    """Something the user should know about a complete video (an overlay that was skipped, and why)."""
 
 
 @dataclass
-class PropagateSummary:
+class PropagateSummary(RunSummary):
     """Every video's :class:`VideoPropagation` of one ``propagate_store`` call, masks without a video, wall time."""
 
     store: str
@@ -100,14 +96,6 @@ class PropagateSummary:
     without_masks: list[str] = field(default_factory=list)
     """Complete videos of the store the masks folder has no mask for (left alone when no ``videos`` were named)."""
     seconds: float = 0.0
-
-    @property
-    def failed(self) -> list[VideoPropagation]:
-        return [r for r in self.results if r.status != "complete"]
-
-    @property
-    def frames(self) -> int:
-        return sum(r.frames for r in self.results if r.status == "complete")
 
 
 class _Window:
@@ -271,9 +259,9 @@ def propagate_video(store_path: str, video_id: str, mask_path: str, out_dir: str
                    RESULT_KIND, overwrite=options.overwrite)
     if store_masks is not None:
         store_masks.mark_complete()  # swapped in, and the completion mark written last
-    return VideoPropagation(video_id, "complete", frames=T - pos, objects=n_objects,
-                            seconds=time.perf_counter() - t0, masks_dir=str(final),
-                            overlay=str(overlay) if overlay else None, note=note)
+    return VideoPropagation(video_id, RunStatus.COMPLETE, frames=T - pos, seconds=time.perf_counter() - t0,
+                            source=str(info.source), detail=note, objects=n_objects, masks_dir=str(final),
+                            overlay=str(overlay) if overlay else None)
 
 
 def _video_sources(root, videos: list[str], store_path) -> dict[str, str]:
@@ -306,7 +294,7 @@ def claim_results(out_dir: str | Path, video_ids: list[str], inputs: dict, optio
 def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Path,
                     options: PropagateOptions | None = None, videos: list[str] | None = None,
                     scheduler: str = "threads", workers: int | None = None,
-                    progress: Callable[[VideoPropagation, int], None] | None = None) -> PropagateSummary:
+                    progress: RunProgress | None = None) -> PropagateSummary:
     """Propagate first-frame masks through the videos of a liftvid store, one Dask task per video.
 
     Args:
@@ -318,7 +306,7 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
         videos: video ids to process (default: every complete video of the store).
         scheduler: ``threads`` (default), ``processes``, ``sync`` or ``tcp://host:port``.
         workers: local worker threads/processes.
-        progress: called as ``progress(result, n_videos)`` with each video's
+        progress: told the number of videos, then each video's frames and its
             :class:`VideoPropagation` as it finishes (failed ones included), in completion order.
 
     Returns:
@@ -373,21 +361,25 @@ def propagate_store(store_path: str | Path, masks: str | Path, out_dir: str | Pa
     def outcome(vid: str, res: Any) -> VideoPropagation:
         if isinstance(res, BaseException):
             text = str(res) if isinstance(res, ValueError) else f"{type(res).__name__}: {res}"
-            return VideoPropagation(vid, "failed", error=text)
+            return VideoPropagation(vid, RunStatus.FAILED, error=text)
         return res
 
-    if progress is not None:
-        for vid in failed:
-            progress(VideoPropagation(vid, "failed", error=failed[vid]), len(todo))
+    def report(result: VideoPropagation) -> None:
+        progress.frames_done(result.frames)
+        progress.video_finished(result)
+
+    progress = progress or NullProgress()
+    progress.start(len(todo))
+    for vid in failed:
+        report(VideoPropagation(vid, RunStatus.FAILED, error=failed[vid]))
     # one writer per store: the lock extract holds (a propagate during `extract --overwrite`, or two
     # propagates writing one video's masks, would mix results of different features or masks)
     with st.StoreLock(store_path) if options.write_store else contextlib.nullcontext():
         results = jobs.run_per_video(propagate_video, tasks, scheduler, workers,
-                                     on_done=None if progress is None else
-                                     lambda vid, res: progress(outcome(vid, res), len(todo)))
+                                     on_done=lambda vid, res: report(outcome(vid, res)))
     for vid in todo:
         if vid in failed:
-            summary.results.append(VideoPropagation(vid, "failed", error=failed[vid]))
+            summary.results.append(VideoPropagation(vid, RunStatus.FAILED, error=failed[vid]))
         else:
             summary.results.append(outcome(vid, results[vid]))
     summary.seconds = time.perf_counter() - t0

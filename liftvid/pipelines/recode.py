@@ -12,7 +12,6 @@ are skipped, an incomplete one is redone, and a pca basis already fitted in it i
 
 from __future__ import annotations
 
-import errno
 import os
 import time
 import dataclasses
@@ -21,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..io import store as st
-from .extract import ExtractProgress, VideoResult, VideoResults, _NoProgress
+from .runs import NullProgress, RunProgress, RunStatus, RunSummary, VideoRun, disk_full_is_one_line, skip_if_complete
 
 # what a recoded video's attributes drop from the input's (written again by the new store)
 def _carried_info(root_in, vid: str) -> st.VideoInfo:
@@ -32,13 +31,13 @@ def _carried_info(root_in, vid: str) -> st.VideoInfo:
 
 
 @dataclass
-class RecodeSummary(VideoResults):
-    """Every video's :class:`~liftvid.pipelines.extract.VideoResult` of one :func:`recode_store` call."""
+class RecodeSummary(RunSummary):
+    """Every video's :class:`~liftvid.pipelines.runs.VideoRun` of one :func:`recode_store` call."""
 
     source: str
     store: str
     encoding: st.FeatureEncoding
-    results: list[VideoResult] = field(default_factory=list)
+    results: list[VideoRun] = field(default_factory=list)
     left_out: dict[str, str] = field(default_factory=dict)  # videos not complete in the input: their status
     seconds: float = 0.0
 
@@ -73,7 +72,7 @@ def _fit_basis(root_in, videos: list[str], encoding: st.FeatureEncoding, fit_fra
     return moment.basis(int(encoding.components)), fit
 
 
-def _recode_video(root_in, root_out, vid: str, config: dict, progress: ExtractProgress) -> VideoResult:
+def _recode_video(root_in, root_out, vid: str, config: dict, progress: RunProgress) -> VideoRun:
     t0 = time.perf_counter()
     if damage := st.check_video_intact(root_in, vid):  # a missing chunk would read as NaN
         raise st.DamagedChunkError(damage)
@@ -93,11 +92,11 @@ def _recode_video(root_in, root_out, vid: str, config: dict, progress: ExtractPr
         writer[a:b] = reader[a:b]
         progress.frames_done(b - a)
     st.mark_complete(group)
-    return VideoResult(vid, str(info.source), st.COMPLETE, T, time.perf_counter() - t0)
+    return VideoRun(vid, RunStatus.COMPLETE, T, time.perf_counter() - t0, source=str(info.source))
 
 
 def recode_store(source: str | os.PathLike, store: str | os.PathLike, encoding: st.FeatureEncoding,
-                 pca_fit_frames: int = st.PCA_FIT_FRAMES, progress: ExtractProgress | None = None,
+                 pca_fit_frames: int = st.PCA_FIT_FRAMES, progress: RunProgress | None = None,
                  overwrite: bool = False) -> RecodeSummary:
     """Rewrite the complete videos of the store ``source`` into ``store`` with ``encoding``.
 
@@ -108,7 +107,7 @@ def recode_store(source: str | os.PathLike, store: str | os.PathLike, encoding: 
         encoding: the new encoding (:meth:`FeatureEncoding.from_options`); its ``dtype`` is taken
             from the source's ``feature_dtype``.
         pca_fit_frames: frames a new pca basis is fitted on (from the source's first videos).
-        progress: :class:`~liftvid.pipelines.extract.ExtractProgress` events.
+        progress: :class:`~liftvid.pipelines.runs.RunProgress` events.
         overwrite: replace a ``store`` written with another configuration or encoding.
 
     Returns:
@@ -121,7 +120,7 @@ def recode_store(source: str | os.PathLike, store: str | os.PathLike, encoding: 
         EncodingError: the source is already int8 or pca (encoding it again compounds the error;
             recode from the float store), or K is more than the channels; before anything is written.
     """
-    progress = progress or _NoProgress()
+    progress = progress or NullProgress()
     t0 = time.perf_counter()
     if _same_store(source, store):
         raise st.StoreError(f"{store}: the output of recode must be a new store, not its input {source}")
@@ -144,30 +143,22 @@ def recode_store(source: str | os.PathLike, store: str | os.PathLike, encoding: 
     videos = st.list_videos(root_in)
     summary.left_out = {vid: str(st.video_status(root_in, vid)) for vid in st.list_videos(root_in, status=None)
                         if vid not in videos}
-    with st.StoreLock(store):
-        try:
-            root_out = st.init_store(store, config, overwrite=overwrite)
-            if encoding.kind == st.PCA and not st.has_pca_basis(root_out):
-                st.write_pca_basis(root_out, *_fit_basis(root_in, videos, encoding, pca_fit_frames))
-            summary.encoding = st.store_encoding(root_out)
-            progress.start(len(videos))
-            for vid in videos:
-                if st.video_status(root_out, vid) == st.COMPLETE and st.check_video_intact(root_out, vid) is None:
-                    result = VideoResult(vid, str(st.read_video_info(root_out, vid).source), "skipped",
-                                         int(root_out[vid]["features"].shape[0]))
-                else:
-                    try:
-                        result = _recode_video(root_in, root_out, vid, config, progress)
-                    except (st.DamagedChunkError, st.EncodingRangeError) as exc:
-                        info = _carried_info(root_in, vid)
-                        st.mark_failed(root_out, vid, info, str(exc))
-                        result = VideoResult(vid, str(info.source), st.FAILED, error=str(exc))
-                summary.results.append(result)
-                progress.video_finished(result)
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC:
-                raise
-            raise st.StoreError(f"{store}: disk full ({exc.strerror}); the videos marked complete are intact: "
-                                "free space and rerun the same command to finish") from None
+    with st.StoreLock(store), disk_full_is_one_line(store):
+        root_out = st.init_store(store, config, overwrite=overwrite)
+        if encoding.kind == st.PCA and not st.has_pca_basis(root_out):
+            st.write_pca_basis(root_out, *_fit_basis(root_in, videos, encoding, pca_fit_frames))
+        summary.encoding = st.store_encoding(root_out)
+        progress.start(len(videos))
+        for vid in videos:
+            result = skip_if_complete(root_out, vid)
+            if result is None:
+                try:
+                    result = _recode_video(root_in, root_out, vid, config, progress)
+                except (st.DamagedChunkError, st.EncodingRangeError) as exc:
+                    info = _carried_info(root_in, vid)
+                    st.mark_failed(root_out, vid, info, str(exc))
+                    result = VideoRun(vid, RunStatus.FAILED, error=str(exc), source=str(info.source))
+            summary.results.append(result)
+            progress.video_finished(result)
     summary.seconds = time.perf_counter() - t0
     return summary

@@ -1,0 +1,103 @@
+"""One video decoding in a pool thread ahead of the model, and whether decoding takes turns with it."""
+
+from __future__ import annotations
+
+import queue
+import threading
+
+from ...io.frame_size import Resize
+from ...io.sources import VideoSource
+from ...io.video import open_model_video, sample_indices
+from ...models.extractor import FeatureExtractor
+from .options import ExtractOptions
+
+# the item a feed puts after a video's last batch
+END = object()
+
+
+class VideoFeed:
+    """One video decoding in a pool thread into a bounded queue, ahead of the compute loop.
+
+    The first item is the opened reader and its sampled indices, then ``(indices, frames)``
+    batches, then :data:`END`; an exception is passed through the queue and re-raised by the consumer.
+    """
+
+    def __init__(self, source: VideoSource, resize: Resize, patch: int, options: ExtractOptions,
+                 depth: int = 2, batch_for=None, turns: bool = False):
+        self.source = source
+        # frames per batch for the opened reader (frames_per_batch); None: options.batch_size
+        self.batch_for = batch_for
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.stop = threading.Event()
+        # turns: decode one batch, then one more per next_turn() (the consumer's); else decode ahead
+        self.turns: threading.Semaphore | None = threading.Semaphore(1) if turns else None
+        self._args = (resize, patch, options)
+
+    def _put(self, item) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run(self) -> None:
+        resize, patch, options = self._args
+        reader = None
+        if self.stop.is_set():
+            return
+        try:
+            reader = open_model_video(self.source, resize, patch, fps=options.fps, num_threads=options.decode_threads)
+            indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
+            if not self._put((reader, indices)):
+                return
+            batch_size = self.batch_for(reader) if self.batch_for else options.batch_size
+            # native-size uint8 frames: the model's device applies the resize (reader.pending_resize)
+            batches = reader.batches(indices, batch_size, resized=False, turns=self.turns)
+            try:
+                for batch in batches:
+                    if not self._put(batch):
+                        return
+            finally:
+                batches.close()
+            self._put(END)
+        except BaseException as exc:  # handed to the consumer, which decides
+            self._put(exc)
+        finally:
+            if reader is not None:
+                reader.close()
+
+    def get(self):
+        item = self.queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def next_turn(self) -> None:
+        """Let the next batch decode (a feed made with ``turns``; no-op otherwise)."""
+        if self.turns is not None:
+            self.turns.release()
+
+    def cancel(self) -> None:
+        """Stop decoding. With ``turns``, one more permit: a decoder waiting for its turn would
+        otherwise wait forever (the consumer that releases turns has stopped), and the thread
+        pool that runs it could never be shut down."""
+        self.stop.set()
+        if self.turns is not None:
+            self.turns.release()
+
+
+def host_work_overlaps(options: ExtractOptions, extractor: FeatureExtractor) -> bool:
+    """Whether decoding and writing run at the same time as the model (``options.overlap_host_work``;
+    by default on accelerators only).
+
+    On an accelerator the host's cores are free while the device computes, so decoding the next
+    batch and writing the last one hide behind it. On the CPU the model's threads already use every
+    core, and each of its operations ends at a barrier: a decode or write thread that takes a core
+    from one of them stalls all of them until it gives the core back. There the two take turns:
+    the model computes a batch; then the next batch decodes while the last one is written (two
+    threads, no model thread waiting), then the model again."""
+    if options.overlap_host_work is not None:
+        return options.overlap_host_work
+    return extractor.mean.device.type != "cpu"

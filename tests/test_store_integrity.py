@@ -338,6 +338,6 @@ def test_propagate_and_track_name_a_corrupt_chunk(tmp_path):
     queries = tmp_path / "q.csv"
     queries.write_text("video_id,t,x,y\na,0,5.0,5.0\nb,0,5.0,5.0\n")
     tracked = track_store(store, queries, tmp_path / "tracks.csv", scheduler="sync", device="cpu", write_store=False)
-    assert list(tracked.failed) == ["a"] and "DamagedChunkError" in tracked.failed["a"]
-    assert f"{store}: video 'a'/features" in tracked.failed["a"]
+    assert [r.video_id for r in tracked.failed] == ["a"] and "DamagedChunkError" in tracked.failed[0].error
+    assert f"{store}: video 'a'/features" in tracked.failed[0].error
     assert tracked.queries == {"b": 1}  # the intact video is still tracked

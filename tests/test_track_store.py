@@ -32,6 +32,10 @@ def test_track_store_csv_group_and_accuracy(two_videos, tmp_path):
     out = tmp_path / "tracks.csv"
     summary = track_store(store, queries, out, scheduler="sync")
     assert summary.queries == {"a": 5, "b": 3} and not summary.refused and not summary.failed
+    # the run contract: one complete result per video, with its stored frames and query points
+    assert sorted((r.video_id, r.status, r.frames, r.queries) for r in summary.results) == [
+        ("a", "complete", N_FRAMES, 5), ("b", "complete", N_FRAMES, 3)]
+    assert summary.point_frames == (5 + 3) * N_FRAMES and summary.frames == 2 * N_FRAMES
     rows = read_rows(out)
     assert list(rows[0]) == ["video_id", "query", "t", "x", "y", "visible", "score"]
     assert len(rows) == (5 + 3) * N_FRAMES

@@ -138,5 +138,5 @@ def _show_tracking(err, summary, queries: Path, out: Path) -> None:
               f"{len(summary.refused)} skipped")
     for path in summary.overlays:
         err.print(f"overlay {esc(path)}")
-    for vid, error in summary.failed.items():
-        err.print(f"{status_text(FAILED)} {escape(vid)}: {escape(str(error))}")
+    for result in summary.failed:
+        err.print(f"{status_text(FAILED)} {escape(result.video_id)}: {escape(str(result.error))}")

@@ -31,6 +31,7 @@ from ..io.outputs import OutputError, claim_output, record_file, written_whole
 from ..io.paths import client_path, component_problem
 from ..io.tables import QueryRow, read_queries_csv, stored_position, write_tracks_csv
 from ..io.video import read_source_frames
+from .runs import RunStatus, RunSummary, VideoRun
 from ..ops.device import resolve_device
 from ..ops.geometry import GridGeometry, grid_to_source
 from ..ops.track import (MIN_FRAMES_PER_CHUNK, BlockPlan, TrackOptions, Tracks, plan_blocks,
@@ -54,20 +55,33 @@ class RefusedQuery:
 
 
 @dataclass
-class TrackSummary:
-    """What :func:`track_store` did."""
+class VideoTracking(VideoRun):
+    """The outcome for one video: the run contract's :class:`VideoRun` (``frames``: the stored
+    frames every query was tracked through), with its number of query points. A video whose tracks
+    are written but whose overlay failed is failed, its ``error`` saying so (the tracks stay)."""
+
+    queries: int = 0
+
+
+@dataclass
+class TrackSummary(RunSummary):
+    """What :func:`track_store` did: one :class:`VideoTracking` per planned video, the query rows it
+    refused (with their reasons), the overlays written, its wall time."""
 
     out_csv: Path
-    queries: dict[str, int] = field(default_factory=dict)  # tracked queries per video
-    frames: dict[str, int] = field(default_factory=dict)
+    results: list[VideoTracking] = field(default_factory=list)
     refused: list[RefusedQuery] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)  # video → error
     overlays: list[Path] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
+    def queries(self) -> dict[str, int]:
+        """Query points tracked per video whose tracks were written."""
+        return {r.video_id: r.queries for r in self.results if r.queries}
+
+    @property
     def point_frames(self) -> int:
-        return sum(self.queries[v] * self.frames[v] for v in self.queries)
+        return sum(r.queries * r.frames for r in self.results)
 
 
 def _check_row(row: QueryRow, frame_index: np.ndarray, source_size: tuple[int, int]) -> str | None:
@@ -366,13 +380,14 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
         for job in plan:
             value = computed[job.video_id]
             if isinstance(value, BaseException):
-                summary.failed[job.video_id] = f"{type(value).__name__}: {value}"
+                summary.results.append(VideoTracking(job.video_id, RunStatus.FAILED,
+                                                     error=f"{type(value).__name__}: {value}"))
                 st.discard_tracks(out_root, nodes[job.video_id])
                 continue
             done.append((job, out_root[nodes[job.video_id]]))
             log.info("%s: %d queries × %d frames tracked", job.video_id, len(job.rows), job.n_frames)
-            summary.queries[job.video_id] = len(job.rows)
-            summary.frames[job.video_id] = job.n_frames
+            summary.results.append(VideoTracking(job.video_id, RunStatus.COMPLETE, job.n_frames,
+                                                 queries=len(job.rows)))
         try:
             write_tracks_csv(out_csv, _stream_csv_results(done, options.max_chunk_bytes))
             record_file(out_csv, CSV_KIND)  # a rerun may replace it: liftvid wrote it
@@ -400,7 +415,8 @@ def _track_planned(store_path, root, plan: list[_VideoJob], summary: TrackSummar
                                                           node["positions"][...], node["visible"][...],
                                                           str(store_path)))
                 except Exception as exc:  # an overlay is a by-product: report it, keep the tracks
-                    summary.failed[f"{job.video_id} (overlay)"] = f"{type(exc).__name__}: {exc}"
+                    result = next(r for r in summary.results if r.video_id == job.video_id)
+                    result.status, result.error = RunStatus.FAILED, f"overlay: {type(exc).__name__}: {exc}"
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)

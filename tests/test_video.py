@@ -35,8 +35,8 @@ def test_resize_presets_carry_their_protocol():
     assert lift.normalisation((0.5,) * 3, (0.5,) * 3) == (bb_mean, bb_std)  # the protocol's, not the backbone's
     assert Resize.parse("square:224").normalisation((0.5,) * 3, (0.5,) * 3) == ((0.5,) * 3, (0.5,) * 3)
     assert dino.normalisation(bb_mean, bb_std) == (bb_mean, (0.228, 0.224, 0.225))
-    assert "BICUBIC" in lift.record()["filter"] and "cv2" in dino.record()["filter"]
-    assert "decoder" in Resize.parse("dino-davis+fast").record()["filter"]
+    assert "BICUBIC" in lift.provenance()["filter"] and "cv2" in dino.provenance()["filter"]
+    assert "decoder" in Resize.parse("dino-davis+fast").provenance()["filter"]
 
 
 @pytest.mark.parametrize("text", ["square", "square:", "square:-16", "square:0", "wide:224", "224", "short:abc"])
@@ -399,4 +399,4 @@ def test_read_source_frames_gives_native_frames_in_any_order_and_checks_the_reco
         read_source_frames(clip, [2, 9], (80, 64))
     with pytest.raises(VideoInputError, match=r"gone\.mp4: cannot decode: no such file.*overlays draw on the source"):
         read_source_frames(VideoSource(video_dir / "gone.mp4", "gone", "file"), [0], (80, 64))
-    assert VideoSource.from_record(clip.record()) == VideoSource(clip.path, "", "file")
+    assert VideoSource.from_attrs(clip.to_attrs()) == VideoSource(clip.path, "", "file")

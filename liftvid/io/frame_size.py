@@ -107,7 +107,7 @@ class Resize:
             return IMAGENET_MEAN, IMAGENET_STD
         return tuple(float(v) for v in mean), tuple(float(v) for v in std)
 
-    def record(self) -> dict:
+    def provenance(self) -> dict:
         """The pixel rule as the store's provenance records it (``preprocessing``)."""
         if self.mode == "dino":
             rule = "cv2.resize INTER_LINEAR (no antialiasing)"

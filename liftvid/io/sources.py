@@ -80,7 +80,7 @@ class VideoSource:
     video_id: str
     kind: str
 
-    def record(self) -> dict:
+    def to_attrs(self) -> dict:
         """The ``source``/``source_kind`` entries a store records for the video: the absolute path
         (the store also records it relative to itself, :func:`liftvid.io.store.begin_video`), so
         that commands run from another folder find the video."""
@@ -94,8 +94,8 @@ class VideoSource:
         return source_name(self.path, self.kind)
 
     @classmethod
-    def from_record(cls, info: dict, video_id: str = "", store: str | os.PathLike | None = None) -> "VideoSource":
-        """The source a store's video attributes (:meth:`record`) name: the recorded path if it
+    def from_attrs(cls, info: dict, video_id: str = "", store: str | os.PathLike | None = None) -> "VideoSource":
+        """The source a store's video attributes (:meth:`to_attrs`) name: the recorded path if it
         exists, else the path relative to the store (a store moved together with its videos),
         else the recorded path as it is (the caller reports it missing)."""
         recorded = Path(info["source"])

@@ -43,7 +43,7 @@ def make_config(backbone: dict, lift: dict | None, resize: str, mean, std,
     ``encoding``: how features are stored (:class:`FeatureEncoding`; default plain
     ``feature_dtype`` floats), recorded under ``encoding``.
 
-    ``protocol``: the pixel rule beyond the size (:meth:`liftvid.io.frame_size.Resize.record`: resize
+    ``protocol``: the pixel rule beyond the size (:meth:`liftvid.io.frame_size.Resize.provenance`: resize
     filter, rounding, where it is applied, mask upsampling), kept in ``preprocessing``. It is part of
     the store's identity, so a store written by a liftvid without this record (another pixel rule)
     is refused when appended to, instead of mixing features of two rules.
@@ -127,7 +127,7 @@ class UpsamplerRecord:
 @dataclass(frozen=True)
 class Preprocessing:
     """The pixel rule (``config["preprocessing"]``): the ``--resize`` mode, the normalisation and
-    ``rule``, the rest of :meth:`liftvid.io.video.Resize.record` (filter, rounding…)."""
+    ``rule``, the rest of :meth:`liftvid.io.frame_size.Resize.provenance` (filter, rounding…)."""
 
     resize: str | None = None
     mean: tuple[float, ...] = ()

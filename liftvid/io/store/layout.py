@@ -133,5 +133,5 @@ def mark_failed(root, video_id: str, info: "VideoInfo | dict", error: str) -> No
 
 
 def _as_info(info: "VideoInfo | dict") -> VideoInfo:
-    """A record given as :class:`VideoInfo`, or as its entries (``VideoSource.record()``…)."""
+    """A record given as :class:`VideoInfo`, or as its entries (``VideoSource.to_attrs()``…)."""
     return info if isinstance(info, VideoInfo) else VideoInfo.from_attrs({"status": INCOMPLETE, **info})

@@ -126,7 +126,7 @@ def update_source(root, video_id: str, source: str, record) -> bool:
 
     Args:
         source: the video's path in this run.
-        record: a callable returning its :meth:`liftvid.io.sources.VideoSource.record` (called only
+        record: a callable returning its :meth:`liftvid.io.sources.VideoSource.to_attrs` (called only
             when the group names another path: it reads the video to fingerprint it).
 
     Returns:

@@ -25,7 +25,7 @@ COMPLETE, INCOMPLETE, FAILED, DAMAGED = Status.COMPLETE, Status.INCOMPLETE, Stat
 # arrays every video group has; anything else in the group (masks, tracks…) is a command's result
 CORE_ARRAYS = ("features", "frame_index", "timestamps")
 
-# the record's entries in the order extract has always written them (source.record(), the sizes,
+# the record's entries in the order extract has always written them (source.to_attrs(), the sizes,
 # the sampling, begin_video's relative source and status, mark_complete's chunk record)
 _INFO_KEYS = ("source", "source_kind", "fingerprint", "source_size", "frame_size", "grid_size", "fps",
               "source_frames", "sampling", "source_relative", "status", "error", "stored_chunks", "chunk_digest",
@@ -118,10 +118,10 @@ class VideoInfo:
 
     def video_source(self, video_id: str = "", store: str | os.PathLike | None = None):
         """The :class:`~liftvid.io.sources.VideoSource` to decode, found from ``store`` (see
-        :meth:`~liftvid.io.sources.VideoSource.from_record`)."""
+        :meth:`~liftvid.io.sources.VideoSource.from_attrs`)."""
         from ..sources import VideoSource
 
-        return VideoSource.from_record({"source": self.source, "source_kind": self.source_kind,
+        return VideoSource.from_attrs({"source": self.source, "source_kind": self.source_kind,
                                         "source_relative": self.source_relative}, video_id, store)
 
 

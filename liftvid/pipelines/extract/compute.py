@@ -25,7 +25,7 @@ VIDEO_ERRORS = (VideoDecodeError, FeatureRangeError, st.EncodingRangeError)
 
 def mark_video_failed(root, source: VideoSource, video_id: str, message: str) -> VideoRun:
     """Record ``message`` as the error of ``root[video_id]`` and return its failed result."""
-    st.mark_failed(root, video_id, source.record(), message)
+    st.mark_failed(root, video_id, source.to_attrs(), message)
     return VideoRun(video_id, RunStatus.FAILED, error=message, source=str(source.path))
 
 
@@ -54,7 +54,7 @@ def extract_video(extractor: FeatureExtractor, root, feed: VideoFeed, video_id: 
     fh, fw = reader.frame_size
     grid = (fh // patch * scale, fw // patch * scale)
     info = st.VideoInfo(
-        st.INCOMPLETE, **source.record(), source_size=tuple(reader.source_size), frame_size=(fh, fw),
+        st.INCOMPLETE, **source.to_attrs(), source_size=tuple(reader.source_size), frame_size=(fh, fw),
         grid_size=tuple(grid), fps=float(reader.fps),
         # frame numbers run to the last one a folder's file names give (YouTube-VOS keeps every 5th)
         source_frames=int(reader.frame_numbers[-1]) + 1, stride=options.stride, max_frames=options.max_frames)

@@ -97,7 +97,7 @@ def extract_videos(inputs: Sequence[str | Path], store_path: str | Path, options
     if options.pca_fit_frames < 1:
         raise ValueError(f"--pca-fit-frames {options.pca_fit_frames}: must be at least 1")
     config = st.make_config(backbone.provenance(), lift_info, str(resize), mean, std, extractor.pixels_per_cell,
-                            protocol=resize.record(), feature_dtype=extractor.feature_dtype, encoding=encoding,
+                            protocol=resize.provenance(), feature_dtype=extractor.feature_dtype, encoding=encoding,
                             uplift=uplift_info)
     with st.StoreLock(store_path) as lock, disk_full_is_one_line(store_path):
         if scheduler is not None:
@@ -122,7 +122,7 @@ def _pending_sources(root, sources: list[VideoSource], summary: ExtractSummary,
                                        lambda s=source: source_fingerprint(s.path, s.kind), taken)
         taken.add(video_id)
         if (result := skip_if_complete(root, video_id, source_key)) is not None:
-            st.update_source(root, video_id, source_key, source.record)  # a moved video: where it is now
+            st.update_source(root, video_id, source_key, source.to_attrs)  # a moved video: where it is now
             summary.results.append(result)
             progress.video_finished(result)
         else:

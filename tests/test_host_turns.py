@@ -93,3 +93,21 @@ def test_feature_writer_stores_a_chunk_equal_to_the_fill_value(tmp_path):
     stored = sorted(p.name for p in (tmp_path / "s.zarr" / "v" / "features" / "c").iterdir())
     assert stored == ["0", "1"]
     assert np.isnan(zarr.open_group(str(tmp_path / "s.zarr"), mode="r")["v"]["features"][0:2]).all()
+
+
+def test_the_default_batch_is_the_devices_and_a_given_one_wins():
+    """Without --batch-size a CPU run takes batches of 8 (measured: see DEFAULT_BATCH_SIZE) and an
+    accelerator 32; a batch the user gives is kept, still bounded by the frames' bytes."""
+    from liftvid.pipelines.extract import ExtractOptions, build_extractor
+    from liftvid.pipelines.extract.options import NATIVE_BATCH_BYTES, default_batch_size, frames_per_batch
+
+    assert default_batch_size(torch.device("cpu")) == 8
+    assert default_batch_size(torch.device("cuda", 0)) == 32
+    options = ExtractOptions(backbone=TINY_VIT, weights="random", resize="square:32", device="cpu")
+    extractor, _ = build_extractor(options, torch.device("cpu"))
+    assert options.batch_size is None
+    assert frames_per_batch(options, extractor, (32, 32), (48, 64)) == 8
+    given = ExtractOptions(backbone=TINY_VIT, weights="random", resize="square:32", device="cpu", batch_size=20)
+    assert frames_per_batch(given, extractor, (32, 32), (48, 64)) == 20
+    huge = (4000, 6000)  # 72 MB a frame: the byte bound wins over the batch
+    assert frames_per_batch(given, extractor, (32, 32), huge) == NATIVE_BATCH_BYTES // (4000 * 6000 * 3)

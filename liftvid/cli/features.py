@@ -11,8 +11,8 @@ from rich.markup import escape
 from ..io.store import PCA_FIT_FRAMES, PCA_FIT_VIDEOS
 from ..io.frame_size import RESIZE_HELP
 from ..io.video import DEFAULT_FPS
-from .options import (OVERWRITE_HELP, SAMPLE_KIND, BackboneName, BatchSize, CompileModel, DecodeThreads, DecodeWorkers,
-                      Device, FeatureDtype, Layer, Precision, Shard, StoreArg, UpliftConfig, Weights, claim, one_encoding,
+from .options import (OVERWRITE_HELP, SAMPLE_KIND, BackboneName, CompileModel, DecodeThreads, DecodeWorkers,
+                      Device, ExtractBatchSize, FeatureDtype, Layer, Precision, Shard, StoreArg, UpliftConfig, Weights, claim, one_encoding,
                       optional_str, with_fast_resize)
 from .render import (COMPLETE, DAMAGED, SKIPPED, VideoProgress, console, esc, fail, frames_per_second, naming, plural,
                      reports_errors, status_text, warn_precision, warn_random_weights)
@@ -35,7 +35,7 @@ def extract(
     fast_resize: Annotated[bool, typer.Option("--fast-resize", help="Resize in the decoder (swscale; PIL BILINEAR for frame folders) instead of the --resize rule: faster, not the protocol's pixels (workflows/bench_resize.py measures the difference).")] = False,
     stride: Annotated[int, typer.Option(help="Keep every N-th frame.", min=1)] = 1,
     max_frames: Annotated[Optional[int], typer.Option(help="Keep at most N frames per video.", min=1)] = None,
-    batch_size: BatchSize = 32,
+    batch_size: ExtractBatchSize = None,
     device: Device = "auto",
     fps: Annotated[float, typer.Option(help="Frame rate assumed for folders of frames.")] = DEFAULT_FPS,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a store written with another configuration.")] = False,

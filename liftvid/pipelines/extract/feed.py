@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable
 
 from ...io.frame_size import Resize
 from ...io.sources import VideoSource
-from ...io.video import open_model_video, sample_indices
+from ...io.video import VideoReader, open_model_video, sample_indices
 from ...models.extractor import FeatureExtractor
 from .options import ExtractOptions
 
@@ -23,10 +24,9 @@ class VideoFeed:
     """
 
     def __init__(self, source: VideoSource, resize: Resize, patch: int, options: ExtractOptions,
-                 depth: int = 2, batch_for=None, turns: bool = False):
+                 batch_for: Callable[[VideoReader], int], depth: int = 2, turns: bool = False):
         self.source = source
-        # frames per batch for the opened reader (frames_per_batch); None: options.batch_size
-        self.batch_for = batch_for
+        self.batch_for = batch_for  # frames per batch for the opened reader (frames_per_batch)
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.stop = threading.Event()
         # turns: decode one batch, then one more per next_turn() (the consumer's); else decode ahead
@@ -52,7 +52,7 @@ class VideoFeed:
             indices = sample_indices(reader.n_frames, options.stride, options.max_frames)
             if not self._put((reader, indices)):
                 return
-            batch_size = self.batch_for(reader) if self.batch_for else options.batch_size
+            batch_size = self.batch_for(reader)
             # native-size uint8 frames: the model's device applies the resize (reader.pending_resize)
             batches = reader.batches(indices, batch_size, resized=False, turns=self.turns)
             try:

@@ -130,7 +130,9 @@ def resize_image(image: np.ndarray, size: tuple[int, int], smooth: bool = False)
     return np.asarray(Image.fromarray(image).resize((W, H), resample))
 
 
-def _frame_list(n: int, frames: Sequence[int] | slice | None) -> np.ndarray:
+def frame_positions(n: int, frames: Sequence[int] | slice | None) -> np.ndarray:
+    """The stored positions ``(k,) int64`` of ``n`` frames that ``frames`` picks: all (None), a
+    slice, or positions."""
     if frames is None:
         return np.arange(n)
     if isinstance(frames, slice):
@@ -158,7 +160,7 @@ def iter_pca_frames(features: Any, frames: Sequence[int] | slice | None = None,
     """
     data = _as_video(features)
     fit = fit or fit_pca(data)
-    for t in _frame_list(data.shape[0], frames):
+    for t in frame_positions(data.shape[0], frames):
         image = fit.to_rgb(data[int(t)])
         yield image if size is None else resize_image(image, size, smooth)
 

@@ -15,7 +15,7 @@ import numpy as np
 from ..io.store import MASKS_ARRAY, VideoInfo, dataset_tracks
 from ..io.tables import stored_position
 from ..io.video import read_source_frames
-from ..viz import (PCAFit, TRAIL_FRAMES, _frame_list, cosine_map, fit_pca, heatmap, iter_pca_frames, mask_overlay,
+from ..viz import (PCAFit, TRAIL_FRAMES, frame_positions, cosine_map, fit_pca, heatmap, iter_pca_frames, mask_overlay,
                    query_feature, side_by_side, similarity_overlay, similarity_range, track_overlay)
 
 
@@ -30,7 +30,7 @@ def iter_source_frames(ds: Any, frames: Sequence[int] | None = None, batch: int 
     Raises:
         ValueError: the source is gone or has changed since extraction (on the first frame).
     """
-    positions = _frame_list(ds.sizes["frame"], frames)
+    positions = frame_positions(ds.sizes["frame"], frames)
     index = np.asarray(ds["frame_index"].values)[positions]
     info = VideoInfo.from_attrs(ds.attrs)
     source = info.video_source(ds.attrs.get("video_id", ""), ds.attrs.get("store"))
@@ -72,7 +72,7 @@ def render_similarity(ds: Any, x: float, y: float, t: int, frames: Sequence[int]
     """Heat-maps of the cosine similarity to the feature at source pixel ``(x, y)`` of frame ``t``,
     one colour range for the whole video, over the source frames (or alone)."""
     query = query_feature(ds, x, y, t)
-    positions = _frame_list(ds.sizes["frame"], frames)
+    positions = frame_positions(ds.sizes["frame"], frames)
     # maps are small (T, h, w); the features behind them are read a few frames at a time
     maps = np.concatenate([cosine_map(ds["features"].isel(frame=positions[a:a + 16]), query)
                            for a in range(0, len(positions), 16)]) if len(positions) else np.empty((0, 1, 1))
@@ -90,7 +90,7 @@ def render_masks(ds: Any, frames: Sequence[int] | None = None) -> Iterator[np.nd
     if MASKS_ARRAY not in ds:
         raise ValueError(f"video {ds.attrs.get('video_id')!r} has no masks in the store; "
                          "run `liftvid propagate` on it first")
-    positions = _frame_list(ds.sizes["frame"], frames)
+    positions = frame_positions(ds.sizes["frame"], frames)
     for pos, src in zip(positions, iter_source_frames(ds, positions)):
         yield mask_overlay(src, np.asarray(ds[MASKS_ARRAY].isel(frame=int(pos)).values))
 
@@ -102,6 +102,6 @@ def render_tracks(ds: Any, frames: Sequence[int] | None = None, trail: int = TRA
         raise ValueError(f"video {ds.attrs.get('video_id')!r} has no tracks in the store; "
                          "run `liftvid track` on it first")
     positions, visible = tracks
-    picked = _frame_list(ds.sizes["frame"], frames)
+    picked = frame_positions(ds.sizes["frame"], frames)
     for pos, src in zip(picked, iter_source_frames(ds, picked)):
         yield track_overlay(src, positions, visible, int(pos), trail)

@@ -16,7 +16,7 @@ def _running_command() -> str:
     import sys
 
     argv0 = os.path.basename(sys.argv[0]) if sys.argv else ""
-    if argv0 in ("liftvid", "cli.py", "__main__.py") and len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
+    if argv0 in ("liftvid", "__main__.py") and len(sys.argv) > 1 and not sys.argv[1].startswith("-"):
         return sys.argv[1]
     return "extract"
 

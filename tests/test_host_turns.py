@@ -111,3 +111,23 @@ def test_the_default_batch_is_the_devices_and_a_given_one_wins():
     assert frames_per_batch(given, extractor, (32, 32), (48, 64)) == 20
     huge = (4000, 6000)  # 72 MB a frame: the byte bound wins over the batch
     assert frames_per_batch(given, extractor, (32, 32), huge) == NATIVE_BATCH_BYTES // (4000 * 6000 * 3)
+
+
+@pytest.mark.timeout(60)
+def test_a_failed_write_while_taking_turns_stops_the_run_without_hanging(tmp_path, video_dir, monkeypatch):
+    """A decoder waiting for its next turn is let go when the video stops (here: the disk is full
+    at the first write), so the run ends with its one line instead of waiting forever."""
+    import errno
+
+    from liftvid.pipelines.extract import writes
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writes, "write_batch", full_disk)
+    options = ExtractOptions(backbone=TINY_VIT, weights="random", resize="square:32", batch_size=2,
+                             device="cpu", overlap_host_work=False)
+    store = tmp_path / "s.zarr"
+    with pytest.raises(st.StoreError, match="disk full"):
+        extract_videos([video_dir], store, options)
+    assert st.list_videos(st.open_root(store)) == []

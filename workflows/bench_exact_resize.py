@@ -9,15 +9,18 @@ depend on them), at ``--resize lift-davis`` (square:224, PIL BICUBIC bit for bit
 * folder: ``extract_videos`` on the JPEG folder (decode threads decode, the exact resize runs on
   the model's device in batches);
 * mp4: ``extract_videos`` on the mp4 itself;
-* with ``--overlap``, both again with decoding and writing running while the model computes (the
-  accelerator default; on the CPU they take turns with the model, see ``host_work_overlaps``);
+* with ``--turns``, both again with decoding and writing taking turns with the model instead of
+  running while it computes (``overlap_host_work=False``, see ``host_work_overlaps``);
 * model: the model alone on batches of uint8 frames already at 224x224 (the ceiling).
 
     python workflows/bench_exact_resize.py                          # paragliding.mp4, 40 frames
     python workflows/bench_exact_resize.py CLIP.mp4 --frames 64 --rounds 5 --batch 8 --batch 16
 
-Prints frames/s per path and round, the median, the ratios (extraction / official, extraction /
-model) and the machine load (``os.getloadavg``) before and after.
+Prints frames/s per path and round, the median, and the ratios as medians of pairs measured close
+together, so that the shared cores' drift (the model alone swings by a third between minutes on
+them) cancels: each run over the official loop of the same round, and each run over the
+model-only rate measured right after it. The paths run in a shuffled order each round. Also the
+machine load (``os.getloadavg``) before and after.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import random
 import shutil
 import statistics
 import tempfile
@@ -88,9 +92,9 @@ def main() -> None:
     parser.add_argument("--model-batches", type=int, default=5)
     parser.add_argument("--decode-threads", type=int, default=1, help="decord threads for the mp4")
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--overlap", action="store_true",
-                        help="also extract with decoding and writing overlapping the model (the accelerator "
-                             "default) beside the CPU default, where they take turns with it")
+    parser.add_argument("--turns", action="store_true",
+                        help="also extract with decoding and writing taking turns with the model (beside the "
+                             "default, where they run while it computes)")
     args = parser.parse_args()
     batches = args.batch or [8]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}, "
@@ -118,28 +122,42 @@ def main() -> None:
         size = Resize.parse("lift-davis").target_size(native.shape[1:3], bb.patch_size)
         print(f"{clip.name}: {len(native)} frames {native.shape[1]}x{native.shape[2]} -> {size[0]}x{size[1]}, "
               f"precision {args.precision}", flush=True)
+        taking_turns = {b: dataclasses.replace(o, overlap_host_work=False) for b, o in options.items()}
+        paths = {"official": lambda: official_loop(folder, extractor, size, tmp / "official.zarr")}
+        for b in batches:
+            paths[f"folder b{b}"] = lambda b=b: extraction(folder, options[b], extractor, tmp / "folder.zarr")
+            paths[f"mp4 b{b}"] = lambda b=b: extraction(clip, options[b], extractor, tmp / "mp4.zarr")
+            if args.turns:
+                paths[f"folder b{b} turns"] = lambda b=b: extraction(folder, taking_turns[b], extractor,
+                                                                     tmp / "folder.zarr")
+                paths[f"mp4 b{b} turns"] = lambda b=b: extraction(clip, taking_turns[b], extractor, tmp / "mp4.zarr")
+        model_key = f"model b{args.model_batch}"
         rates: dict[str, list[float]] = {}
-        overlapping = {b: dataclasses.replace(o, overlap_host_work=True) for b, o in options.items()}
+        to_model: dict[str, list[float]] = {}  # each run over the model-only rate measured right after it
+        to_official: dict[str, list[float]] = {}  # each run over the same round's official loop
+        order = random.Random(0)
         for r in range(args.rounds):
-            row = {"official": official_loop(folder, extractor, size, tmp / "official.zarr")}
-            for b in batches:
-                row[f"folder b{b}"] = extraction(folder, options[b], extractor, tmp / "folder.zarr")
-                row[f"mp4 b{b}"] = extraction(clip, options[b], extractor, tmp / "mp4.zarr")
-                if args.overlap:
-                    row[f"folder b{b} overlap"] = extraction(folder, overlapping[b], extractor, tmp / "folder.zarr")
-                    row[f"mp4 b{b} overlap"] = extraction(clip, overlapping[b], extractor, tmp / "mp4.zarr")
-            row[f"model b{args.model_batch}"] = measure_model(extractor, size, args.model_batch,
-                                                             args.model_batches, torch.device("cpu"))
-            for k, v in row.items():
-                rates.setdefault(k, []).append(v)
-            print(f"round {r + 1}: " + ", ".join(f"{k} {v:.1f}" for k, v in row.items()) +
+            row = {}
+            names = list(paths)
+            order.shuffle(names)  # no path always runs first (or right after the same one)
+            for name in names:
+                row[name] = paths[name]()
+                model = measure_model(extractor, size, args.model_batch, args.model_batches, torch.device("cpu"))
+                rates.setdefault(model_key, []).append(model)
+                to_model.setdefault(name, []).append(row[name] / model)
+            for name, v in row.items():
+                rates.setdefault(name, []).append(v)
+                to_official.setdefault(name, []).append(v / row["official"])
+            print(f"round {r + 1}: " + ", ".join(f"{k} {row[k]:.1f}" for k in paths) +
                   f"  (load {os.getloadavg()[0]:.2f})", flush=True)
         median = {k: statistics.median(v) for k, v in rates.items()}
-        official, model = median["official"], median[f"model b{args.model_batch}"]
-        print(f"\n| path | frames/s (median of {args.rounds}) | vs official | vs model-only |")
+        print(f"\n| path | frames/s (median of {args.rounds}) | vs official (same round) | vs model-only (measured "
+              "right after) |")
         print("| --- | ---: | ---: | ---: |")
-        for k, v in median.items():
-            print(f"| {k} | {v:.1f} | {v / official:.2f}x | {v / model:.2f} |")
+        for k in paths:
+            print(f"| {k} | {median[k]:.1f} | {statistics.median(to_official[k]):.2f}x | "
+                  f"{statistics.median(to_model[k]):.2f} |")
+        print(f"| {model_key} | {median[model_key]:.1f} (median of {len(rates[model_key])}) | | 1.00 |")
         print(f"load after {os.getloadavg()}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -48,9 +48,9 @@ class ExtractOptions:
     decode_threads: int = 0  # decord's threads per video (0 = its default)
     decode_workers: int = 2  # videos decoding at once, ahead of the model
     write_workers: int = 2  # threads compressing and writing chunks
-    # whether decoding and writing run while the model computes (None: on accelerators, not on the
-    # CPU, where they take turns with the model: see host_work_overlaps)
-    overlap_host_work: bool | None = None
+    # whether decoding and writing run while the model computes (the default, on every device) or
+    # take turns with it (False): see host_work_overlaps
+    overlap_host_work: bool = True
     precision: str = "auto"  # compute precision, one of PRECISIONS
     feature_dtype: str = "float16"  # stored features, one of FEATURE_DTYPES
     compile: bool = False  # torch.compile the backbone + LiFT (first batches of each shape compile)
@@ -152,8 +152,8 @@ def build_extractor(options: ExtractOptions, device: torch.device) -> tuple[Feat
 
 # frames per model batch when none is given, by device type. On the CPU, measured side by side with
 # workflows/bench_exact_resize.py (ViT-S/16 + LiFT, square:224, 2 cores): batches of 8 extract as
-# fast as or faster than 16 and 32 while the host work takes turns with the model (a smaller batch
-# keeps each turn's decoded frames and features in the caches); accelerators want large batches.
+# fast as 16 and 32 (within the shared cores' noise; an earlier session measured 8-16 faster than
+# 32) with a quarter of the host memory; accelerators want large batches.
 DEFAULT_BATCH_SIZE = {"cpu": 8}
 ACCELERATOR_BATCH_SIZE = 32
 

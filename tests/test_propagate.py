@@ -446,5 +446,6 @@ def test_cli_propagate_with_overlay_and_eval_davis(davis_run, tmp_path):
     res = runner.invoke(app, ["propagate", str(store), "--masks", str(one), "--out", str(tmp_path / "r2"),
                               "--video", "bear", "--video", "car", "--scheduler", "sync"])
     assert res.exit_code == 1 and "car: no mask" in res.output and (tmp_path / "r2" / "bear" / "00004.png").is_file()
+    assert res.output.count("car: no mask") == 1 and "None" not in res.output  # in the table, once
     res = runner.invoke(app, ["propagate", str(store), "--masks", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert res.exit_code == 1 and "no such mask file or folder" in res.output

@@ -191,11 +191,13 @@ class ProgressDisplay:
 class VideoProgress(ProgressDisplay):
     """The library's :class:`~liftvid.pipelines.runs.RunProgress` of per-video runs (extract, recode,
     propagate): a bar of videos, and one of the current video's frames (or, where videos run in
-    parallel and none is "current", of all frames)."""
+    parallel and none is "current", of all frames). ``failures``: print a line per failed video as
+    it fails (off where the command's own table lists them afterwards)."""
 
-    def __init__(self, err, transient: bool = False):
+    def __init__(self, err, transient: bool = False, failures: bool = True):
         super().__init__(err, transient)
         self.videos = self.frames = None
+        self.failures = failures
 
     def start(self, n_videos: int) -> None:
         self.videos = self.add("videos", n_videos, "video")
@@ -213,9 +215,8 @@ class VideoProgress(ProgressDisplay):
 
     def video_finished(self, result) -> None:
         self.bars.advance(self.videos, 1)
-        if result.status == FAILED:
+        if self.failures and result.status == FAILED:
             self.console.print(f"{status_text(FAILED)} {escape(naming(result.source, result.error))}")
-
 
 
 class TrainingProgress(ProgressDisplay):

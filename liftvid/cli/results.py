@@ -52,7 +52,7 @@ def propagate(
                                    overwrite=overwrite, radius_unit=radius_unit, affinity_bytes=megabytes(affinity_mb))
     except ValueError as exc:  # the options' one check is the unit's value; the user typed the option
         fail(f"--radius-unit: {exc}")
-    with VideoProgress(console(stderr=True), transient=True) as progress:
+    with VideoProgress(console(stderr=True), transient=True, failures=False) as progress:  # the table lists them
         summary = propagate_store(store, masks, out, options, videos=video, scheduler=scheduler,
                                   workers=workers, progress=progress)
     _show_propagation(console(), summary, out, masks)

@@ -301,14 +301,13 @@ def _flat_above(x: torch.Tensor, threshold: float) -> torch.Tensor:
     return (x.view(-1) > threshold).nonzero().view(-1)
 
 
-def _round_pil(sums: torch.Tensor, recount: Callable[[torch.Tensor], torch.Tensor], p: _BandedPass,
-               out: torch.Tensor) -> None:
-    """Pillow's ``clip8((sum + 2**21) >> 22)`` of a pass's contiguous ``sums`` (scaled by 2**-22), into ``out``.
+def _round_pil(sums: torch.Tensor, recount: Callable[[torch.Tensor], torch.Tensor], p: _BandedPass) -> None:
+    """Pillow's ``clip8((sum + 2**21) >> 22)`` of a pass's contiguous ``sums`` (scaled by 2**-22), in place.
 
     Exact sums (float64) round as ``floor(acc + 1/2)``. Float32 sums may be up to ``p.tolerance``
     off: they round to the nearest integer, and where a sum is that close to a half-integer (a
     tie included) ``recount(flat indices)`` gives the exact float64 sums there, which round as
-    Pillow does (about 1 sum in 1,000 is recounted; the rest are certain). ``sums`` is overwritten."""
+    Pillow does (about 1 sum in 1,000 is recounted; the rest are certain)."""
     if p.tolerance == 0:
         rounded = sums.add_(0.5).floor_()
     else:
@@ -320,10 +319,7 @@ def _round_pil(sums: torch.Tensor, recount: Callable[[torch.Tensor], torch.Tenso
         if flat.numel():
             exact = recount(flat)  # products < 2**31 units of 2**-22, sums too: exact in float64
             rounded.view(-1)[flat] = exact.add_(0.5).floor_().to(rounded.dtype)
-    if out.dtype == rounded.dtype:
-        torch.clamp(rounded, 0, 255, out=out)
-    else:  # the next pass runs in another dtype (the values are small integers: exact in both)
-        out.copy_(rounded.clamp_(0, 255))
+    torch.clamp(rounded, 0, 255, out=sums)
 
 
 def _in_order(slots: torch.Tensor, p: _BandedPass, dim: int) -> torch.Tensor:
@@ -380,7 +376,7 @@ def resize_bicubic_pil(frames: torch.Tensor, size: tuple[int, int]) -> torch.Ten
             x = chunk.permute(0, 3, 1, 2)  # planes (n, 3, H, W): each pass filters one axis of a plane
             if px is not None:
                 sums, recount = _horizontal(x, px)  # (n * 3 * H, J, block)
-                _round_pil(sums, recount, px, sums)
+                _round_pil(sums, recount, px)
                 slots = sums.view(n * 3 * h, -1)
                 if px.slot is None:
                     x = slots.view(n, 3, h, width)
@@ -394,7 +390,7 @@ def resize_bicubic_pil(frames: torch.Tensor, size: tuple[int, int]) -> torch.Ten
                 y[h:].zero_()
                 y[:h].view(h, n, 3, width).copy_(x.permute(2, 0, 1, 3))
                 sums, recount = _vertical(y, py)  # (J, block, n * 3 * W')
-                _round_pil(sums, recount, py, sums)
+                _round_pil(sums, recount, py)
                 rows = _in_order(sums.view(-1, n * 3 * width), py, 0)  # (H', n * 3 * W')
                 out[i:i + n].copy_(rows.view(height, n, 3, width).permute(1, 0, 3, 2))
                 continue

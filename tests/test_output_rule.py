@@ -37,6 +37,14 @@ def with_source(store: Path, vid: str, source: Path) -> None:
     st.write_video_info(root[vid], dataclasses.replace(info, source=str(source)))
 
 
+def recorded_video(store: Path, folder: Path) -> Path:
+    """A 6-frame 64×64 ``folder/a.mp4``, recorded as the source of the store's video ``a``."""
+    source = folder / "a.mp4"
+    write_video(source, synthetic_frames(6, 64, 64, seed=2))
+    with_source(store, "a", source)
+    return source
+
+
 @pytest.fixture
 def prop(tmp_path):
     store, masks = tmp_path / "s.zarr", tmp_path / "first"
@@ -181,9 +189,7 @@ def run_track(store, queries, out, *extra):
 
 def test_track_out_onto_a_source_video_is_refused_even_with_overwrite(trk, tmp_path):
     store, queries = trk
-    source = tmp_path / "a.mp4"
-    write_video(source, synthetic_frames(6, 64, 64, seed=2))
-    with_source(store, "a", source)
+    source = recorded_video(store, tmp_path)
     before = source.read_bytes()
     refused(run_track(store, queries, source, "--overwrite"), source, "is the source of video a")
     assert source.read_bytes() == before
@@ -209,9 +215,7 @@ def test_track_keeps_a_users_csv_replaces_its_own_and_overwrite_replaces_any(trk
 
 def test_track_overlay_onto_a_users_file_is_refused_before_any_work(trk, tmp_path):
     store, queries = trk
-    source = tmp_path / "a.mp4"
-    write_video(source, synthetic_frames(6, 64, 64, seed=2))
-    with_source(store, "a", source)
+    recorded_video(store, tmp_path)
     (tmp_path / "tr_a.mp4").write_bytes(b"mine")
     refused(run_track(store, queries, tmp_path / "tr.csv", "--overlay"), tmp_path / "tr_a.mp4", "--overwrite")
     assert (tmp_path / "tr_a.mp4").read_bytes() == b"mine" and not (tmp_path / "tr.csv").exists()
@@ -278,9 +282,7 @@ def test_eval_davis_keeps_a_users_csv_and_never_writes_into_davis(tmp_path):
 
 def test_viz_never_writes_over_the_video_and_keeps_a_users_picture(trk, tmp_path):
     store, _ = trk
-    source = tmp_path / "a.mp4"
-    write_video(source, synthetic_frames(6, 64, 64, seed=2))
-    with_source(store, "a", source)
+    source = recorded_video(store, tmp_path)
     before = source.read_bytes()
     viz = ["viz", "pca", str(store), "--video", "a", "--out"]
     refused(runner.invoke(app, viz + [str(source), "--overwrite"]), "is the source of video a")

@@ -28,7 +28,7 @@ PRECISION_HELP = ("auto (fp32 on every device: the published numbers' arithmetic
                   "faster on GPUs and CPUs with native bf16, less exact (README, Precision).")
 Precision = Annotated[str, typer.Option(help=PRECISION_HELP)]
 BatchSize = Annotated[int, typer.Option(help="Frames per model batch.", min=1)]
-ExtractBatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Frames per model batch (default: 8 on the CPU, 32 on a GPU; measured with workflows/bench_exact_resize.py).", min=1, show_default=False)]
+ExtractBatchSize = Annotated[Optional[int], typer.Option("--batch-size", help="Frames per model batch (default: 8 on the CPU, 32 on a GPU).", min=1, show_default=False)]
 DecodeWorkers = Annotated[int, typer.Option(help="Videos decoding at once, ahead of the model.", min=1)]
 DecodeThreads = Annotated[int, typer.Option(help="decord threads per video (0: decord's default).", min=0)]
 CompileModel = Annotated[bool, typer.Option("--compile", help="torch.compile the backbone and LiFT (pays off on long GPU runs).")]

@@ -227,3 +227,16 @@ def test_cuda_equals_cpu(rule):
             check(rng.integers(0, 256, (2, 480, 854, 3), dtype=np.uint8), (224, 224), rule, device="cuda")
     finally:
         torch.backends.cuda.matmul.allow_tf32 = allow
+
+
+@pytest.mark.parametrize("size", [1, 7, 8, 9, 4096, 4099])
+def test_boundary_search_finds_every_sum_near_a_half(size):
+    """The sums recounted exactly are all those past the threshold, in order, whatever their count
+    and the length of the pass (the search reads the comparison 8 bytes at a time, then the rest)."""
+    from liftvid.ops.resize import _flat_above
+
+    rng = np.random.default_rng(size)
+    for density in (0.0, 0.001, 0.3, 1.0):
+        distance = np.where(rng.random(size) < density, 0.5, 0.1).astype(np.float32)
+        got = _flat_above(torch.from_numpy(distance), 0.49).numpy()
+        assert got.dtype == np.int64 and np.array_equal(got, np.flatnonzero(distance > 0.49))

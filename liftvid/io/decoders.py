@@ -363,6 +363,8 @@ def decode_rgb8(image, file: Path) -> np.ndarray:
     if image.mode == "F":
         raise VideoDecodeError(f"{file}: cannot decode: a floating-point image (mode F) has no 8-bit picture; "
                                "save the frames as 8-bit PNG or JPEG")
+    if image.mode == "RGB":
+        return np.asarray(image)  # convert("RGB") of an RGB image is a copy (a fifth of a JPEG's decode)
     return np.asarray(image.convert("RGB"))
 
 

@@ -240,3 +240,17 @@ def test_boundary_search_finds_every_sum_near_a_half(size):
         distance = np.where(rng.random(size) < density, 0.5, 0.1).astype(np.float32)
         got = _flat_above(torch.from_numpy(distance), 0.49).numpy()
         assert got.dtype == np.int64 and np.array_equal(got, np.flatnonzero(distance > 0.49))
+
+
+def test_same_frames_inside_and_outside_inference_mode():
+    """The CPU keeps buffers between calls: a resize under inference mode (as the extractor runs
+    it) followed by one outside it (a notebook's) and back gives the same frames each time."""
+    frames = torch.from_numpy(np.random.default_rng(11).integers(0, 256, (2, 70, 90, 3), dtype=np.uint8))
+    with torch.inference_mode():
+        first = resize_bicubic_pil(frames, (31, 45))
+    second = resize_bicubic_pil(frames, (31, 45))
+    with torch.inference_mode():
+        third = resize_bicubic_pil(frames, (31, 45))
+    expected = np.stack([pil_reference(f, (31, 45)) for f in frames.numpy()])
+    for got in (first, second, third):
+        assert np.array_equal(got.numpy(), expected)

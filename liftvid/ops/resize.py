@@ -265,7 +265,10 @@ def _workspace(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
     if buffer is None:
         if len(cache) >= 16:  # another video size: drop the old buffers
             cache.clear()
-        buffer = cache[key] = torch.empty(shape, dtype=dtype, device=device)
+        # a normal tensor even when first made under inference mode: an inference tensor could not
+        # be written outside it (a resize under the extractor's inference mode, then one in user code)
+        with torch.inference_mode(False):
+            buffer = cache[key] = torch.empty(shape, dtype=dtype, device=device)
     return buffer
 
 

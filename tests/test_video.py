@@ -273,6 +273,34 @@ def test_decode_error_in_thread_reaches_caller(video_dir):
         next(gen)
 
 
+def test_decoder_giving_fewer_frames_fails_the_batch(video_dir):
+    """A decoder that returns fewer frames than a batch asked for (a file that ends early) is a
+    decode error naming the file and the frames, not a short batch."""
+    def open_short(path, kind, fps, num_threads=0, exact=True):
+        decoder, native = open_decoder(path, kind, fps, num_threads, exact)
+        real = decoder.read
+        decoder.read = lambda start, stop: real(start, stop)[:max(0, 6 - start)]
+        return decoder, native
+
+    reader = open_video(_clip(video_dir), Resize.parse("square:32"), 16, open_decoder=open_short)
+    gen = reader.batches(np.arange(12), 4)
+    assert next(gen)[1].shape[0] == 4
+    with pytest.raises(VideoDecodeError, match=r"clip_a\.mp4: cannot decode frames 4-7: got 2 of them"):
+        next(gen)
+
+
+def test_consecutive_and_strided_batches_give_the_same_frames(video_dir):
+    """A batch of consecutive frames is read in one call; strided and repeated indices are gathered
+    frame by frame: both give the frames a one-frame-at-a-time read gives."""
+    reader = open_video(_clip(video_dir), Resize.parse("square:32"), 16)
+    one_by_one = np.concatenate([frames for _, frames in reader.batches(np.arange(12), 1)])
+    consecutive = np.concatenate([frames for _, frames in reader.batches(np.arange(12), 4)])
+    picked = np.array([9, 2, 2, 11, 0])
+    gathered = np.concatenate([frames for _, frames in reader.batches(picked, 5)])
+    assert np.array_equal(consecutive, one_by_one)
+    assert np.array_equal(gathered, one_by_one[picked])
+
+
 def test_out_of_range_indices_refused(video_dir):
     reader = open_video(_clip(video_dir), Resize.parse("square:32"), 16)
     with pytest.raises(IndexError, match="frame 12 is out of range"):

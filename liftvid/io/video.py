@@ -114,9 +114,24 @@ class VideoReader:
         """``(B, H', W', 3) uint8`` frames ``indices`` (any order, repeats allowed), decoded, then
         (``resized``) resized once by the rule on the CPU; ``resized=False`` leaves them at the
         decoded size for the consumer's device (:attr:`pending_resize`)."""
+        span = self._decoder.span
+        first = int(indices[0]) if len(indices) else 0
+        if 0 < len(indices) <= span and np.array_equal(indices, np.arange(first, first + len(indices))):
+            with self._lock:  # consecutive frames (every frame of a batch, no stride): one read, no copies
+                batch = self._decoder.read(first, first + len(indices))
+            if len(batch) != len(indices):
+                raise VideoDecodeError(f"{self.source.path}: cannot decode frames {first}-{first + len(indices) - 1}: "
+                                       f"got {len(batch)} of them")
+        else:
+            batch = self._gather(indices, span)
+        resize = self.pending_resize if resized else None
+        # one batched call: the same pixels as frame by frame, in any thread
+        return batch if resize is None else resize(torch.from_numpy(batch)).numpy()
+
+    def _gather(self, indices: np.ndarray, span: int) -> np.ndarray:
+        """``(B, H, W, 3) uint8`` frames ``indices`` (any order, repeats allowed), each decoded once."""
         wanted = np.unique(indices)
         frames: dict[int, np.ndarray] = {}
-        span = self._decoder.span
         with self._lock:
             i = 0
             while i < len(wanted):
@@ -126,10 +141,7 @@ class VideoReader:
                 keys = [int(k) for k in wanted[(wanted >= start) & (wanted < stop)]]
                 frames.update(zip(keys, block[[k - start for k in keys]]))
                 i += len(keys)
-        batch = np.stack([frames[int(k)] for k in indices])
-        resize = self.pending_resize if resized else None
-        # one batched call: the same pixels as frame by frame, in any thread
-        return batch if resize is None else resize(torch.from_numpy(batch)).numpy()
+        return np.stack([frames[int(k)] for k in indices])
 
     def batches(self, indices: np.ndarray, batch_size: int, resized: bool = True,
                 turns: threading.Semaphore | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:

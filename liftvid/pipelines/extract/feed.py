@@ -94,11 +94,15 @@ def host_work_overlaps(options: ExtractOptions) -> bool:
     On an accelerator the host's cores are free while the device computes, so decoding the next
     batch and writing the last one hide behind it. On a CPU the model's threads already use every
     core and each of its operations ends at a barrier, so a decode or write thread that takes a core
-    from one of them can stall all of them; taking turns avoids that (the model computes a batch,
-    then the next batch decodes while the last one is written, then the model again) but leaves the
-    host work exposed. Measured side by side on a quiet 2-core CPU (workflows/bench_exact_resize.py
-    --turns, ratios paired with the model alone measured right after each run), overlapping was
-    as fast or faster (JPEG folder 0.80 vs 0.75-0.76 of the model-only rate, mp4 0.80-0.84 vs
-    0.79-0.82); under load from other processes taking turns did better (0.90 vs 0.81). So
-    overlapping is the default everywhere, and taking turns an option for busy machines."""
+    from one of them stalls all of them: measured on a 2-core CPU (workflows/bench_host_interference.py),
+    a thread decoding JPEGs on 0.11 of a core cost the fp32 model 13 % of its rate, on 0.20 of a
+    core 22 % (2.2-2.3x its share of the two cores). Taking turns avoids that (the model computes a batch, then the next batch
+    decodes while the last one is written, then the model again) but leaves the host work exposed.
+    Measured side by side on a 2-core CPU (workflows/bench_exact_resize.py --turns, each run over
+    the model alone measured right after it, medians of 6 rounds, two runs): on the JPEG folder
+    taking turns gave 0.87 and 0.84 of the model-only rate against 0.78 and 0.84 overlapping, on
+    the mp4 0.79 and 0.81 against 0.82 and 0.84; an earlier session measured overlapping ahead on
+    the folder (0.80 vs 0.75). Neither wins beyond the shared cores' noise, so overlapping stays
+    the default everywhere and taking turns an option (under load from other processes taking
+    turns did better, 0.90 vs 0.81)."""
     return options.overlap_host_work

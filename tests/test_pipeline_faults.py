@@ -224,6 +224,37 @@ def test_many_short_videos_keep_few_feeds_and_few_videos_in_flight(tmp_path, man
     assert state["feeds"] == 0 and state["awaiting"] == 0
 
 
+def test_marking_complete_does_not_hold_up_the_model(tmp_path, clips, monkeypatch):
+    """A computed video is marked complete (flushed, digested) on the finisher thread while the
+    model goes on to the next video: v0's finishing waits until the next video's computing has
+    begun, which could never happen if it ran on the model's thread. Results stay in input order
+    and every video is complete and readable."""
+    finishing, next_computing = threading.Event(), threading.Event()
+    seen: dict[str, object] = {}
+    real_finish, real_extract = ex.VideoInFlight.finish, compute.extract_video
+
+    def extract_video(extractor, root, feed, video_id, *args, **kwargs):
+        if finishing.is_set():
+            next_computing.set()
+        return real_extract(extractor, root, feed, video_id, *args, **kwargs)
+
+    def finish(self):
+        if self.result.video_id == "v0":
+            seen["thread"] = threading.current_thread().name
+            finishing.set()
+            seen["model moved on"] = next_computing.wait(timeout=30)
+        return real_finish(self)
+
+    monkeypatch.setattr(compute, "extract_video", extract_video)
+    monkeypatch.setattr(ex.VideoInFlight, "finish", finish)
+    summary = extract_videos([clips], tmp_path / "out.zarr", OPTIONS)
+    assert seen == {"thread": seen["thread"], "model moved on": True}, seen
+    assert seen["thread"].startswith("liftvid-finish")
+    assert [(r.video_id, r.status) for r in summary.results] == [(f"v{i}", st.COMPLETE) for i in range(3)]
+    root = st.open_root(tmp_path / "out.zarr")
+    assert st.list_videos(root) == ["v0", "v1", "v2"]
+
+
 def _saturating(options: ExtractOptions):
     """A CPU extractor whose features are all 1e6 (beyond float16's 65504)."""
     extractor, _ = build_extractor(options, torch.device("cpu"))

@@ -76,12 +76,13 @@ class DecodingThread:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("clip", nargs="?", default=str(SHARED / "paragliding.mp4"), help="a real clip")
-    parser.add_argument("--duty", type=float, nargs="+", default=[0.15, 0.3], help="shares of the wall time decoding")
+    parser.add_argument("--duty", type=float, nargs="+", default=[0.15, 0.3],
+                        help="shares of the wall time spent decoding")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batches", type=int, default=5, help="model batches of 8 per measurement")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}, "
-          f"load before {os.getloadavg()}", flush=True)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+          f"cpu {torch.backends.cpu.get_cpu_capability()}, load before {os.getloadavg()}", flush=True)
     data = jpeg_of_first_frame(Path(args.clip))
     with tempfile.TemporaryDirectory(prefix="liftvid-interference-") as tmp:
         backbone = Backbone("dino_vits16", weights="random")

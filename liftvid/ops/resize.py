@@ -174,10 +174,9 @@ def _window_layouts(xmin: np.ndarray, ntaps: np.ndarray):
     """Every candidate cut of an axis into windows of ``block`` consecutive outputs at a fixed
     ``stride`` of input positions: ``(cost, block, stride, lead, span)``, the cost in multiply-adds
     per line (``VECTOR``, ``WINDOW_CALL``; measured on 854x480 -> 224x224, blocks of 16 beat 5, 8,
-    32 and 48 by 10-25 %). ``xmin`` is
-    nondecreasing, so window ``j`` (outputs from ``j * block``) starts early enough for all its
-    outputs when it starts by ``xmin[j * block]``; ``lead`` zeros before the input make up for a
-    stride that outruns the outputs' starts."""
+    32 and 48 by 10-25 %). ``xmin`` is nondecreasing, so window ``j`` (outputs from ``j * block``)
+    starts early enough for all its outputs when it starts by ``xmin[j * block]``; ``lead`` zeros
+    before the input make up for a stride that outruns the outputs' starts."""
     out_size = len(xmin)
     for block in sorted({*range(1, min(out_size, 128) + 1), out_size}):
         windows = -(-out_size // block)

@@ -94,10 +94,11 @@ def host_work_overlaps(options: ExtractOptions) -> bool:
     On an accelerator the host's cores are free while the device computes, so decoding the next
     batch and writing the last one hide behind it. On a CPU the model's threads already use every
     core and each of its operations ends at a barrier, so a decode or write thread that takes a core
-    from one of them stalls all of them: measured on a 2-core CPU (workflows/bench_host_interference.py),
-    a thread decoding JPEGs on 0.11 of a core cost the fp32 model 13 % of its rate, on 0.20 of a
-    core 22 % (2.2-2.3x its share of the two cores). Taking turns avoids that (the model computes a batch, then the next batch
-    decodes while the last one is written, then the model again) but leaves the host work exposed.
+    from one of them stalls all of them: measured on a 2-core CPU
+    (workflows/bench_host_interference.py), a thread decoding JPEGs on 0.11 of a core cost the fp32
+    model 13 % of its rate, on 0.20 of a core 22 % (2.2-2.3x its share of the two cores). Taking
+    turns avoids that (the model computes a batch, then the next batch decodes while the last one
+    is written, then the model again) but leaves the host work exposed.
     Measured side by side on a 2-core CPU (workflows/bench_exact_resize.py --turns, each run over
     the model alone measured right after it, medians of 6 rounds, two runs): on the JPEG folder
     taking turns gave 0.87 and 0.84 of the model-only rate against 0.78 and 0.84 overlapping, on

@@ -185,9 +185,9 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
         summary.results.append(result)
         progress.video_finished(result)
 
-    with ThreadPoolExecutor(max_workers=max(1, options.decode_workers), thread_name_prefix="liftvid-decode") as decoders, \
-            ThreadPoolExecutor(max_workers=max(1, options.write_workers), thread_name_prefix="liftvid-write") as writer, \
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="liftvid-finish") as finisher:
+    with ThreadPoolExecutor(max(1, options.decode_workers), thread_name_prefix="liftvid-decode") as decoders, \
+            ThreadPoolExecutor(max(1, options.write_workers), thread_name_prefix="liftvid-write") as writer, \
+            ThreadPoolExecutor(1, thread_name_prefix="liftvid-finish") as finisher:
 
         def start_finishing(force: bool = False) -> None:
             """Hand the finisher, in input order, each computed video whose writes have all landed

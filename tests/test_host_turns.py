@@ -1,4 +1,4 @@
-"""Extraction's host work on the CPU: decoding and writing take turns with the model (issue 23),
+"""Extraction's host work on the CPU: decoding and writing take turns with the model by default (issue 23),
 features are checked finite in one reduction, and every written chunk is stored."""
 
 import threading
@@ -79,6 +79,35 @@ def test_taking_turns_and_overlapping_store_the_same(tmp_path, video_dir):
     for video in ("clip_a", "clip_b"):
         np.testing.assert_array_equal(a[video]["features"][:], b[video]["features"][:])
         assert a[video]["features"].shape[0] == {"clip_a": 12, "clip_b": 9}[video]
+
+
+def test_host_work_takes_turns_on_the_cpu_and_overlaps_on_accelerators(tmp_path, video_dir, monkeypatch):
+    """By default the schedule follows the model's device: turns on the CPU (whose cores the model
+    uses), overlapping on an accelerator; an explicit choice wins on either. A default CPU run
+    builds its feeds to take turns."""
+    from liftvid.pipelines import extract as ex
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    default = ExtractOptions(backbone=TINY_VIT, weights="random", device="cpu")
+    assert ex.host_work_overlaps(default, cpu) is False
+    assert ex.host_work_overlaps(default, cuda) is True
+    for chosen in (True, False):
+        options = ExtractOptions(backbone=TINY_VIT, weights="random", overlap_host_work=chosen)
+        assert ex.host_work_overlaps(options, cpu) is chosen
+        assert ex.host_work_overlaps(options, cuda) is chosen
+
+    made = []
+    real_init = ex.VideoFeed.__init__
+
+    def init(self, *args, turns=False, **kwargs):
+        made.append(turns)
+        real_init(self, *args, turns=turns, **kwargs)
+
+    monkeypatch.setattr(ex.VideoFeed, "__init__", init)
+    options = ExtractOptions(backbone=TINY_VIT, weights="random", resize="square:32", batch_size=3, device="cpu")
+    summary = extract_videos([video_dir], tmp_path / "out.zarr", options)
+    assert [r.status for r in summary.results] == ["complete", "complete"]
+    assert made == [True, True]
 
 
 def test_feature_writer_stores_a_chunk_equal_to_the_fill_value(tmp_path):

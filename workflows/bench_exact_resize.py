@@ -7,10 +7,11 @@ depend on them), at ``--resize lift-davis`` (square:224, PIL BICUBIC bit for bit
 * official: the LiFT release's eval loop, one frame at a time: PIL open, torchvision
   ``Resize((224, 224), BICUBIC)`` + ``ToTensor`` + ``Normalize``, the fp32 model, float32 out;
 * folder: ``extract_videos`` on the JPEG folder (decode threads decode, the exact resize runs on
-  the model's device in batches);
+  the model's device in batches; on the CPU decoding and writing take turns with the model, the
+  default there, see ``host_work_overlaps``);
 * mp4: ``extract_videos`` on the mp4 itself;
-* with ``--turns``, both again with decoding and writing taking turns with the model instead of
-  running while it computes (``overlap_host_work=False``, see ``host_work_overlaps``);
+* with ``--overlap``, both again with decoding and writing running while the model computes
+  (``overlap_host_work=True``, the accelerators' default);
 * model: the model alone on batches of uint8 frames already at 224x224 (the ceiling).
 
     python workflows/bench_exact_resize.py                          # paragliding.mp4, 40 frames
@@ -92,9 +93,9 @@ def main() -> None:
     parser.add_argument("--model-batches", type=int, default=5)
     parser.add_argument("--decode-threads", type=int, default=1, help="decord threads for the mp4")
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--turns", action="store_true",
-                        help="also extract with decoding and writing taking turns with the model (beside the "
-                             "default, where they run while it computes)")
+    parser.add_argument("--overlap", action="store_true",
+                        help="also extract with decoding and writing running while the model computes (beside "
+                             "the CPU's default, where they take turns with it)")
     args = parser.parse_args()
     batches = args.batch or [8]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, cpu {torch.backends.cpu.get_cpu_capability()}, "
@@ -122,15 +123,16 @@ def main() -> None:
         size = Resize.parse("lift-davis").target_size(native.shape[1:3], bb.patch_size)
         print(f"{clip.name}: {len(native)} frames {native.shape[1]}x{native.shape[2]} -> {size[0]}x{size[1]}, "
               f"precision {args.precision}", flush=True)
-        taking_turns = {b: dataclasses.replace(o, overlap_host_work=False) for b, o in options.items()}
+        overlapping = {b: dataclasses.replace(o, overlap_host_work=True) for b, o in options.items()}
         paths = {"official": lambda: official_loop(folder, extractor, size, tmp / "official.zarr")}
         for b in batches:
             paths[f"folder b{b}"] = lambda b=b: extraction(folder, options[b], extractor, tmp / "folder.zarr")
             paths[f"mp4 b{b}"] = lambda b=b: extraction(clip, options[b], extractor, tmp / "mp4.zarr")
-            if args.turns:
-                paths[f"folder b{b} turns"] = lambda b=b: extraction(folder, taking_turns[b], extractor,
-                                                                     tmp / "folder.zarr")
-                paths[f"mp4 b{b} turns"] = lambda b=b: extraction(clip, taking_turns[b], extractor, tmp / "mp4.zarr")
+            if args.overlap:
+                paths[f"folder b{b} overlap"] = lambda b=b: extraction(folder, overlapping[b], extractor,
+                                                                       tmp / "folder.zarr")
+                paths[f"mp4 b{b} overlap"] = lambda b=b: extraction(clip, overlapping[b], extractor,
+                                                                    tmp / "mp4.zarr")
         model_key = f"model b{args.model_batch}"
         rates: dict[str, list[float]] = {}
         to_model: dict[str, list[float]] = {}  # each run over the model-only rate measured right after it

@@ -4,8 +4,8 @@ thread decoding a real frame's JPEG for a given share of the time, in interleave
 On a CPU the model's threads use every core and meet at a barrier after each operation, so a
 thread that takes a core from one of them stalls the others too. This prints, per duty cycle, the
 cores the decoding thread used and the model's rate over its rate alone in the same round: a loss
-larger than the cores used (over the cores the model has) is the stall. It is why
-``ExtractOptions.overlap_host_work`` exists (see ``liftvid.pipelines.extract.feed.host_work_overlaps``).
+larger than the cores used (over the cores the model has) is the stall. It is why extraction on
+the CPU takes turns with the model by default (``liftvid.pipelines.extract.feed.host_work_overlaps``).
 
     python workflows/bench_host_interference.py                   # ViT-S/16 + LiFT, 224x224, fp32
     python workflows/bench_host_interference.py --duty 0.1 0.2 0.4 --rounds 5

@@ -73,7 +73,7 @@ def extract_one(source: VideoSource, video_id: str, store_path: str, options: Ex
     pinned = writes.stages_on_host(extractor)
     feed = VideoFeed(source, resize, extractor.backbone.patch_size, options,
                      batch_for=lambda r: frames_per_batch(options, extractor, r.frame_size, r.source_size),
-                     turns=not host_work_overlaps(options))
+                     turns=not host_work_overlaps(options, extractor.mean.device))
     with ThreadPoolExecutor(max_workers=1) as decoder, \
             ThreadPoolExecutor(max_workers=max(1, options.write_workers)) as writer:
         decoder.submit(feed.run)

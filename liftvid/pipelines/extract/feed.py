@@ -6,6 +6,8 @@ import queue
 import threading
 from collections.abc import Callable
 
+import torch
+
 from ...io.frame_size import Resize
 from ...io.sources import VideoSource
 from ...io.video import VideoReader, open_model_video, sample_indices
@@ -87,9 +89,10 @@ class VideoFeed:
             self.turns.release()
 
 
-def host_work_overlaps(options: ExtractOptions) -> bool:
-    """Whether decoding and writing run at the same time as the model (``options.overlap_host_work``,
-    the default) or take turns with it.
+def host_work_overlaps(options: ExtractOptions, device: torch.device) -> bool:
+    """Whether decoding and writing run at the same time as the model on ``device`` (an
+    accelerator, by default) or take turns with it (the CPU, by default);
+    ``options.overlap_host_work`` (True/False) decides instead where it is set.
 
     On an accelerator the host's cores are free while the device computes, so decoding the next
     batch and writing the last one hide behind it. On a CPU the model's threads already use every
@@ -97,13 +100,14 @@ def host_work_overlaps(options: ExtractOptions) -> bool:
     from one of them stalls all of them: measured on a 2-core CPU
     (workflows/bench_host_interference.py), a thread decoding JPEGs on 0.11 of a core cost the fp32
     model 13 % of its rate, on 0.20 of a core 22 % (2.2-2.3x its share of the two cores). Taking
-    turns avoids that (the model computes a batch, then the next batch decodes while the last one
-    is written, then the model again) but leaves the host work exposed.
+    turns avoids that (the model computes a batch, then the next batch decodes on every core while
+    the last one is written, then the model again) at the price of exposing the host work.
     Measured side by side on a 2-core CPU (workflows/bench_exact_resize.py --turns, each run over
-    the model alone measured right after it, medians of 6 rounds, two runs): on the JPEG folder
-    taking turns gave 0.87 and 0.84 of the model-only rate against 0.78 and 0.84 overlapping, on
-    the mp4 0.79 and 0.81 against 0.82 and 0.84; an earlier session measured overlapping ahead on
-    the folder (0.80 vs 0.75). Neither wins beyond the shared cores' noise, so overlapping stays
-    the default everywhere and taking turns an option (under load from other processes taking
-    turns did better, 0.90 vs 0.81)."""
-    return options.overlap_host_work
+    the model alone measured right after it, medians of 6 rounds, three runs): on the JPEG folder
+    taking turns gave 0.87, 0.84 and 0.84 of the model-only rate against 0.78, 0.84 and 0.79
+    overlapping (1.47x, 1.39x and 1.42x the paper's per-frame loop against 1.29x, 1.32x and
+    1.38x), on the mp4 0.79, 0.81 and 0.85 against 0.82, 0.84 and 0.80; under load from other
+    processes taking turns did better still (0.90 vs 0.81)."""
+    if options.overlap_host_work is not None:
+        return options.overlap_host_work
+    return device.type != "cpu"

@@ -48,9 +48,9 @@ class ExtractOptions:
     decode_threads: int = 0  # decord's threads per video (0 = its default)
     decode_workers: int = 2  # videos decoding at once, ahead of the model
     write_workers: int = 2  # threads compressing and writing chunks
-    # whether decoding and writing run while the model computes (the default, on every device) or
-    # take turns with it (False): see host_work_overlaps
-    overlap_host_work: bool = True
+    # whether decoding and writing run while the model computes (True) or take turns with it
+    # (False); None: by the model's device, see host_work_overlaps
+    overlap_host_work: bool | None = None
     precision: str = "auto"  # compute precision, one of PRECISIONS
     feature_dtype: str = "float16"  # stored features, one of FEATURE_DTYPES
     compile: bool = False  # torch.compile the backbone + LiFT (first batches of each shape compile)

@@ -176,7 +176,7 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
     progress.start(len(sources))
     patch = backbone.patch_size
     pinned = writes.stages_on_host(extractor)
-    turns = not host_work_overlaps(options)
+    turns = not host_work_overlaps(options, extractor.mean.device)
     ahead = max(1, options.decode_workers)  # queued feeds besides the one the model reads
     feeds: deque[tuple[VideoFeed, VideoSource, str]] = deque()
     in_flight: deque[_Computed] = deque()

@@ -102,12 +102,13 @@ def host_work_overlaps(options: ExtractOptions, device: torch.device) -> bool:
     model 13 % of its rate, on 0.20 of a core 22 % (2.2-2.3x its share of the two cores). Taking
     turns avoids that (the model computes a batch, then the next batch decodes on every core while
     the last one is written, then the model again) at the price of exposing the host work.
-    Measured side by side on a 2-core CPU (workflows/bench_exact_resize.py --turns, each run over
-    the model alone measured right after it, medians of 6 rounds, three runs): on the JPEG folder
-    taking turns gave 0.87, 0.84 and 0.84 of the model-only rate against 0.78, 0.84 and 0.79
-    overlapping (1.47x, 1.39x and 1.42x the paper's per-frame loop against 1.29x, 1.32x and
-    1.38x), on the mp4 0.79, 0.81 and 0.85 against 0.82, 0.84 and 0.80; under load from other
-    processes taking turns did better still (0.90 vs 0.81)."""
+    Measured side by side on a 2-core CPU (workflows/bench_exact_resize.py with --overlap, each run
+    over the model alone measured right after it, medians of 6 rounds, four runs): on the JPEG
+    folder taking turns gave 0.87, 0.84, 0.84 and 0.88 of the model-only rate against 0.78, 0.84,
+    0.79 and 0.80 overlapping (1.47x, 1.39x, 1.42x and 1.32x the paper's per-frame loop against
+    1.29x, 1.32x, 1.38x and 1.27x); on the mp4 (decoded on one thread) 0.79, 0.81, 0.85 and 0.80
+    against 0.82, 0.84, 0.80 and 0.87, about even; under load from other processes taking turns
+    did better still (0.90 vs 0.81)."""
     if options.overlap_host_work is not None:
         return options.overlap_host_work
     return device.type != "cpu"

@@ -168,8 +168,16 @@ def test_a_damaged_tail_fails_the_read_instead_of_hanging(tmp_path):
     assert 0 < len(decodable) < 48
     vr = decord.VideoReader(str(path))
     assert len(vr) == 48
-    # the frames before the damage are PyAV's; asking for every frame raises, in bounded time
-    assert np.array_equal(_within(HANG_LIMIT_S, lambda: vr.get_batch(range(len(decodable))).asnumpy()), decodable)
+    # the frames before the damage, in bounded time: PyAV's, or an error. decord's decoder thread
+    # is sent packets ahead of the frames asked for, so whether it meets the damaged ones first
+    # depends on the load (under a busy core it often does); it must never hang or give other frames
+    try:
+        got = _within(HANG_LIMIT_S, lambda: vr.get_batch(range(len(decodable))).asnumpy())
+    except decord.DECORDError:
+        pass
+    else:
+        assert np.array_equal(got, decodable)
+    # asking for every frame raises, in bounded time
     with pytest.raises(decord.DECORDError):
         _within(HANG_LIMIT_S, lambda: decord.VideoReader(str(path)).get_batch(range(48)).asnumpy())
     with pytest.raises(VideoDecodeError, match=rf"^{path}: cannot decode frame"):

@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from liftvid import (Backbone, ExtractOptions, LiFT, Resize, build_extractor, find_sources, measure_model,
-                     open_video, read_frames, save_lift_checkpoint)
+from bench_common import random_lift
+from liftvid import ExtractOptions, Resize, build_extractor, find_sources, measure_model, open_video, read_frames
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -85,9 +85,7 @@ def main() -> None:
           f"cpu {torch.backends.cpu.get_cpu_capability()}, load before {os.getloadavg()}", flush=True)
     data = jpeg_of_first_frame(Path(args.clip))
     with tempfile.TemporaryDirectory(prefix="liftvid-interference-") as tmp:
-        backbone = Backbone("dino_vits16", weights="random")
-        torch.manual_seed(0)
-        lift = save_lift_checkpoint(Path(tmp) / "lift.pt", LiFT(backbone.channels, backbone.patch_size), backbone)
+        lift = random_lift(Path(tmp) / "lift.pt")
         options = ExtractOptions(backbone="dino_vits16", weights="random", lift=str(lift), resize="lift-davis",
                                  device="cpu", precision="fp32")
         extractor, _ = build_extractor(options, torch.device("cpu"))

@@ -239,14 +239,12 @@ def _extract_sources(extractor: FeatureExtractor, sources: list[VideoSource], re
                 settle(MAX_VIDEOS_AWAITING_WRITES)
             settle(0)
         except BaseException:
-            # a run stopping (full disk, Ctrl-C) still marks complete the videos whose writes all landed
+            # a run stopping (full disk, Ctrl-C) still marks complete the videos whose writes all
+            # landed: the finisher finishes every one in order (a failed write leaves its video as it is)
             for computed in in_flight:
-                if computed.finishing is not None:
-                    wait([computed.finishing])  # the finisher marks it (or finds a failed write)
-                    continue
-                wait(computed.video.futures)
-                if all(f.exception() is None for f in computed.video.futures):
-                    st.mark_complete(computed.video.group)
+                if computed.finishing is None:
+                    computed.finishing = finisher.submit(computed.video.finish)
+            wait([computed.finishing for computed in in_flight])
             raise
         finally:
             for feed, _, _ in feeds:

@@ -1,4 +1,5 @@
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,17 @@ os.environ.setdefault("TIMM_OFFLINE", "1")
 from liftvid.io.encode import synthetic_frames, write_video  # noqa: E402
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# A child that a test stops with SIGINT, as Ctrl-C in a terminal, must start with Python's own
+# handler: a process started with SIGINT ignored (the suite run as a background job of a script, or
+# under nohup) passes that on to its children, and Python then never raises KeyboardInterrupt.
+CTRL_C_AS_IN_A_TERMINAL = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
+def cli_as_in_a_terminal(*args: str) -> list[str]:
+    """The command line of ``python -m liftvid.cli *args`` whose Ctrl-C (SIGINT) acts as in a
+    terminal, however the test run itself was started."""
+    return [sys.executable, "-c", CTRL_C_AS_IN_A_TERMINAL
+            + "import runpy; runpy.run_module('liftvid.cli', run_name='__main__', alter_sys=True)", *args]
 # a small timm ViT that builds and runs in milliseconds on a CPU
 TINY_VIT = "vit_tiny_patch16_224"
 

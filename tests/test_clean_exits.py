@@ -19,7 +19,7 @@ from liftvid.cli import TRACEBACK_ENV, app
 from liftvid.io import store as st
 from liftvid.io.encode import synthetic_frames, write_video
 
-from .conftest import TINY_VIT
+from .conftest import CTRL_C_AS_IN_A_TERMINAL, TINY_VIT
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +123,7 @@ def test_a_full_disk_or_a_read_only_folder_during_track_is_one_line_naming_the_f
 
 
 # Ctrl-C: a child process held at a point of its work (the marker says it got there), then SIGINT
-_HELD = r"""
+_HELD = CTRL_C_AS_IN_A_TERMINAL + r"""
 import importlib, pathlib, sys, time
 import liftvid.cli
 marker, target = pathlib.Path(sys.argv[1]), sys.argv[2]

@@ -23,7 +23,7 @@ from liftvid.pipelines.analysis import open_store
 from liftvid.pipelines.extract import ExtractOptions, extract_one, extract_videos
 from liftvid.io.sources import find_sources
 
-from .conftest import TINY_VIT
+from .conftest import TINY_VIT, cli_as_in_a_terminal
 from .helpers import assert_stores_equal, read_store, scheduler_address
 
 runner = CliRunner()
@@ -262,8 +262,8 @@ def test_bad_scheduler_is_one_line(tmp_path, four_videos):
 def test_cluster_command_prints_address_and_stops_on_ctrl_c(tmp_path):
     from distributed import Client
 
-    proc = subprocess.Popen([sys.executable, "-m", "liftvid.cli", "cluster", "--cpu", "--workers", "2",
-                             "--port", "0", "--dashboard", ""], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cli_as_in_a_terminal("cluster", "--cpu", "--workers", "2", "--port", "0", "--dashboard", ""),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     try:
         address, printed = scheduler_address(proc)

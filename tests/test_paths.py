@@ -12,7 +12,6 @@ import pickle
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from liftvid.io.store import integrity
 from liftvid.io.encode import synthetic_frames, write_video
 from liftvid.io.paths import PathNameError, check_component, component_problem
 
-from .conftest import TINY_VIT
+from .conftest import TINY_VIT, cli_as_in_a_terminal
 from .helpers import scheduler_address
 
 runner = CliRunner()
@@ -61,8 +60,8 @@ def elsewhere_cluster(tmp_path):
     """`liftvid cluster` with one CPU worker, started in its own folder; yields (address, folder)."""
     folder = tmp_path / "cluster-folder"
     folder.mkdir()
-    proc = subprocess.Popen([sys.executable, "-m", "liftvid.cli", "cluster", "--cpu", "--workers", "1", "--port", "0",
-                             "--dashboard", ""], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(cli_as_in_a_terminal("cluster", "--cpu", "--workers", "1", "--port", "0", "--dashboard", ""),
+                            cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     try:
         yield scheduler_address(proc)[0], folder

@@ -21,6 +21,8 @@ def cli_as_in_a_terminal(*args: str) -> list[str]:
     terminal, however the test run itself was started."""
     return [sys.executable, "-c", CTRL_C_AS_IN_A_TERMINAL
             + "import runpy; runpy.run_module('liftvid.cli', run_name='__main__', alter_sys=True)", *args]
+
+
 # a small timm ViT that builds and runs in milliseconds on a CPU
 TINY_VIT = "vit_tiny_patch16_224"
 

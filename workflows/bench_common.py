@@ -1,4 +1,4 @@
-"""What the clip benchmarks (bench_dense_propagate.py, bench_upsamplers.py) share: their common
+"""What the benchmarks beside it share (bench_dense_propagate.py, bench_upsamplers.py, the extraction ones): their common
 options, the work folder, random models, and the measurements.
 
 Imported by the scripts beside it (run as ``python workflows/<script>.py``, whose folder is on
@@ -15,9 +15,10 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from liftvid import Backbone, LiFT, save_lift_checkpoint
+from liftvid import Backbone, LiFT, Resize, find_sources, open_video, read_frames, save_lift_checkpoint
 
 DEFAULT_CLIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cat.mp4"
 
@@ -60,6 +61,23 @@ def random_lift(path: Path, backbone: str = "dino_vits16", seed: int = 0) -> Pat
     torch.manual_seed(seed)
     bb = Backbone(backbone, weights="random")
     return save_lift_checkpoint(path, LiFT(bb.channels, bb.patch_size), bb)
+
+
+def clip_as_jpeg_folder(clip: Path, frames: int, folder: Path) -> np.ndarray:
+    """The first ``frames`` frames of ``clip`` at their own size, also written into ``folder`` (made
+    here) as JPEG files ``00000.jpg``… at quality 95, as DAVIS ships its frames.
+
+    Returns:
+        ``(T, H, W, 3) uint8`` the decoded frames.
+    """
+    from PIL import Image
+
+    with open_video(find_sources([clip])[0], Resize("native"), 1) as reader:
+        native = read_frames(reader, np.arange(min(frames, reader.n_frames)))
+    folder.mkdir(parents=True)
+    for i, frame in enumerate(native):
+        Image.fromarray(frame).save(folder / f"{i:05d}.jpg", quality=95)
+    return native
 
 
 def stored_bytes(folder: Path) -> int:

@@ -36,11 +36,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from liftvid import (Backbone, ExtractOptions, LiFT, Resize, build_extractor, extract_videos, find_sources,
-                     measure_model, open_video, read_frames, save_lift_checkpoint)
+from bench_common import clip_as_jpeg_folder
+from liftvid import (Backbone, ExtractOptions, LiFT, Resize, build_extractor, extract_videos, measure_model,
+                     save_lift_checkpoint)
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
@@ -103,14 +103,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="liftvid-exact-resize-"))
     try:
         clip = Path(args.clip)
-        with open_video(find_sources([clip])[0], Resize("native"), 1) as reader:
-            native = read_frames(reader, np.arange(min(args.frames, reader.n_frames)))
         folder = tmp / "frames" / clip.stem
-        folder.mkdir(parents=True)
-        from PIL import Image
-
-        for i, frame in enumerate(native):
-            Image.fromarray(frame).save(folder / f"{i:05d}.jpg", quality=95)
+        native = clip_as_jpeg_folder(clip, args.frames, folder)
         bb = Backbone("dino_vits16", weights="random")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)

@@ -34,11 +34,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from bench_common import random_lift
-from liftvid import ExtractOptions, Resize, build_extractor, extract_videos, find_sources, open_video, read_frames
+from bench_common import clip_as_jpeg_folder, random_lift
+from liftvid import ExtractOptions, build_extractor, extract_videos
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 STAGES = ("model", "resize", "between batches", "before the first batch", "after the last batch")
@@ -97,14 +96,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="liftvid-stages-"))
     try:
         clip = Path(args.clip)
-        with open_video(find_sources([clip])[0], Resize("native"), 1) as reader:
-            native = read_frames(reader, np.arange(min(args.frames, reader.n_frames)))
         folder = tmp / "frames" / clip.stem
-        folder.mkdir(parents=True)
-        from PIL import Image
-
-        for i, frame in enumerate(native):
-            Image.fromarray(frame).save(folder / f"{i:05d}.jpg", quality=95)
+        native = clip_as_jpeg_folder(clip, args.frames, folder)
         options = ExtractOptions(backbone="dino_vits16", weights="random", lift=str(random_lift(tmp / "lift.pt")),
                                  resize="lift-davis", batch_size=args.batch, device="cpu", precision=args.precision,
                                  max_frames=len(native), overlap_host_work=True if args.overlap else None)
